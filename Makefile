@@ -1,0 +1,31 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/meter run
+
+lint: $(STAMP)
+	$(BIN)/ruff check meter consumers schemas tests
+	$(BIN)/ruff format --check meter consumers schemas tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/meter bench engine
+	$(BIN)/meter bench pipeline
+	$(BIN)/meter bench quota
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .meter

@@ -1,0 +1,180 @@
+"""The credit engine's data: what goes in and what comes out.
+
+Shared by the pure reference model (`meter.engine.model`) and the Redis engine
+(`meter.engine.redis`), which must give identical results for identical calls.
+
+Conventions:
+- amounts are integer micro-credits (1 credit = 1_000_000);
+- instants are integer epoch milliseconds (UTC); no floats anywhere;
+- the built-in billing group `Unassigned` is `UNASSIGNED` (""), never a stored group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+MICRO = 1_000_000
+UNASSIGNED = ""
+
+
+class Kind(StrEnum):
+    """Bucket kinds, in burn-down order."""
+
+    SEAT = "seat"
+    PERSONAL = "personal"
+    SHARED = "shared"
+    ON_DEMAND = "on_demand"
+
+
+KIND_RANK = {Kind.SEAT: 0, Kind.PERSONAL: 1, Kind.SHARED: 2, Kind.ON_DEMAND: 3}
+
+
+class OrgStatus(StrEnum):
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    SUSPENDED = "suspended"
+
+
+class LimitPolicy(StrEnum):
+    """What a member limit counts."""
+
+    ALL = "all"
+    SHARED = "shared"
+
+
+class PeriodKind(StrEnum):
+    MONTHLY = "monthly"
+    ROLLING = "rolling"
+
+
+class Reason(StrEnum):
+    """Stable reason codes of a denied check (DESIGN 2.5) and of an event that cannot settle."""
+
+    UNKNOWN_ORG = "unknown_org"
+    UNKNOWN_MEMBER = "unknown_member"
+    ORG_INACTIVE = "org_inactive"
+    NO_SEAT = "no_seat"
+    MEMBER_LIMIT_REACHED = "member_limit_reached"
+    GROUP_LIMIT_REACHED = "group_limit_reached"
+    INSUFFICIENT_CREDITS = "insufficient_credits"
+
+
+@dataclass(frozen=True, slots=True)
+class OrgConfig:
+    """What the engine needs to know of an organization and its plan."""
+
+    org_id: str
+    status: OrgStatus
+    period_kind: PeriodKind
+    anchor_ms: int
+    """Billing anchor: start of period 0."""
+    rolling_days: int = 30
+    """Period length for `PeriodKind.ROLLING`."""
+    limit_policy: LimitPolicy = LimitPolicy.ALL
+    default_member_limit: int | None = None
+    """Limit of a member with none set: None = unlimited, 0 = may not use credits."""
+    grace_ms: int = 0
+    """How long after its end a period still accepts late events."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberConfig:
+    org_id: str
+    member_id: str
+    seated: bool = True
+    member_limit: int | None = None
+    """Per-period limit in micro-credits; None falls back to the org's default."""
+    billing_group: str = UNASSIGNED
+
+
+@dataclass(frozen=True, slots=True)
+class BillingGroupConfig:
+    org_id: str
+    group_id: str
+    limit: int | None = None
+    """Per-period limit in micro-credits; None = unlimited."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A bucket of credits. `member_id` is None for an organization's shared pool."""
+
+    org_id: str
+    bucket_id: str
+    kind: Kind
+    amount: int
+    valid_from_ms: int
+    expires_at_ms: int
+    granted_at_ms: int
+    member_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """One usage event as the engine sees it (already validated)."""
+
+    key: str
+    """Idempotency key, built by the caller from the CloudEvents `source` and `id`."""
+    org_id: str
+    member_id: str
+    credits: int
+    time_ms: int
+    reservation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    bucket_id: str
+    kind: Kind
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The result of settling one event. `reason` set means it did not settle (dead-letter)."""
+
+    key: str
+    org_id: str
+    member_id: str
+    credits: int
+    time_ms: int
+    period: Period | None
+    billing_group: str = UNASSIGNED
+    lines: tuple[Line, ...] = ()
+    unfunded: int = 0
+    member_limited: bool = False
+    group_limited: bool = False
+    late: bool = False
+    reservation_id: str | None = None
+    reason: Reason | None = None
+    duplicate: bool = False
+    """True when this is the stored result of an earlier settlement of the same key."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    allowed: bool
+    reason: Reason | None
+    available: dict[Kind, int] = field(default_factory=dict)
+    member_remaining: int | None = None
+    group_remaining: int | None = None
+    period_end_ms: int | None = None
+    reservation_id: str | None = None
+    reservation_expires_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VoidResult:
+    key: str
+    voided: bool
+    """False when the key was never settled."""
+    returned: tuple[Line, ...] = ()
+    """Credits put back, per bucket (buckets expired at void time get nothing back)."""
+    duplicate: bool = False
