@@ -11,8 +11,10 @@ Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 MICRO = 1_000_000
 UNASSIGNED = ""
@@ -178,3 +180,55 @@ class VoidResult:
     returned: tuple[Line, ...] = ()
     """Credits put back, per bucket (buckets expired at void time get nothing back)."""
     duplicate: bool = False
+
+
+MAX_HOLD_MS = 15 * 60 * 1000
+DEFAULT_HOLD_MS = 60 * 1000
+
+
+class Engine(Protocol):
+    """What both engine implementations offer. The Redis one is async; the model is sync and
+    offers the same methods without `await` (see `model.Ledger`)."""
+
+    async def put_org(self, org: OrgConfig) -> None: ...
+
+    async def put_member(self, member: MemberConfig) -> None: ...
+
+    async def remove_member(self, org_id: str, member_id: str) -> None: ...
+
+    async def put_billing_group(self, group: BillingGroupConfig) -> None: ...
+
+    async def delete_billing_group(self, org_id: str, group_id: str) -> None:
+        """Members of the group fall back to Unassigned from now on."""
+
+    async def apply_grant(self, grant: Grant) -> bool:
+        """Add a bucket; idempotent by bucket id. True when it was new."""
+
+    async def settle_batch(
+        self, org_id: str, events: Sequence[UsageEvent], now_ms: int
+    ) -> list[Settlement]: ...
+
+    async def confirm(self, org_id: str, keys: Sequence[str]) -> None:
+        """Forget stored results the settlement store now holds."""
+
+    async def check(
+        self, org_id: str, member_id: str, credits: int, now_ms: int
+    ) -> CheckResult: ...
+
+    async def reserve(
+        self,
+        org_id: str,
+        member_id: str,
+        credits: int,
+        now_ms: int,
+        reservation_id: str,
+        ttl_ms: int = DEFAULT_HOLD_MS,
+    ) -> CheckResult: ...
+
+    async def release(self, org_id: str, reservation_id: str, now_ms: int) -> bool:
+        """True when a live hold was released."""
+
+    async def void(self, org_id: str, key: str, now_ms: int) -> VoidResult: ...
+
+    async def balances(self, org_id: str, now_ms: int) -> dict[str, int]:
+        """Credits left per bucket id (expired and empty buckets included), for comparisons."""
