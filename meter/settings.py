@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     admin_token: str | None = None
 
     data_dir: Path = Path(".meter")
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """How long a configured server may take to answer at start-up."""
 
     max_future_skew_s: int = Field(default=300, ge=0)
     max_event_credits: int = Field(default=10**12, gt=0)

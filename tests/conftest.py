@@ -1,0 +1,111 @@
+"""Shared fixtures: real Kafka, Redis and PostgreSQL for the whole test session.
+
+`services` uses the servers named by `METER_KAFKA_BOOTSTRAP`, `METER_REDIS_URL` and
+`METER_POSTGRES_DSN`, and starts local ones for those left unset (see `meter.services`).
+Tests get isolation from fresh PostgreSQL databases (`pg_dsn_clean`, `migrated_dsn`), a flushed
+Redis database (`redis`) and uniquely named Kafka topics (`new_topic`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from meter.migrate import migrate
+from meter.services import (
+    Services,
+    create_database,
+    drop_database,
+    ensure_topics,
+    provision,
+    with_database,
+)
+from meter.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide directory for local server data and logs."""
+    return tmp_path_factory.mktemp("meter-data")
+
+
+@pytest.fixture(scope="session")
+def env_settings(data_dir: Path) -> Settings:
+    """Settings from the environment, with the data directory moved to a temporary one."""
+    return load_settings().model_copy(update={"data_dir": data_dir})
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def services(env_settings: Settings) -> AsyncIterator[Services]:
+    """The three servers for the session: configured ones, or local ones stopped at the end."""
+    async with provision(env_settings, durable=False) as provisioned:
+        yield provisioned
+
+
+@pytest.fixture(scope="session")
+def settings(env_settings: Settings, services: Services) -> Settings:
+    """Settings with the Kafka, Redis and PostgreSQL addresses of `services` filled in."""
+    return services.apply(env_settings)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(services: Services) -> str:
+    return services.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: Services) -> str:
+    return services.redis_url
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(services: Services) -> str:
+    """The session's PostgreSQL DSN. Tests should write into `pg_dsn_clean`/`migrated_dsn`."""
+    return services.postgres_dsn
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client on the session's Redis database, flushed before the test (bytes responses)."""
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pg_dsn_clean(postgres_dsn: str) -> AsyncIterator[str]:
+    """DSN of a new, empty database (`meter_test_<random>`) for this test, dropped afterwards."""
+    name = f"meter_test_{uuid.uuid4().hex[:12]}"
+    admin_dsn = with_database(postgres_dsn, "postgres")
+    await create_database(admin_dsn, name)
+    try:
+        yield with_database(postgres_dsn, name)
+    finally:
+        await drop_database(admin_dsn, name)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def migrated_dsn(pg_dsn_clean: str) -> str:
+    """DSN of a new database with every migration of `schemas/migrations` applied."""
+    await migrate(pg_dsn_clean)
+    return pg_dsn_clean
+
+
+@pytest.fixture
+def new_topic(kafka_bootstrap: str, settings: Settings) -> Callable[..., Awaitable[str]]:
+    """`await new_topic(partitions=None, prefix="test")` creates a uniquely named topic."""
+
+    async def create(partitions: int | None = None, prefix: str = "test") -> str:
+        name = f"{prefix}.{uuid.uuid4().hex[:12]}"
+        await ensure_topics(kafka_bootstrap, {name: partitions or settings.topic_partitions})
+        return name
+
+    return create
