@@ -31,7 +31,7 @@ import tempfile
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -641,13 +641,12 @@ class Services:
 
     def apply(self, settings: Settings) -> Settings:
         """`settings` with the three addresses filled in."""
-        return settings.model_copy(
-            update={
-                "kafka_bootstrap": self.kafka_bootstrap,
-                "redis_url": self.redis_url,
-                "postgres_dsn": self.postgres_dsn,
-            }
-        )
+        addresses = {
+            "kafka_bootstrap": self.kafka_bootstrap,
+            "redis_url": self.redis_url,
+            "postgres_dsn": self.postgres_dsn,
+        }
+        return settings.model_copy(update={k: v for k, v in addresses.items() if v})
 
     def describe(self) -> dict[str, str]:
         """One line per service: its address and whether it is local or configured."""
@@ -655,10 +654,15 @@ class Services:
         def origin(server: LocalServer | None) -> str:
             return f"local, pid {server.pid}" if server is not None else "configured"
 
+        lines = {
+            "kafka": (self.kafka_bootstrap, self.kafka),
+            "redis": (self.redis_url, self.redis),
+            "postgres": (self.postgres_dsn, self.postgres),
+        }
         return {
-            "kafka": f"{self.kafka_bootstrap} ({origin(self.kafka)})",
-            "redis": f"{self.redis_url} ({origin(self.redis)})",
-            "postgres": f"{self.postgres_dsn} ({origin(self.postgres)})",
+            name: f"{address} ({origin(server)})"
+            for name, (address, server) in lines.items()
+            if address
         }
 
 
@@ -691,50 +695,59 @@ async def _require(
         await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
 
+ALL_SERVICES: frozenset[str] = frozenset({"kafka", "redis", "postgres"})
+
+
 @contextlib.asynccontextmanager
 async def provision(
-    settings: Settings, *, durable: bool = True, ensure_topics_exist: bool = True
+    settings: Settings,
+    *,
+    durable: bool = True,
+    ensure_topics_exist: bool = True,
+    only: Collection[str] = ALL_SERVICES,
 ) -> AsyncIterator[Services]:
     """Use the configured servers, start the missing ones, and stop what was started on exit.
 
-    Local PostgreSQL keeps its data in `settings.data_dir / "postgres"`. Raises `ServiceError`
-    when a configured server does not answer within `settings.connect_timeout_s`.
+    Local PostgreSQL keeps its data in `settings.data_dir / "postgres"`; `durable=False` runs it
+    without fsync (tests). `only` limits the work to some of `kafka`, `redis`, `postgres`: the
+    address of a service left out is "" in the result. Raises `ServiceError` when a configured
+    server does not answer within `settings.connect_timeout_s`.
     """
+    unknown = set(only) - ALL_SERVICES
+    if unknown:
+        raise ValueError(f"unknown services {sorted(unknown)}")
     timeout = settings.connect_timeout_s
-    topics = settings_topics(settings) if ensure_topics_exist else {}
-    started: list[LocalServer] = []
+    topics = settings_topics(settings) if ensure_topics_exist and "kafka" in only else {}
+    configured = {
+        "kafka": ("METER_KAFKA_BOOTSTRAP", settings.kafka_bootstrap, probe_kafka),
+        "redis": ("METER_REDIS_URL", settings.redis_url, probe_redis),
+        "postgres": ("METER_POSTGRES_DSN", settings.postgres_dsn, probe_postgres),
+    }
+    await asyncio.gather(
+        *(
+            _require(variable, address, probe, timeout)
+            for name, (variable, address, probe) in configured.items()
+            if name in only and address is not None
+        )
+    )
+
+    data_dir = settings.data_dir.absolute()
+    kafka = redis = postgres = None
+    if "kafka" in only and settings.kafka_bootstrap is None:
+        kafka = KafkaServer(topics=topics, log_path=data_dir / "kafka.log")
+    if "redis" in only and settings.redis_url is None:
+        redis = RedisServer(log_path=data_dir / "redis.log")
+    if "postgres" in only and settings.postgres_dsn is None:
+        postgres = PostgresServer(data_dir / "postgres", durable=durable)
+    started: list[LocalServer] = [s for s in (kafka, redis, postgres) if s is not None]
     try:
-        kafka = redis = postgres = None
-        checks = []
-        if settings.kafka_bootstrap is not None:
-            checks.append(
-                _require("METER_KAFKA_BOOTSTRAP", settings.kafka_bootstrap, probe_kafka, timeout)
-            )
-        if settings.redis_url is not None:
-            checks.append(_require("METER_REDIS_URL", settings.redis_url, probe_redis, timeout))
-        if settings.postgres_dsn is not None:
-            checks.append(
-                _require("METER_POSTGRES_DSN", settings.postgres_dsn, probe_postgres, timeout)
-            )
-        await asyncio.gather(*checks)
-
-        data_dir = settings.data_dir.absolute()
-        data_dir.mkdir(parents=True, exist_ok=True)
-        if settings.kafka_bootstrap is None:
-            kafka = KafkaServer(topics=topics, log_path=data_dir / "kafka.log")
-            started.append(kafka)
-        if settings.redis_url is None:
-            redis = RedisServer(log_path=data_dir / "redis.log")
-            started.append(redis)
-        if settings.postgres_dsn is None:
-            postgres = PostgresServer(data_dir / "postgres", durable=durable)
-            started.append(postgres)
+        if started:
+            data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.gather(*(server.start() for server in started))
-
         services = Services(
-            kafka_bootstrap=kafka.address if kafka else _required(settings.kafka_bootstrap),
-            redis_url=redis.address if redis else _required(settings.redis_url),
-            postgres_dsn=postgres.address if postgres else _required(settings.postgres_dsn),
+            kafka_bootstrap=kafka.address if kafka else settings.kafka_bootstrap or "",
+            redis_url=redis.address if redis else settings.redis_url or "",
+            postgres_dsn=postgres.address if postgres else settings.postgres_dsn or "",
             kafka=kafka,
             redis=redis,
             postgres=postgres,
@@ -747,11 +760,6 @@ async def provision(
         await _stop_all(started)
 
 
-def _required(value: str | None) -> str:
-    assert value is not None
-    return value
-
-
 async def _stop_all(servers: Sequence[LocalServer]) -> None:
     results = await asyncio.gather(*(s.stop() for s in servers), return_exceptions=True)
     for server, result in zip(servers, results, strict=True):
@@ -760,6 +768,7 @@ async def _stop_all(servers: Sequence[LocalServer]) -> None:
 
 
 __all__ = [
+    "ALL_SERVICES",
     "KafkaServer",
     "LocalServer",
     "PostgresServer",

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     admin_token: str | None = None
 
     data_dir: Path = Path(".meter")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
     connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """How long a configured server may take to answer at start-up."""
 
