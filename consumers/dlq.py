@@ -1,0 +1,206 @@
+"""The dead-letter topic: what cannot settle, kept with its original bytes and the reason.
+
+A dead letter carries the record's original key, value and headers, plus these headers:
+
+- `meter-reason`: a stable code (`invalid_json`, `unknown_member`, ...);
+- `meter-message`: a human-readable explanation;
+- `meter-source-topic`, `meter-source-partition`, `meter-source-offset`: where it was read;
+- `meter-dead-at`: epoch ms when it was dead-lettered.
+
+`replay` re-produces dead letters to the usage topic (all, or those with given reasons), e.g.
+after the admin created a missing member. Replaying is safe to repeat: settling is idempotent by
+event key, and what still cannot settle comes back to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from meter.settings import Settings
+
+if TYPE_CHECKING:
+    from meter.cli import Handler
+
+log = structlog.get_logger("consumers.dlq")
+
+REASON = "meter-reason"
+MESSAGE = "meter-message"
+SOURCE_TOPIC = "meter-source-topic"
+SOURCE_PARTITION = "meter-source-partition"
+SOURCE_OFFSET = "meter-source-offset"
+DEAD_AT = "meter-dead-at"
+REPLAYED_FROM = "meter-replayed-from"
+"""Set on a replayed record: `<dlq topic>/<partition>/<offset>` it was copied from."""
+
+_OWN_HEADERS = frozenset({REASON, MESSAGE, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, DEAD_AT})
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One record that cannot settle, and why."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    message: str
+
+    def dlq_headers(self, now_ms: int) -> Headers:
+        kept = [(k, v) for k, v in self.headers if k not in _OWN_HEADERS]
+        return [
+            *kept,
+            (REASON, self.reason.encode()),
+            (MESSAGE, self.message.encode()[:1024]),
+            (SOURCE_TOPIC, self.topic.encode()),
+            (SOURCE_PARTITION, str(self.partition).encode()),
+            (SOURCE_OFFSET, str(self.offset).encode()),
+            (DEAD_AT, str(now_ms).encode()),
+        ]
+
+
+async def send_dead_letters(
+    producer: AIOKafkaProducer, topic: str, letters: Sequence[DeadLetter]
+) -> None:
+    """Produce `letters` to `topic` and wait until the broker has every one of them."""
+    if not letters:
+        return
+    now_ms = time.time_ns() // 1_000_000
+    futures = [
+        await producer.send(
+            topic, value=letter.value, key=letter.key, headers=letter.dlq_headers(now_ms)
+        )
+        for letter in letters
+    ]
+    await asyncio.gather(*futures)
+
+
+def header(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
+    """The last value of header `name`, decoded, or None."""
+    found: str | None = None
+    for k, v in headers:
+        if k == name:
+            found = v.decode(errors="replace")
+    return found
+
+
+@dataclass
+class ReplayReport:
+    scanned: int = 0
+    replayed: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+
+
+async def replay(
+    bootstrap: str,
+    dlq_topic: str,
+    usage_topic: str,
+    *,
+    reasons: Collection[str] | None = None,
+    poll_timeout_ms: int = 1000,
+) -> ReplayReport:
+    """Copy the dead letters present now (up to each partition's end offset) back to
+    `usage_topic`, with their original key, value and headers, keeping only those whose reason
+    is in `reasons` (all when None). Returns what was scanned and replayed, per reason."""
+    report = ReplayReport()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await consumer.start()
+    await producer.start()
+    try:
+        await consumer.topics()  # refreshes metadata
+        partitions = consumer.partitions_for_topic(dlq_topic) or set()
+        tps = [TopicPartition(dlq_topic, p) for p in sorted(partitions)]
+        if not tps:
+            return report
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > starts[tp]}
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+        futures: list[asyncio.Future[object]] = []
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=poll_timeout_ms)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset >= ends[tp]:
+                        break
+                    report.scanned += 1
+                    reason = header(record.headers, REASON) or "unknown"
+                    if reasons is not None and reason not in reasons:
+                        continue
+                    headers = [(k, v) for k, v in record.headers if k not in _OWN_HEADERS]
+                    origin = f"{dlq_topic}/{tp.partition}/{record.offset}".encode()
+                    headers.append((REPLAYED_FROM, origin))
+                    futures.append(
+                        await producer.send(
+                            usage_topic, value=record.value, key=record.key, headers=headers
+                        )
+                    )
+                    report.replayed += 1
+                    report.by_reason[reason] += 1
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    log.info(
+        "dlq_replay",
+        dlq_topic=dlq_topic,
+        usage_topic=usage_topic,
+        scanned=report.scanned,
+        replayed=report.replayed,
+        by_reason=dict(report.by_reason),
+    )
+    return report
+
+
+def configure_dlq(parser: argparse.ArgumentParser) -> Handler:
+    """`meter dlq replay [--reason CODE ...]`: copy dead letters back to the usage topic."""
+    sub = parser.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    replay_parser = sub.add_parser(
+        "replay", help="re-produce dead letters to the usage topic (all, or by reason)"
+    )
+    replay_parser.add_argument(
+        "--reason",
+        action="append",
+        dest="reasons",
+        metavar="CODE",
+        help="only dead letters with this reason code (repeatable), e.g. unknown_member",
+    )
+
+    async def handle(args: argparse.Namespace, settings: Settings) -> int:
+        from meter.services import provision
+
+        async with provision(settings, only={"kafka"}) as services:
+            report = await replay(
+                services.kafka_bootstrap,
+                settings.dlq_topic,
+                settings.usage_topic,
+                reasons=set(args.reasons) if args.reasons else None,
+            )
+        print(
+            f"scanned {report.scanned}, replayed {report.replayed}"
+            + "".join(f", {reason}: {n}" for reason, n in sorted(report.by_reason.items())),
+            flush=True,
+        )
+        return 0
+
+    return handle

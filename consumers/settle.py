@@ -1,0 +1,502 @@
+"""`meter consume`: the settlement consumer, Kafka -> engine (Redis) -> PostgreSQL.
+
+A fixed chain of stages per batch:
+
+    poll (size and time bounded) -> decode + validate -> drop keys PostgreSQL already has
+    -> one `engine.settle_batch` per organization -> dead-letter what cannot settle
+    -> write settlements + offsets in one PostgreSQL transaction -> `engine.confirm`
+
+Two batches at most are in memory: while one is written to PostgreSQL the next is polled and
+settled. Writing retries with exponential backoff while PostgreSQL is unavailable; until it
+succeeds nothing more is polled (backpressure). Engine results stay pending in Redis until
+confirmed, so retrying, abandoning or re-reading a batch is always safe.
+
+Offsets live in PostgreSQL (`consumer_offsets`). On assignment the consumer seeks to them; each
+write advances them only from the offset this member expects, so a member that lost its
+partitions in a rebalance cannot write over the new owner (`OffsetConflict`: re-read, re-seek).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg  # type: ignore[import-untyped]
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from consumers.dlq import DeadLetter, send_dead_letters
+from consumers.stages import Decoded, Decoder, Record, decode_batch, drop_keys, sort_results
+from meter.engine.types import Engine, Settlement, UsageEvent
+from meter.settings import Settings
+from meter.store import OffsetAdvance, OffsetConflict, SettlementStore
+from schemas.events import DecodedEvent, EventError, decode_event
+
+if TYPE_CHECKING:
+    from meter.cli import Handler
+    from meter.services import Services
+
+log = structlog.get_logger("consumers.settle")
+
+T = TypeVar("T")
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    KafkaError,
+)
+"""Failures a stage retries with backoff: the server is down, restarting or overloaded."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Stopping(Exception):
+    """Raised inside a retry loop when the consumer is asked to stop."""
+
+
+@dataclass(frozen=True)
+class ConsumerOptions:
+    batch_max_records: int = 5000
+    batch_max_wait_ms: int = 50
+    org_concurrency: int = 32
+    """Engine calls in flight at once within a batch."""
+    retry_initial_s: float = 0.05
+    retry_max_s: float = 5.0
+    drain_timeout_s: float = 10.0
+    """How long a rebalance or shutdown waits for the batch being written before abandoning it."""
+
+
+@dataclass
+class Batch:
+    """A batch settled in Redis, ready to be written."""
+
+    seq: int
+    generation: int
+    offsets: list[OffsetAdvance]
+    store: list[tuple[Settlement, str | None]]
+    keys_by_org: dict[str, list[str]]
+    records: int
+    duplicates: int
+    dead: int
+    replayed: int
+    polled_at: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: SettleConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._owner._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._owner._on_assigned(assigned)
+
+
+class SettleConsumer:
+    """One consumer-group member settling `topic`. `run()` until `stop()`."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic: str,
+        dlq_topic: str,
+        group_id: str,
+        engine: Engine,
+        store: SettlementStore,
+        decoder: Decoder,
+        options: ConsumerOptions | None = None,
+        client_id: str = "meter-consume",
+    ) -> None:
+        self.topic = topic
+        self.dlq_topic = dlq_topic
+        self.group_id = group_id
+        self.engine = engine
+        self.store = store
+        self.decoder = decoder
+        self.options = options or ConsumerOptions()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            client_id=client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=1 << 20,
+            fetch_max_bytes=16 << 20,
+            fetch_max_wait_ms=self.options.batch_max_wait_ms,
+        )
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, client_id=client_id, enable_idempotence=False, acks="all"
+        )
+        self._stopping = asyncio.Event()
+        self._generation = 0
+        self._resync = False
+        self._expected: dict[int, int] = {}
+        """Per assigned partition: the offset the next batch starts from."""
+        self._seq = 0
+        self._committed_seq = 0
+        self._inflight_keys: dict[int, set[str]] = {}
+        self._write_task: asyncio.Task[None] | None = None
+        self.settled = 0
+        """Settlements written by this consumer (new rows only)."""
+        self.batches = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask `run()` to finish the batch in flight (or abandon it) and leave the group."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await self.store.open()
+        await self.producer.start()
+        await self.consumer.start()
+        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        log.info("consumer_started", topic=self.topic, group=self.group_id)
+        try:
+            await self._loop()
+        except Stopping:
+            pass
+        finally:
+            self._stopping.set()
+            await self._finish_write(self.options.drain_timeout_s)
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+            await self.store.close()
+            log.info("consumer_stopped", settled=self.settled, batches=self.batches)
+
+    async def _loop(self) -> None:
+        opts = self.options
+        while not self._stopping.is_set():
+            if self._resync:
+                await self._do_resync()
+                continue
+            generation = self._generation
+            polled = await self.consumer.getmany(
+                timeout_ms=opts.batch_max_wait_ms, max_records=opts.batch_max_records
+            )
+            if not polled or generation != self._generation or self._resync:
+                continue
+            batch = await self._prepare(polled, generation)
+            if batch is None:
+                continue
+            await self._finish_write(None)
+            if batch.generation != self._generation or self._resync:
+                continue  # a rebalance happened meanwhile; resync re-reads from PostgreSQL
+            self._inflight_keys[batch.seq] = {s.key for s, _ in batch.store}
+            self._write_task = asyncio.create_task(self._write(batch))
+
+    # -- rebalance ------------------------------------------------------------------------------
+
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._generation += 1
+        await self._finish_write(self.options.drain_timeout_s)
+        for tp in revoked:
+            self._expected.pop(tp.partition, None)
+        log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked))
+
+    def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._generation += 1
+        if assigned:
+            self.consumer.pause(*assigned)
+        self._resync = True
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+
+    async def _do_resync(self) -> None:
+        """Seek every assigned partition to the offset stored in PostgreSQL."""
+        await self._finish_write(self.options.drain_timeout_s)
+        self._inflight_keys.clear()
+        self._generation += 1
+        generation = self._generation
+        assigned = sorted(self.consumer.assignment(), key=lambda tp: tp.partition)
+        self._resync = False
+        if not assigned:
+            self._expected.clear()
+            return
+        beginnings = await self._retry(
+            "beginning_offsets", self.consumer.beginning_offsets, assigned
+        )
+        begin = {tp.partition: int(offset) for tp, offset in beginnings.items()}
+        stored = await self._retry(
+            "load_offsets", self.store.load_offsets, self.group_id, self.topic, begin
+        )
+        if generation != self._generation or self._resync:
+            return  # another rebalance; the next resync will do it again
+        self._expected = {}
+        for tp in assigned:
+            offset = stored[tp.partition]
+            self.consumer.seek(tp, offset)
+            self._expected[tp.partition] = offset
+        self.consumer.resume(*assigned)
+        log.info("offsets_restored", offsets=self._expected)
+
+    # -- stages ---------------------------------------------------------------------------------
+
+    async def _prepare(
+        self, polled: dict[TopicPartition, list[Any]], generation: int
+    ) -> Batch | None:
+        started = time.perf_counter()
+        offsets: list[OffsetAdvance] = []
+        records: list[Record] = []
+        for tp, recs in polled.items():
+            expected = self._expected.get(tp.partition)
+            if expected is None:
+                continue
+            if recs and recs[0].offset < expected:
+                recs = [r for r in recs if r.offset >= expected]
+            if not recs:
+                continue
+            next_offset = recs[-1].offset + 1
+            offsets.append(OffsetAdvance(tp.partition, expected, next_offset))
+            records.extend(recs)
+        if not offsets:
+            return None
+        for advance in offsets:
+            self._expected[advance.partition] = advance.next_offset
+
+        t0 = time.perf_counter()
+        decoded = decode_batch(records, self.decoder, now_ms())
+        t_decode = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        duplicates = await self._drop_settled(decoded)
+        t_lookup = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        results = await self._settle(decoded.by_org, now_ms())
+        t_engine = time.perf_counter() - t0
+
+        sorted_ = sort_results(results, decoded.records, decoded.attributes)
+        dead: list[DeadLetter] = decoded.dead + sorted_.dead
+        t0 = time.perf_counter()
+        if dead:
+            await self._retry("dead_letter", send_dead_letters, self.producer, self.dlq_topic, dead)
+        t_dlq = time.perf_counter() - t0
+
+        self._seq += 1
+        return Batch(
+            seq=self._seq,
+            generation=generation,
+            offsets=offsets,
+            store=sorted_.store,
+            keys_by_org=sorted_.keys_by_org,
+            records=len(records),
+            duplicates=duplicates,
+            dead=len(dead),
+            replayed=sorted_.replayed,
+            polled_at=started,
+            timings={
+                "decode_ms": t_decode * 1000,
+                "lookup_ms": t_lookup * 1000,
+                "engine_ms": t_engine * 1000,
+                "dlq_ms": t_dlq * 1000,
+            },
+        )
+
+    async def _drop_settled(self, decoded: Decoded) -> int:
+        """Drop events PostgreSQL already holds, or that a batch still being written holds."""
+        keys = list(decoded.records)
+        if not keys:
+            return 0
+        committed = self._committed_seq
+        existing = await self._retry("existing_keys", self.store.existing_keys, keys)
+        for seq in [s for s in self._inflight_keys if s <= committed]:
+            del self._inflight_keys[seq]
+        for pending in self._inflight_keys.values():
+            existing.update(k for k in keys if k in pending)
+        return drop_keys(decoded, existing)
+
+    async def _settle(
+        self, by_org: dict[str, list[UsageEvent]], at_ms: int
+    ) -> dict[str, list[Settlement]]:
+        results: dict[str, list[Settlement]] = {}
+        orgs = list(by_org)
+        step = self.options.org_concurrency
+        for i in range(0, len(orgs), step):
+            chunk = orgs[i : i + step]
+            settled = await asyncio.gather(
+                *(
+                    self._retry("settle_batch", self.engine.settle_batch, org, by_org[org], at_ms)
+                    for org in chunk
+                )
+            )
+            results.update(zip(chunk, settled, strict=True))
+        return results
+
+    async def _write(self, batch: Batch) -> None:
+        t0 = time.perf_counter()
+        try:
+            inserted = await self._retry(
+                "write_batch",
+                self.store.write_batch,
+                self.group_id,
+                self.topic,
+                batch.store,
+                batch.offsets,
+            )
+        except OffsetConflict as exc:
+            log.warning("offsets_fenced", partitions=list(exc.partitions), seq=batch.seq)
+            self._resync = True
+            return
+        except Stopping:
+            log.warning("batch_abandoned", seq=batch.seq, records=batch.records)
+            return
+        self._committed_seq = batch.seq
+        t_write = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        try:
+            await asyncio.gather(
+                *(self.engine.confirm(org, keys) for org, keys in batch.keys_by_org.items())
+            )
+        except TRANSIENT as exc:
+            # Unconfirmed results only cost Redis memory: PostgreSQL catches the duplicates.
+            log.warning("confirm_failed", error=repr(exc), seq=batch.seq)
+        self.settled += inserted
+        self.batches += 1
+        log.info(
+            "batch",
+            seq=batch.seq,
+            records=batch.records,
+            settled=inserted,
+            duplicates=batch.duplicates + (len(batch.store) - inserted),
+            replayed=batch.replayed,
+            dead=batch.dead,
+            orgs=len(batch.keys_by_org),
+            partitions={o.partition: o.next_offset for o in batch.offsets},
+            **{k: round(v, 2) for k, v in batch.timings.items()},
+            write_ms=round(t_write * 1000, 2),
+            confirm_ms=round((time.perf_counter() - t0) * 1000, 2),
+            total_ms=round((time.perf_counter() - batch.polled_at) * 1000, 2),
+        )
+
+    async def _finish_write(self, timeout_s: float | None) -> None:
+        """Wait for the batch being written; after `timeout_s` abandon it (cancel)."""
+        task = self._write_task
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task})
+            log.warning("batch_abandoned", reason="timeout")
+            self._resync = True
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("write_failed", error=repr(task.exception()))
+            self._resync = True
+        if self._write_task is task:
+            self._write_task = None
+
+    async def _retry(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """`await fn(*args)`, retried with exponential backoff on transient failures until it
+        succeeds or the consumer stops."""
+        delay = self.options.retry_initial_s
+        attempt = 0
+        while True:
+            try:
+                return await fn(*args)
+            except OffsetConflict:
+                raise
+            except TRANSIENT as exc:
+                attempt += 1
+                if self._stopping.is_set():
+                    raise Stopping from exc
+                log.warning("retrying", stage=what, attempt=attempt, delay_s=delay, error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, self.options.retry_max_s)
+
+
+def install_signal_handlers(consumer: SettleConsumer) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, consumer.stop)
+
+
+async def run_consumer(consumer: SettleConsumer, *, handle_signals: bool = True) -> None:
+    if handle_signals:
+        install_signal_handlers(consumer)
+    await consumer.run()
+
+
+# -- entry points --------------------------------------------------------------------------------
+
+
+def build_consumer(
+    settings: Settings, engine: Engine, *, options: ConsumerOptions | None = None
+) -> SettleConsumer:
+    """A consumer for `settings` (its servers must be filled in) settling through `engine`."""
+    if settings.kafka_bootstrap is None or settings.postgres_dsn is None:
+        raise ValueError("settings need kafka_bootstrap and postgres_dsn")
+
+    def decoder(raw: bytes, at_ms: int) -> DecodedEvent | EventError:
+        return decode_event(raw, at_ms, settings)
+
+    return SettleConsumer(
+        bootstrap=settings.kafka_bootstrap,
+        topic=settings.usage_topic,
+        dlq_topic=settings.dlq_topic,
+        group_id=settings.consumer_group,
+        engine=engine,
+        store=SettlementStore(settings.postgres_dsn),
+        decoder=decoder,
+        options=options,
+    )
+
+
+async def consume(settings: Settings, *, options: ConsumerOptions | None = None) -> None:
+    """Run one settlement consumer against the configured servers until stopped or cancelled
+    (SIGTERM, SIGINT): the batch in flight is finished or abandoned and the group left."""
+    import redis.asyncio as aioredis
+
+    from meter.engine.redis import RedisEngine
+
+    if settings.redis_url is None:
+        raise ValueError("settings need redis_url")
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        consumer = build_consumer(settings, RedisEngine(client), options=options)
+        await consumer.run()
+    finally:
+        await client.aclose()
+
+
+async def run_component(settings: Settings, services: Services) -> None:
+    """The consumer as a `meter run` component."""
+    await consume(settings)
+
+
+def configure_consume(parser: argparse.ArgumentParser) -> Handler:
+    """`meter consume`: run a settlement consumer (one consumer-group member)."""
+    parser.add_argument("--batch", type=int, default=ConsumerOptions.batch_max_records)
+    parser.add_argument("--wait-ms", type=int, default=ConsumerOptions.batch_max_wait_ms)
+
+    async def handle(args: argparse.Namespace, settings: Settings) -> int:
+        from meter.migrate import migrate
+        from meter.services import provision
+
+        options = ConsumerOptions(batch_max_records=args.batch, batch_max_wait_ms=args.wait_ms)
+        async with provision(settings) as services:
+            await migrate(services.postgres_dsn)
+            await consume(services.apply(settings), options=options)
+        return 0
+
+    return handle

@@ -1,0 +1,163 @@
+"""The pure stages of a settlement batch: decode records, split off dead letters, group by
+organization, and sort engine results into what to store and what to dead-letter.
+
+No I/O here; `consumers.settle` runs these between the Kafka, Redis and PostgreSQL calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from consumers.dlq import DeadLetter
+from meter.engine.types import Settlement, UsageEvent
+from schemas.events import DecodedEvent, EventError
+
+Decoder = Callable[[bytes, int], "DecodedEvent | EventError"]
+"""`decoder(raw_value, now_ms)`: the decoded event of a record, or why it is invalid."""
+
+
+class Record(Protocol):
+    """The parts of an aiokafka `ConsumerRecord` the pipeline reads."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+EMPTY_VALUE = EventError("invalid_json", "record has no value")
+
+
+def dead_letter(record: Record, code: str, message: str) -> DeadLetter:
+    return DeadLetter(
+        key=record.key,
+        value=record.value,
+        headers=list(record.headers),
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        reason=code,
+        message=message,
+    )
+
+
+@dataclass
+class Decoded:
+    """A batch after decoding: valid events per organization (in partition order), the record
+    of each event, and the records that are dead already."""
+
+    by_org: dict[str, list[UsageEvent]] = field(default_factory=dict)
+    records: dict[str, Record] = field(default_factory=dict)
+    """Record of each event key (the first occurrence in the batch)."""
+    attributes: dict[str, str | None] = field(default_factory=dict)
+    """Free attributes of each event key, as JSON text."""
+    dead: list[DeadLetter] = field(default_factory=list)
+    events: int = 0
+
+
+def decode_batch(records: Iterable[Record], decoder: Decoder, now_ms: int) -> Decoded:
+    out = Decoded()
+    by_org = out.by_org
+    keyed = out.records
+    attributes = out.attributes
+    for record in records:
+        raw = record.value
+        result = decoder(raw, now_ms) if raw is not None else EMPTY_VALUE
+        if isinstance(result, DecodedEvent):
+            event = result.event
+            out.events += 1
+            events = by_org.get(event.org_id)
+            if events is None:
+                events = by_org[event.org_id] = []
+            events.append(event)
+            if event.key not in keyed:
+                keyed[event.key] = record
+                attributes[event.key] = (
+                    orjson.dumps(result.attributes).decode() if result.attributes else None
+                )
+        else:
+            out.dead.append(dead_letter(record, result.code, result.message))
+    return out
+
+
+def drop_keys(decoded: Decoded, keys: set[str]) -> int:
+    """Remove events whose key is in `keys` (already settled); returns how many."""
+    if not keys:
+        return 0
+    dropped = 0
+    for org_id in list(decoded.by_org):
+        events = decoded.by_org[org_id]
+        kept = [e for e in events if e.key not in keys]
+        dropped += len(events) - len(kept)
+        if kept:
+            decoded.by_org[org_id] = kept
+        else:
+            del decoded.by_org[org_id]
+    return dropped
+
+
+@dataclass
+class Sorted:
+    store: list[tuple[Settlement, str | None]] = field(default_factory=list)
+    keys_by_org: dict[str, list[str]] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+    replayed: int = 0
+    """Results the engine had stored before (`duplicate=True`) that are stored now."""
+
+
+def sort_results(
+    results: Mapping[str, Sequence[Settlement]],
+    records: Mapping[str, Record],
+    attributes: Mapping[str, str | None],
+) -> Sorted:
+    """Settlements to store (one per key) and dead letters for those with a `reason`."""
+    out = Sorted()
+    seen: set[str] = set()
+    for org_id, settlements in results.items():
+        keys: list[str] = []
+        for s in settlements:
+            if s.reason is not None:
+                if s.key not in seen:
+                    seen.add(s.key)
+                    out.dead.append(dead_letter(records[s.key], s.reason.value, _reason_message(s)))
+                continue
+            if s.key in seen:
+                continue
+            seen.add(s.key)
+            if s.duplicate:
+                out.replayed += 1
+            out.store.append((s, attributes.get(s.key)))
+            keys.append(s.key)
+        if keys:
+            out.keys_by_org[org_id] = keys
+    return out
+
+
+def _reason_message(s: Settlement) -> str:
+    if s.reason is not None and s.reason.value == "unknown_org":
+        return f"organization {s.org_id!r} is not known"
+    if s.reason is not None and s.reason.value == "unknown_member":
+        return f"member {s.member_id!r} of organization {s.org_id!r} is not known"
+    return f"cannot settle: {s.reason}"
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,316 @@
+"""The PostgreSQL settlement store: settlements, their lines, period and daily totals, offsets.
+
+`SettlementStore.write_batch` writes one consumer batch in one transaction:
+
+1. advance the consumer offsets of the batch's partitions, each only from the offset the writer
+   expects (a stale group member finds a different value and gets `OffsetConflict`, which rolls
+   the whole transaction back);
+2. COPY the settlements and their lines into session-local staging tables;
+3. one statement moves them into `settlements` / `settlement_lines` (keys already present are
+   skipped) and adds exactly the inserted rows to every total with INSERT ... ON CONFLICT DO UPDATE.
+
+Tables: schemas/migrations/0002_settlements.sql.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from meter.engine.types import Kind, Settlement
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def ms_to_datetime(ms: int) -> dt.datetime:
+    """Epoch milliseconds to an aware UTC datetime, without floats."""
+    return EPOCH + dt.timedelta(milliseconds=ms)
+
+
+class OffsetConflict(Exception):
+    """The stored offset of a partition is not the one this writer expected: another group
+    member has written it since. Nothing of the batch was written."""
+
+    def __init__(self, partitions: Sequence[int]) -> None:
+        super().__init__(f"stored offsets moved for partitions {sorted(partitions)}")
+        self.partitions = tuple(partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetAdvance:
+    """Move `partition` from `expected` (the stored next offset) to `next_offset`."""
+
+    partition: int
+    expected: int
+    next_offset: int
+
+
+# -- SQL ----------------------------------------------------------------------------------------
+
+_STAGE_COLUMNS = (
+    "key",
+    "org_id",
+    "member_id",
+    "billing_group",
+    "period_start",
+    "period_end",
+    "event_time",
+    "credits",
+    "unfunded",
+    "member_limited",
+    "group_limited",
+    "late",
+    "reservation_id",
+    "attributes",
+    "seat",
+    "personal",
+    "shared",
+    "on_demand",
+)
+_LINE_COLUMNS = ("key", "org_id", "bucket_id", "kind", "amount")
+
+CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS stage_settlements (
+    key text, org_id text, member_id text, billing_group text,
+    period_start timestamptz, period_end timestamptz, event_time timestamptz,
+    credits bigint, unfunded bigint,
+    member_limited boolean, group_limited boolean, late boolean,
+    reservation_id text, attributes jsonb,
+    seat bigint, personal bigint, shared bigint, on_demand bigint
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_lines (
+    key text, org_id text, bucket_id text, kind text, amount bigint
+) ON COMMIT DELETE ROWS;
+"""
+
+EXISTING_KEYS = "SELECT key FROM settlements WHERE key = ANY($1::text[])"
+
+ENSURE_OFFSETS = """
+INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
+SELECT $1, $2, p, o FROM unnest($3::int[], $4::bigint[]) AS t(p, o)
+ON CONFLICT (group_id, topic, partition) DO NOTHING
+"""
+
+LOAD_OFFSETS = """
+SELECT partition, next_offset FROM consumer_offsets
+WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])
+"""
+
+ADVANCE_OFFSETS = """
+UPDATE consumer_offsets AS c
+SET next_offset = w.next_offset, updated_at = now()
+FROM unnest($3::int[], $4::bigint[], $5::bigint[]) AS w(partition, expected, next_offset)
+WHERE c.group_id = $1 AND c.topic = $2 AND c.partition = w.partition
+  AND c.next_offset = w.expected
+RETURNING c.partition
+"""
+
+_SUMS = """count(*), sum(credits), sum(seat), sum(personal), sum(shared), sum(on_demand),
+           sum(unfunded)"""
+_ADD = """events = t.events + excluded.events, credits = t.credits + excluded.credits,
+        seat = t.seat + excluded.seat, personal = t.personal + excluded.personal,
+        shared = t.shared + excluded.shared, on_demand = t.on_demand + excluded.on_demand,
+        unfunded = t.unfunded + excluded.unfunded"""
+_TOTALS = "events, credits, seat, personal, shared, on_demand, unfunded"
+
+MOVE_STAGED = f"""
+WITH ins AS (
+    INSERT INTO settlements (key, org_id, member_id, billing_group, period_start, period_end,
+                             event_time, credits, unfunded, member_limited, group_limited, late,
+                             reservation_id, attributes)
+    SELECT key, org_id, member_id, billing_group, period_start, period_end, event_time, credits,
+           unfunded, member_limited, group_limited, late, reservation_id, attributes
+    FROM stage_settlements
+    ORDER BY key
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key
+), fresh AS (
+    SELECT s.* FROM stage_settlements s JOIN ins USING (key)
+), lines AS (
+    INSERT INTO settlement_lines (key, org_id, bucket_id, kind, amount)
+    SELECT l.key, l.org_id, l.bucket_id, l.kind, l.amount FROM stage_lines l JOIN ins USING (key)
+), member_totals AS (
+    INSERT INTO member_period_totals AS t (org_id, member_id, period_start, period_end, {_TOTALS})
+    SELECT org_id, member_id, period_start, max(period_end), {_SUMS}
+    FROM fresh GROUP BY org_id, member_id, period_start ORDER BY 1, 2, 3
+    ON CONFLICT (org_id, member_id, period_start) DO UPDATE SET {_ADD}
+), group_totals AS (
+    INSERT INTO group_period_totals AS t
+        (org_id, billing_group, period_start, period_end, {_TOTALS})
+    SELECT org_id, billing_group, period_start, max(period_end), {_SUMS}
+    FROM fresh GROUP BY org_id, billing_group, period_start ORDER BY 1, 2, 3
+    ON CONFLICT (org_id, billing_group, period_start) DO UPDATE SET {_ADD}
+), org_totals AS (
+    INSERT INTO org_period_totals AS t (org_id, period_start, period_end, {_TOTALS})
+    SELECT org_id, period_start, max(period_end), {_SUMS}
+    FROM fresh GROUP BY org_id, period_start ORDER BY 1, 2
+    ON CONFLICT (org_id, period_start) DO UPDATE SET {_ADD}
+), daily_totals AS (
+    INSERT INTO member_daily_totals AS t (org_id, member_id, day, {_TOTALS})
+    SELECT org_id, member_id, (event_time AT TIME ZONE 'UTC')::date, {_SUMS}
+    FROM fresh GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (org_id, member_id, day) DO UPDATE SET {_ADD}
+)
+SELECT count(*) FROM ins
+"""
+
+
+# -- rows ---------------------------------------------------------------------------------------
+
+_KIND_SLOT = {Kind.SEAT: 0, Kind.PERSONAL: 1, Kind.SHARED: 2, Kind.ON_DEMAND: 3}
+
+
+def stage_rows(
+    settlements: Iterable[tuple[Settlement, str | None]],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Settlement and line records for the staging tables. Each settlement comes with its
+    attributes as JSON text (or None). Settlements without a period are not storable."""
+    rows: list[tuple[Any, ...]] = []
+    lines: list[tuple[Any, ...]] = []
+    instants: dict[int, dt.datetime] = {}
+
+    def instant(ms: int) -> dt.datetime:
+        value = instants.get(ms)
+        if value is None:
+            value = instants[ms] = ms_to_datetime(ms)
+        return value
+
+    for s, attributes in settlements:
+        period = s.period
+        if period is None:
+            raise ValueError(f"settlement {s.key!r} has no period")
+        by_kind = [0, 0, 0, 0]
+        for line in s.lines:
+            by_kind[_KIND_SLOT[line.kind]] += line.amount
+            lines.append((s.key, s.org_id, line.bucket_id, line.kind.value, line.amount))
+        rows.append(
+            (
+                s.key,
+                s.org_id,
+                s.member_id,
+                s.billing_group,
+                instant(period.start_ms),
+                instant(period.end_ms),
+                ms_to_datetime(s.time_ms),
+                s.credits,
+                s.unfunded,
+                s.member_limited,
+                s.group_limited,
+                s.late,
+                s.reservation_id,
+                attributes,
+                *by_kind,
+            )
+        )
+    return rows, lines
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute(CREATE_STAGING)
+
+
+class SettlementStore:
+    """Settlement writes and the reads the consumer needs. Two connections: one writes a batch
+    while the other looks up the keys of the next one."""
+
+    def __init__(self, dsn: str, *, command_timeout_s: float = 60.0) -> None:
+        self._dsn = dsn
+        self._command_timeout_s = command_timeout_s
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=0,
+                max_size=2,
+                init=_init_connection,
+                command_timeout=self._command_timeout_s,
+            )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    def terminate(self) -> None:
+        """Drop every connection at once (abandoning whatever is in flight)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.terminate()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("SettlementStore is not open")
+        return self._pool
+
+    async def existing_keys(self, keys: Sequence[str]) -> set[str]:
+        """The keys among `keys` that are already settled."""
+        if not keys:
+            return set()
+        await self.open()
+        records = await self.pool.fetch(EXISTING_KEYS, list(keys))
+        return {r[0] for r in records}
+
+    async def load_offsets(
+        self, group_id: str, topic: str, beginnings: Mapping[int, int]
+    ) -> dict[int, int]:
+        """Stored next offsets of the given partitions; a partition seen for the first time
+        starts at its beginning offset (from `beginnings`) and is recorded so."""
+        await self.open()
+        partitions = sorted(beginnings)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                ENSURE_OFFSETS,
+                group_id,
+                topic,
+                partitions,
+                [beginnings[p] for p in partitions],
+            )
+            records = await conn.fetch(LOAD_OFFSETS, group_id, topic, partitions)
+        return {int(r[0]): int(r[1]) for r in records}
+
+    async def write_batch(
+        self,
+        group_id: str,
+        topic: str,
+        settlements: Sequence[tuple[Settlement, str | None]],
+        offsets: Sequence[OffsetAdvance],
+    ) -> int:
+        """Write settlements and advance offsets in one transaction. Returns how many
+        settlements were new. Raises `OffsetConflict` (nothing written) when fenced."""
+        rows, lines = stage_rows(settlements)
+        await self.open()
+        async with self.pool.acquire() as conn, conn.transaction():
+            if offsets:
+                moved = await conn.fetch(
+                    ADVANCE_OFFSETS,
+                    group_id,
+                    topic,
+                    [o.partition for o in offsets],
+                    [o.expected for o in offsets],
+                    [o.next_offset for o in offsets],
+                )
+                done = {int(r[0]) for r in moved}
+                missing = [o.partition for o in offsets if o.partition not in done]
+                if missing:
+                    raise OffsetConflict(missing)
+            if not rows:
+                return 0
+            await conn.copy_records_to_table(
+                "stage_settlements", records=rows, columns=_STAGE_COLUMNS
+            )
+            if lines:
+                await conn.copy_records_to_table(
+                    "stage_lines", records=lines, columns=_LINE_COLUMNS
+                )
+            inserted: int = await conn.fetchval(MOVE_STAGED)
+            return inserted
