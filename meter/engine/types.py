@@ -185,6 +185,40 @@ class VoidResult:
 MAX_HOLD_MS = 15 * 60 * 1000
 DEFAULT_HOLD_MS = 60 * 1000
 
+MAX_AMOUNT = 2**53 - 1
+"""Largest amount (and largest sum kept in one counter) the engine accepts, in micro-credits.
+
+The Lua scripts compute with doubles, which are exact integers up to 2**53 (about 9 billion
+credits); amounts and instants are validated against it before they reach either engine."""
+
+
+class EngineInputError(ValueError):
+    """A call the engine refuses before touching any state: bad id, amount or instant."""
+
+
+def check_amount(name: str, value: int) -> int:
+    """`value` if it is an int in `0..MAX_AMOUNT`, else `EngineInputError`."""
+    if type(value) is not int or not 0 <= value <= MAX_AMOUNT:
+        raise EngineInputError(f"{name} must be an integer in 0..{MAX_AMOUNT}, got {value!r}")
+    return value
+
+
+def check_instant(name: str, value: int) -> int:
+    """`value` if it is an int epoch-ms instant within +-MAX_AMOUNT, else `EngineInputError`."""
+    if type(value) is not int or not -MAX_AMOUNT <= value <= MAX_AMOUNT:
+        raise EngineInputError(f"{name} must be an integer epoch-ms instant, got {value!r}")
+    return value
+
+
+def check_id(name: str, value: str, *, empty: bool = False) -> str:
+    """`value` if it is a string of printable characters (no control characters, which the Redis
+    encoding uses as separators), non-empty unless `empty`; else `EngineInputError`."""
+    if not isinstance(value, str) or (not value and not empty):
+        raise EngineInputError(f"{name} must be a non-empty string, got {value!r}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise EngineInputError(f"{name} must not contain control characters: {value!r}")
+    return value
+
 
 class Engine(Protocol):
     """What both engine implementations offer. The Redis one is async; the model is sync and
@@ -228,7 +262,25 @@ class Engine(Protocol):
     async def release(self, org_id: str, reservation_id: str, now_ms: int) -> bool:
         """True when a live hold was released."""
 
-    async def void(self, org_id: str, key: str, now_ms: int) -> VoidResult: ...
+    async def void(
+        self, org_id: str, key: str, now_ms: int, settlement: Settlement | None = None
+    ) -> VoidResult:
+        """Undo a settlement. The engine uses its stored result while the key is unconfirmed;
+        after `confirm` the caller passes the `settlement` it holds (from the settlement store)."""
+
+    async def usage(self, org_id: str, now_ms: int) -> dict[str, int]:
+        """Non-zero counters of the period containing `now_ms`: `member:<id>` (all drawn),
+        `member_shared:<id>` (shared drawn), `group:<id>` (drawn, "" = Unassigned), `drawn`,
+        `unfunded`."""
 
     async def balances(self, org_id: str, now_ms: int) -> dict[str, int]:
         """Credits left per bucket id (expired and empty buckets included), for comparisons."""
+
+
+def check_org_id(value: str) -> str:
+    """`check_id` for an organization id, which must not contain braces: it becomes the Redis
+    hash tag `{org_id}` of every key of the organization."""
+    check_id("org_id", value)
+    if "{" in value or "}" in value:
+        raise EngineInputError(f"org_id must not contain braces: {value!r}")
+    return value

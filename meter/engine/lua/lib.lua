@@ -1,0 +1,354 @@
+-- Shared helpers, prepended to every script of this folder when it is loaded (see redis.py).
+-- Every key of an organization starts with the prefix P = "meter:{<org_id>}:", derived from the
+-- script's KEYS[1] (the org's config key P .. "o"), so all of them hash to KEYS[1]'s slot:
+--   o           hash   org config: st pk an rd lp dl gr
+--   g           hash   billing group id -> period limit ("" = unlimited)
+--   u:<member>  hash   member config s (seated) l (limit, "" = org default) g (group) x (removed)
+--                      and its buckets "b<id>" -> kind|valid_from|expires_at|granted_at|left
+--   sh          hash   the shared pool's buckets, same encoding
+--   ms          set    ids of members with a u:<member> hash
+--   c:<start>   hash   counters of the period starting at <start>: a<m> s<m> g<group> d u
+--   r           hash   settlement key -> stored result, until confirmed
+--   v           hash   settlement key -> void result
+--   h / hx / ha hash / zset / hash: live holds by id, their expiry, and the sums they hold
+-- Amounts and instants are integers below 2^53, exact in Lua's doubles; they cross the
+-- boundary as decimal strings, never through cjson.
+
+local SEP = '\31'
+local DAY = 86400000
+local COUNTER_KEEP_MS = 7 * DAY
+local RANK = {s = 0, p = 1, h = 2, o = 3}
+
+local function fmt(n)
+  return string.format('%.0f', n)
+end
+
+local function split(s)
+  local out, n, i = {}, 0, 1
+  while true do
+    local j = string.find(s, SEP, i, true)
+    n = n + 1
+    if not j then
+      out[n] = string.sub(s, i)
+      return out
+    end
+    out[n] = string.sub(s, i, j - 1)
+    i = j + 1
+  end
+end
+
+-- Calendar: days since 1970-01-01 <-> proleptic Gregorian date (same as periods.py).
+local floor = math.floor
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function civil_from_days(z)
+  z = z + 719468
+  local era = floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local d = doy - floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+local function add_months(t, k)
+  local days = floor(t / DAY)
+  local tod = t - days * DAY
+  local y, m, d = civil_from_days(days)
+  local months = y * 12 + (m - 1) + k
+  local ty = floor(months / 12)
+  local tm = months - ty * 12 + 1
+  local dim = 31
+  if tm ~= 12 then dim = days_from_civil(ty, tm + 1, 1) - days_from_civil(ty, tm, 1) end
+  if d > dim then d = dim end
+  return days_from_civil(ty, tm, d) * DAY + tod
+end
+
+local function period_start(org, k)
+  if org.monthly then return add_months(org.anchor, k) end
+  return org.anchor + k * org.len
+end
+
+-- The period containing t: start <= t < end.
+local function period_at(org, t)
+  local k
+  if org.monthly then
+    local ay, am = civil_from_days(floor(org.anchor / DAY))
+    local ty, tm = civil_from_days(floor(t / DAY))
+    k = (ty * 12 + tm) - (ay * 12 + am)
+    if period_start(org, k) > t then k = k - 1 end
+  else
+    k = floor((t - org.anchor) / org.len)
+  end
+  return period_start(org, k), period_start(org, k + 1)
+end
+
+local function load_org(P)
+  local v = redis.call('HMGET', P .. 'o', 'st', 'pk', 'an', 'rd', 'lp', 'dl', 'gr')
+  if not v[1] then return nil end
+  local org = {
+    active = v[1] == 'active', monthly = v[2] == 'monthly', anchor = tonumber(v[3]),
+    len = tonumber(v[4]) * DAY, shared_policy = v[5] == 'shared', grace = tonumber(v[7]),
+  }
+  if v[6] ~= '' then org.default_limit = tonumber(v[6]) end
+  return org
+end
+
+-- Bytewise string order (Lua's own < follows the server's collation locale).
+local function id_less(a, b)
+  local la, lb = #a, #b
+  local n = la < lb and la or lb
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return la < lb
+end
+
+-- Burn-down order: kind, sooner expiry, older grant, bucket id.
+local function bucket_less(a, b)
+  if a.rank ~= b.rank then return a.rank < b.rank end
+  if a.exp ~= b.exp then return a.exp < b.exp end
+  if a.gr ~= b.gr then return a.gr < b.gr end
+  return id_less(a.id, b.id)
+end
+
+local function parse_bucket(id, v)
+  local f = split(v)
+  return {
+    id = id, kind = f[1], rank = RANK[f[1]], from = tonumber(f[2]), exp = tonumber(f[3]),
+    gr = tonumber(f[4]), left = tonumber(f[5]),
+    head = f[1] .. SEP .. f[2] .. SEP .. f[3] .. SEP .. f[4] .. SEP,
+  }
+end
+
+-- A member's config and buckets (sorted). m.known is false for a member never put.
+local function load_member(P, member_id)
+  local key = P .. 'u:' .. member_id
+  local flat = redis.call('HGETALL', key)
+  local m = {key = key, id = member_id, buckets = {}, known = false, group = ''}
+  local n = 0
+  for i = 1, #flat, 2 do
+    local f = flat[i]
+    if #f > 1 then
+      n = n + 1
+      m.buckets[n] = parse_bucket(string.sub(f, 2), flat[i + 1])
+    elseif f == 's' then
+      m.known = true
+      m.seated = flat[i + 1] == '1'
+    elseif f == 'l' then
+      if flat[i + 1] ~= '' then m.limit = tonumber(flat[i + 1]) end
+    elseif f == 'g' then
+      m.group = flat[i + 1]
+    elseif f == 'x' then
+      m.removed = true
+    end
+  end
+  if n > 1 then table.sort(m.buckets, bucket_less) end
+  return m
+end
+
+local function load_shared(P)
+  local flat = redis.call('HGETALL', P .. 'sh')
+  local out, n = {}, 0
+  for i = 1, #flat, 2 do
+    n = n + 1
+    out[n] = parse_bucket(string.sub(flat[i], 2), flat[i + 1])
+  end
+  if n > 1 then table.sort(out, bucket_less) end
+  return out
+end
+
+local function save_buckets(key, buckets)
+  local args, n = {}, 0
+  for i = 1, #buckets do
+    local b = buckets[i]
+    if b.dirty then
+      args[n + 1] = 'b' .. b.id
+      args[n + 2] = b.head .. fmt(b.left)
+      n = n + 2
+      b.dirty = false
+    end
+  end
+  if n > 0 then redis.call('HSET', key, unpack(args)) end
+end
+
+-- The member's and the shared pool's buckets usable at t, in burn-down order. Member buckets
+-- are seat/personal (rank < 2) or on_demand (rank 3); the shared pool sits between them.
+local function eligible(mem, shared, t)
+  local out, n = {}, 0
+  local mb = mem.buckets
+  local nm = #mb
+  local i = 1
+  while i <= nm and mb[i].rank < 2 do
+    local b = mb[i]
+    if b.from <= t and t < b.exp then n = n + 1; out[n] = b end
+    i = i + 1
+  end
+  for j = 1, #shared do
+    local b = shared[j]
+    if b.from <= t and t < b.exp then n = n + 1; out[n] = b end
+  end
+  while i <= nm do
+    local b = mb[i]
+    if b.from <= t and t < b.exp then n = n + 1; out[n] = b end
+    i = i + 1
+  end
+  return out
+end
+
+-- Greedy draw (README "Limits"): returns flat {bucket, amount, ...}, unfunded, flags.
+local function draw(list, avail, need, shared_policy, mroom, groom)
+  local lines, nl, mflag, gflag = {}, 0, false, false
+  for i = 1, #list do
+    if need == 0 then break end
+    local a = avail[i]
+    if a > 0 then
+      local b = list[i]
+      local counted = (not shared_policy) or b.rank == 2
+      local take = need < a and need or a
+      if counted and mroom and mroom < take then take = mroom; mflag = true end
+      if groom and groom < take then take = groom; gflag = true end
+      if take > 0 then
+        lines[nl + 1] = b
+        lines[nl + 2] = take
+        nl = nl + 2
+        need = need - take
+        if counted and mroom then mroom = mroom - take end
+        if groom then groom = groom - take end
+      end
+    end
+  end
+  return lines, need, mflag, gflag
+end
+
+-- The member's billing group if it exists, else Unassigned ("").
+local function group_of(groups, mem)
+  if mem.group ~= '' and groups[mem.group] then return mem.group end
+  return ''
+end
+
+local function hold_dec(ha, field, amt)
+  if amt ~= 0 then
+    local left = redis.call('HINCRBY', ha, field, fmt(-amt))
+    if left <= 0 then redis.call('HDEL', ha, field) end
+  end
+end
+
+-- A hold: member|expires|group|drawn|drawn_shared|bucket|amount|bucket|amount...
+local function drop_hold(P, rid, enc)
+  local f = split(enc)
+  local ha = P .. 'ha'
+  local drawn = tonumber(f[4])
+  hold_dec(ha, 'a' .. f[1], drawn)
+  hold_dec(ha, 's' .. f[1], tonumber(f[5]))
+  hold_dec(ha, 'g' .. f[3], drawn)
+  for i = 6, #f - 1, 2 do hold_dec(ha, 'b' .. f[i], tonumber(f[i + 1])) end
+  redis.call('HDEL', P .. 'h', rid)
+  redis.call('ZREM', P .. 'hx', rid)
+end
+
+local function clean_holds(P, now)
+  local expired = redis.call('ZRANGEBYSCORE', P .. 'hx', '-inf', fmt(now))
+  for i = 1, #expired do
+    local enc = redis.call('HGET', P .. 'h', expired[i])
+    if enc then
+      drop_hold(P, expired[i], enc)
+    else
+      redis.call('ZREM', P .. 'hx', expired[i])
+    end
+  end
+end
+
+local function load_groups(P)
+  local flat = redis.call('HGETALL', P .. 'g')
+  local groups = {}
+  for i = 1, #flat, 2 do groups[flat[i]] = flat[i + 1] end
+  return groups
+end
+
+local function num(v)
+  if v then return tonumber(v) end
+  return 0
+end
+
+-- The check of README "Checks and reservations" at now. Returns a table: reason (or nil),
+-- and for a simulated draw: avail per kind, mroom, groom, pend, lines, unfunded, group.
+local function check_core(P, mid, credits, now)
+  local org = load_org(P)
+  if not org then return {reason = 'unknown_org'} end
+  local mem = load_member(P, mid)
+  if not mem.known or mem.removed then return {reason = 'unknown_member'} end
+  if not org.active then return {reason = 'org_inactive'} end
+  if not mem.seated then return {reason = 'no_seat'} end
+
+  local ps, pe = period_at(org, now)
+  local groups = load_groups(P)
+  local group = group_of(groups, mem)
+  local list = eligible(mem, load_shared(P), now)
+  local fields = {'a' .. mid, 's' .. mid, 'g' .. group}
+  for i = 1, #list do fields[i + 3] = 'b' .. list[i].id end
+  local held = redis.call('HMGET', P .. 'ha', unpack(fields))
+  local used = redis.call('HMGET', P .. 'c:' .. fmt(ps), 'a' .. mid, 's' .. mid, 'g' .. group)
+
+  local limit = mem.limit
+  if limit == nil then limit = org.default_limit end
+  local mroom, groom
+  if limit then
+    local k = org.shared_policy and 2 or 1
+    mroom = limit - num(used[k]) - num(held[k])
+    if mroom < 0 then mroom = 0 end
+  end
+  local glimit = groups[group]
+  if group ~= '' and glimit ~= '' then
+    glimit = tonumber(glimit)
+    groom = glimit - num(used[3]) - num(held[3])
+    if groom < 0 then groom = 0 end
+  end
+
+  local avail = {}
+  local per_kind = {s = 0, p = 0, h = 0, o = 0}
+  for i = 1, #list do
+    local a = list[i].left - num(held[i + 3])
+    if a < 0 then a = 0 end
+    avail[i] = a
+    per_kind[list[i].kind] = per_kind[list[i].kind] + a
+  end
+  local lines, unfunded, mflag, gflag = draw(list, avail, credits, org.shared_policy, mroom, groom)
+  local reason
+  if unfunded > 0 then
+    reason = 'insufficient_credits'
+    if mflag then
+      reason = 'member_limit_reached'
+    elseif gflag then
+      reason = 'group_limit_reached'
+    end
+  end
+  return {
+    reason = reason, drawn = true, per_kind = per_kind, mroom = mroom, groom = groom, pend = pe,
+    lines = lines, group = group,
+  }
+end
+
+-- The flat reply of a check: reason|seat|personal|shared|on_demand|mroom|groom|period_end.
+local function check_reply(c)
+  if not c.drawn then return {c.reason} end
+  local k = c.per_kind
+  return {
+    c.reason or '', fmt(k.s), fmt(k.p), fmt(k.h), fmt(k.o),
+    c.mroom and fmt(c.mroom) or '', c.groom and fmt(c.groom) or '', fmt(c.pend),
+  }
+end

@@ -1,0 +1,44 @@
+-- Check, and if allowed hold the simulated draw until now + ttl (README "reservations").
+-- Returns the check reply followed by reservation id and expiry when held; an id already held
+-- returns {"held", expiry} unchanged.
+local org_key = KEYS[1]
+local now = tonumber(ARGV[1])
+local member_id = ARGV[2]
+local credits = tonumber(ARGV[3])
+local reservation_id = ARGV[4]
+local ttl = tonumber(ARGV[5]) -- already capped by the caller
+
+local P = string.sub(org_key, 1, -2)
+clean_holds(P, now)
+local existing = redis.call('ZSCORE', P .. 'hx', reservation_id)
+if existing then return {'held', existing} end
+
+local c = check_core(P, member_id, credits, now)
+local reply = check_reply(c)
+if c.reason or not c.drawn then return reply end
+
+local expires = now + ttl
+local lines = c.lines
+local drawn, drawn_shared = 0, 0
+local parts = {member_id, fmt(expires), c.group, '', ''}
+local ha = P .. 'ha'
+for j = 1, #lines - 1, 2 do
+  local b, amount = lines[j], lines[j + 1]
+  drawn = drawn + amount
+  if b.rank == 2 then drawn_shared = drawn_shared + amount end
+  parts[#parts + 1] = b.id
+  parts[#parts + 1] = fmt(amount)
+  redis.call('HINCRBY', ha, 'b' .. b.id, fmt(amount))
+end
+parts[4] = fmt(drawn)
+parts[5] = fmt(drawn_shared)
+if drawn > 0 then
+  redis.call('HINCRBY', ha, 'a' .. member_id, fmt(drawn))
+  redis.call('HINCRBY', ha, 'g' .. c.group, fmt(drawn))
+end
+if drawn_shared > 0 then redis.call('HINCRBY', ha, 's' .. member_id, fmt(drawn_shared)) end
+redis.call('HSET', P .. 'h', reservation_id, table.concat(parts, SEP))
+redis.call('ZADD', P .. 'hx', fmt(expires), reservation_id)
+reply[#reply + 1] = reservation_id
+reply[#reply + 1] = fmt(expires)
+return reply

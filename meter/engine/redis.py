@@ -1,0 +1,338 @@
+"""The credit engine on Redis: the rules of `README.md` as Lua scripts, atomic per organization.
+
+Each script in `lua/` is prepended with `lua/lib.lua`, loaded once (SCRIPT LOAD) and called with
+EVALSHA, reloaded when the server answers NOSCRIPT. Every key of an organization carries the hash
+tag `{org_id}` (layout in `lua/lib.lua`), so one organization lives in one Redis Cluster slot and
+each call is one script on one shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from meter.engine.model import (
+    hold_ttl,
+    refused,
+    validate_events,
+    validate_grant,
+    validate_void_settlement,
+)
+from meter.engine.types import (
+    UNASSIGNED,
+    BillingGroupConfig,
+    CheckResult,
+    EngineInputError,
+    Grant,
+    Kind,
+    Line,
+    MemberConfig,
+    OrgConfig,
+    Period,
+    Reason,
+    Settlement,
+    UsageEvent,
+    VoidResult,
+    check_amount,
+    check_id,
+    check_instant,
+    check_org_id,
+)
+
+SEP = "\x1f"
+KIND_CODE = {Kind.SEAT: "s", Kind.PERSONAL: "p", Kind.SHARED: "h", Kind.ON_DEMAND: "o"}
+CODE_KIND = {code: kind for kind, code in KIND_CODE.items()}
+SCRIPTS = (
+    "put_org",
+    "put_member",
+    "remove_member",
+    "put_billing_group",
+    "delete_billing_group",
+    "apply_grant",
+    "settle_batch",
+    "confirm",
+    "check",
+    "reserve",
+    "release",
+    "void",
+    "balances",
+    "usage",
+)
+MAX_BATCH = 2000
+"""Events per script call; longer batches are split (each part is still atomic)."""
+
+USAGE_FIELDS = {"a": "member:", "s": "member_shared:", "g": "group:"}
+
+
+def org_key(org_id: str) -> str:
+    """The organization's config key; every other key of the org shares its prefix and slot."""
+    return f"meter:{{{org_id}}}:o"
+
+
+def script_source(name: str) -> str:
+    """The text loaded for script `name`: the shared helpers, then the script."""
+    lua = resources.files("meter.engine") / "lua"
+    return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _opt(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _opt_int(value: str) -> int | None:
+    return None if value == "" else int(value)
+
+
+def encode_settlement(s: Settlement) -> str:
+    """A settlement in the stored encoding of `settle_batch.lua` ("" for one that did not
+    settle)."""
+    if s.period is None or s.reason is not None:
+        return ""
+    flags = (1 if s.member_limited else 0) + (2 if s.group_limited else 0) + (4 if s.late else 0)
+    parts = [
+        s.member_id, str(s.credits), str(s.time_ms), str(s.period.start_ms), str(s.period.end_ms),
+        s.billing_group, str(s.unfunded), str(flags), s.reservation_id or "",
+    ]  # fmt: skip
+    for line in s.lines:
+        parts += [line.bucket_id, KIND_CODE[line.kind], str(line.amount)]
+    return SEP.join(parts)
+
+
+def decode_settlement(key: str, org_id: str, enc: str, *, duplicate: bool) -> Settlement:
+    f = enc.split(SEP)
+    flags = int(f[7])
+    lines = tuple(Line(f[i], CODE_KIND[f[i + 1]], int(f[i + 2])) for i in range(9, len(f) - 2, 3))
+    return Settlement(
+        key=key,
+        org_id=org_id,
+        member_id=f[0],
+        credits=int(f[1]),
+        time_ms=int(f[2]),
+        period=Period(int(f[3]), int(f[4])),
+        billing_group=f[5],
+        lines=lines,
+        unfunded=int(f[6]),
+        member_limited=bool(flags & 1),
+        group_limited=bool(flags & 2),
+        late=bool(flags & 4),
+        reservation_id=f[8] or None,
+        duplicate=duplicate,
+    )
+
+
+def _lines(flat: Sequence[str]) -> tuple[Line, ...]:
+    return tuple(
+        Line(flat[i], CODE_KIND[flat[i + 1]], int(flat[i + 2])) for i in range(0, len(flat), 3)
+    )
+
+
+def _check_result(reply: Sequence[Any]) -> CheckResult:
+    r = [_str(x) for x in reply]
+    if len(r) == 1:
+        return CheckResult(False, Reason(r[0]))
+    available = {
+        Kind.SEAT: int(r[1]),
+        Kind.PERSONAL: int(r[2]),
+        Kind.SHARED: int(r[3]),
+        Kind.ON_DEMAND: int(r[4]),
+    }
+    return CheckResult(
+        allowed=r[0] == "",
+        reason=Reason(r[0]) if r[0] else None,
+        available=available,
+        member_remaining=_opt_int(r[5]),
+        group_remaining=_opt_int(r[6]),
+        period_end_ms=int(r[7]),
+        reservation_id=r[8] if len(r) > 8 else None,
+        reservation_expires_ms=int(r[9]) if len(r) > 9 else None,
+    )
+
+
+class RedisEngine:
+    """`meter.engine.types.Engine` on one Redis (or a Redis Cluster with one slot per org)."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._sha: dict[str, str] = {}
+
+    async def load_scripts(self) -> None:
+        """SCRIPT LOAD every script (done lazily on first use too)."""
+        for name in SCRIPTS:
+            self._sha[name] = _str(await self._redis.script_load(script_source(name)))
+
+    async def _call(self, name: str, org_id: str, *args: str | int) -> Any:
+        sha = self._sha.get(name)
+        if sha is None:
+            sha = self._sha[name] = _str(await self._redis.script_load(script_source(name)))
+        key = org_key(org_id)
+        try:
+            return await self._redis.evalsha(sha, 1, key, *args)
+        except NoScriptError:
+            self._sha[name] = _str(await self._redis.script_load(script_source(name)))
+            return await self._redis.evalsha(self._sha[name], 1, key, *args)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    async def put_org(self, org: OrgConfig) -> None:
+        check_org_id(org.org_id)
+        check_instant("anchor_ms", org.anchor_ms)
+        check_amount("grace_ms", org.grace_ms)
+        if type(org.rolling_days) is not int or org.rolling_days <= 0:
+            raise EngineInputError("rolling_days must be positive")
+        if org.default_member_limit is not None:
+            check_amount("default_member_limit", org.default_member_limit)
+        await self._call(
+            "put_org", org.org_id, org.status.value, org.period_kind.value, org.anchor_ms,
+            org.rolling_days, org.limit_policy.value, _opt(org.default_member_limit),
+            org.grace_ms,
+        )  # fmt: skip
+
+    async def put_member(self, member: MemberConfig) -> None:
+        check_org_id(member.org_id)
+        check_id("member_id", member.member_id)
+        check_id("billing_group", member.billing_group, empty=True)
+        if member.member_limit is not None:
+            check_amount("member_limit", member.member_limit)
+        await self._call(
+            "put_member", member.org_id, member.member_id, "1" if member.seated else "0",
+            _opt(member.member_limit), member.billing_group,
+        )  # fmt: skip
+
+    async def remove_member(self, org_id: str, member_id: str) -> None:
+        check_org_id(org_id)
+        check_id("member_id", member_id)
+        await self._call("remove_member", org_id, member_id)
+
+    async def put_billing_group(self, group: BillingGroupConfig) -> None:
+        check_org_id(group.org_id)
+        check_id("group_id", group.group_id)
+        if group.limit is not None:
+            check_amount("limit", group.limit)
+        await self._call("put_billing_group", group.org_id, group.group_id, _opt(group.limit))
+
+    async def delete_billing_group(self, org_id: str, group_id: str) -> None:
+        check_org_id(org_id)
+        check_id("group_id", group_id)
+        await self._call("delete_billing_group", org_id, group_id)
+
+    async def apply_grant(self, grant: Grant) -> bool:
+        validate_grant(grant)
+        check_org_id(grant.org_id)
+        added = await self._call(
+            "apply_grant", grant.org_id, grant.member_id or "", grant.bucket_id,
+            KIND_CODE[grant.kind], grant.valid_from_ms, grant.expires_at_ms, grant.granted_at_ms,
+            grant.amount,
+        )  # fmt: skip
+        return bool(added)
+
+    # -- settling ------------------------------------------------------------------------------
+
+    async def settle_batch(
+        self, org_id: str, events: Sequence[UsageEvent], now_ms: int
+    ) -> list[Settlement]:
+        validate_events(org_id, events, now_ms)
+        out: list[Settlement] = []
+        for first in range(0, len(events), MAX_BATCH):
+            part = events[first : first + MAX_BATCH]
+            args: list[str | int] = [now_ms]
+            for ev in part:
+                args += [ev.key, ev.member_id, ev.credits, ev.time_ms, ev.reservation_id or ""]
+            replies = await self._call("settle_batch", org_id, *args)
+            for ev, raw in zip(part, replies, strict=True):
+                reply = _str(raw)
+                tag, body = reply[0], reply[1:]
+                if tag == "x":
+                    out.append(refused(ev, Reason(body)))
+                else:
+                    out.append(decode_settlement(ev.key, org_id, body, duplicate=tag == "d"))
+        return out
+
+    async def confirm(self, org_id: str, keys: Sequence[str]) -> None:
+        check_org_id(org_id)
+        if keys:
+            await self._call("confirm", org_id, *keys)
+
+    # -- checks and reservations ---------------------------------------------------------------
+
+    async def check(self, org_id: str, member_id: str, credits: int, now_ms: int) -> CheckResult:
+        check_org_id(org_id)
+        check_id("member_id", member_id)
+        check_amount("credits", credits)
+        check_instant("now_ms", now_ms)
+        return _check_result(await self._call("check", org_id, now_ms, member_id, credits))
+
+    async def reserve(
+        self,
+        org_id: str,
+        member_id: str,
+        credits: int,
+        now_ms: int,
+        reservation_id: str,
+        ttl_ms: int = 60_000,
+    ) -> CheckResult:
+        check_org_id(org_id)
+        check_id("member_id", member_id)
+        check_amount("credits", credits)
+        check_instant("now_ms", now_ms)
+        check_id("reservation_id", reservation_id)
+        ttl = hold_ttl(ttl_ms)
+        reply = await self._call("reserve", org_id, now_ms, member_id, credits, reservation_id, ttl)
+        if _str(reply[0]) == "held":
+            return CheckResult(
+                True, None, reservation_id=reservation_id,
+                reservation_expires_ms=int(_str(reply[1])),
+            )  # fmt: skip
+        return _check_result(reply)
+
+    async def release(self, org_id: str, reservation_id: str, now_ms: int) -> bool:
+        check_org_id(org_id)
+        check_id("reservation_id", reservation_id)
+        check_instant("now_ms", now_ms)
+        return bool(await self._call("release", org_id, now_ms, reservation_id))
+
+    # -- corrections ---------------------------------------------------------------------------
+
+    async def void(
+        self, org_id: str, key: str, now_ms: int, settlement: Settlement | None = None
+    ) -> VoidResult:
+        check_org_id(org_id)
+        check_instant("now_ms", now_ms)
+        validate_void_settlement(org_id, key, settlement)
+        given = "" if settlement is None else encode_settlement(settlement)
+        reply = [_str(x) for x in await self._call("void", org_id, now_ms, key, given)]
+        if reply[0] == "none":
+            return VoidResult(key, False)
+        return VoidResult(key, True, _lines(reply[1:]), duplicate=reply[0] == "dup")
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def balances(self, org_id: str, now_ms: int) -> dict[str, int]:
+        check_org_id(org_id)
+        flat = [_str(x) for x in await self._call("balances", org_id)]
+        return {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def usage(self, org_id: str, now_ms: int) -> dict[str, int]:
+        check_org_id(org_id)
+        check_instant("now_ms", now_ms)
+        flat = [_str(x) for x in await self._call("usage", org_id, now_ms)]
+        out: dict[str, int] = {}
+        for i in range(0, len(flat), 2):
+            field, value = flat[i], int(flat[i + 1])
+            if not value:
+                continue
+            if field in ("d", "u"):
+                out["drawn" if field == "d" else "unfunded"] = value
+            else:
+                out[USAGE_FIELDS[field[0]] + field[1:]] = value
+        return out
+
+
+__all__ = ["UNASSIGNED", "RedisEngine", "decode_settlement", "encode_settlement", "org_key"]
