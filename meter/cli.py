@@ -52,9 +52,13 @@ COMMANDS: dict[str, Command] = {
         "meter.cli:configure_services",
         "provision Kafka, Redis and PostgreSQL, print where they are, wait until Ctrl-C",
     ),
+    "consume": Command(
+        "consumers.settle:configure_consume", "run a settlement consumer (Kafka -> PostgreSQL)"
+    ),
+    "dlq": Command("consumers.dlq:configure_dlq", "dead-letter topic tools (replay)"),
 }
 
-RUN_COMPONENTS: list[str] = []
+RUN_COMPONENTS: list[str] = ["consumers.settle:run_component"]
 """The components `meter run` starts, as `module:function` (see `Component`)."""
 
 log = structlog.get_logger("meter.cli")
