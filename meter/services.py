@@ -426,8 +426,8 @@ class RedisServer(LocalServer):
 class PostgresServer(LocalServer):
     """A PostgreSQL server on 127.0.0.1 (trust auth, user `postgres`) with data in `data_dir`.
 
-    `durable=False` turns fsync off: faster, and still safe against a process crash, only not
-    against a machine crash. Database `meter` is created on first start.
+    `durable=False` turns fsync off: faster, and still safe against a crash of the server process
+    (committed transactions survive SIGKILL), only not against a crash of the machine. Database `meter` is created on first start.
     """
 
     name = "postgres"
@@ -478,7 +478,9 @@ class PostgresServer(LocalServer):
             "max_connections=200",
         ]
         if not self.durable:
-            for option in ("fsync=off", "synchronous_commit=off", "full_page_writes=off"):
+            # Safe against a crash of the server process (what fault tests do), not of the machine;
+            # synchronous_commit stays on so a committed transaction survives SIGKILL.
+            for option in ("fsync=off", "full_page_writes=off"):
                 cmd += ["-c", option]
         return cmd
 
@@ -709,8 +711,8 @@ async def provision(
     """Use the configured servers, start the missing ones, and stop what was started on exit.
 
     Local PostgreSQL keeps its data in `settings.data_dir / "postgres"`; `durable=False` runs it
-    without fsync (tests). `only` limits the work to some of `kafka`, `redis`, `postgres`: the
-    address of a service left out is "" in the result. Raises `ServiceError` when a configured
+    without fsync (tests). `only` limits the work to some of `kafka`, `redis`, `postgres`: a
+    service left out is neither checked nor started, its address is the configured one or "". Raises `ServiceError` when a configured
     server does not answer within `settings.connect_timeout_s`.
     """
     unknown = set(only) - ALL_SERVICES

@@ -1,0 +1,109 @@
+"""Settings: defaults, and invalid values rejected with a message naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meter.settings import Settings, SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("METER_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    settings = load_settings()
+    assert settings.env == "local"
+    assert settings.usage_topic == "meter.usage.v1"
+    assert settings.dlq_topic == "meter.usage.v1.dlq"
+    assert settings.kafka_bootstrap is None
+    assert settings.redis_url is None
+    assert settings.postgres_dsn is None
+    assert settings.data_dir == Path(".meter")
+
+
+def test_values_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METER_KAFKA_BOOTSTRAP", "k1:9092,k2:9093")
+    monkeypatch.setenv("METER_REDIS_URL", "redis://cache:6380/2")
+    monkeypatch.setenv("METER_POSTGRES_DSN", "postgresql://u@db/meter")
+    monkeypatch.setenv("METER_TOPIC_PARTITIONS", "12")
+    monkeypatch.setenv("METER_DATA_DIR", "/var/lib/meter")
+    settings = load_settings()
+    assert settings.kafka_bootstrap == "k1:9092,k2:9093"
+    assert settings.redis_url == "redis://cache:6380/2"
+    assert settings.postgres_dsn == "postgresql://u@db/meter"
+    assert settings.topic_partitions == 12
+    assert settings.data_dir == Path("/var/lib/meter")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("METER_ENV", "staging"),
+        ("METER_KAFKA_BOOTSTRAP", "broker-without-port"),
+        ("METER_KAFKA_BOOTSTRAP", "k1:9092,:9093"),
+        ("METER_REDIS_URL", "http://127.0.0.1:6379"),
+        ("METER_POSTGRES_DSN", "mysql://db/meter"),
+        ("METER_TOPIC_PARTITIONS", "0"),
+        ("METER_TOPIC_PARTITIONS", "many"),
+        ("METER_API_PORT", "70000"),
+        ("METER_ADMIN_TOKEN", "short"),
+        ("METER_CONNECT_TIMEOUT_S", "0"),
+        ("METER_LOG_LEVEL", "loud"),
+        ("METER_LOG_FORMAT", "xml"),
+        ("METER_MAX_EVENT_CREDITS", "0"),
+    ],
+)
+def test_invalid_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert variable in str(caught.value)
+
+
+def test_every_invalid_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METER_REDIS_URL", "tcp://x")
+    monkeypatch.setenv("METER_API_PORT", "-1")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "METER_REDIS_URL" in str(caught.value)
+    assert "METER_API_PORT" in str(caught.value)
+
+
+def test_production_requires_an_admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METER_ENV", "production")
+    with pytest.raises(SettingsError, match="METER_ADMIN_TOKEN"):
+        load_settings()
+    monkeypatch.setenv("METER_ADMIN_TOKEN", "x" * 32)
+    assert load_settings().env == "production"
+
+
+def test_settings_are_immutable() -> None:
+    settings = Settings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.topic_partitions = 3
+
+
+def test_cli_exits_2_naming_the_variable() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METER_")}
+    env["METER_TOPIC_PARTITIONS"] = "0"
+    result = subprocess.run(
+        [sys.executable, "-m", "meter.cli", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "METER_TOPIC_PARTITIONS" in result.stderr
