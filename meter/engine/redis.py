@@ -73,10 +73,14 @@ def org_key(org_id: str) -> str:
     return f"meter:{{{org_id}}}:o"
 
 
+def lua_file(name: str) -> str:
+    """The text of `lua/<name>.lua`."""
+    return (resources.files("meter.engine") / "lua" / f"{name}.lua").read_text()
+
+
 def script_source(name: str) -> str:
-    """The text loaded for script `name`: the shared helpers, then the script."""
-    lua = resources.files("meter.engine") / "lua"
-    return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    """The text loaded for script `name`: the shared helpers (`lib`), then the script."""
+    return lua_file("lib") + "\n" + lua_file(name)
 
 
 def _str(value: Any) -> str:
