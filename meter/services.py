@@ -427,7 +427,8 @@ class PostgresServer(LocalServer):
     """A PostgreSQL server on 127.0.0.1 (trust auth, user `postgres`) with data in `data_dir`.
 
     `durable=False` turns fsync off: faster, and still safe against a crash of the server process
-    (committed transactions survive SIGKILL), only not against a crash of the machine. Database `meter` is created on first start.
+    (committed transactions survive SIGKILL), only not against a crash of the machine. Database
+    `meter` is created on first start.
     """
 
     name = "postgres"
@@ -712,8 +713,9 @@ async def provision(
 
     Local PostgreSQL keeps its data in `settings.data_dir / "postgres"`; `durable=False` runs it
     without fsync (tests). `only` limits the work to some of `kafka`, `redis`, `postgres`: a
-    service left out is neither checked nor started, its address is the configured one or "". Raises `ServiceError` when a configured
-    server does not answer within `settings.connect_timeout_s`.
+    service left out is neither checked nor started, its address is the configured one or "".
+    Raises `ServiceError` when a configured server does not answer within
+    `settings.connect_timeout_s`.
     """
     unknown = set(only) - ALL_SERVICES
     if unknown:

@@ -1,4 +1,4 @@
-"""Migrations: applied in order once, recorded with checksums, refused when an applied file changed."""
+"""Migrations: applied in order and once, with checksums; changed applied files are refused."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ async def test_refuses_a_changed_applied_file(pg_dsn_clean: str, migrations: Pat
     await migrate(pg_dsn_clean, migrations)
     write(migrations, "0001_widgets.sql", FIRST + "-- edited\n")
     write(migrations, "0003_gadgets.sql", THIRD)
-    with pytest.raises(ChangedMigrationError, match="0001_widgets.sql"):
+    with pytest.raises(ChangedMigrationError, match=r"0001_widgets\.sql"):
         await migrate(pg_dsn_clean, migrations)
     assert await applied_versions(pg_dsn_clean) == ["0001", "0002"]
     assert await fetch(pg_dsn_clean, "SELECT to_regclass('gadgets') IS NULL AS missing") == [
@@ -99,7 +99,7 @@ async def test_refuses_when_an_applied_file_is_missing(pg_dsn_clean: str, migrat
 
 async def test_failing_file_is_rolled_back(pg_dsn_clean: str, migrations: Path) -> None:
     write(migrations, "0003_broken.sql", THIRD + "SELECT * FROM no_such_table;\n")
-    with pytest.raises(MigrationError, match="0003_broken.sql"):
+    with pytest.raises(MigrationError, match=r"0003_broken\.sql"):
         await migrate(pg_dsn_clean, migrations)
     assert await applied_versions(pg_dsn_clean) == ["0001", "0002"]
     assert await fetch(pg_dsn_clean, "SELECT to_regclass('gadgets') IS NULL AS missing") == [

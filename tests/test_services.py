@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
-import psutil
+import psutil  # type: ignore[import-untyped]
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
