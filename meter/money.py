@@ -43,6 +43,8 @@ SCALE: Final = 6
 INT64_MAX: Final = 2**63 - 1
 
 _LITERAL = re.compile(r"(-?)(0|[1-9][0-9]*)(?:\.([0-9]+))?(?:[eE]([+-]?[0-9]+))?")
+_PLAIN = re.compile(r"(0|[1-9][0-9]{0,18})(?:\.([0-9]{1,6}))?").fullmatch
+_FRACTION_UNIT = (0, 100_000, 10_000, 1_000, 100, 10, 1)
 _MAX_LITERAL_CHARS = 1000
 
 
@@ -66,7 +68,16 @@ def parse_credits(value: str | int, *, maximum: int = INT64_MAX) -> int:
             raise CreditsError("too_large", f"credits must not exceed {format_credits(maximum)}")
         return value * MICRO
     if isinstance(value, str):
-        return _parse_literal(value, maximum)
+        plain = _PLAIN(value)
+        if plain is None:
+            return _parse_literal(value, maximum)
+        # The common spelling, at most 6 fractional digits and no exponent: the same result,
+        # sooner.
+        whole, frac = plain.groups()
+        micro = int(whole) * MICRO + (int(frac) * _FRACTION_UNIT[len(frac)] if frac else 0)
+        if micro > maximum:
+            raise CreditsError("too_large", f"credits must not exceed {format_credits(maximum)}")
+        return micro
     if isinstance(value, float):
         raise CreditsError(
             "inexact", "credits arrived as a float, which has lost the digits that were written"

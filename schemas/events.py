@@ -1,0 +1,687 @@
+"""The usage event: a CloudEvents 1.0 JSON event in structured mode (DESIGN 2.6).
+
+```json
+{"specversion": "1.0", "type": "meter.usage.v1", "source": "//chat.example.com/api",
+ "id": "req-8f14e45f", "time": "2026-03-01T12:00:00.250Z", "subject": "member-42",
+ "datacontenttype": "application/json",
+ "data": {"org_id": "acme", "member_id": "member-42", "credits": "1.5",
+          "reservation_id": "res-1", "attributes": {"model": "large-2", "tokens": 1834}}}
+```
+
+Rules (`EventError.code` in brackets; any rule not listed is `invalid_schema`):
+
+- The raw event is at most `MAX_EVENT_BYTES` [`event_too_large`] of UTF-8 JSON [`invalid_json`]
+  holding an object.
+- `specversion` is ``"1.0"``; `type` is ``"meter.usage.v1"`` (`EVENT_TYPE`, the only type this
+  topic carries; a new contract gets a new type); `datacontenttype`, optional, is
+  ``"application/json"``.
+- `id`, `subject`, `data.org_id`, `data.member_id` and the optional `data.reservation_id` are ids:
+  1 to 128 characters from ``A-Z a-z 0-9 - _ . : @`` (`ID_PATTERN`). `subject` is the member and
+  must equal `data.member_id` [`subject_mismatch`].
+- `source` is a URI-reference of at most 256 characters: characters RFC 3986 allows unescaped, and
+  ``%`` only as a ``%XX`` escape.
+- `time` is RFC 3339 ``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`` [`invalid_time`]; it
+  must carry its offset [`missing_timezone`] and must not be more than `max_future_skew_s` ahead of
+  now [`time_in_future`]. Leap seconds (``:60``) are refused; fractions below a millisecond are
+  truncated.
+- `data.credits` is a JSON string or number, a decimal with at most 6 fractional digits, not
+  negative, at most `max_event_credits` micro-credits [`invalid_credits`; the message names the
+  `meter.money.CreditsError` code]. See "Exact credits" below.
+- `data.attributes`, optional, holds free attributes for reporting: at most `MAX_ATTRIBUTES`
+  entries, names 1 to 64 id characters, values strings of at most 256 characters, booleans or
+  finite numbers. An integer outside the int64 range becomes a float. `data` allows no other key,
+  so a misspelt `reservaton_id` is an error rather than a silent attribute.
+- Other top-level attributes are CloudEvents extensions: at most `MAX_EXTENSIONS`, named
+  ``[a-z0-9]{1,20}``, with a string of at most 256 characters, a boolean or an int32 as value.
+  They are accepted and ignored.
+- Optional attributes may be absent or ``null``.
+- When several rules are broken, the reported code is the first in `CODE_PRIORITY`.
+
+The idempotency key is ``f"{source} {id}"`` (`event_key`): neither part may contain a space, so the
+key identifies the pair exactly.
+
+Two implementations give the same verdicts, and a test holds them to it:
+
+- `decode_event`: the fast path for the consumer and the HTTP ingest: `orjson` and hand checks.
+- `UsageEventModel` / `validate_event`: the pydantic model, source of the exported JSON Schema.
+
+Exact credits. `orjson` reads a JSON number with a fraction or an exponent as a float, which no
+longer holds the digits the producer wrote (``0.1000000000000000055511151231257827`` parses to the
+same double as ``0.1``; ``1e-400`` parses to ``0.0``), and rounding through ``repr`` would accept
+both. So when `credits` arrives as a float, `decode_event` reads its literal from the raw bytes:
+a key token ``"credits"`` can only appear literally in JSON that contains no ``\\u`` escape, so
+when the raw event has no ``\\u`` and exactly one ``"credits"`` key token, that token's number is
+`data.credits` and its literal is parsed as text. Otherwise (an escape somewhere, or a second
+``credits`` key in `attributes`, an extension or a duplicate) the event is re-read with the
+standard library parser and ``parse_float=Decimal``, which keeps every digit. Producers can avoid
+both by sending credits as a JSON string, which `encode_event` does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Final, Literal, NamedTuple, Protocol
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from meter.engine.types import UsageEvent
+from meter.money import INT64_MAX, CreditsError, format_credits, parse_credits
+
+SPECVERSION: Final = "1.0"
+EVENT_TYPE: Final = "meter.usage.v1"
+CONTENT_TYPE: Final = "application/json"
+MAX_EVENT_BYTES: Final = 64 * 1024
+MAX_ID_CHARS: Final = 128
+MAX_SOURCE_CHARS: Final = 256
+MAX_ATTRIBUTES: Final = 32
+MAX_ATTRIBUTE_NAME_CHARS: Final = 64
+MAX_STRING_CHARS: Final = 256
+MAX_EXTENSIONS: Final = 16
+INT32_MIN: Final = -(2**31)
+INT32_MAX: Final = 2**31 - 1
+INT64_MIN: Final = -(2**63)
+
+ID_PATTERN: Final = r"^[A-Za-z0-9._:@-]{1,128}$"
+ATTRIBUTE_NAME_PATTERN: Final = r"^[A-Za-z0-9._:@-]{1,64}$"
+SOURCE_PATTERN: Final = r"^(?:[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+$"
+EXTENSION_NAME_PATTERN: Final = r"^[a-z0-9]{1,20}$"
+TIME_PATTERN: Final = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+CODE_PRIORITY: Final = (
+    "event_too_large",
+    "invalid_json",
+    "invalid_schema",
+    "invalid_time",
+    "missing_timezone",
+    "invalid_credits",
+    "subject_mismatch",
+    "time_in_future",
+)
+
+AttributeValue = str | bool | int | float
+CORE_ATTRIBUTES: Final = frozenset(
+    {"specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data"}
+)
+DATA_KEYS: Final = frozenset({"org_id", "member_id", "credits", "reservation_id", "attributes"})
+
+
+class EventLimits(Protocol):
+    """What validation reads from configuration; `meter.settings.Settings` is one."""
+
+    @property
+    def max_future_skew_s(self) -> int: ...
+
+    @property
+    def max_event_credits(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EventError:
+    """Why an event was refused: a stable `code` (see `CODE_PRIORITY`) and a message for people."""
+
+    code: str
+    message: str
+
+
+class DecodedEvent(NamedTuple):
+    """A valid usage event: what the engine settles, plus the free attributes for reporting."""
+
+    event: UsageEvent
+    attributes: dict[str, AttributeValue]
+
+
+def event_key(source: str, event_id: str) -> str:
+    """The idempotency key of the event `event_id` from `source`."""
+    return f"{source} {event_id}"
+
+
+def split_event_key(key: str) -> tuple[str, str]:
+    """`(source, id)` of a key made by `event_key`."""
+    source, _, event_id = key.partition(" ")
+    return source, event_id
+
+
+# --- time -------------------------------------------------------------------------------------
+
+_DATETIME = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+).fullmatch
+_TAIL = re.compile(r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))?").fullmatch
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_CACHE_SIZE = 4096
+# Valid pieces already seen: a stream repeats its seconds and its ".mmmZ" tails.
+_seconds_cache: dict[str, int] = {}
+_tail_cache: dict[str, int] = {}
+
+
+class TimeError(ValueError):
+    """A `time` that is not RFC 3339 with an offset; `code` is ``invalid_time`` or
+    ``missing_timezone``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_time_ms(text: str) -> int:
+    """Epoch milliseconds of an RFC 3339 timestamp with an offset (see the module rules).
+
+    The first 19 characters are the wall-clock second, the rest the fraction and the offset;
+    both are checked (in that order) and remembered separately."""
+    head, tail = text[:19], text[19:]
+    base = _seconds_cache.get(head)
+    if base is None:
+        base = _parse_seconds(head)
+        if len(_seconds_cache) >= _CACHE_SIZE:
+            _seconds_cache.clear()
+        _seconds_cache[head] = base
+    shift = _tail_cache.get(tail)
+    if shift is None:
+        shift = _parse_tail(tail)
+        if len(_tail_cache) >= _CACHE_SIZE:
+            _tail_cache.clear()
+        _tail_cache[tail] = shift
+    return base + shift
+
+
+def _parse_seconds(head: str) -> int:
+    m = _DATETIME(head)
+    if m is None:
+        raise TimeError("invalid_time", "time must be RFC 3339, e.g. 2026-03-01T12:00:00Z")
+    y, mo, d, h, mi, s = (int(part) for part in m.groups())
+    if not 1 <= mo <= 12 or h > 23 or mi > 59 or s > 59 or d < 1:
+        raise TimeError("invalid_time", "time has a field out of range")
+    leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    if d > _MONTH_DAYS[mo] + (mo == 2 and leap):
+        raise TimeError("invalid_time", "time names a day the month does not have")
+    # Days since 1970-01-01 in the proleptic Gregorian calendar (days-from-civil).
+    yy = y - (mo <= 2)
+    era = yy // 400
+    yoe = yy - era * 400
+    doy = (153 * (mo + (-3 if mo > 2 else 9)) + 2) // 5 + d - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    return ((days * 24 + h) * 60 + mi) * 60_000 + s * 1000
+
+
+def _parse_tail(tail: str) -> int:
+    """Milliseconds to add to the wall-clock second: the fraction, minus the offset."""
+    m = _TAIL(tail)
+    if m is None:
+        raise TimeError("invalid_time", "time must be RFC 3339, e.g. 2026-03-01T12:00:00Z")
+    frac, zulu, sign, off_h, off_m = m.groups()
+    if zulu is None and sign is None:
+        raise TimeError("missing_timezone", "time must end in Z or a +HH:MM/-HH:MM offset")
+    ms = int((frac + "00")[:3]) if frac else 0
+    if sign is None:
+        return ms
+    oh, om = int(off_h), int(off_m)
+    if oh > 23 or om > 59:
+        raise TimeError("invalid_time", "time has an offset out of range")
+    offset_ms = (oh * 60 + om) * 60_000
+    return ms - offset_ms if sign == "+" else ms + offset_ms
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def format_time(ms: int) -> str:
+    """RFC 3339 in UTC with milliseconds: 0 -> "1970-01-01T00:00:00.000Z"."""
+    return (_EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+# --- fast path --------------------------------------------------------------------------------
+
+_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}").fullmatch
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9._:@-]{1,64}").fullmatch
+_SOURCE_PLAIN = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=-]+").fullmatch
+_SOURCE = re.compile(r"(?:[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+").fullmatch
+_EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}").fullmatch
+_CREDITS_VALUE = re.compile(rb"[ \t\n\r]*:[ \t\n\r]*(-?[0-9][0-9.eE+-]*)")
+
+
+# Valid values seen before: producers use few sources and few attribute names.
+_known_sources: set[str] = set()
+_known_names: set[str] = set()
+
+
+def _remember(known: set[str], value: str) -> None:
+    if len(known) >= _CACHE_SIZE:
+        known.clear()
+    known.add(value)
+
+
+class _Invalid(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+
+
+def _schema(message: str) -> _Invalid:
+    return _Invalid("invalid_schema", message)
+
+
+def _check_id(value: object, where: str) -> str:
+    if type(value) is not str or _ID(value) is None:
+        raise _schema(f"{where} must be 1 to 128 characters of A-Z a-z 0-9 - _ . : @")
+    return value
+
+
+def _check_extensions(doc: dict[str, Any]) -> None:
+    extensions = [name for name in doc if name not in CORE_ATTRIBUTES]
+    if len(extensions) > MAX_EXTENSIONS:
+        raise _schema(f"at most {MAX_EXTENSIONS} extension attributes are allowed")
+    for name in extensions:
+        if _EXTENSION_NAME(name) is None:
+            raise _schema(f"{name[:40]!r} is not a CloudEvents attribute name ([a-z0-9]{{1,20}})")
+        value = doc[name]
+        kind = type(value)
+        if kind is str:
+            if len(value) > MAX_STRING_CHARS:
+                raise _schema(f"{name}: at most {MAX_STRING_CHARS} characters")
+        elif kind is int:
+            if not INT32_MIN <= value <= INT32_MAX:
+                raise _schema(f"{name}: an integer extension must fit in 32 bits")
+        elif kind is not bool:
+            raise _schema(f"{name}: an extension must be a string, an integer or a boolean")
+
+
+def _check_attributes(attributes: object) -> dict[str, AttributeValue]:
+    if attributes is None:
+        return {}
+    if type(attributes) is not dict:
+        raise _schema("data.attributes must be an object")
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise _schema(f"data.attributes holds at most {MAX_ATTRIBUTES} entries")
+    widened: dict[str, AttributeValue] | None = None
+    for name, value in attributes.items():
+        if name not in _known_names:
+            if _ATTRIBUTE_NAME(name) is None:
+                raise _schema(f"data.attributes: {name[:40]!r} is not 1 to 64 id characters")
+            _remember(_known_names, name)
+        kind = type(value)
+        if kind is str:
+            if len(value) > MAX_STRING_CHARS:
+                raise _schema(f"data.attributes.{name}: at most {MAX_STRING_CHARS} characters")
+        elif kind is int:
+            if not INT64_MIN <= value <= INT64_MAX:
+                if widened is None:
+                    widened = dict(attributes)
+                widened[name] = float(value)
+        elif kind is not float and kind is not bool:
+            raise _schema(f"data.attributes.{name} must be a string, a number or a boolean")
+    return attributes if widened is None else widened
+
+
+def _credits_literal(raw: bytes, doc: dict[str, Any]) -> str:
+    """The literal a float `data.credits` was written as (see "Exact credits")."""
+    if b"\\u" not in raw and raw.count(b'"credits"') == 1:
+        # Without \\u escapes every key named credits appears as these bytes, and so does any
+        # string ending in `"credits`; one occurrence is therefore the key of data.credits.
+        m = _CREDITS_VALUE.match(raw, raw.find(b'"credits"') + 9)
+        if m is not None:
+            return str(m[1], "ascii")
+    exact = json.loads(raw, parse_float=Decimal)["data"]["credits"]
+    return str(exact)
+
+
+def decode_event(raw: bytes, now_ms: int, limits: EventLimits) -> DecodedEvent | EventError:
+    """Validate one raw event; the fast path the consumer runs per message."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return EventError("event_too_large", f"event is larger than {MAX_EVENT_BYTES} bytes")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return EventError("invalid_json", f"not UTF-8 JSON: {exc}")
+    try:
+        return _decode(raw, doc, now_ms, limits)
+    except _Invalid as exc:
+        return EventError(exc.code, exc.message)
+
+
+def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEvent:
+    if type(doc) is not dict:
+        raise _schema("event must be a JSON object")
+    if not CORE_ATTRIBUTES.issuperset(doc):
+        _check_extensions(doc)
+    if doc.get("specversion") != SPECVERSION:
+        raise _schema('specversion must be "1.0"')
+    if doc.get("type") != EVENT_TYPE:
+        raise _schema(f'type must be "{EVENT_TYPE}"')
+    content_type = doc.get("datacontenttype")
+    if content_type is not None and content_type != CONTENT_TYPE:
+        raise _schema(f'datacontenttype must be "{CONTENT_TYPE}" when present')
+    event_id = _check_id(doc.get("id"), "id")
+    source = doc.get("source")
+    if type(source) is not str:
+        raise _schema("source must be a string")
+    if source not in _known_sources:
+        if len(source) > MAX_SOURCE_CHARS or (
+            _SOURCE_PLAIN(source) is None and _SOURCE(source) is None
+        ):
+            raise _schema("source must be a URI-reference of 1 to 256 characters")
+        _remember(_known_sources, source)
+    subject = _check_id(doc.get("subject"), "subject")
+    time_text = doc.get("time")
+    if type(time_text) is not str:
+        raise _schema("time must be a string")
+    data = doc.get("data")
+    if type(data) is not dict:
+        raise _schema("data must be an object")
+    if not DATA_KEYS.issuperset(data):
+        unknown = sorted(set(data) - DATA_KEYS)[0]
+        raise _schema(f"data: unknown key {unknown[:40]!r}")
+    org_id = _check_id(data.get("org_id"), "data.org_id")
+    member_id = _check_id(data.get("member_id"), "data.member_id")
+    reservation_id = data.get("reservation_id")
+    if reservation_id is not None:
+        _check_id(reservation_id, "data.reservation_id")
+    credits: Any = data.get("credits")
+    kind = type(credits)
+    if kind is not str and kind is not int and kind is not float:
+        raise _schema("data.credits must be a string or a number")
+    attributes = _check_attributes(data.get("attributes"))
+
+    try:
+        time_ms = parse_time_ms(time_text)
+    except TimeError as exc:
+        raise _Invalid(exc.code, f"time: {exc.message}") from None
+    try:
+        micro = parse_credits(
+            _credits_literal(raw, doc) if kind is float else credits,
+            maximum=limits.max_event_credits,
+        )
+    except CreditsError as exc:
+        raise _Invalid("invalid_credits", f"data.credits: {exc.code}: {exc.message}") from None
+    if subject != member_id:
+        raise _Invalid("subject_mismatch", "subject must equal data.member_id")
+    if time_ms > now_ms + limits.max_future_skew_s * 1000:
+        raise _Invalid("time_in_future", "time is too far in the future")
+    return DecodedEvent(
+        UsageEvent(event_key(source, event_id), org_id, member_id, micro, time_ms, reservation_id),
+        attributes,
+    )
+
+
+# --- encoder ----------------------------------------------------------------------------------
+
+
+def encode_event(
+    *,
+    event_id: str,
+    source: str,
+    org_id: str,
+    member_id: str,
+    credits: int,
+    time_ms: int,
+    reservation_id: str | None = None,
+    attributes: dict[str, AttributeValue] | None = None,
+    credits_as: Literal["string", "number"] = "string",
+) -> bytes:
+    """A usage event as bytes; `credits` in micro-credits, `time_ms` in epoch ms.
+
+    Credits are written exactly, as a JSON string by default or as a JSON number. Nothing is
+    validated: decoding the result of valid arguments gives them back."""
+    text = format_credits(credits)
+    data: dict[str, Any] = {
+        "org_id": org_id,
+        "member_id": member_id,
+        "credits": text if credits_as == "string" else orjson.Fragment(text.encode()),
+    }
+    if reservation_id is not None:
+        data["reservation_id"] = reservation_id
+    if attributes:
+        data["attributes"] = attributes
+    return orjson.dumps(
+        {
+            "specversion": SPECVERSION,
+            "id": event_id,
+            "source": source,
+            "type": EVENT_TYPE,
+            "time": format_time(time_ms),
+            "subject": member_id,
+            "datacontenttype": CONTENT_TYPE,
+            "data": data,
+        }
+    )
+
+
+# --- pydantic model ---------------------------------------------------------------------------
+
+
+def _validate_time(value: object) -> int:
+    if type(value) is not str:
+        raise PydanticCustomError("invalid_schema", "time must be a string")
+    try:
+        return parse_time_ms(value)
+    except TimeError as exc:
+        raise PydanticCustomError(exc.code, exc.message) from None
+
+
+def _validate_credits(value: object, info: ValidationInfo) -> int:
+    maximum = INT64_MAX
+    if isinstance(info.context, dict) and "limits" in info.context:
+        maximum = info.context["limits"].max_event_credits
+    if isinstance(value, Decimal):
+        value = str(value)  # a JSON number read with parse_float=Decimal: every digit kept
+    elif isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise PydanticCustomError("invalid_schema", "credits must be a string or a number")
+    try:
+        if isinstance(value, float):
+            raise CreditsError("inexact", "credits arrived as a float, without its digits")
+        return parse_credits(value, maximum=maximum)
+    except CreditsError as exc:
+        raise PydanticCustomError(
+            "invalid_credits", "{code}: {detail}", {"code": exc.code, "detail": exc.message}
+        ) from None
+
+
+def _validate_attribute_value(value: object) -> AttributeValue:
+    if isinstance(value, bool | float):
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_CHARS:
+            raise PydanticCustomError("invalid_schema", "string attribute too long")
+        return value
+    if isinstance(value, int):
+        return value if INT64_MIN <= value <= INT64_MAX else float(value)
+    if isinstance(value, Decimal):
+        return float(value)
+    raise PydanticCustomError("invalid_schema", "an attribute must be a string, number or boolean")
+
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+EventTime = Annotated[
+    int,
+    PlainValidator(_validate_time),
+    PlainSerializer(format_time, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": TIME_PATTERN,
+            "description": "RFC 3339 with an offset; at most max_future_skew_s in the future.",
+        }
+    ),
+]
+Credits = Annotated[
+    int,
+    PlainValidator(_validate_credits),
+    PlainSerializer(format_credits, return_type=str),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$"},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": (
+                "Credits used, a decimal with at most 6 fractional digits (trailing zeros aside),"
+                " not negative, at most max_event_credits."
+            ),
+        }
+    ),
+]
+AttributeName = Annotated[str, Field(pattern=ATTRIBUTE_NAME_PATTERN)]
+Attribute = Annotated[
+    AttributeValue,
+    PlainValidator(_validate_attribute_value),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "maxLength": MAX_STRING_CHARS},
+                {"type": "number"},
+                {"type": "boolean"},
+            ]
+        }
+    ),
+]
+
+
+class UsageData(BaseModel):
+    """`data` of a usage event."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    org_id: Id
+    member_id: Id
+    credits: Credits
+    reservation_id: Id | None = None
+    attributes: dict[AttributeName, Attribute] | None = Field(
+        default=None, max_length=MAX_ATTRIBUTES
+    )
+
+
+_EXTENSION_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "maxLength": MAX_STRING_CHARS},
+        {"type": "integer", "minimum": INT32_MIN, "maximum": INT32_MAX},
+        {"type": "boolean"},
+    ]
+}
+
+
+class UsageEventModel(BaseModel):
+    """A usage event as a pydantic model; its JSON Schema is `schemas/usage-event.schema.json`.
+
+    JSON numbers must reach it with their digits: validate ``json.loads(raw,
+    parse_float=Decimal)``, as `validate_event` does. A plain float `credits` is refused
+    (``inexact``). Pass ``context={"now_ms": ..., "limits": ...}`` to apply the future-skew and
+    maximum-credits rules.
+    """
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="allow",
+        frozen=True,
+        title="UsageEvent",
+        json_schema_extra={
+            "$id": "https://meter.dev/schemas/usage-event.schema.json",
+            "propertyNames": {"pattern": EXTENSION_NAME_PATTERN},
+            "maxProperties": len(CORE_ATTRIBUTES) + MAX_EXTENSIONS,
+            "additionalProperties": _EXTENSION_SCHEMA,
+        },
+    )
+
+    specversion: Literal["1.0"]
+    id: Id
+    source: Annotated[str, Field(max_length=MAX_SOURCE_CHARS, pattern=SOURCE_PATTERN)]
+    type: Literal["meter.usage.v1"]
+    time: EventTime
+    subject: Id
+    datacontenttype: Literal["application/json"] | None = None
+    data: UsageData
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extensions(cls, value: Any) -> Any:
+        if type(value) is dict and not CORE_ATTRIBUTES.issuperset(value):
+            try:
+                _check_extensions(value)
+            except _Invalid as exc:
+                raise PydanticCustomError("invalid_schema", exc.message) from None
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo) -> UsageEventModel:
+        if self.subject != self.data.member_id:
+            raise PydanticCustomError("subject_mismatch", "subject must equal data.member_id")
+        context = info.context
+        if (
+            isinstance(context, dict)
+            and "now_ms" in context
+            and "limits" in context
+            and self.time > context["now_ms"] + context["limits"].max_future_skew_s * 1000
+        ):
+            raise PydanticCustomError("time_in_future", "time is too far in the future")
+        return self
+
+    def to_decoded(self) -> DecodedEvent:
+        """What the engine settles, as `decode_event` returns it."""
+        data = self.data
+        return DecodedEvent(
+            UsageEvent(
+                event_key(self.source, self.id),
+                data.org_id,
+                data.member_id,
+                data.credits,
+                self.time,
+                data.reservation_id,
+            ),
+            dict(data.attributes or {}),
+        )
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def validate_event(raw: bytes, now_ms: int, limits: EventLimits) -> DecodedEvent | EventError:
+    """The same verdicts as `decode_event`, through `UsageEventModel`: slower, for tests and for
+    callers that want the model's error details."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return EventError("event_too_large", f"event is larger than {MAX_EVENT_BYTES} bytes")
+    try:
+        orjson.loads(raw)  # the one definition of well-formed JSON
+        doc = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+    except (orjson.JSONDecodeError, ValueError) as exc:
+        return EventError("invalid_json", f"not UTF-8 JSON: {exc}")
+    try:
+        model = UsageEventModel.model_validate(doc, context={"now_ms": now_ms, "limits": limits})
+    except ValidationError as exc:
+        return _event_error(exc)
+    return model.to_decoded()
+
+
+def _event_error(exc: ValidationError) -> EventError:
+    best: tuple[int, str, str] | None = None
+    for err in exc.errors():
+        code = err["type"] if err["type"] in CODE_PRIORITY else "invalid_schema"
+        where = ".".join(str(part) for part in err["loc"])
+        candidate = (
+            CODE_PRIORITY.index(code),
+            code,
+            f"{where}: {err['msg']}" if where else err["msg"],
+        )
+        if best is None or candidate[0] < best[0]:
+            best = candidate
+    assert best is not None
+    return EventError(best[1], best[2])
