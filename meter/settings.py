@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     Server addresses left unset mean "start a local one" (see `meter.services`).
     """
 
-    model_config = SettingsConfigDict(env_prefix="METER_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="METER_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     env: Literal["local", "production"] = "local"
 

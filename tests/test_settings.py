@@ -107,3 +107,11 @@ def test_cli_exits_2_naming_the_variable() -> None:
     )
     assert result.returncode == 2
     assert "METER_TOPIC_PARTITIONS" in result.stderr
+
+
+def test_empty_value_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METER_REDIS_URL", "")
+    monkeypatch.setenv("METER_TOPIC_PARTITIONS", "")
+    settings = load_settings()
+    assert settings.redis_url is None
+    assert settings.topic_partitions == 4
