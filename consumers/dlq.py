@@ -18,9 +18,9 @@ import argparse
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -104,63 +104,75 @@ class ReplayReport:
     by_reason: Counter[str] = field(default_factory=Counter)
 
 
-async def replay(
-    bootstrap: str,
-    dlq_topic: str,
-    usage_topic: str,
-    *,
-    reasons: Collection[str] | None = None,
-    poll_timeout_ms: int = 1000,
-) -> ReplayReport:
-    """Copy the dead letters present now (up to each partition's end offset) back to
-    `usage_topic`, with their original key, value and headers, keeping only those whose reason
-    is in `reasons` (all when None). Returns what was scanned and replayed, per reason."""
-    report = ReplayReport()
+async def scan_topic(
+    bootstrap: str, topic: str, *, poll_timeout_ms: int = 1000
+) -> AsyncIterator[Any]:
+    """Every record of `topic` present when the scan starts, partition by partition in order.
+
+    A partition is read until its end offset as of the start. Some brokers report the end of a
+    partition as one past the first record of its last record batch, so the scan reads that last
+    batch whole: it may also yield a few records appended while it runs, never an endless stream.
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
     await consumer.start()
-    await producer.start()
     try:
         await consumer.topics()  # refreshes metadata
-        partitions = consumer.partitions_for_topic(dlq_topic) or set()
-        tps = [TopicPartition(dlq_topic, p) for p in sorted(partitions)]
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
-            return report
+            return
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
         remaining = {tp for tp in tps if ends[tp] > starts[tp]}
         for tp in tps:
             consumer.seek(tp, starts[tp])
-        futures: list[asyncio.Future[object]] = []
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=poll_timeout_ms)
             for tp, records in batch.items():
                 for record in records:
-                    if record.offset >= ends[tp]:
-                        break
-                    report.scanned += 1
-                    reason = header(record.headers, REASON) or "unknown"
-                    if reasons is not None and reason not in reasons:
-                        continue
-                    headers = [(k, v) for k, v in record.headers if k not in _OWN_HEADERS]
-                    origin = f"{dlq_topic}/{tp.partition}/{record.offset}".encode()
-                    headers.append((REPLAYED_FROM, origin))
-                    futures.append(
-                        await producer.send(
-                            usage_topic, value=record.value, key=record.key, headers=headers
-                        )
-                    )
-                    report.replayed += 1
-                    report.by_reason[reason] += 1
-                if await consumer.position(tp) >= ends[tp]:
+                    yield record
+                if records and records[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+async def replay(
+    bootstrap: str,
+    dlq_topic: str,
+    usage_topic: str,
+    *,
+    reasons: Collection[str] | None = None,
+) -> ReplayReport:
+    """Copy the dead letters present now back to `usage_topic`, with their original key, value
+    and headers, keeping only those whose reason is in `reasons` (all when None). Returns what
+    was scanned and replayed, per reason."""
+    report = ReplayReport()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+    await producer.start()
+    try:
+        futures: list[asyncio.Future[object]] = []
+        async for record in scan_topic(bootstrap, dlq_topic):
+            report.scanned += 1
+            reason = header(record.headers, REASON) or "unknown"
+            if reasons is not None and reason not in reasons:
+                continue
+            headers = [(k, v) for k, v in record.headers if k not in _OWN_HEADERS]
+            origin = f"{dlq_topic}/{record.partition}/{record.offset}".encode()
+            headers.append((REPLAYED_FROM, origin))
+            futures.append(
+                await producer.send(
+                    usage_topic, value=record.value, key=record.key, headers=headers
+                )
+            )
+            report.replayed += 1
+            report.by_reason[reason] += 1
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-        await consumer.stop()
     log.info(
         "dlq_replay",
         dlq_topic=dlq_topic,

@@ -1,0 +1,73 @@
+"""Fixtures of the pipeline tests: fresh topics, consumer group and database per test."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from consumers.settle import ConsumerOptions, SettleConsumer, build_consumer
+from meter.engine.redis import RedisEngine
+from meter.settings import Settings
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pipe_settings(
+    settings: Settings, migrated_dsn: str, new_topic: Callable[..., Awaitable[str]]
+) -> Settings:
+    """Settings with a new usage topic, dead-letter topic, consumer group and database."""
+    usage = await new_topic(prefix="usage")
+    dlq = await new_topic(prefix="dlq")
+    return settings.model_copy(
+        update={
+            "usage_topic": usage,
+            "dlq_topic": dlq,
+            "consumer_group": f"settle-{uuid.uuid4().hex[:8]}",
+            "postgres_dsn": migrated_dsn,
+        }
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine(redis: aioredis.Redis) -> RedisEngine:
+    return RedisEngine(redis)
+
+
+class Running:
+    """Consumers running in this process, stopped (and awaited) at the end of the test."""
+
+    def __init__(self) -> None:
+        self.tasks: list[tuple[SettleConsumer, asyncio.Task[None]]] = []
+
+    def start(
+        self, settings: Settings, engine: RedisEngine, options: ConsumerOptions | None = None
+    ) -> SettleConsumer:
+        consumer = build_consumer(
+            settings, engine, options=options or ConsumerOptions(batch_max_records=500)
+        )
+        self.tasks.append((consumer, asyncio.create_task(consumer.run())))
+        return consumer
+
+    async def stop(self, consumer: SettleConsumer) -> None:
+        for c, task in self.tasks:
+            if c is consumer:
+                c.stop()
+                await task
+
+    async def stop_all(self) -> None:
+        for c, _ in self.tasks:
+            c.stop()
+        await asyncio.gather(*(t for _, t in self.tasks))
+        self.tasks.clear()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def running() -> AsyncIterator[Running]:
+    r = Running()
+    try:
+        yield r
+    finally:
+        await r.stop_all()

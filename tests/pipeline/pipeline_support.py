@@ -1,0 +1,280 @@
+"""Shared pieces of the pipeline tests: a small world of orgs, members and grants set up in both
+engines, event production, reading topics, and the end-of-test consistency check."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from consumers.dlq import REASON, header, scan_topic
+from meter.engine.model import Ledger
+from meter.engine.redis import RedisEngine
+from meter.engine.types import (
+    MICRO,
+    Grant,
+    Kind,
+    MemberConfig,
+    OrgConfig,
+    OrgStatus,
+    PeriodKind,
+    UsageEvent,
+)
+from schemas.events import encode_event
+
+DAY_MS = 86_400_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class World:
+    """Organizations, members and buckets, applied identically to Redis and the model."""
+
+    now_ms: int
+    orgs: list[OrgConfig] = field(default_factory=list)
+    members: list[MemberConfig] = field(default_factory=list)
+    grants: list[Grant] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, n_orgs: int, members_per_org: int, seed: int = 1) -> World:
+        rnd = random.Random(seed)
+        t = now_ms()
+        world = cls(now_ms=t)
+        for o in range(n_orgs):
+            org_id = f"org-{o}"
+            world.orgs.append(
+                OrgConfig(org_id, OrgStatus.ACTIVE, PeriodKind.MONTHLY, anchor_ms=t - 3 * DAY_MS)
+            )
+            world.grants.append(
+                Grant(
+                    org_id,
+                    f"{org_id}-shared",
+                    Kind.SHARED,
+                    40 * MICRO,
+                    t - DAY_MS,
+                    t + 90 * DAY_MS,
+                    t - DAY_MS,
+                )
+            )
+            for m in range(members_per_org):
+                member_id = f"m-{m}"
+                limit = 15 * MICRO if m % 3 == 0 else None
+                world.members.append(MemberConfig(org_id, member_id, member_limit=limit))
+                world.grants.append(
+                    Grant(
+                        org_id,
+                        f"{org_id}-{member_id}-seat",
+                        Kind.SEAT,
+                        rnd.randint(2, 10) * MICRO,
+                        t - DAY_MS,
+                        t + 20 * DAY_MS,
+                        t - DAY_MS,
+                        member_id,
+                    )
+                )
+        return world
+
+    async def apply(self, engine: RedisEngine) -> None:
+        for org in self.orgs:
+            await engine.put_org(org)
+        for member in self.members:
+            await engine.put_member(member)
+        for grant in self.grants:
+            await engine.apply_grant(grant)
+
+    def model(self) -> Ledger:
+        ledger = Ledger()
+        for org in self.orgs:
+            ledger.put_org(org)
+        for member in self.members:
+            ledger.put_member(member)
+        for grant in self.grants:
+            ledger.apply_grant(grant)
+        return ledger
+
+
+@dataclass(frozen=True)
+class Produced:
+    key: str
+    org_id: str
+    member_id: str
+    credits: int
+    time_ms: int
+    value: bytes
+
+
+def make_events(
+    world: World, n: int, *, seed: int = 2, source: str = "//test", prefix: str = "e"
+) -> list[Produced]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        member = rnd.choice(world.members)
+        credits = rnd.randint(1, 3_000_000)
+        t = world.now_ms - rnd.randint(0, 60_000)
+        value = encode_event(
+            event_id=f"{prefix}-{i}",
+            source=source,
+            org_id=member.org_id,
+            member_id=member.member_id,
+            credits=credits,
+            time_ms=t,
+        )
+        out.append(
+            Produced(f"{source} {prefix}-{i}", member.org_id, member.member_id, credits, t, value)
+        )
+    return out
+
+
+async def produce(
+    bootstrap: str, topic: str, items: Sequence[tuple[bytes | None, bytes | None]]
+) -> None:
+    """Produce (key, value) pairs in order and wait for all of them."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=v, key=k) for k, v in items]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_events(bootstrap: str, topic: str, events: Sequence[Produced]) -> None:
+    await produce(bootstrap, topic, [(e.org_id.encode(), e.value) for e in events])
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: int(o) for tp, o in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of `topic` present now."""
+    return [r async for r in scan_topic(bootstrap, topic)]
+
+
+async def stored_offsets(dsn: str, group: str, topic: str) -> dict[int, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id=$1 AND topic=$2",
+            group,
+            topic,
+        )
+    finally:
+        await conn.close()
+    return {r[0]: r[1] for r in rows}
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]], timeout_s: float = 60.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def caught_up(bootstrap: str, dsn: str, group: str, topic: str) -> bool:
+    ends = await end_offsets(bootstrap, topic)
+    try:
+        stored = await stored_offsets(dsn, group, topic)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return False
+    return all(stored.get(p, 0) >= end for p, end in ends.items() if end > 0)
+
+
+def replay_model(world: World, events: Sequence[Produced], at_ms: int) -> tuple[Ledger, set[str]]:
+    """The reference model after settling `events` in order (per org); returns the ledger and the
+    keys it settled (unknown org/member excluded)."""
+    ledger = world.model()
+    settled: set[str] = set()
+    for e in events:
+        ev = UsageEvent(e.key, e.org_id, e.member_id, e.credits, e.time_ms)
+        (result,) = ledger.settle_batch(e.org_id, [ev], at_ms)
+        if result.reason is None:
+            settled.add(e.key)
+    return ledger, settled
+
+
+async def assert_consistent(
+    world: World,
+    engine: RedisEngine,
+    dsn: str,
+    events: Sequence[Produced],
+    *,
+    dead_keys: Sequence[str] = (),
+) -> None:
+    """Redis == PostgreSQL == the reference model replayed over `events`, every settleable event
+    settled exactly once, and the PostgreSQL totals in step with the settlements."""
+    at = world.now_ms + 1_000
+    ledger, settled = replay_model(world, events, at)
+    conn = await asyncpg.connect(dsn)
+    try:
+        keys = {r[0] for r in await conn.fetch("SELECT key FROM settlements")}
+        lines = await conn.fetch(
+            "SELECT org_id, bucket_id, sum(amount) FROM settlement_lines GROUP BY 1, 2"
+        )
+        per_key = await conn.fetch(
+            """SELECT s.key, s.credits, s.unfunded, coalesce(sum(l.amount), 0)
+               FROM settlements s LEFT JOIN settlement_lines l USING (key) GROUP BY 1, 2, 3"""
+        )
+        totals = {
+            table: await conn.fetchrow(
+                f"SELECT sum(events), sum(credits), sum(seat + personal + shared + on_demand),"
+                f" sum(unfunded) FROM {table}"
+            )
+            for table in (
+                "member_period_totals",
+                "group_period_totals",
+                "org_period_totals",
+                "member_daily_totals",
+            )
+        }
+        raw = await conn.fetchrow(
+            "SELECT count(*), sum(credits), sum(credits - unfunded), sum(unfunded) FROM settlements"
+        )
+    finally:
+        await conn.close()
+
+    assert keys == settled
+    assert not keys & set(dead_keys)
+    for key, credits, unfunded, drawn in per_key:
+        assert credits == unfunded + drawn, key
+    for table, row in totals.items():
+        assert tuple(row) == tuple(raw), table
+
+    drawn_pg: dict[str, Counter[str]] = defaultdict(Counter)
+    for org_id, bucket_id, amount in lines:
+        drawn_pg[org_id][bucket_id] += amount
+    for org in world.orgs:
+        redis_balances = await engine.balances(org.org_id, at)
+        assert redis_balances == ledger.balances(org.org_id, at), org.org_id
+        from_pg = {
+            g.bucket_id: g.amount - drawn_pg[org.org_id][g.bucket_id]
+            for g in world.grants
+            if g.org_id == org.org_id
+        }
+        assert redis_balances == from_pg, org.org_id
+
+
+def dlq_reasons(records: Sequence[Any]) -> Counter[str]:
+    return Counter(header(r.headers, REASON) or "?" for r in records)

@@ -1,0 +1,86 @@
+"""Poison messages go to the dead-letter topic with their bytes and a reason; replay."""
+
+from __future__ import annotations
+
+from conftest import Running
+from pipeline_support import (
+    Produced,
+    World,
+    assert_consistent,
+    caught_up,
+    dlq_reasons,
+    make_events,
+    produce,
+    read_topic,
+    wait_for,
+)
+
+from consumers.dlq import SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, header, replay
+from meter.engine.redis import RedisEngine
+from meter.engine.types import MemberConfig
+from meter.settings import Settings
+from schemas.events import encode_event
+
+
+async def test_poison_is_dead_lettered_and_replayable(
+    pipe_settings: Settings, engine: RedisEngine, running: Running
+) -> None:
+    world = World.build(n_orgs=2, members_per_org=3)
+    await world.apply(engine)
+    good = make_events(world, 200)
+    t = world.now_ms
+    poison: list[tuple[bytes, bytes]] = [
+        (b"org-0", b"not json at all"),
+        (b"org-0", b'{"specversion": "1.0"}'),
+        (b"org-0", good[0].value.replace(b'"credits":"', b'"credits":"-')),
+        (b"org-1", encode_event(event_id="p1", source="//t", org_id="org-1", member_id="m-0",
+                                credits=1, time_ms=t).replace(b'"0.000001"', b'"0.0000001"')),
+        (b"org-9", encode_event(event_id="p2", source="//t", org_id="org-9", member_id="m-0",
+                                credits=5, time_ms=t)),
+        (b"org-1", encode_event(event_id="p3", source="//t", org_id="org-1", member_id="late-m",
+                                credits=2_000_000, time_ms=t)),
+    ]  # fmt: skip
+    items = [(e.org_id.encode(), e.value) for e in good[:100]]
+    items += poison
+    items += [(e.org_id.encode(), e.value) for e in good[100:]]
+    assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
+    bootstrap, dsn = pipe_settings.kafka_bootstrap, pipe_settings.postgres_dsn
+    usage, dlq, group = (
+        pipe_settings.usage_topic,
+        pipe_settings.dlq_topic,
+        pipe_settings.consumer_group,
+    )
+    await produce(bootstrap, usage, items)
+    consumer = running.start(pipe_settings, engine)
+
+    async def done() -> bool:
+        return await caught_up(bootstrap, dsn, group, usage)
+
+    await wait_for(done, what="catch up")
+    dead = await read_topic(bootstrap, dlq)
+    assert dlq_reasons(dead) == {
+        "invalid_json": 1,
+        "invalid_schema": 1,
+        "invalid_credits": 2,
+        "unknown_org": 1,
+        "unknown_member": 1,
+    }
+    assert sorted(r.value for r in dead) == sorted(v for _, v in poison)
+    for r in dead:
+        assert header(r.headers, SOURCE_TOPIC) == usage
+        assert int(header(r.headers, SOURCE_PARTITION) or -1) >= 0
+        assert int(header(r.headers, SOURCE_OFFSET) or -1) >= 0
+        assert r.key in {k for k, _ in poison}
+    await assert_consistent(world, engine, dsn, good)
+
+    # The admin adds the missing member; replaying unknown_member settles it.
+    member = MemberConfig("org-1", "late-m")
+    world.members.append(member)
+    await engine.put_member(member)
+    report = await replay(bootstrap, dlq, usage, reasons={"unknown_member"})
+    assert report.scanned == 6 and report.replayed == 1
+    await wait_for(done, what="replay settled")
+    await running.stop(consumer)
+    replayed = Produced("//t p3", "org-1", "late-m", 2_000_000, t, poison[5][1])
+    await assert_consistent(world, engine, dsn, [*good, replayed])
+    assert len(await read_topic(bootstrap, dlq)) == 6

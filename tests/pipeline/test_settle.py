@@ -1,0 +1,99 @@
+"""The settlement consumer end to end: Kafka -> Redis -> PostgreSQL, in this process."""
+
+from __future__ import annotations
+
+import asyncpg  # type: ignore[import-untyped]
+from conftest import Running
+from pipeline_support import (
+    Produced,
+    World,
+    assert_consistent,
+    caught_up,
+    make_events,
+    produce,
+    produce_events,
+    wait_for,
+)
+
+from meter.engine.redis import RedisEngine
+from meter.settings import Settings
+
+
+async def _drained(settings: Settings) -> None:
+    assert settings.kafka_bootstrap and settings.postgres_dsn
+    bootstrap, dsn = settings.kafka_bootstrap, settings.postgres_dsn
+
+    async def done() -> bool:
+        return await caught_up(bootstrap, dsn, settings.consumer_group, settings.usage_topic)
+
+    await wait_for(done, what="consumer to catch up")
+
+
+async def test_settles_every_event_once(
+    pipe_settings: Settings, engine: RedisEngine, running: Running
+) -> None:
+    world = World.build(n_orgs=5, members_per_org=6)
+    await world.apply(engine)
+    events = make_events(world, 1500)
+    assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
+    await produce_events(pipe_settings.kafka_bootstrap, pipe_settings.usage_topic, events)
+    running.start(pipe_settings, engine)
+    await _drained(pipe_settings)
+    await running.stop_all()
+    await assert_consistent(world, engine, pipe_settings.postgres_dsn, events)
+
+    conn = await asyncpg.connect(pipe_settings.postgres_dsn)
+    try:
+        flags = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE member_limited), count(*) FILTER (WHERE unfunded > 0),"
+            " count(DISTINCT period_start) FROM settlements"
+        )
+        kinds = {r[0] for r in await conn.fetch("SELECT DISTINCT kind FROM settlement_lines")}
+    finally:
+        await conn.close()
+    assert flags[0] > 0 and flags[1] > 0  # the world is small enough to hit limits and overage
+    assert flags[2] == 1
+    assert kinds == {"seat", "shared"}
+
+
+async def test_duplicates_and_out_of_order(
+    pipe_settings: Settings, engine: RedisEngine, running: Running
+) -> None:
+    world = World.build(n_orgs=3, members_per_org=4, seed=7)
+    await world.apply(engine)
+    events = make_events(world, 300, seed=8)
+    shuffled = list(reversed(events[:150])) + events[150:]
+    assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
+    bootstrap, topic = pipe_settings.kafka_bootstrap, pipe_settings.usage_topic
+
+    await produce_events(bootstrap, topic, shuffled)
+    consumer = running.start(pipe_settings, engine)
+    await _drained(pipe_settings)
+    # The same events again, in the same batch as new ones and in batches of their own.
+    again = events[::3] + make_events(world, 50, seed=9, prefix="late") + events[1::5]
+    await produce_events(bootstrap, topic, again)
+    await _drained(pipe_settings)
+    await running.stop(consumer)
+
+    first_seen: dict[str, Produced] = {}
+    for e in [*shuffled, *again]:
+        first_seen.setdefault(e.key, e)
+    await assert_consistent(world, engine, pipe_settings.postgres_dsn, list(first_seen.values()))
+
+
+async def test_empty_and_foreign_records_do_not_stop_the_partition(
+    pipe_settings: Settings, engine: RedisEngine, running: Running
+) -> None:
+    world = World.build(n_orgs=1, members_per_org=2)
+    await world.apply(engine)
+    events = make_events(world, 20)
+    assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
+    await produce(
+        pipe_settings.kafka_bootstrap,
+        pipe_settings.usage_topic,
+        [(b"org-0", None), (b"org-0", b"\xff\xfe"), *[(b"org-0", e.value) for e in events]],
+    )
+    running.start(pipe_settings, engine)
+    await _drained(pipe_settings)
+    await running.stop_all()
+    await assert_consistent(world, engine, pipe_settings.postgres_dsn, events)
