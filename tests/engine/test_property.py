@@ -1,0 +1,263 @@
+"""Random call sequences through the model and the Redis engine: identical results, and the
+invariants of the rules (no bucket below zero, counters equal the settlements, idempotence,
+burn-down order) hold after every call."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meter.engine.model import Ledger
+from meter.engine.periods import period_at
+from meter.engine.redis import RedisEngine
+from meter.engine.types import (
+    KIND_RANK,
+    BillingGroupConfig,
+    Grant,
+    Kind,
+    LimitPolicy,
+    MemberConfig,
+    OrgConfig,
+    OrgStatus,
+    PeriodKind,
+    Settlement,
+    UsageEvent,
+)
+
+T0 = int(datetime(2024, 1, 20, 10, tzinfo=UTC).timestamp() * 1000)
+MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000
+MEMBERS = ["m0", "m1", "m2", "m3"]
+GROUPS = ["g0", "g1", "g2"]
+KEYS = [f"k{i}" for i in range(8)]
+HOLDS = [f"r{i}" for i in range(4)]
+ORG_IDS = itertools.count()
+
+amounts = st.sampled_from([0, 1, 5, 10, 30, 100, 250])
+limits = st.one_of(st.none(), st.sampled_from([0, 10, 50, 200]))
+offsets = st.sampled_from([-40 * DAY, -3 * DAY, -HOUR, 0, MIN, HOUR, 2 * DAY, 20 * DAY, 70 * DAY])
+
+JAN31 = int(datetime(2024, 1, 31, 23, tzinfo=UTC).timestamp() * 1000)
+orgs = st.tuples(
+    st.sampled_from(PeriodKind),
+    st.sampled_from([T0, T0 - 19 * DAY, JAN31, T0 - 400 * DAY]),
+    st.integers(1, 40),
+    st.sampled_from(LimitPolicy),
+    limits,
+    st.sampled_from([0, HOUR, 3 * DAY]),
+)
+
+ops = st.one_of(
+    st.tuples(st.just("member"), st.sampled_from(MEMBERS), st.booleans(), limits,
+              st.sampled_from(["", *GROUPS])),
+    st.tuples(st.just("remove"), st.sampled_from(MEMBERS)),
+    st.tuples(st.just("group"), st.sampled_from(GROUPS), limits),
+    st.tuples(st.just("ungroup"), st.sampled_from(GROUPS)),
+    st.tuples(st.just("grant"), st.sampled_from(Kind), st.sampled_from(MEMBERS), amounts,
+              offsets, offsets, st.integers(0, 3)),
+    st.tuples(st.just("regrant")),
+    st.tuples(st.just("settle"), st.lists(
+        st.tuples(st.sampled_from(KEYS), st.sampled_from([*MEMBERS, "mx"]), amounts,
+                  st.sampled_from([0, -MIN, -HOUR, -2 * DAY, -35 * DAY]),
+                  st.one_of(st.none(), st.sampled_from(HOLDS))),
+        min_size=1, max_size=4)),
+    st.tuples(st.just("check"), st.sampled_from(MEMBERS), amounts),
+    st.tuples(st.just("reserve"), st.sampled_from(MEMBERS), amounts, st.sampled_from(HOLDS),
+              st.sampled_from([1, MIN, 20 * MIN])),
+    st.tuples(st.just("release"), st.sampled_from(HOLDS)),
+    st.tuples(st.just("void"), st.sampled_from(KEYS)),
+    st.tuples(st.just("confirm"), st.lists(st.sampled_from(KEYS), max_size=3)),
+    st.tuples(st.just("advance"), st.sampled_from([1, 30_000, MIN, 15 * MIN, DAY, 10 * DAY,
+                                                   31 * DAY])),
+    st.tuples(st.just("org"), st.sampled_from(OrgStatus), st.sampled_from(LimitPolicy), limits),
+)  # fmt: skip
+
+
+@dataclass
+class World:
+    """What the test knows independently of both engines, to check invariants."""
+
+    org: OrgConfig
+    now: int = T0
+    grants: dict[str, Grant] = field(default_factory=dict)
+    drawn: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    settled: dict[str, Settlement] = field(default_factory=dict)
+    """Live (not voided) settlements by key, including confirmed ones."""
+    pending: set[str] = field(default_factory=set)
+    """Keys the engines still remember (settled, not confirmed)."""
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis_engine(redis_url: str) -> AsyncIterator[RedisEngine]:
+    client = aioredis.Redis.from_url(redis_url)
+    engine = RedisEngine(client)
+    await engine.load_scripts()
+    try:
+        yield engine
+    finally:
+        await client.aclose()
+
+
+def order_key(g: Grant) -> tuple[int, int, int, str]:
+    return (KIND_RANK[g.kind], g.expires_at_ms, g.granted_at_ms, g.bucket_id)
+
+
+async def run_op(op: tuple[Any, ...], w: World, model: Ledger, redis: RedisEngine) -> None:
+    org_id = w.org.org_id
+    name = op[0]
+    if name == "member":
+        _, m, seated, limit, group = op
+        cfg = MemberConfig(org_id, m, seated, None if limit is None else limit, group)
+        model.put_member(cfg)
+        await redis.put_member(cfg)
+    elif name == "remove":
+        model.remove_member(org_id, op[1])
+        await redis.remove_member(org_id, op[1])
+    elif name == "group":
+        cfg_g = BillingGroupConfig(org_id, op[1], op[2])
+        model.put_billing_group(cfg_g)
+        await redis.put_billing_group(cfg_g)
+    elif name == "ungroup":
+        model.delete_billing_group(org_id, op[1])
+        await redis.delete_billing_group(org_id, op[1])
+    elif name in ("grant", "regrant"):
+        if name == "grant":
+            _, kind, m, amount, start, length, age = op
+            start = w.now + start
+            g = Grant(
+                org_id, f"b{len(w.grants)}", kind, amount, start,
+                start + abs(length) + 1, w.now - age, None if kind is Kind.SHARED else m,
+            )  # fmt: skip
+            w.grants[g.bucket_id] = g
+        elif w.grants:
+            g = next(iter(w.grants.values()))
+        else:
+            return
+        added = model.apply_grant(g)
+        assert await redis.apply_grant(g) == added
+        assert added == (name == "grant")
+    elif name == "settle":
+        events = [
+            UsageEvent(key, org_id, m, credits, w.now + dt, rid)
+            for key, m, credits, dt, rid in op[1]
+        ]
+        expected = model.settle_batch(org_id, events, w.now)
+        assert await redis.settle_batch(org_id, events, w.now) == expected
+        for ev, s in zip(events, expected, strict=True):
+            check_settlement(w, ev, s)
+    elif name == "check":
+        _, m, credits = op
+        assert await redis.check(org_id, m, credits, w.now) == model.check(
+            org_id, m, credits, w.now
+        )
+    elif name == "reserve":
+        _, m, credits, rid, ttl = op
+        expected_r = model.reserve(org_id, m, credits, w.now, rid, ttl)
+        assert await redis.reserve(org_id, m, credits, w.now, rid, ttl) == expected_r
+    elif name == "release":
+        assert await redis.release(org_id, op[1], w.now) == model.release(org_id, op[1], w.now)
+    elif name == "void":
+        key = op[1]
+        given_s = w.settled.get(key) if key not in w.pending else None
+        expected_v = model.void(org_id, key, w.now, given_s)
+        assert await redis.void(org_id, key, w.now, given_s) == expected_v
+        if expected_v.voided and not expected_v.duplicate:
+            s = w.settled.pop(key)
+            w.pending.discard(key)
+            for line in expected_v.returned:
+                w.drawn[line.bucket_id] -= line.amount
+            assert s.period is not None
+            if w.now > s.period.end_ms + w.org.grace_ms:  # closed: its counters stay
+                w.settled[f"void{len(w.settled)}:{key}"] = s
+    elif name == "confirm":
+        model.confirm(org_id, op[1])
+        await redis.confirm(org_id, op[1])
+        w.pending.difference_update(op[1])
+    elif name == "advance":
+        w.now += op[1]
+    elif name == "org":
+        w.org = replace(w.org, status=op[1], limit_policy=op[2], default_member_limit=op[3])
+        model.put_org(w.org)
+        await redis.put_org(w.org)
+
+
+def check_settlement(w: World, ev: UsageEvent, s: Settlement) -> None:
+    """Idempotence, conservation and burn-down order of one settlement."""
+    if s.duplicate:
+        assert ev.key in w.pending and s == replace(w.settled[ev.key], duplicate=True)
+        return
+    if s.reason is not None:
+        assert s.period is None and not s.lines
+        return
+    assert ev.key not in w.pending
+    assert sum(line.amount for line in s.lines) + s.unfunded == ev.credits
+    keys = [order_key(w.grants[line.bucket_id]) for line in s.lines]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    at = w.now if s.late else ev.time_ms
+    for line in s.lines:
+        g = w.grants[line.bucket_id]
+        assert g.valid_from_ms <= at < g.expires_at_ms and line.kind is g.kind
+        assert g.member_id in (None, ev.member_id)
+        w.drawn[line.bucket_id] += line.amount
+    if ev.key in w.settled:  # confirmed earlier, then settled again: both count
+        w.settled[f"old{len(w.settled)}:{ev.key}"] = w.settled[ev.key]
+    w.settled[ev.key] = s
+    w.pending.add(ev.key)
+
+
+def expected_usage(w: World) -> dict[str, int]:
+    """The current period's counters, recomputed from the live settlements."""
+    start = period_at(w.org, w.now).start_ms
+    out: dict[str, int] = defaultdict(int)
+    for s in w.settled.values():
+        if s.period is None or s.period.start_ms != start:
+            continue
+        drawn = sum(line.amount for line in s.lines)
+        out[f"member:{s.member_id}"] += drawn
+        out[f"member_shared:{s.member_id}"] += sum(
+            line.amount for line in s.lines if line.kind is Kind.SHARED
+        )
+        out[f"group:{s.billing_group}"] += drawn
+        out["drawn"] += drawn
+        out["unfunded"] += s.unfunded
+    return {k: v for k, v in out.items() if v}
+
+
+@settings(
+    max_examples=1500,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(org=orgs, steps=st.lists(ops, min_size=1, max_size=30))
+async def test_model_and_redis_agree(
+    redis_engine: RedisEngine, org: tuple[Any, ...], steps: list[tuple[Any, ...]]
+) -> None:
+    kind, anchor, days, policy, default, grace = org
+    w = World(OrgConfig(f"p{next(ORG_IDS)}", OrgStatus.ACTIVE, kind, anchor, days, policy,
+                        default, grace))  # fmt: skip
+    model = Ledger()
+    model.put_org(w.org)
+    await redis_engine.put_org(w.org)
+    for op in steps:
+        await run_op(op, w, model, redis_engine)
+        balances = model.balances(w.org.org_id, w.now)
+        assert await redis_engine.balances(w.org.org_id, w.now) == balances
+        assert all(left >= 0 for left in balances.values())
+        for bucket_id, g in w.grants.items():
+            assert balances[bucket_id] == g.amount - w.drawn[bucket_id]
+        usage = model.usage(w.org.org_id, w.now)
+        assert await redis_engine.usage(w.org.org_id, w.now) == usage
+        assert usage == expected_usage(w)
+
+
+pytestmark = pytest.mark.slow
