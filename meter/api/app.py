@@ -1,0 +1,251 @@
+"""The API application: resources, lifecycle and the ASGI entry point.
+
+`build_app(settings, services)` returns an `App`, a plain ASGI callable. Its lifespan (or
+`async with app.running()` in tests) opens the Redis client, the PostgreSQL pool and the engine,
+starts the reconciler, and closes everything at shutdown; the Kafka producer starts on the first
+ingested event so checks keep working while Kafka is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import asyncpg  # type: ignore[import-untyped]
+import redis.asyncio as aioredis
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from meter.admin import AdminService, run_reconciler
+from meter.admin.clock import now_ms
+from meter.api.http import (
+    Access,
+    Call,
+    Receive,
+    Response,
+    Router,
+    Scope_,
+    Send,
+    error_response,
+    read_body,
+    send_response,
+)
+from meter.auth import KeyVerifier
+from meter.engine.redis import RedisEngine
+from meter.errors import MeterError, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from meter.settings import Settings
+
+log = structlog.get_logger("meter.api")
+
+
+class ServiceAddresses(Protocol):
+    """Where the servers are (`meter.services.Services` is one)."""
+
+    @property
+    def redis_url(self) -> str: ...
+
+    @property
+    def postgres_dsn(self) -> str: ...
+
+    @property
+    def kafka_bootstrap(self) -> str: ...
+
+
+INTERNAL_ERROR = Response(
+    500, b'{"error":{"code":"internal","message":"internal error","details":[]}}'
+)
+
+
+class App:
+    """The ASGI application and everything its handlers use."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        services: ServiceAddresses,
+        *,
+        reconcile_interval_s: float = 60.0,
+        key_cache_ttl_s: float = 5.0,
+    ) -> None:
+        from meter.api.routes import ROUTES
+
+        self.settings = settings
+        self.services = services
+        self.router = Router(ROUTES)
+        self.reconcile_interval_s = reconcile_interval_s
+        self.key_cache_ttl_s = key_cache_ttl_s
+        self.clock = now_ms
+        self._redis: aioredis.Redis | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._engine: RedisEngine | None = None
+        self._admin: AdminService | None = None
+        self._keys: KeyVerifier | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- resources ------------------------------------------------------------------------
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        assert self._redis is not None, "app not started"
+        return self._redis
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "app not started"
+        return self._pool
+
+    @property
+    def engine(self) -> RedisEngine:
+        assert self._engine is not None, "app not started"
+        return self._engine
+
+    @property
+    def admin(self) -> AdminService:
+        assert self._admin is not None, "app not started"
+        return self._admin
+
+    @property
+    def keys(self) -> KeyVerifier:
+        assert self._keys is not None, "app not started"
+        return self._keys
+
+    async def producer(self) -> AIOKafkaProducer:
+        """The Kafka producer, started on first use (acks from all in-sync replicas)."""
+        if self._producer is not None:
+            return self._producer
+        async with self._producer_lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.services.kafka_bootstrap,
+                    enable_idempotence=False,
+                    acks="all",
+                    linger_ms=1,
+                    request_timeout_ms=10_000,
+                )
+                try:
+                    await producer.start()
+                except Exception as exc:
+                    await producer.stop()
+                    raise Unavailable(f"Kafka is not reachable: {exc}") from exc
+                self._producer = producer
+        return self._producer
+
+    async def startup(self) -> None:
+        self._redis = aioredis.Redis.from_url(self.services.redis_url)
+        self._pool = await asyncpg.create_pool(self.services.postgres_dsn, min_size=1, max_size=8)
+        self._engine = RedisEngine(self._redis)
+        await self._engine.load_scripts()
+        self._admin = AdminService(self._pool, self._engine, clock=lambda: self.clock())
+        self._keys = KeyVerifier(self._pool, self.settings.admin_token, self.key_cache_ttl_s)
+        self._tasks.append(
+            asyncio.create_task(run_reconciler(self._admin, self.reconcile_interval_s))
+        )
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[App]:
+        await self.startup()
+        try:
+            yield self
+        finally:
+            await self.shutdown()
+
+    # -- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.error("api startup failed", exc_info=True)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        started = time.perf_counter_ns()
+        method: str = scope["method"]
+        path: str = scope["path"]
+        try:
+            response = await self._dispatch(scope, receive, method, path)
+        except MeterError as exc:
+            response = error_response(exc)
+        except Exception:
+            log.error("unhandled error", method=method, path=path, exc_info=True)
+            response = INTERNAL_ERROR
+        await send_response(send, response)
+        if response.status >= 500:
+            log.warning(
+                "request failed",
+                method=method,
+                path=path,
+                status=response.status,
+                us=(time.perf_counter_ns() - started) // 1000,
+            )
+
+    async def _dispatch(self, scope: Scope_, receive: Receive, method: str, path: str) -> Response:
+        route, params = self.router.match(method, path)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        call = Call(self, method, path, scope.get("query_string", b""), headers, params)
+        if route.access != Access.PUBLIC:
+            principal = await self.keys.verify(headers.get("authorization"))
+            call.principal = principal
+            if route.access == Access.ADMIN:
+                principal.require_admin()
+            elif route.access == Access.ORG:
+                principal.require_org(params["org_id"], *route.scopes)
+        if method in ("POST", "PUT", "PATCH"):
+            length = headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > route.max_body:
+                raise PayloadTooLarge(f"request body is larger than {route.max_body} bytes")
+            call.body = await read_body(receive, route.max_body)
+            if call.body:
+                _check_content_type(headers.get("content-type"), route.content_types)
+        return await route.handler(call)
+
+
+def _check_content_type(value: str | None, allowed: tuple[str, ...]) -> None:
+    if value is None:
+        return
+    media = value.split(";", 1)[0].strip().lower()
+    if media not in allowed:
+        raise UnsupportedMediaType(
+            f"content type {media!r} is not accepted here; use {' or '.join(allowed)}"
+        )
+
+
+def build_app(settings: Settings, services: ServiceAddresses, **options: Any) -> App:
+    """The ASGI application of the HTTP API (start it with its lifespan, or `app.running()`)."""
+    return App(settings, services, **options)

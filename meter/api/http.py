@@ -1,0 +1,273 @@
+"""A small ASGI core: routes, request bodies with a size limit, JSON responses, error mapping.
+
+The quota checks must answer in well under a millisecond, so the API is a bare ASGI application
+rather than a framework: a route table matched by path segments, `orjson` for bodies, pydantic
+only to validate request bodies. Domain errors (`meter.errors`) become HTTP statuses here and
+only here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from meter.auth import Principal, Scope
+from meter.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    MalformedRequest,
+    MeterError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedMediaType,
+)
+
+if TYPE_CHECKING:
+    from meter.api.app import App
+
+Scope_ = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+MAX_BODY_BYTES = 64 * 1024
+"""Largest request body of every route but batch ingest."""
+
+STATUS: dict[type[MeterError], int] = {
+    MalformedRequest: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    MethodNotAllowed: 405,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    InvalidInput: 422,
+    Unavailable: 503,
+}
+
+
+def status_of(error: MeterError) -> int:
+    for cls in type(error).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
+
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=lambda: JSON_HEADERS)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(status, orjson.dumps(payload))
+
+
+def model_response(model: BaseModel, status: int = 200) -> Response:
+    return Response(status, model.__pydantic_serializer__.to_json(model))
+
+
+NO_CONTENT = Response(204, b"", [])
+
+
+def error_body(error: MeterError) -> bytes:
+    return orjson.dumps(
+        {"error": {"code": error.code, "message": error.message, "details": error.details}}
+    )
+
+
+def error_response(error: MeterError) -> Response:
+    return Response(status_of(error), error_body(error))
+
+
+def _has_float(value: Any) -> bool:
+    if type(value) is float:
+        return True
+    if type(value) is dict:
+        return any(_has_float(v) for v in value.values())
+    if type(value) is list:
+        return any(_has_float(v) for v in value)
+    return False
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_json(body: bytes) -> Any:
+    """Parse a JSON body. Numbers with a fraction or exponent keep their literal text (a `str`),
+    so credits are parsed exactly by `meter.money` and never pass through a float."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"body is not JSON: {exc}", code="invalid_json") from None
+    if _has_float(value):
+        value = json.loads(body, parse_float=str, parse_constant=_no_constant)
+    return value
+
+
+def validation_error(exc: ValidationError) -> InvalidInput:
+    details = [
+        {"loc": ".".join(str(p) for p in err["loc"]), "type": err["type"], "message": err["msg"]}
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+    return InvalidInput("request body is not valid", details=details)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], body: bytes) -> M:
+    data = decode_json(body) if body else None
+    if type(data) is not dict:
+        raise InvalidInput("request body must be a JSON object", code="invalid_input")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+class Call:
+    """One request as a handler sees it."""
+
+    __slots__ = ("app", "body", "headers", "method", "params", "path", "principal", "query")
+
+    def __init__(
+        self,
+        app: App,
+        method: str,
+        path: str,
+        query: bytes,
+        headers: Mapping[str, str],
+        params: dict[str, str],
+    ) -> None:
+        self.app = app
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.params = params
+        self.body = b""
+        self.principal: Principal | None = None
+
+    @property
+    def who(self) -> Principal:
+        assert self.principal is not None, "route without authentication"
+        return self.principal
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+class Access:
+    """Who may call a route."""
+
+    PUBLIC = "public"
+    ADMIN = "admin"
+    """Admin keys only (global objects: plans, organizations, admin keys)."""
+    ORG = "org"
+    """The `{org_id}` of the path, with one of the route's scopes (admin always)."""
+    BODY_ORG = "body_org"
+    """The organization named in the body: the handler checks it with `require_org`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    access: str
+    scopes: tuple[Scope, ...] = ()
+    request: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    max_body: int = MAX_BODY_BYTES
+    content_types: tuple[str, ...] = ("application/json",)
+    tag: str = ""
+
+
+_PARAM = re.compile(r"[A-Za-z0-9._:@-]{1,128}").fullmatch
+"""Path parameters are ids; anything else cannot name an existing object."""
+
+
+def _segments(path: str) -> tuple[str, ...]:
+    return tuple(path.strip("/").split("/"))
+
+
+class Router:
+    """Exact paths by dictionary; parameterized paths (`{name}` segments) by segment match."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.routes = routes
+        self._exact: dict[str, dict[str, Route]] = {}
+        self._patterns: dict[int, list[tuple[Route, tuple[str, ...]]]] = {}
+        for route in routes:
+            if "{" in route.path:
+                segments = _segments(route.path)
+                self._patterns.setdefault(len(segments), []).append((route, segments))
+            else:
+                self._exact.setdefault(route.path, {})[route.method] = route
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        by_method = self._exact.get(path)
+        if by_method is not None:
+            route = by_method.get(method)
+            if route is None:
+                raise MethodNotAllowed(f"{method} is not allowed on {path}")
+            return route, {}
+        parts = tuple(path.strip("/").split("/"))
+        wrong_method = False
+        for route, segments in self._patterns.get(len(parts), ()):
+            params: dict[str, str] = {}
+            for want, got in zip(segments, parts, strict=True):
+                if want[0] == "{":
+                    if _PARAM(got) is None:
+                        break
+                    params[want[1:-1]] = got
+                elif want != got:
+                    break
+            else:
+                if route.method == method:
+                    return route, params
+                wrong_method = True
+        if wrong_method:
+            raise MethodNotAllowed(f"{method} is not allowed on {path}")
+        raise NotFound("no such route", code="route_not_found")
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise MalformedRequest("client disconnected", code="disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_response(send: Send, response: Response) -> None:
+    headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})

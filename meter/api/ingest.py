@@ -1,0 +1,132 @@
+"""`POST /v1/events`: usage events over HTTP, for products that do not speak Kafka.
+
+One CloudEvent (`application/cloudevents+json`, or `application/json`) or a batch
+(`application/cloudevents-batch+json`: a JSON array of at most `MAX_BATCH_EVENTS` events and
+`MAX_BATCH_BYTES` bytes). Each event is validated by `schemas.events.decode_event`, the consumer's
+own check, and must belong to the caller's organization. Valid events are produced to the usage
+topic (key = org id) and the answer, 202, comes only after the broker acknowledged every one of
+them. A single invalid event is a 422; in a batch, each event gets its own result and the valid
+ones are produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from meter.api.http import Call, Response, json_response
+from meter.auth import Scope
+from meter.errors import InvalidInput, MalformedRequest, MeterError, Unavailable
+from schemas.events import DecodedEvent, EventError, decode_event
+
+SINGLE = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+CONTENT_TYPES = (SINGLE, BATCH, "application/json")
+MAX_BATCH_EVENTS = 1000
+MAX_BATCH_BYTES = 1024 * 1024
+ACK_TIMEOUT_S = 15.0
+
+QUOTA = (Scope.ORG_ADMIN, Scope.PRODUCT)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _decimal_literal(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value).encode())
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def split_batch(body: bytes) -> list[bytes]:
+    """The raw bytes of each event of a batch, with every number literal kept as written."""
+    try:
+        doc = json.loads(body, parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedRequest(f"batch is not JSON: {exc}", code="invalid_json") from None
+    if type(doc) is not list:
+        raise InvalidInput("a batch is a JSON array of events", code="invalid_batch")
+    if not doc:
+        raise InvalidInput("a batch holds at least one event", code="invalid_batch")
+    if len(doc) > MAX_BATCH_EVENTS:
+        raise InvalidInput(f"a batch holds at most {MAX_BATCH_EVENTS} events", code="invalid_batch")
+    out = []
+    for item in doc:
+        try:
+            out.append(orjson.dumps(item, default=_decimal_literal))
+        except (TypeError, orjson.JSONEncodeError):
+            out.append(b"null" if item is None else b'"unencodable"')
+    return out
+
+
+def _result(index: int, raw: bytes, error: MeterError | EventError | None) -> dict[str, Any]:
+    ident = source = None
+    try:
+        doc = orjson.loads(raw)
+        if type(doc) is dict:
+            ident = doc.get("id") if isinstance(doc.get("id"), str) else None
+            source = doc.get("source") if isinstance(doc.get("source"), str) else None
+    except orjson.JSONDecodeError:
+        pass
+    out: dict[str, Any] = {"index": index, "id": ident, "source": source}
+    if error is None:
+        out["accepted"] = True
+        out["error"] = None
+    else:
+        out["accepted"] = False
+        out["error"] = {"code": error.code, "message": error.message, "details": []}
+    return out
+
+
+async def ingest(call: Call) -> Response:
+    app = call.app
+    media = (call.headers.get("content-type") or SINGLE).split(";", 1)[0].strip().lower()
+    batch = media == BATCH
+    if not call.body:
+        raise InvalidInput("empty body", code="invalid_input")
+    raws = split_batch(call.body) if batch else [call.body]
+    now = app.clock()
+    verdicts: list[DecodedEvent | EventError | MeterError] = []
+    for raw in raws:
+        decoded = decode_event(raw, now, app.settings)
+        if isinstance(decoded, DecodedEvent):
+            try:
+                call.who.require_org(decoded.event.org_id, *QUOTA)
+            except MeterError as exc:
+                verdicts.append(exc)
+                continue
+        verdicts.append(decoded)
+    if not batch:
+        verdict = verdicts[0]
+        if isinstance(verdict, MeterError):
+            raise verdict
+        if isinstance(verdict, EventError):
+            raise InvalidInput(verdict.message, code=verdict.code)
+    to_send = [
+        (raw, v.event.org_id) for raw, v in zip(raws, verdicts, strict=True)
+        if isinstance(v, DecodedEvent)
+    ]  # fmt: skip
+    if to_send:
+        producer = await app.producer()
+        topic = app.settings.usage_topic
+        try:
+            futures = [
+                await producer.send(topic, value=raw, key=org_id.encode())
+                for raw, org_id in to_send
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
+        except Exception as exc:
+            raise Unavailable(f"the broker did not acknowledge the events: {exc}") from exc
+    results = [
+        _result(i, raw, None if isinstance(v, DecodedEvent) else v)
+        for i, (raw, v) in enumerate(zip(raws, verdicts, strict=True))
+    ]
+    accepted = sum(1 for r in results if r["accepted"])
+    return json_response(
+        {"accepted": accepted, "rejected": len(results) - accepted, "results": results}, 202
+    )

@@ -1,0 +1,437 @@
+"""The routes of the API: thin handlers that parse, call the domain and shape the answer.
+
+Access (see `meter.auth`): `admin` keys reach everything; `org_admin` keys their organization's
+administration and quota routes; `product` keys check, reserve, release and ingest for their
+organization. Another organization's key gets 404 everywhere; a key of the right organization
+whose scope does not allow the route gets 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+from meter.api import ingest
+from meter.api.http import (
+    NO_CONTENT,
+    Access,
+    Call,
+    Response,
+    Route,
+    json_response,
+    model_response,
+    parse_body,
+)
+from meter.auth import Scope
+from meter.engine.types import CheckResult
+from meter.errors import InvalidInput
+from meter.money import format_credits
+from schemas import api
+from schemas.events import format_time
+
+ORG = (Scope.ORG_ADMIN,)
+QUOTA = (Scope.ORG_ADMIN, Scope.PRODUCT)
+
+
+# -- health and docs ----------------------------------------------------------------------------
+
+
+async def healthz(call: Call) -> Response:
+    return json_response({"status": "ok", "checks": {}})
+
+
+async def _probe(name: str, probe: Any) -> tuple[str, str]:
+    try:
+        await asyncio.wait_for(probe, 2.0)
+    except Exception as exc:
+        return name, f"unavailable: {type(exc).__name__}"
+    return name, "ok"
+
+
+async def readyz(call: Call) -> Response:
+    app = call.app
+
+    async def kafka() -> None:
+        producer = await app.producer()
+        await producer.client.fetch_all_metadata()
+
+    checks = dict(
+        await asyncio.gather(
+            _probe("redis", app.redis.ping()),
+            _probe("postgres", app.pool.fetchval("SELECT 1")),
+            _probe("kafka", kafka()),
+        )
+    )
+    ok = all(v == "ok" for v in checks.values())
+    return json_response(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503
+    )
+
+
+async def openapi(call: Call) -> Response:
+    from meter.api.openapi import openapi_bytes
+
+    return Response(200, openapi_bytes())
+
+
+# -- quota hot path -----------------------------------------------------------------------------
+
+
+def _opt_credits(micro: int | None) -> str | None:
+    return None if micro is None else format_credits(micro)
+
+
+def check_payload(result: CheckResult) -> dict[str, Any]:
+    return {
+        "allowed": result.allowed,
+        "reason": None if result.reason is None else result.reason.value,
+        "available": {k.value: format_credits(v) for k, v in result.available.items()},
+        "member_remaining": _opt_credits(result.member_remaining),
+        "group_remaining": _opt_credits(result.group_remaining),
+        "period_end": None if result.period_end_ms is None else format_time(result.period_end_ms),
+        "reservation_id": result.reservation_id,
+        "reservation_expires_at": (
+            None
+            if result.reservation_expires_ms is None
+            else format_time(result.reservation_expires_ms)
+        ),
+    }
+
+
+async def check(call: Call) -> Response:
+    body = parse_body(api.CheckRequest, call.body)
+    call.who.require_org(body.org_id, *QUOTA)
+    app = call.app
+    result = await app.engine.check(body.org_id, body.member_id, body.credits, app.clock())
+    return json_response(check_payload(result))
+
+
+async def reserve(call: Call) -> Response:
+    body = parse_body(api.ReserveRequest, call.body)
+    call.who.require_org(body.org_id, *QUOTA)
+    app = call.app
+    reservation_id = body.reservation_id or "res_" + secrets.token_hex(12)
+    result = await app.engine.reserve(
+        body.org_id, body.member_id, body.credits, app.clock(), reservation_id, body.ttl_ms
+    )
+    return json_response(check_payload(result))
+
+
+async def release(call: Call) -> Response:
+    body = parse_body(api.ReleaseRequest, call.body)
+    call.who.require_org(body.org_id, *QUOTA)
+    app = call.app
+    released = await app.engine.release(body.org_id, body.reservation_id, app.clock())
+    return json_response({"released": released})
+
+
+# -- plans and organizations --------------------------------------------------------------------
+
+
+async def create_plan(call: Call) -> Response:
+    plan = await call.app.admin.create_plan(parse_body(api.PlanCreate, call.body))
+    return model_response(plan, 201)
+
+
+async def list_plans(call: Call) -> Response:
+    return model_response(await call.app.admin.list_plans())
+
+
+async def get_plan(call: Call) -> Response:
+    return model_response(await call.app.admin.get_plan(call.params["plan_id"]))
+
+
+async def create_org(call: Call) -> Response:
+    org = await call.app.admin.create_org(parse_body(api.OrgCreate, call.body))
+    return model_response(org, 201)
+
+
+async def get_org(call: Call) -> Response:
+    return model_response(await call.app.admin.get_org(call.params["org_id"]))
+
+
+async def update_org(call: Call) -> Response:
+    body = parse_body(api.OrgUpdate, call.body)
+    return model_response(await call.app.admin.update_org(call.params["org_id"], body))
+
+
+async def reconcile(call: Call) -> Response:
+    from meter.admin import reconcile_org
+
+    org_id = call.params["org_id"]
+    await call.app.admin.org_exists(org_id)
+    await reconcile_org(call.app.admin, org_id)
+    return NO_CONTENT
+
+
+# -- members --------------------------------------------------------------------------------------
+
+
+async def create_member(call: Call) -> Response:
+    body = parse_body(api.MemberCreate, call.body)
+    return model_response(await call.app.admin.create_member(call.params["org_id"], body), 201)
+
+
+async def list_members(call: Call) -> Response:
+    return model_response(await call.app.admin.list_members(call.params["org_id"]))
+
+
+async def get_member(call: Call) -> Response:
+    p = call.params
+    return model_response(await call.app.admin.get_member(p["org_id"], p["member_id"]))
+
+
+async def update_member(call: Call) -> Response:
+    p = call.params
+    body = parse_body(api.MemberUpdate, call.body)
+    return model_response(await call.app.admin.update_member(p["org_id"], p["member_id"], body))
+
+
+async def delete_member(call: Call) -> Response:
+    await call.app.admin.delete_member(call.params["org_id"], call.params["member_id"])
+    return NO_CONTENT
+
+
+# -- groups ---------------------------------------------------------------------------------------
+
+
+async def create_group(call: Call) -> Response:
+    body = parse_body(api.GroupCreate, call.body)
+    return model_response(await call.app.admin.create_group(call.params["org_id"], body), 201)
+
+
+async def list_groups(call: Call) -> Response:
+    return model_response(await call.app.admin.list_groups(call.params["org_id"]))
+
+
+async def get_group(call: Call) -> Response:
+    p = call.params
+    return model_response(await call.app.admin.get_group(p["org_id"], p["group_id"]))
+
+
+async def delete_group(call: Call) -> Response:
+    await call.app.admin.delete_group(call.params["org_id"], call.params["group_id"])
+    return NO_CONTENT
+
+
+async def add_group_member(call: Call) -> Response:
+    p = call.params
+    group = await call.app.admin.add_group_member(p["org_id"], p["group_id"], p["member_id"])
+    return model_response(group)
+
+
+async def remove_group_member(call: Call) -> Response:
+    p = call.params
+    group = await call.app.admin.remove_group_member(p["org_id"], p["group_id"], p["member_id"])
+    return model_response(group)
+
+
+# -- billing groups -----------------------------------------------------------------------------
+
+
+async def create_billing_group(call: Call) -> Response:
+    body = parse_body(api.BillingGroupCreate, call.body)
+    group = await call.app.admin.create_billing_group(call.params["org_id"], body)
+    return model_response(group, 201)
+
+
+async def list_billing_groups(call: Call) -> Response:
+    return model_response(await call.app.admin.list_billing_groups(call.params["org_id"]))
+
+
+async def get_billing_group(call: Call) -> Response:
+    p = call.params
+    return model_response(
+        await call.app.admin.get_billing_group(p["org_id"], p["billing_group_id"])
+    )
+
+
+async def update_billing_group(call: Call) -> Response:
+    p = call.params
+    body = parse_body(api.BillingGroupUpdate, call.body)
+    group = await call.app.admin.update_billing_group(p["org_id"], p["billing_group_id"], body)
+    return model_response(group)
+
+
+async def delete_billing_group(call: Call) -> Response:
+    p = call.params
+    await call.app.admin.delete_billing_group(p["org_id"], p["billing_group_id"])
+    return NO_CONTENT
+
+
+# -- grants, balances, voids ----------------------------------------------------------------------
+
+
+async def create_grant(call: Call) -> Response:
+    body = parse_body(api.GrantCreate, call.body)
+    grant = await call.app.admin.create_grant(call.params["org_id"], body)
+    return model_response(grant, 201 if grant.created else 200)
+
+
+async def list_grants(call: Call) -> Response:
+    return model_response(await call.app.admin.list_grants(call.params["org_id"]))
+
+
+async def balances(call: Call) -> Response:
+    return model_response(await call.app.admin.balances(call.params["org_id"]))
+
+
+async def void(call: Call) -> Response:
+    body = parse_body(api.VoidRequest, call.body)
+    result = await call.app.admin.void(call.params["org_id"], body.key, call.who.key_id)
+    return model_response(result)
+
+
+# -- keys -----------------------------------------------------------------------------------------
+
+
+async def create_admin_key(call: Call) -> Response:
+    body = parse_body(api.KeyCreate, call.body)
+    if body.scope != "admin":
+        raise InvalidInput(
+            "organization keys are created under /v1/orgs/{org_id}/keys", code="invalid_scope"
+        )
+    return model_response(await call.app.admin.create_key(Scope.ADMIN, None, body.name), 201)
+
+
+async def list_admin_keys(call: Call) -> Response:
+    return model_response(await call.app.admin.list_keys(None))
+
+
+async def revoke_admin_key(call: Call) -> Response:
+    await call.app.admin.revoke_key(None, call.params["key_id"])
+    call.app.keys.forget_key(call.params["key_id"])
+    return NO_CONTENT
+
+
+async def create_org_key(call: Call) -> Response:
+    body = parse_body(api.KeyCreate, call.body)
+    if body.scope == "admin":
+        raise InvalidInput(
+            "admin keys belong to no organization; create them under /v1/keys",
+            code="invalid_scope",
+        )
+    key = await call.app.admin.create_key(Scope(body.scope), call.params["org_id"], body.name)
+    return model_response(key, 201)
+
+
+async def list_org_keys(call: Call) -> Response:
+    org_id = call.params["org_id"]
+    await call.app.admin.org_exists(org_id)
+    return model_response(await call.app.admin.list_keys(org_id))
+
+
+async def revoke_org_key(call: Call) -> Response:
+    await call.app.admin.revoke_key(call.params["org_id"], call.params["key_id"])
+    call.app.keys.forget_key(call.params["key_id"])
+    return NO_CONTENT
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+P, A, OA, B = Access.PUBLIC, Access.ADMIN, Access.ORG, Access.BODY_ORG
+ORG_PATH = "/v1/orgs/{org_id}"
+
+ROUTES: list[Route] = [
+    Route("GET", "/healthz", healthz, "Process is up", P, tag="health", response=api.Health),
+    Route(
+        "GET", "/readyz", readyz, "Redis, PostgreSQL and Kafka are reachable", P,
+        tag="health", response=api.Health,
+    ),
+    Route("GET", "/openapi.json", openapi, "This document", P, tag="health"),
+    # quota
+    Route(
+        "POST", "/v1/check", check, "May this member start a request of this size now?", B,
+        QUOTA, api.CheckRequest, api.CheckResponse, tag="quota",
+    ),
+    Route(
+        "POST", "/v1/reserve", reserve, "Check, and hold the credits if allowed", B, QUOTA,
+        api.ReserveRequest, api.CheckResponse, tag="quota",
+    ),
+    Route(
+        "POST", "/v1/release", release, "Release a hold", B, QUOTA, api.ReleaseRequest,
+        api.ReleaseResponse, tag="quota",
+    ),
+    Route(
+        "POST", "/v1/events", ingest.ingest, "Ingest usage events (CloudEvents, one or a batch)",
+        B, QUOTA, None, api.IngestResponse, 202, ingest.MAX_BATCH_BYTES, ingest.CONTENT_TYPES,
+        tag="ingest",
+    ),
+    # plans, organizations
+    Route("POST", "/v1/plans", create_plan, "Create a plan", A, (), api.PlanCreate, api.Plan, 201,
+          tag="plans"),
+    Route("GET", "/v1/plans", list_plans, "List plans", A, response=api.PlanList, tag="plans"),
+    Route("GET", "/v1/plans/{plan_id}", get_plan, "Get a plan", A, response=api.Plan,
+          tag="plans"),
+    Route("POST", "/v1/orgs", create_org, "Create an organization", A, (), api.OrgCreate, api.Org,
+          201, tag="organizations"),
+    Route("GET", ORG_PATH, get_org, "Get an organization", OA, ORG, response=api.Org,
+          tag="organizations"),
+    Route("PATCH", ORG_PATH, update_org, "Change an organization's status, plan or name", OA, (),
+          api.OrgUpdate, api.Org, tag="organizations"),
+    Route("POST", ORG_PATH + "/reconcile", reconcile,
+          "Re-apply the organization's state from PostgreSQL to Redis", OA, (), status=204,
+          tag="organizations"),
+    # members
+    Route("POST", ORG_PATH + "/members", create_member, "Add a member", OA, ORG,
+          api.MemberCreate, api.Member, 201, tag="members"),
+    Route("GET", ORG_PATH + "/members", list_members, "List members", OA, ORG,
+          response=api.MemberList, tag="members"),
+    Route("GET", ORG_PATH + "/members/{member_id}", get_member, "Get a member", OA, ORG,
+          response=api.Member, tag="members"),
+    Route("PATCH", ORG_PATH + "/members/{member_id}", update_member,
+          "Change seat, member limit, billing group, name or email", OA, ORG, api.MemberUpdate,
+          api.Member, tag="members"),
+    Route("DELETE", ORG_PATH + "/members/{member_id}", delete_member, "Remove a member", OA, ORG,
+          status=204, tag="members"),
+    # groups
+    Route("POST", ORG_PATH + "/groups", create_group, "Create a group", OA, ORG, api.GroupCreate,
+          api.Group, 201, tag="groups"),
+    Route("GET", ORG_PATH + "/groups", list_groups, "List groups", OA, ORG,
+          response=api.GroupList, tag="groups"),
+    Route("GET", ORG_PATH + "/groups/{group_id}", get_group, "Get a group", OA, ORG,
+          response=api.Group, tag="groups"),
+    Route("DELETE", ORG_PATH + "/groups/{group_id}", delete_group, "Delete a group", OA, ORG,
+          status=204, tag="groups"),
+    Route("PUT", ORG_PATH + "/groups/{group_id}/members/{member_id}", add_group_member,
+          "Add a member to a group", OA, ORG, response=api.Group, tag="groups"),
+    Route("DELETE", ORG_PATH + "/groups/{group_id}/members/{member_id}", remove_group_member,
+          "Remove a member from a group", OA, ORG, response=api.Group, tag="groups"),
+    # billing groups
+    Route("POST", ORG_PATH + "/billing-groups", create_billing_group, "Create a billing group",
+          OA, ORG, api.BillingGroupCreate, api.BillingGroup, 201, tag="billing groups"),
+    Route("GET", ORG_PATH + "/billing-groups", list_billing_groups,
+          "List billing groups (Unassigned first)", OA, ORG, response=api.BillingGroupList,
+          tag="billing groups"),
+    Route("GET", ORG_PATH + "/billing-groups/{billing_group_id}", get_billing_group,
+          "Get a billing group", OA, ORG, response=api.BillingGroup, tag="billing groups"),
+    Route("PATCH", ORG_PATH + "/billing-groups/{billing_group_id}", update_billing_group,
+          "Rename a billing group or set its period limit", OA, ORG, api.BillingGroupUpdate,
+          api.BillingGroup, tag="billing groups"),
+    Route("DELETE", ORG_PATH + "/billing-groups/{billing_group_id}", delete_billing_group,
+          "Delete a billing group: its members return to Unassigned", OA, ORG, status=204,
+          tag="billing groups"),
+    # grants, balances, voids
+    Route("POST", ORG_PATH + "/grants", create_grant, "Grant credits (idempotent by bucket id)",
+          OA, ORG, api.GrantCreate, api.GrantOut, 201, tag="credits"),
+    Route("GET", ORG_PATH + "/grants", list_grants, "List grants", OA, ORG,
+          response=api.GrantList, tag="credits"),
+    Route("GET", ORG_PATH + "/balances", balances, "Credits left per bucket", OA, ORG,
+          response=api.Balances, tag="credits"),
+    Route("POST", ORG_PATH + "/voids", void, "Void a settled event by its key", OA, ORG,
+          api.VoidRequest, api.VoidOut, tag="credits"),
+    # keys
+    Route("POST", "/v1/keys", create_admin_key, "Create an admin key", A, (), api.KeyCreate,
+          api.KeyCreated, 201, tag="keys"),
+    Route("GET", "/v1/keys", list_admin_keys, "List admin keys", A, response=api.KeyList,
+          tag="keys"),
+    Route("DELETE", "/v1/keys/{key_id}", revoke_admin_key, "Revoke an admin key", A, status=204,
+          tag="keys"),
+    Route("POST", ORG_PATH + "/keys", create_org_key, "Create an org_admin or product key", OA,
+          ORG, api.KeyCreate, api.KeyCreated, 201, tag="keys"),
+    Route("GET", ORG_PATH + "/keys", list_org_keys, "List the organization's keys", OA, ORG,
+          response=api.KeyList, tag="keys"),
+    Route("DELETE", ORG_PATH + "/keys/{key_id}", revoke_org_key, "Revoke a key", OA, ORG,
+          status=204, tag="keys"),
+]  # fmt: skip

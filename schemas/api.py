@@ -1,0 +1,416 @@
+"""Request and response models of the HTTP API (`/v1`), the source of `schemas/openapi.json`.
+
+Credits travel as decimal strings (`"1.5"`) or JSON numbers and are parsed exactly by
+`meter.money.parse_credits` into integer micro-credits; responses always carry decimal strings.
+Instants are RFC 3339 with a zone. Identifiers are 1-64 characters of `[A-Za-z0-9._:@-]`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
+
+from meter.engine.types import MAX_HOLD_MS
+from meter.money import parse_credits
+
+
+def _credits(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        # Floats never get here from the API's own decoder (it keeps number literals as text).
+        return parse_credits(value)
+    return parse_credits(value)
+
+
+Credits = Annotated[
+    int,
+    BeforeValidator(_credits),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^(0|[1-9][0-9]*)(\.[0-9]{1,6})?$"},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "Credits: a decimal with at most 6 fractional digits.",
+            "examples": ["1.5"],
+        }
+    ),
+]
+"""Credits on input: parsed to integer micro-credits."""
+
+CreditsOut = Annotated[str, Field(pattern=r"^-?(0|[1-9][0-9]*)(\.[0-9]{1,6})?$", examples=["1500"])]
+"""Credits on output: a decimal string."""
+
+Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@-]{1,64}$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Text = Annotated[str, StringConstraints(max_length=1000)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class ErrorDetail(Model):
+    code: str
+    message: str
+    details: list[dict[str, Any]] = []
+
+
+class ErrorBody(Model):
+    """Every non-2xx response."""
+
+    error: ErrorDetail
+
+
+# --- plans ----------------------------------------------------------------------------------
+
+
+class PlanCreate(Model):
+    plan_id: Id
+    name: Name
+    period_kind: Literal["monthly", "rolling"] = "monthly"
+    rolling_days: int = Field(default=30, ge=1, le=3660)
+    seat_credits: Credits = 0
+    """Credits included per seat per period."""
+    prorate: bool = True
+    """Mid-period seats receive the remaining fraction of `seat_credits`."""
+    limit_policy: Literal["all", "shared"] = "all"
+    """What a member limit counts: all credits, or only shared-pool credits."""
+    default_member_limit: Credits | None = None
+    """Limit of a member with none set: null = unlimited, 0 = may not use credits."""
+    billing_groups_allowed: bool = True
+    on_demand_allowed: bool = False
+    on_demand_member_cap: Credits | None = None
+    on_demand_price_micros: int | None = Field(default=None, ge=0)
+    """Price of one credit in micro-units of currency."""
+    on_demand_charge_threshold_micros: int | None = Field(default=None, ge=0)
+
+
+class Plan(Model):
+    plan_id: str
+    name: str
+    period_kind: Literal["monthly", "rolling"]
+    rolling_days: int
+    seat_credits: CreditsOut
+    prorate: bool
+    limit_policy: Literal["all", "shared"]
+    default_member_limit: CreditsOut | None
+    billing_groups_allowed: bool
+    on_demand_allowed: bool
+    on_demand_member_cap: CreditsOut | None
+    on_demand_price_micros: int | None
+    on_demand_charge_threshold_micros: int | None
+    created_at: datetime
+
+
+class PlanList(Model):
+    plans: list[Plan]
+
+
+# --- organizations ------------------------------------------------------------------------
+
+OrgStatusName = Literal["active", "expired", "suspended"]
+
+
+class OrgCreate(Model):
+    org_id: Id
+    name: Name
+    plan_id: Id
+    billing_anchor: AwareDatetime | None = None
+    """Start of the first period; defaults to the creation time."""
+    status: OrgStatusName = "active"
+    grace_seconds: int = Field(default=0, ge=0, le=90 * 86_400)
+    """How long after a period's end late events still settle into it."""
+
+
+class OrgUpdate(Model):
+    name: Name | None = None
+    status: OrgStatusName | None = None
+    plan_id: Id | None = None
+    grace_seconds: int | None = Field(default=None, ge=0, le=90 * 86_400)
+
+
+class Org(Model):
+    org_id: str
+    name: str
+    plan_id: str
+    billing_anchor: datetime
+    status: OrgStatusName
+    grace_seconds: int
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- members ------------------------------------------------------------------------------
+
+
+class MemberCreate(Model):
+    member_id: Id
+    name: Text = ""
+    email: Text = ""
+    seated: bool = True
+    member_limit: Credits | None = None
+    """Per-period limit; null falls back to the plan's default."""
+    billing_group_id: Id | None = None
+    """null = Unassigned."""
+
+
+class MemberUpdate(Model):
+    """Fields left out stay as they are; `member_limit` / `billing_group_id` null clears them."""
+
+    name: Text | None = None
+    email: Text | None = None
+    seated: bool | None = None
+    member_limit: Credits | None = None
+    billing_group_id: Id | None = None
+
+
+class Member(Model):
+    member_id: str
+    name: str
+    email: str
+    status: Literal["active", "removed"]
+    seated: bool
+    member_limit: CreditsOut | None
+    billing_group_id: str | None
+    groups: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class MemberList(Model):
+    members: list[Member]
+
+
+# --- groups -------------------------------------------------------------------------------
+
+
+class GroupCreate(Model):
+    group_id: Id
+    name: Name
+    description: Text = ""
+
+
+class Group(Model):
+    group_id: str
+    name: str
+    description: str
+    member_ids: list[str]
+    created_at: datetime
+
+
+class GroupList(Model):
+    groups: list[Group]
+
+
+# --- billing groups ---------------------------------------------------------------------------
+
+
+class BillingGroupCreate(Model):
+    billing_group_id: Id
+    name: Name
+    description: Text = ""
+    period_limit: Credits | None = None
+    """Credits per period for all members together; null = unlimited."""
+
+
+class BillingGroupUpdate(Model):
+    """Fields left out stay as they are; `period_limit` null removes the limit."""
+
+    name: Name | None = None
+    description: Text | None = None
+    period_limit: Credits | None = None
+
+
+class BillingGroup(Model):
+    billing_group_id: str
+    """"" for the built-in Unassigned group."""
+    name: str
+    description: str
+    period_limit: CreditsOut | None
+    built_in: bool
+    member_ids: list[str]
+
+
+class BillingGroupList(Model):
+    billing_groups: list[BillingGroup]
+
+
+# --- grants -------------------------------------------------------------------------------
+
+
+class GrantCreate(Model):
+    bucket_id: Id | None = None
+    """Idempotency key of the grant; generated when left out."""
+    kind: Literal["personal", "shared", "seat", "on_demand"]
+    member_id: Id | None = None
+    """Owner; required for every kind except `shared` (the organization's pool)."""
+    amount: Credits
+    valid_from: AwareDatetime | None = None
+    """Defaults to now."""
+    expires_at: AwareDatetime
+    source: Text = ""
+
+
+class GrantOut(Model):
+    bucket_id: str
+    kind: str
+    member_id: str | None
+    amount: CreditsOut
+    valid_from: datetime
+    expires_at: datetime
+    granted_at: datetime
+    source: str
+    created: bool
+    """False when a grant with this bucket id already existed (nothing changed)."""
+
+
+class GrantList(Model):
+    grants: list[GrantOut]
+
+
+class Balances(Model):
+    """Credits left per bucket id (expired and empty buckets included)."""
+
+    balances: dict[str, CreditsOut]
+
+
+# --- voids --------------------------------------------------------------------------------
+
+
+class VoidRequest(Model):
+    key: Annotated[str, StringConstraints(min_length=1, max_length=600)]
+    """Settlement key of the event: its CloudEvents `source` and `id` as the consumer builds it."""
+
+
+class VoidLine(Model):
+    bucket_id: str
+    kind: str
+    amount: CreditsOut
+
+
+class VoidOut(Model):
+    key: str
+    voided: bool
+    """False when no settlement with this key exists."""
+    returned: list[VoidLine]
+    duplicate: bool
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+class KeyCreate(Model):
+    scope: Literal["admin", "org_admin", "product"]
+    name: Text = ""
+
+
+class KeyCreated(Model):
+    key_id: str
+    token: str
+    """Shown once; only its hash is stored."""
+    scope: str
+    org_id: str | None
+
+
+class KeyInfo(Model):
+    key_id: str
+    scope: str
+    org_id: str | None
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyList(Model):
+    keys: list[KeyInfo]
+
+
+# --- quota hot path -----------------------------------------------------------------------
+
+
+class CheckRequest(Model):
+    org_id: Id
+    member_id: Id
+    credits: Credits
+
+
+class ReserveRequest(Model):
+    org_id: Id
+    member_id: Id
+    credits: Credits
+    ttl_ms: int = Field(default=60_000, ge=1, le=MAX_HOLD_MS)
+    reservation_id: Id | None = None
+    """Idempotency key of the hold; generated when left out."""
+
+
+class ReleaseRequest(Model):
+    org_id: Id
+    reservation_id: Id
+
+
+class CheckResponse(Model):
+    allowed: bool
+    reason: (
+        Literal[
+            "unknown_org",
+            "unknown_member",
+            "org_inactive",
+            "no_seat",
+            "member_limit_reached",
+            "group_limit_reached",
+            "insufficient_credits",
+        ]
+        | None
+    )
+    available: dict[str, CreditsOut]
+    """Credits available now per bucket kind, net of live holds."""
+    member_remaining: CreditsOut | None
+    """Room left under the member limit this period; null = unlimited."""
+    group_remaining: CreditsOut | None
+    """Room left under the billing-group limit this period; null = unlimited."""
+    period_end: datetime | None
+    reservation_id: str | None = None
+    reservation_expires_at: datetime | None = None
+
+
+class ReleaseResponse(Model):
+    released: bool
+    """False when no live hold had this id (already released, consumed or expired)."""
+
+
+# --- ingest -------------------------------------------------------------------------------
+
+
+class EventResult(Model):
+    index: int
+    id: str | None
+    source: str | None
+    accepted: bool
+    error: ErrorDetail | None = None
+
+
+class IngestResponse(Model):
+    accepted: int
+    rejected: int
+    results: list[EventResult]
+
+
+# --- health -------------------------------------------------------------------------------
+
+
+class Health(Model):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = {}
