@@ -58,7 +58,7 @@ COMMANDS: dict[str, Command] = {
     "dlq": Command("consumers.dlq:configure_dlq", "dead-letter topic tools (replay)"),
 }
 
-RUN_COMPONENTS: list[str] = ["consumers.settle:run_component"]
+RUN_COMPONENTS: list[str] = ["consumers.settle:run_component", "meter.api.server:serve"]
 """The components `meter run` starts, as `module:function` (see `Component`)."""
 
 log = structlog.get_logger("meter.cli")
