@@ -334,10 +334,15 @@ def _check_attributes(attributes: object) -> dict[str, AttributeValue]:
 
 def _credits_literal(raw: bytes, doc: dict[str, Any]) -> str:
     """The literal a float `data.credits` was written as (see "Exact credits")."""
-    if b"\\u" not in raw and raw.count(b'"credits"') == 1:
-        # Without \\u escapes every key named credits appears as these bytes, and so does any
+    start = raw.find(b'"credits"')
+    if (
+        start >= 0
+        and raw.find(b'"credits"', start + 9) < 0
+        and (b"\\" not in raw or b"\\u" not in raw)
+    ):
+        # Without \u escapes every key named credits appears as these bytes, and so does any
         # string ending in `"credits`; one occurrence is therefore the key of data.credits.
-        m = _CREDITS_VALUE.match(raw, raw.find(b'"credits"') + 9)
+        m = _CREDITS_VALUE.match(raw, start + 9)
         if m is not None:
             return str(m[1], "ascii")
     exact = json.loads(raw, parse_float=Decimal)["data"]["credits"]
@@ -541,18 +546,15 @@ Credits = Annotated[
     ),
 ]
 AttributeName = Annotated[str, Field(pattern=ATTRIBUTE_NAME_PATTERN)]
+_ATTRIBUTE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "maxLength": MAX_STRING_CHARS},
+        {"type": "number"},
+        {"type": "boolean"},
+    ]
+}
 Attribute = Annotated[
-    AttributeValue,
-    PlainValidator(_validate_attribute_value),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "maxLength": MAX_STRING_CHARS},
-                {"type": "number"},
-                {"type": "boolean"},
-            ]
-        }
-    ),
+    AttributeValue, PlainValidator(_validate_attribute_value), WithJsonSchema(_ATTRIBUTE_SCHEMA)
 ]
 
 
@@ -565,9 +567,24 @@ class UsageData(BaseModel):
     member_id: Id
     credits: Credits
     reservation_id: Id | None = None
-    attributes: dict[AttributeName, Attribute] | None = Field(
-        default=None, max_length=MAX_ATTRIBUTES
-    )
+    attributes: Annotated[
+        dict[AttributeName, Attribute] | None,
+        Field(max_length=MAX_ATTRIBUTES),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "maxProperties": MAX_ATTRIBUTES,
+                        "propertyNames": {"pattern": ATTRIBUTE_NAME_PATTERN},
+                        "additionalProperties": _ATTRIBUTE_SCHEMA,
+                    },
+                    {"type": "null"},
+                ],
+                "description": "Free attributes for reporting (model, request id ...).",
+            }
+        ),
+    ] = None
 
 
 _EXTENSION_SCHEMA: dict[str, Any] = {
@@ -594,7 +611,7 @@ class UsageEventModel(BaseModel):
         frozen=True,
         title="UsageEvent",
         json_schema_extra={
-            "$id": "https://meter.dev/schemas/usage-event.schema.json",
+            "description": "A metered usage event: CloudEvents 1.0, JSON structured mode.",
             "propertyNames": {"pattern": EXTENSION_NAME_PATTERN},
             "maxProperties": len(CORE_ATTRIBUTES) + MAX_EXTENSIONS,
             "additionalProperties": _EXTENSION_SCHEMA,
