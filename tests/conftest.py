@@ -3,7 +3,8 @@
 `services` uses the servers named by `METER_KAFKA_BOOTSTRAP`, `METER_REDIS_URL` and
 `METER_POSTGRES_DSN`, and starts local ones for those left unset (see `meter.services`).
 Tests get isolation from fresh PostgreSQL databases (`pg_dsn_clean`, `migrated_dsn`), a flushed
-Redis database (`redis`) and uniquely named Kafka topics (`new_topic`).
+Redis database (`redis`) and uniquely named Kafka topics (`new_topic`). Fault tests that stop or
+kill a server use servers of their own: `private_redis`, `private_postgres`, `private_kafka`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ import redis.asyncio as aioredis
 
 from meter.migrate import migrate
 from meter.services import (
+    KafkaServer,
+    PostgresServer,
+    RedisServer,
     Services,
     create_database,
     drop_database,
     ensure_topics,
     provision,
+    settings_topics,
     with_database,
 )
 from meter.settings import Settings, load_settings
@@ -109,3 +114,26 @@ def new_topic(kafka_bootstrap: str, settings: Settings) -> Callable[..., Awaitab
         return name
 
     return create
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def private_redis() -> AsyncIterator[RedisServer]:
+    """A local Redis of this test's own, running; the test may stop, kill and restart it."""
+    async with RedisServer() as server:
+        yield server
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def private_postgres(tmp_path: Path) -> AsyncIterator[PostgresServer]:
+    """A local PostgreSQL of this test's own (database `meter` at `.address`), running; the test
+    may stop, kill and restart it. Data lives in the test's tmp_path."""
+    async with PostgresServer(tmp_path / "postgres", durable=False) as server:
+        yield server
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def private_kafka(settings: Settings) -> AsyncIterator[KafkaServer]:
+    """A local broker of this test's own with the service's topics, running; the test may stop,
+    kill and restart it (topics are created again on start, their records are lost)."""
+    async with KafkaServer(topics=settings_topics(settings)) as server:
+        yield server

@@ -48,66 +48,68 @@ async def test_session_services_answer(
     assert settings.kafka_bootstrap == services.kafka_bootstrap
 
 
-async def test_redis_restarts_empty_on_the_same_port() -> None:
-    server = RedisServer()
-    await server.start()
-    try:
-        url, pid = server.address, server.pid
-        client = aioredis.Redis.from_url(url)
-        await client.set("k", "v")
-        await client.aclose()
-        await server.stop()
-        assert not server.running
-        assert pid is not None and not psutil.pid_exists(pid)
-        client = aioredis.Redis.from_url(url)
-        with pytest.raises(redis.exceptions.ConnectionError):
-            await client.ping()
-        await client.aclose()
-
-        await server.start()
-        assert server.address == url
-        client = aioredis.Redis.from_url(url)
-        assert await client.get("k") is None
-        await client.aclose()
-
-        await server.kill()
-        assert not server.running
-    finally:
-        await server.stop()
-
-
-async def test_postgres_keeps_committed_data_across_kill_and_restart(tmp_path: Path) -> None:
-    server = PostgresServer(tmp_path / "pg", durable=False)
-    await server.start()
-    try:
-        dsn = server.address
-        assert dsn.endswith("/meter")
-        conn = await asyncpg.connect(dsn)
-        await conn.execute("CREATE TABLE t (v int); INSERT INTO t VALUES (42)")
-        held = await asyncpg.connect(dsn)  # a backend the kill must take down too
-        await conn.close()
-
-        pid = server.pid
-        await server.kill()
-        assert pid is not None and not psutil.pid_exists(pid)
-        with pytest.raises(asyncpg.PostgresConnectionError):
-            await held.fetchval("SELECT 1")
-        held.terminate()
-
-        await server.start()
-        assert server.address == dsn
-        conn = await asyncpg.connect(dsn)
-        assert await conn.fetchval("SELECT v FROM t") == 42
-        await conn.close()
-
-        await server.stop()
-        await server.start()
-        conn = await asyncpg.connect(dsn)
-        assert await conn.fetchval("SELECT count(*) FROM t") == 1
-        await conn.close()
-    finally:
-        await server.stop()
+async def test_redis_restarts_empty_on_the_same_port(private_redis: RedisServer) -> None:
+    server = private_redis
+    url, pid = server.address, server.pid
+    client = aioredis.Redis.from_url(url)
+    await client.set("k", "v")
+    await client.aclose()
+    await server.stop()
     assert not server.running
+    assert pid is not None and not psutil.pid_exists(pid)
+    client = aioredis.Redis.from_url(url)
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await client.ping()
+    await client.aclose()
+
+    await server.start()
+    assert server.address == url
+    client = aioredis.Redis.from_url(url)
+    assert await client.get("k") is None
+    await client.aclose()
+
+    await server.kill()
+    assert not server.running
+
+
+async def test_postgres_keeps_committed_data_across_kill_and_restart(
+    private_postgres: PostgresServer,
+) -> None:
+    server = private_postgres
+    dsn = server.address
+    assert dsn.endswith("/meter")
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("CREATE TABLE t (v int); INSERT INTO t VALUES (42)")
+    held = await asyncpg.connect(dsn)  # a backend the kill must take down too
+    await conn.close()
+
+    pid = server.pid
+    await server.kill()
+    assert pid is not None and not psutil.pid_exists(pid)
+    with pytest.raises(asyncpg.PostgresConnectionError):
+        await held.fetchval("SELECT 1")
+    held.terminate()
+
+    await server.start()
+    assert server.address == dsn
+    conn = await asyncpg.connect(dsn)
+    assert await conn.fetchval("SELECT v FROM t") == 42
+    await conn.close()
+
+    await server.stop()
+    assert not server.running
+    await server.start()
+    conn = await asyncpg.connect(dsn)
+    assert await conn.fetchval("SELECT count(*) FROM t") == 1
+    await conn.close()
+
+
+async def test_private_kafka_has_the_service_topics(
+    private_kafka: KafkaServer, settings: Settings
+) -> None:
+    assert private_kafka.address != settings.kafka_bootstrap
+    for topic in settings_topics(settings):
+        assert await topic_partitions(private_kafka.address, topic) == settings.topic_partitions
 
 
 async def test_kafka_creates_topics_again_after_restart() -> None:
