@@ -60,6 +60,10 @@ class ServiceError(Exception):
     """A server could not be reached or started; the message names it and says why."""
 
 
+class _ExitedWhileStarting(ServiceError):
+    pass
+
+
 # ---------------------------------------------------------------------------------------------
 # Child processes
 
@@ -109,8 +113,8 @@ class LocalServer(ABC):
     """A server process started and owned by this process.
 
     `start()` waits until the server answers a protocol round trip; `stop()` asks it to shut down
-    and kills it after `stop_timeout_s`; `kill()` kills it and its children at once. A stopped or
-    killed server starts again on the same port.
+    and kills it if it has not within its timeout; `kill()` kills it and its children at once. A
+    stopped or killed server starts again on the same port. Also an async context manager.
     """
 
     name: ClassVar[str]
@@ -152,7 +156,8 @@ class LocalServer(ABC):
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self.running and self._process is not None else None
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
 
     @property
     def log_path(self) -> Path:
@@ -172,9 +177,8 @@ class LocalServer(ABC):
             try:
                 await self._spawn_and_wait(timeout_s)
                 break
-            except ServiceError:
-                exited = self._process is not None and self._process.poll() is not None
-                if attempt + 1 == attempts or not exited:
+            except _ExitedWhileStarting:
+                if attempt + 1 == attempts:
                     raise
                 self.port = free_port()  # another process probably took the port
         self._ever_started = True
@@ -198,10 +202,12 @@ class LocalServer(ABC):
         deadline = time.monotonic() + timeout_s
         last_error: BaseException | None = None
         while True:
-            if self._process.poll() is not None:
-                raise ServiceError(
-                    f"{self.name} exited with code {self._process.returncode} while starting "
-                    f"on port {self.port}; log {self.log_path}:\n{_tail(self.log_path)}"
+            code = self._process.poll()
+            if code is not None:
+                self.kill_now()
+                raise _ExitedWhileStarting(
+                    f"{self.name} exited with code {code} while starting on port {self.port}; "
+                    f"log {self.log_path}:\n{_tail(self.log_path)}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -245,6 +251,7 @@ class LocalServer(ABC):
             os.killpg(process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
+        self._process = None
         _live.discard(self)
 
     async def __aenter__(self) -> Self:

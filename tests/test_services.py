@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -102,6 +103,17 @@ async def test_postgres_keeps_committed_data_across_kill_and_restart(
     conn = await asyncpg.connect(dsn)
     assert await conn.fetchval("SELECT count(*) FROM t") == 1
     await conn.close()
+
+
+async def test_start_on_a_taken_port_is_an_error_with_the_log() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = RedisServer(port=taken.getsockname()[1])
+        with pytest.raises(ServiceError, match="redis exited with code") as caught:
+            await server.start(timeout_s=10)
+    assert "Address already in use" in str(caught.value)
+    assert not server.running
 
 
 async def test_private_kafka_has_the_service_topics(
