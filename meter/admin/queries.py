@@ -139,6 +139,12 @@ SELECT_LIVE_GRANTS = """
 SELECT * FROM credit_grants WHERE org_id = $1 AND expires_at > $2 ORDER BY granted_at, bucket_id
 """
 
+# Settled events are written by the settlement store (schemas/migrations/0002_settlements.sql).
+SELECT_SETTLEMENT = "SELECT * FROM settlements WHERE key = $1 AND org_id = $2"
+SELECT_SETTLEMENT_LINES = """
+SELECT bucket_id, kind, amount FROM settlement_lines WHERE key = $1 ORDER BY bucket_id
+"""
+
 INSERT_VOID = """
 INSERT INTO voids (org_id, event_key, requested_at, voided, returned, requested_by)
 VALUES ($1, $2, $3, $4, $5::jsonb, $6)

@@ -30,10 +30,13 @@ from meter.engine.types import (
     Grant,
     Kind,
     LimitPolicy,
+    Line,
     MemberConfig,
     OrgConfig,
     OrgStatus,
+    Period,
     PeriodKind,
+    Settlement,
 )
 from meter.errors import Conflict, InvalidInput, NotFound
 from meter.money import format_credits
@@ -624,7 +627,8 @@ class AdminService:
     async def void(self, org_id: str, key: str, requested_by: str) -> api.VoidOut:
         """Void a settled event: the engine returns its credits; the request is recorded."""
         await self.org_exists(org_id)
-        result = await self.engine.void(org_id, key, self.clock())
+        stored = await self.stored_settlement(org_id, key)
+        result = await self.engine.void(org_id, key, self.clock(), stored)
         lines = [
             api.VoidLine(
                 bucket_id=ln.bucket_id, kind=ln.kind.value, amount=format_credits(ln.amount)
@@ -643,6 +647,28 @@ class AdminService:
         )
         return api.VoidOut(
             key=key, voided=result.voided, returned=lines, duplicate=result.duplicate
+        )
+
+    async def stored_settlement(self, org_id: str, key: str) -> Settlement | None:
+        """The settlement PostgreSQL holds for `key` (Redis forgets results once confirmed)."""
+        row = await self.pool.fetchrow(q.SELECT_SETTLEMENT, key, org_id)
+        if row is None:
+            return None
+        lines = await self.pool.fetch(q.SELECT_SETTLEMENT_LINES, key)
+        return Settlement(
+            key=key,
+            org_id=org_id,
+            member_id=row["member_id"],
+            credits=row["credits"],
+            time_ms=to_ms(row["event_time"]),
+            period=Period(to_ms(row["period_start"]), to_ms(row["period_end"])),
+            billing_group=row["billing_group"],
+            lines=tuple(Line(r["bucket_id"], Kind(r["kind"]), r["amount"]) for r in lines),
+            unfunded=row["unfunded"],
+            member_limited=row["member_limited"],
+            group_limited=row["group_limited"],
+            late=row["late"],
+            reservation_id=row["reservation_id"],
         )
 
     # -- API keys -------------------------------------------------------------------------

@@ -35,7 +35,14 @@ from meter.api.http import (
 )
 from meter.auth import KeyVerifier
 from meter.engine.redis import RedisEngine
-from meter.errors import MeterError, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from meter.engine.types import EngineInputError
+from meter.errors import (
+    InvalidInput,
+    MeterError,
+    PayloadTooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from meter.settings import Settings
 
 log = structlog.get_logger("meter.api")
@@ -202,6 +209,8 @@ class App:
             response = await self._dispatch(scope, receive, method, path)
         except MeterError as exc:
             response = error_response(exc)
+        except EngineInputError as exc:
+            response = error_response(InvalidInput(str(exc), code="invalid_input"))
         except Exception:
             log.error("unhandled error", method=method, path=path, exc_info=True)
             response = INTERNAL_ERROR
