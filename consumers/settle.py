@@ -247,7 +247,7 @@ class SettleConsumer:
             self.consumer.seek(tp, offset)
             self._expected[tp.partition] = offset
         self.consumer.resume(*assigned)
-        log.info("offsets_restored", offsets=self._expected)
+        log.info("offsets_restored", offsets={str(p): o for p, o in self._expected.items()})
 
     # -- stages ---------------------------------------------------------------------------------
 
@@ -381,7 +381,7 @@ class SettleConsumer:
             replayed=batch.replayed,
             dead=batch.dead,
             orgs=len(batch.keys_by_org),
-            partitions={o.partition: o.next_offset for o in batch.offsets},
+            partitions={str(o.partition): o.next_offset for o in batch.offsets},
             **{k: round(v, 2) for k, v in batch.timings.items()},
             write_ms=round(t_write * 1000, 2),
             confirm_ms=round((time.perf_counter() - t0) * 1000, 2),

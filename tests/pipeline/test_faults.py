@@ -1,0 +1,160 @@
+"""Faults injected for real: kill -9 of a `meter consume` process, PostgreSQL stopped
+mid-stream, and two consumers sharing a group."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest_asyncio
+from conftest import Running
+from pipeline_support import (
+    World,
+    assert_consistent,
+    caught_up,
+    make_events,
+    produce_events,
+    wait_for,
+)
+
+from consumers.settle import ConsumerOptions
+from meter.engine.redis import RedisEngine
+from meter.migrate import migrate
+from meter.services import PostgresServer, create_database, with_database
+from meter.settings import Settings
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        METER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap or "",
+        METER_REDIS_URL=settings.redis_url or "",
+        METER_POSTGRES_DSN=settings.postgres_dsn or "",
+        METER_USAGE_TOPIC=settings.usage_topic,
+        METER_DLQ_TOPIC=settings.dlq_topic,
+        METER_CONSUMER_GROUP=settings.consumer_group,
+        METER_LOG_FORMAT="json",
+    )
+    return env
+
+
+async def _spawn(settings: Settings, log: Path) -> asyncio.subprocess.Process:
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meter.cli", "consume", "--batch", "150",
+            env=_env(settings), stdout=out, stderr=out,
+        )  # fmt: skip
+
+
+async def test_kill_9_at_random_points(
+    pipe_settings: Settings, engine: RedisEngine, tmp_path: Path
+) -> None:
+    world = World.build(n_orgs=6, members_per_org=5, seed=11)
+    await world.apply(engine)
+    events = make_events(world, 3000, seed=12)
+    assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
+    bootstrap, dsn = pipe_settings.kafka_bootstrap, pipe_settings.postgres_dsn
+    topic, group = pipe_settings.usage_topic, pipe_settings.consumer_group
+    rnd = random.Random(13)
+    log = tmp_path / "consume.log"
+    chunks = [events[i : i + 600] for i in range(0, len(events), 600)]
+    for chunk in chunks:
+        await produce_events(bootstrap, topic, chunk)
+        proc = await _spawn(pipe_settings, log)
+        await asyncio.sleep(rnd.uniform(1.0, 3.0))  # a random point in the stream, not readiness
+        proc.kill()
+        assert await proc.wait() == -signal.SIGKILL
+
+    proc = await _spawn(pipe_settings, log)
+
+    async def done() -> bool:
+        return await caught_up(bootstrap, dsn, group, topic)
+
+    try:
+        await wait_for(done, timeout_s=90, what="restarted consumer to catch up")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await proc.wait()
+    assert code == 0, log.read_text()[-3000:]
+    await assert_consistent(world, engine, dsn, events)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def private_postgres(tmp_path: Path) -> AsyncIterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, which it may stop and start."""
+    server = PostgresServer(data_dir=tmp_path / "pg", durable=False)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_postgres_down_mid_stream(
+    pipe_settings: Settings,
+    engine: RedisEngine,
+    running: Running,
+    private_postgres: PostgresServer,
+) -> None:
+    dsn = private_postgres.dsn("meter_pipe")
+    await create_database(with_database(dsn, "postgres"), "meter_pipe")
+    await migrate(dsn)
+    settings = pipe_settings.model_copy(update={"postgres_dsn": dsn})
+    world = World.build(n_orgs=4, members_per_org=5, seed=21)
+    await world.apply(engine)
+    events = make_events(world, 2000, seed=22)
+    assert settings.kafka_bootstrap
+    bootstrap, topic, group = (
+        settings.kafka_bootstrap,
+        settings.usage_topic,
+        settings.consumer_group,
+    )
+
+    async def done() -> bool:
+        return await caught_up(bootstrap, dsn, group, topic)
+
+    options = ConsumerOptions(batch_max_records=100, retry_max_s=0.5)
+    consumer = running.start(settings, engine, options)
+    await produce_events(bootstrap, topic, events[:500])
+    await wait_for(done, what="first part settled")
+    await private_postgres.kill()
+    await produce_events(bootstrap, topic, events[500:])
+    await asyncio.sleep(1.5)  # the consumer meets the dead server and keeps retrying
+    settled_while_down = consumer.settled
+    await private_postgres.start()
+    await wait_for(done, what="recovery after PostgreSQL came back")
+    await running.stop(consumer)
+    assert consumer.settled == 2000 > settled_while_down
+    await assert_consistent(world, engine, dsn, events)
+
+
+async def test_two_consumers_in_one_group(
+    pipe_settings: Settings, engine: RedisEngine, running: Running
+) -> None:
+    world = World.build(n_orgs=8, members_per_org=4, seed=31)
+    await world.apply(engine)
+    events = make_events(world, 3000, seed=32)
+    assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
+    bootstrap, dsn = pipe_settings.kafka_bootstrap, pipe_settings.postgres_dsn
+    topic, group = pipe_settings.usage_topic, pipe_settings.consumer_group
+
+    async def done() -> bool:
+        return await caught_up(bootstrap, dsn, group, topic)
+
+    options = ConsumerOptions(batch_max_records=100)
+    first = running.start(pipe_settings, engine, options)
+    await produce_events(bootstrap, topic, events[:1000])
+    second = running.start(pipe_settings, engine, options)
+    await produce_events(bootstrap, topic, events[1000:2000])
+    await running.stop(first)  # the second takes over every partition
+    await produce_events(bootstrap, topic, events[2000:])
+    await wait_for(done, what="both consumers to settle everything")
+    await running.stop(second)
+    assert second.settled > 0
+    assert first.settled + second.settled == len(events)
+    await assert_consistent(world, engine, dsn, events)
