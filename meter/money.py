@@ -61,13 +61,7 @@ def parse_credits(value: str | int, *, maximum: int = INT64_MAX) -> int:
 
     Raises `CreditsError` as described in the module docstring; `maximum` is in micro-credits.
     """
-    if type(value) is int:
-        if value < 0:
-            raise CreditsError("negative", "credits must not be negative")
-        if value > maximum // MICRO:
-            raise CreditsError("too_large", f"credits must not exceed {format_credits(maximum)}")
-        return value * MICRO
-    if isinstance(value, str):
+    if type(value) is str:
         plain = _PLAIN(value)
         if plain is None:
             return _parse_literal(value, maximum)
@@ -78,6 +72,14 @@ def parse_credits(value: str | int, *, maximum: int = INT64_MAX) -> int:
         if micro > maximum:
             raise CreditsError("too_large", f"credits must not exceed {format_credits(maximum)}")
         return micro
+    if type(value) is int:
+        if value < 0:
+            raise CreditsError("negative", "credits must not be negative")
+        if value > maximum // MICRO:
+            raise CreditsError("too_large", f"credits must not exceed {format_credits(maximum)}")
+        return value * MICRO
+    if isinstance(value, str):
+        return _parse_literal(value, maximum)
     if isinstance(value, float):
         raise CreditsError(
             "inexact", "credits arrived as a float, which has lost the digits that were written"

@@ -64,7 +64,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Final, Literal, NamedTuple, Protocol
+from typing import Annotated, Any, Final, Literal, NamedTuple, NoReturn, Protocol
 
 import orjson
 from pydantic import (
@@ -280,10 +280,8 @@ def _schema(message: str) -> _Invalid:
     return _Invalid("invalid_schema", message)
 
 
-def _check_id(value: object, where: str) -> str:
-    if type(value) is not str or _ID(value) is None:
-        raise _schema(f"{where} must be 1 to 128 characters of A-Z a-z 0-9 - _ . : @")
-    return value
+def _bad_id(where: str) -> NoReturn:
+    raise _schema(f"{where} must be 1 to 128 characters of A-Z a-z 0-9 - _ . : @")
 
 
 def _check_extensions(doc: dict[str, Any]) -> None:
@@ -332,19 +330,19 @@ def _check_attributes(attributes: object) -> dict[str, AttributeValue]:
     return attributes if widened is None else widened
 
 
-def _credits_literal(raw: bytes, doc: dict[str, Any]) -> str:
+def _credits_literal(raw: bytes) -> str:
     """The literal a float `data.credits` was written as (see "Exact credits")."""
     start = raw.find(b'"credits"')
     if (
         start >= 0
         and raw.find(b'"credits"', start + 9) < 0
-        and (b"\\" not in raw or b"\\u" not in raw)
+        and (0x5C not in raw or b"\\u" not in raw)  # 0x5C: a backslash
     ):
         # Without \u escapes every key named credits appears as these bytes, and so does any
         # string ending in `"credits`; one occurrence is therefore the key of data.credits.
         m = _CREDITS_VALUE.match(raw, start + 9)
         if m is not None:
-            return str(m[1], "ascii")
+            return m[1].decode()
     exact = json.loads(raw, parse_float=Decimal)["data"]["credits"]
     return str(exact)
 
@@ -375,7 +373,9 @@ def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEv
     content_type = doc.get("datacontenttype")
     if content_type is not None and content_type != CONTENT_TYPE:
         raise _schema(f'datacontenttype must be "{CONTENT_TYPE}" when present')
-    event_id = _check_id(doc.get("id"), "id")
+    event_id = doc.get("id")
+    if type(event_id) is not str or _ID(event_id) is None:
+        _bad_id("id")
     source = doc.get("source")
     if type(source) is not str:
         raise _schema("source must be a string")
@@ -385,7 +385,9 @@ def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEv
         ):
             raise _schema("source must be a URI-reference of 1 to 256 characters")
         _remember(_known_sources, source)
-    subject = _check_id(doc.get("subject"), "subject")
+    subject = doc.get("subject")
+    if type(subject) is not str or _ID(subject) is None:
+        _bad_id("subject")
     time_text = doc.get("time")
     if type(time_text) is not str:
         raise _schema("time must be a string")
@@ -395,11 +397,17 @@ def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEv
     if not DATA_KEYS.issuperset(data):
         unknown = sorted(set(data) - DATA_KEYS)[0]
         raise _schema(f"data: unknown key {unknown[:40]!r}")
-    org_id = _check_id(data.get("org_id"), "data.org_id")
-    member_id = _check_id(data.get("member_id"), "data.member_id")
+    org_id = data.get("org_id")
+    if type(org_id) is not str or _ID(org_id) is None:
+        _bad_id("data.org_id")
+    member_id = data.get("member_id")
+    if member_id != subject and (type(member_id) is not str or _ID(member_id) is None):
+        _bad_id("data.member_id")
     reservation_id = data.get("reservation_id")
-    if reservation_id is not None:
-        _check_id(reservation_id, "data.reservation_id")
+    if reservation_id is not None and (
+        type(reservation_id) is not str or _ID(reservation_id) is None
+    ):
+        _bad_id("data.reservation_id")
     credits: Any = data.get("credits")
     kind = type(credits)
     if kind is not str and kind is not int and kind is not float:
@@ -412,7 +420,7 @@ def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEv
         raise _Invalid(exc.code, f"time: {exc.message}") from None
     try:
         micro = parse_credits(
-            _credits_literal(raw, doc) if kind is float else credits,
+            _credits_literal(raw) if kind is float else credits,
             maximum=limits.max_event_credits,
         )
     except CreditsError as exc:
@@ -422,7 +430,7 @@ def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEv
     if time_ms > now_ms + limits.max_future_skew_s * 1000:
         raise _Invalid("time_in_future", "time is too far in the future")
     return DecodedEvent(
-        UsageEvent(event_key(source, event_id), org_id, member_id, micro, time_ms, reservation_id),
+        UsageEvent(f"{source} {event_id}", org_id, member_id, micro, time_ms, reservation_id),
         attributes,
     )
 
