@@ -73,7 +73,7 @@ class Stopping(Exception):
 class ConsumerOptions:
     batch_max_records: int = 5000
     batch_max_wait_ms: int = 50
-    org_concurrency: int = 32
+    org_concurrency: int = 8
     """Engine calls in flight at once within a batch."""
     retry_initial_s: float = 0.05
     retry_max_s: float = 5.0
@@ -364,9 +364,12 @@ class SettleConsumer:
         t_write = time.perf_counter() - t0
         t0 = time.perf_counter()
         try:
-            await asyncio.gather(
-                *(self.engine.confirm(org, keys) for org, keys in batch.keys_by_org.items())
-            )
+            items = list(batch.keys_by_org.items())
+            step = self.options.org_concurrency
+            for i in range(0, len(items), step):
+                await asyncio.gather(
+                    *(self.engine.confirm(org, keys) for org, keys in items[i : i + step])
+                )
         except TRANSIENT as exc:
             # Unconfirmed results only cost Redis memory: PostgreSQL catches the duplicates.
             log.warning("confirm_failed", error=repr(exc), seq=batch.seq)
