@@ -1,7 +1,7 @@
 """Write the JSON Schemas of the wire contracts next to this file.
 
 ``python -m schemas.export`` regenerates ``schemas/usage-event.schema.json`` from
-`schemas.events.UsageEventModel`; a test fails when the committed file differs.
+`schemas.event_model.UsageEventModel`; a test fails when the committed file differs.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.events import UsageEventModel
+from schemas.event_model import UsageEventModel
 
 SCHEMA_DIR = Path(__file__).parent
 USAGE_EVENT_SCHEMA = SCHEMA_DIR / "usage-event.schema.json"

@@ -15,19 +15,18 @@ from hypothesis import strategies as st
 
 from meter.engine.types import UsageEvent
 from meter.settings import Settings
+from schemas.event_model import UsageEventModel, validate_event
 from schemas.events import (
     CODE_PRIORITY,
     MAX_EVENT_BYTES,
     DecodedEvent,
     EventError,
-    UsageEventModel,
     decode_event,
     encode_event,
     event_key,
     format_time,
     parse_time_ms,
     split_event_key,
-    validate_event,
 )
 from schemas.export import USAGE_EVENT_SCHEMA, render, usage_event_schema
 
