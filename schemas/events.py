@@ -47,15 +47,17 @@ Two implementations give the same verdicts, and a test holds them to it:
   exported JSON Schema.
 
 Exact credits. `orjson` reads a JSON number with a fraction or an exponent as a float, which no
-longer holds the digits the producer wrote (``0.1000000000000000055511151231257827`` parses to the
-same double as ``0.1``; ``1e-400`` parses to ``0.0``), and rounding through ``repr`` would accept
-both. So when `credits` arrives as a float, `decode_event` reads its literal from the raw bytes:
-a key token ``"credits"`` can only appear literally in JSON that contains no ``\\u`` escape, so
-when the raw event has no ``\\u`` and exactly one ``"credits"`` key token, that token's number is
-`data.credits` and its literal is parsed as text. Otherwise (an escape somewhere, or a second
-``credits`` key in `attributes`, an extension or a duplicate) the event is re-read with the
-standard library parser and ``parse_float=Decimal``, which keeps every digit. Producers can avoid
-both by sending credits as a JSON string, which `encode_event` does.
+longer holds the digits the producer wrote. ``Decimal(repr(x))`` gives the literal back only when
+it had at most 15 significant digits, and a float cannot tell whether it had:
+``0.1000000000000000055511151231257827`` parses to the same double as ``0.1``, and ``1e-400`` to
+``0.0``; both would be silently rounded. So when `credits` arrives as a float, `decode_event`
+reads its literal from the raw bytes. In JSON without ``\\u`` escapes, the key of `data.credits`
+can only be written as the bytes ``"credits"``; so when the raw event has no ``\\u`` and these bytes
+occur once, that occurrence is the key and the number after it is its literal, parsed as text.
+Otherwise (an escape somewhere; the bytes also in another key, a value such as ``"credits"``, the
+end of a string; a duplicate key) the event is read again by the standard library parser with
+``parse_float=Decimal``, which keeps every digit. Producers avoid both by sending credits as a JSON
+string, as `encode_event` does.
 """
 
 from __future__ import annotations
@@ -86,9 +88,11 @@ INT32_MIN: Final = -(2**31)
 INT32_MAX: Final = 2**31 - 1
 INT64_MIN: Final = -(2**63)
 
-ID_PATTERN: Final = r"^[A-Za-z0-9._:@-]{1,128}$"
-ATTRIBUTE_NAME_PATTERN: Final = r"^[A-Za-z0-9._:@-]{1,64}$"
-SOURCE_PATTERN: Final = r"^(?:[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+$"
+_ID_CHARS = "A-Za-z0-9._:@-"
+_URI_CHARS = "A-Za-z0-9._~:/?#\\[\\]@!$&'()*+,;=-"
+ID_PATTERN: Final = f"^[{_ID_CHARS}]{{1,{MAX_ID_CHARS}}}$"
+ATTRIBUTE_NAME_PATTERN: Final = f"^[{_ID_CHARS}]{{1,{MAX_ATTRIBUTE_NAME_CHARS}}}$"
+SOURCE_PATTERN: Final = f"^(?:[{_URI_CHARS}]|%[0-9A-Fa-f]{{2}})+$"
 EXTENSION_NAME_PATTERN: Final = r"^[a-z0-9]{1,20}$"
 TIME_PATTERN: Final = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
@@ -240,11 +244,12 @@ def format_time(ms: int) -> str:
 
 # --- fast path --------------------------------------------------------------------------------
 
-_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}").fullmatch
-_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9._:@-]{1,64}").fullmatch
-_SOURCE_PLAIN = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=-]+").fullmatch
-_SOURCE = re.compile(r"(?:[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+").fullmatch
-_EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}").fullmatch
+# The same patterns, for fullmatch.
+_ID = re.compile(ID_PATTERN[1:-1]).fullmatch
+_ATTRIBUTE_NAME = re.compile(ATTRIBUTE_NAME_PATTERN[1:-1]).fullmatch
+_SOURCE_PLAIN = re.compile(f"[{_URI_CHARS}]+").fullmatch
+_SOURCE = re.compile(SOURCE_PATTERN[1:-1]).fullmatch
+_EXTENSION_NAME = re.compile(EXTENSION_NAME_PATTERN[1:-1]).fullmatch
 _CREDITS_VALUE = re.compile(rb"[ \t\n\r]*:[ \t\n\r]*(-?[0-9][0-9.eE+-]*)")
 
 
@@ -327,8 +332,8 @@ def _credits_literal(raw: bytes) -> str:
         and raw.find(b'"credits"', start + 9) < 0
         and (0x5C not in raw or b"\\u" not in raw)  # 0x5C: a backslash
     ):
-        # Without \u escapes every key named credits appears as these bytes, and so does any
-        # string ending in `"credits`; one occurrence is therefore the key of data.credits.
+        # Without \u escapes the key of data.credits is spelt as these bytes, so when they
+        # occur only once, this is it.
         m = _CREDITS_VALUE.match(raw, start + 9)
         if m is not None:
             return m[1].decode()

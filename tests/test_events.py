@@ -424,6 +424,13 @@ def test_string_ending_in_credits_does_not_confuse_the_literal() -> None:
         )
     )
     assert credits_of(raw) == 750_000
+    raw = with_(
+        lambda d: (
+            put("data.credits", orjson.Fragment(b"0.1000000000000000055511151231257827"))(d),
+            put("data.attributes", {"unit": "credits"})(d),
+        )
+    )
+    assert credits_of(raw) == "invalid_credits"
 
 
 def test_model_refuses_plain_float_credits() -> None:
