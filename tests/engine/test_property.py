@@ -38,13 +38,17 @@ T0 = int(datetime(2024, 1, 20, 10, tzinfo=UTC).timestamp() * 1000)
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 MEMBERS = ["m0", "m1", "m2", "m3"]
 GROUPS = ["g0", "g1", "g2"]
-KEYS = [f"k{i}" for i in range(8)]
+KEYS = [f"k{i}" for i in range(16)]
 HOLDS = [f"r{i}" for i in range(4)]
 ORG_IDS = itertools.count()
 
-amounts = st.sampled_from([0, 1, 5, 10, 30, 100, 250])
-limits = st.one_of(st.none(), st.sampled_from([0, 10, 50, 200]))
-offsets = st.sampled_from([-40 * DAY, -3 * DAY, -HOUR, 0, MIN, HOUR, 2 * DAY, 20 * DAY, 70 * DAY])
+credits = st.sampled_from([0, 1, 5, 10, 10, 30, 30, 60])
+amounts = st.sampled_from([0, 10, 30, 30, 100, 300])
+limits = st.one_of(st.none(), st.none(), st.sampled_from([0, 10, 50, 200]))
+starts = st.sampled_from([-40 * DAY, -3 * DAY, -3 * DAY, -HOUR, -HOUR, 0, HOUR, 2 * DAY])
+lengths = st.sampled_from([1, HOUR, 2 * DAY, 20 * DAY, 70 * DAY, 70 * DAY, 200 * DAY])
+kinds = st.sampled_from([Kind.SEAT, Kind.SEAT, Kind.PERSONAL, Kind.SHARED, Kind.SHARED,
+                         Kind.SHARED, Kind.ON_DEMAND])  # fmt: skip
 
 JAN31 = int(datetime(2024, 1, 31, 23, tzinfo=UTC).timestamp() * 1000)
 orgs = st.tuples(
@@ -56,30 +60,65 @@ orgs = st.tuples(
     st.sampled_from([0, HOUR, 3 * DAY]),
 )
 
-ops = st.one_of(
-    st.tuples(st.just("member"), st.sampled_from(MEMBERS), st.booleans(), limits,
-              st.sampled_from(["", *GROUPS])),
-    st.tuples(st.just("remove"), st.sampled_from(MEMBERS)),
-    st.tuples(st.just("group"), st.sampled_from(GROUPS), limits),
-    st.tuples(st.just("ungroup"), st.sampled_from(GROUPS)),
-    st.tuples(st.just("grant"), st.sampled_from(Kind), st.sampled_from(MEMBERS), amounts,
-              offsets, offsets, st.integers(0, 3)),
-    st.tuples(st.just("regrant")),
-    st.tuples(st.just("settle"), st.lists(
-        st.tuples(st.sampled_from(KEYS), st.sampled_from([*MEMBERS, "mx"]), amounts,
-                  st.sampled_from([0, -MIN, -HOUR, -2 * DAY, -35 * DAY]),
-                  st.one_of(st.none(), st.sampled_from(HOLDS))),
-        min_size=1, max_size=4)),
-    st.tuples(st.just("check"), st.sampled_from(MEMBERS), amounts),
-    st.tuples(st.just("reserve"), st.sampled_from(MEMBERS), amounts, st.sampled_from(HOLDS),
-              st.sampled_from([1, MIN, 20 * MIN])),
-    st.tuples(st.just("release"), st.sampled_from(HOLDS)),
-    st.tuples(st.just("void"), st.sampled_from(KEYS)),
-    st.tuples(st.just("confirm"), st.lists(st.sampled_from(KEYS), max_size=3)),
-    st.tuples(st.just("advance"), st.sampled_from([1, 30_000, MIN, 15 * MIN, DAY, 10 * DAY,
-                                                   31 * DAY])),
-    st.tuples(st.just("org"), st.sampled_from(OrgStatus), st.sampled_from(LimitPolicy), limits),
-)  # fmt: skip
+event_args = st.tuples(
+    st.sampled_from(KEYS),
+    st.sampled_from([*MEMBERS, *MEMBERS, *MEMBERS, "mx"]),
+    credits,
+    st.sampled_from([0, 0, -MIN, -HOUR, -2 * DAY, -35 * DAY]),
+    st.one_of(st.none(), st.none(), st.sampled_from(HOLDS)),
+)
+STEPS: dict[str, Any] = {
+    "member": st.tuples(
+        st.just("member"),
+        st.sampled_from(MEMBERS),
+        st.sampled_from([True, True, False]),
+        limits,
+        st.sampled_from(["", "", *GROUPS]),
+    ),
+    "group": st.tuples(st.just("group"), st.sampled_from(GROUPS), limits),
+    "grant": st.tuples(
+        st.just("grant"),
+        kinds,
+        st.sampled_from(MEMBERS),
+        amounts,
+        starts,
+        lengths,
+        st.integers(0, 3),
+    ),
+    "settle": st.tuples(st.just("settle"), st.lists(event_args, min_size=1, max_size=5)),
+    "reserve": st.tuples(
+        st.just("reserve"),
+        st.sampled_from(MEMBERS),
+        credits,
+        st.sampled_from(HOLDS),
+        st.sampled_from([1, MIN, 20 * MIN]),
+    ),
+    "remove": st.tuples(st.just("remove"), st.sampled_from(MEMBERS)),
+    "ungroup": st.tuples(st.just("ungroup"), st.sampled_from(GROUPS)),
+    "regrant": st.tuples(st.just("regrant")),
+    "check": st.tuples(st.just("check"), st.sampled_from(MEMBERS), credits),
+    "release": st.tuples(st.just("release"), st.sampled_from(HOLDS)),
+    "void": st.tuples(st.just("void"), st.sampled_from(KEYS)),
+    "confirm": st.tuples(st.just("confirm"), st.lists(st.sampled_from(KEYS), max_size=3)),
+    "advance": st.tuples(
+        st.just("advance"), st.sampled_from([1, 30_000, MIN, 15 * MIN, DAY, 10 * DAY, 31 * DAY])
+    ),
+    "org": st.tuples(
+        st.just("org"),
+        st.sampled_from([*OrgStatus, OrgStatus.ACTIVE, OrgStatus.ACTIVE]),
+        st.sampled_from(LimitPolicy),
+        limits,
+    ),
+}
+WEIGHTS = {"settle": 8, "grant": 3, "reserve": 3, "check": 2, "advance": 2, "void": 2}
+ops = st.sampled_from([n for n in STEPS for _ in range(WEIGHTS.get(n, 1))]).flatmap(
+    lambda name: STEPS[name]
+)
+setups = st.tuples(
+    st.lists(STEPS["member"], min_size=4, max_size=4),
+    st.lists(STEPS["group"], max_size=2),
+    st.lists(STEPS["grant"], min_size=2, max_size=6),
+)
 
 
 @dataclass
@@ -92,8 +131,8 @@ class World:
     drawn: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     settled: dict[str, Settlement] = field(default_factory=dict)
     """Live (not voided) settlements by key, including confirmed ones."""
-    pending: set[str] = field(default_factory=set)
-    """Keys the engines still remember (settled, not confirmed)."""
+    pending: dict[str, Settlement] = field(default_factory=dict)
+    """Results the engines still remember (settled, not confirmed), voided or not."""
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -134,8 +173,8 @@ async def run_op(op: tuple[Any, ...], w: World, model: Ledger, redis: RedisEngin
             _, kind, m, amount, start, length, age = op
             start = w.now + start
             g = Grant(
-                org_id, f"b{len(w.grants)}", kind, amount, start,
-                start + abs(length) + 1, w.now - age, None if kind is Kind.SHARED else m,
+                org_id, f"b{len(w.grants)}", kind, amount, start, start + length, w.now - age,
+                None if kind is Kind.SHARED else m,
             )  # fmt: skip
             w.grants[g.bucket_id] = g
         elif w.grants:
@@ -172,7 +211,6 @@ async def run_op(op: tuple[Any, ...], w: World, model: Ledger, redis: RedisEngin
         assert await redis.void(org_id, key, w.now, given_s) == expected_v
         if expected_v.voided and not expected_v.duplicate:
             s = w.settled.pop(key)
-            w.pending.discard(key)
             for line in expected_v.returned:
                 w.drawn[line.bucket_id] -= line.amount
             assert s.period is not None
@@ -181,7 +219,8 @@ async def run_op(op: tuple[Any, ...], w: World, model: Ledger, redis: RedisEngin
     elif name == "confirm":
         model.confirm(org_id, op[1])
         await redis.confirm(org_id, op[1])
-        w.pending.difference_update(op[1])
+        for key in op[1]:
+            w.pending.pop(key, None)
     elif name == "advance":
         w.now += op[1]
     elif name == "org":
@@ -193,7 +232,7 @@ async def run_op(op: tuple[Any, ...], w: World, model: Ledger, redis: RedisEngin
 def check_settlement(w: World, ev: UsageEvent, s: Settlement) -> None:
     """Idempotence, conservation and burn-down order of one settlement."""
     if s.duplicate:
-        assert ev.key in w.pending and s == replace(w.settled[ev.key], duplicate=True)
+        assert ev.key in w.pending and s == replace(w.pending[ev.key], duplicate=True)
         return
     if s.reason is not None:
         assert s.period is None and not s.lines
@@ -211,7 +250,7 @@ def check_settlement(w: World, ev: UsageEvent, s: Settlement) -> None:
     if ev.key in w.settled:  # confirmed earlier, then settled again: both count
         w.settled[f"old{len(w.settled)}:{ev.key}"] = w.settled[ev.key]
     w.settled[ev.key] = s
-    w.pending.add(ev.key)
+    w.pending[ev.key] = s
 
 
 def expected_usage(w: World) -> dict[str, int]:
@@ -233,14 +272,17 @@ def expected_usage(w: World) -> dict[str, int]:
 
 
 @settings(
-    max_examples=1500,
+    max_examples=2000,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(org=orgs, steps=st.lists(ops, min_size=1, max_size=30))
+@given(org=orgs, setup=setups, steps=st.lists(ops, min_size=8, max_size=30))
 async def test_model_and_redis_agree(
-    redis_engine: RedisEngine, org: tuple[Any, ...], steps: list[tuple[Any, ...]]
+    redis_engine: RedisEngine,
+    org: tuple[Any, ...],
+    setup: tuple[list[tuple[Any, ...]], ...],
+    steps: list[tuple[Any, ...]],
 ) -> None:
     kind, anchor, days, policy, default, grace = org
     w = World(OrgConfig(f"p{next(ORG_IDS)}", OrgStatus.ACTIVE, kind, anchor, days, policy,
@@ -248,16 +290,26 @@ async def test_model_and_redis_agree(
     model = Ledger()
     model.put_org(w.org)
     await redis_engine.put_org(w.org)
+    for op in itertools.chain(*setup):
+        await run_op(op, w, model, redis_engine)
     for op in steps:
         await run_op(op, w, model, redis_engine)
-        balances = model.balances(w.org.org_id, w.now)
-        assert await redis_engine.balances(w.org.org_id, w.now) == balances
-        assert all(left >= 0 for left in balances.values())
-        for bucket_id, g in w.grants.items():
-            assert balances[bucket_id] == g.amount - w.drawn[bucket_id]
-        usage = model.usage(w.org.org_id, w.now)
-        assert await redis_engine.usage(w.org.org_id, w.now) == usage
-        assert usage == expected_usage(w)
+        if op[0] in ("settle", "void", "grant"):
+            await compare_state(w, model, redis_engine)
+    w.now += 1
+    await compare_state(w, model, redis_engine)
+
+
+async def compare_state(w: World, model: Ledger, redis_engine: RedisEngine) -> None:
+    """Balances and counters agree, and match what the settlements add up to."""
+    balances = model.balances(w.org.org_id, w.now)
+    assert await redis_engine.balances(w.org.org_id, w.now) == balances
+    assert all(left >= 0 for left in balances.values())
+    for bucket_id, g in w.grants.items():
+        assert balances[bucket_id] == g.amount - w.drawn[bucket_id]
+    usage = model.usage(w.org.org_id, w.now)
+    assert await redis_engine.usage(w.org.org_id, w.now) == usage
+    assert usage == expected_usage(w)
 
 
 pytestmark = pytest.mark.slow
