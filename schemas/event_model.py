@@ -11,6 +11,7 @@ and shapes are checked here by pydantic's own constraints.
 from __future__ import annotations
 
 import json
+import math
 import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -86,16 +87,19 @@ def _validate_credits(value: object, info: ValidationInfo) -> int:
 
 
 def _validate_attribute_value(value: object) -> AttributeValue:
-    if isinstance(value, bool | float):
+    if isinstance(value, bool):
         return value
+    if isinstance(value, float | Decimal):
+        number = float(value)
+        if not math.isfinite(number):
+            raise PydanticCustomError("invalid_schema", "a number attribute must be finite")
+        return number
     if isinstance(value, str):
         if len(value) > MAX_STRING_CHARS:
             raise PydanticCustomError("invalid_schema", "string attribute too long")
         return value
     if isinstance(value, int):
         return value if INT64_MIN <= value <= INT64_MAX else float(value)
-    if isinstance(value, Decimal):
-        return float(value)
     raise PydanticCustomError("invalid_schema", "an attribute must be a string, number or boolean")
 
 

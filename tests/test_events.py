@@ -433,6 +433,13 @@ def test_string_ending_in_credits_does_not_confuse_the_literal() -> None:
     assert credits_of(raw) == "invalid_credits"
 
 
+def test_model_refuses_non_finite_attributes() -> None:
+    doc = good()
+    doc["data"]["attributes"] = {"x": float("nan")}
+    with pytest.raises(ValueError, match="finite"):
+        UsageEventModel.model_validate(doc)
+
+
 def test_model_refuses_plain_float_credits() -> None:
     doc = good()
     doc["data"]["credits"] = 0.5
