@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
@@ -33,6 +33,7 @@ from meter.api.http import (
     read_body,
     send_response,
 )
+from meter.api.resp import PipelinedRedis, supports
 from meter.auth import KeyVerifier
 from meter.engine.redis import RedisEngine
 from meter.engine.types import EngineInputError
@@ -87,6 +88,7 @@ class App:
         self.clock = now_ms
         self._redis: aioredis.Redis | None = None
         self._pool: asyncpg.Pool | None = None
+        self._fast_redis: PipelinedRedis | None = None
         self._engine: RedisEngine | None = None
         self._admin: AdminService | None = None
         self._keys: KeyVerifier | None = None
@@ -145,7 +147,13 @@ class App:
     async def startup(self) -> None:
         self._redis = aioredis.Redis.from_url(self.services.redis_url)
         self._pool = await asyncpg.create_pool(self.services.postgres_dsn, min_size=1, max_size=8)
-        self._engine = RedisEngine(self._redis)
+        url = self.services.redis_url
+        if supports(url):
+            # The engine only sends EVALSHA / SCRIPT LOAD: pipelined on one connection.
+            self._fast_redis = PipelinedRedis(url)
+            self._engine = RedisEngine(cast(aioredis.Redis, self._fast_redis))
+        else:
+            self._engine = RedisEngine(self._redis)
         await self._engine.load_scripts()
         self._admin = AdminService(self._pool, self._engine, clock=lambda: self.clock())
         self._keys = KeyVerifier(self._pool, self.settings.admin_token, self.key_cache_ttl_s)
@@ -164,6 +172,9 @@ class App:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        if self._fast_redis is not None:
+            await self._fast_redis.aclose()
+            self._fast_redis = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None

@@ -9,6 +9,7 @@ whose scope does not allow the route gets 403.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from typing import Any
 
@@ -82,6 +83,12 @@ def _opt_credits(micro: int | None) -> str | None:
     return None if micro is None else format_credits(micro)
 
 
+@functools.lru_cache(maxsize=4096)
+def _instant(ms: int) -> str:
+    """RFC 3339 of an instant; period ends repeat across checks, so they are cached."""
+    return format_time(ms)
+
+
 def check_payload(result: CheckResult) -> dict[str, Any]:
     return {
         "allowed": result.allowed,
@@ -89,7 +96,7 @@ def check_payload(result: CheckResult) -> dict[str, Any]:
         "available": {k.value: format_credits(v) for k, v in result.available.items()},
         "member_remaining": _opt_credits(result.member_remaining),
         "group_remaining": _opt_credits(result.group_remaining),
-        "period_end": None if result.period_end_ms is None else format_time(result.period_end_ms),
+        "period_end": None if result.period_end_ms is None else _instant(result.period_end_ms),
         "reservation_id": result.reservation_id,
         "reservation_expires_at": (
             None
