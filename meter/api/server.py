@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 from collections.abc import Iterator
@@ -54,7 +55,11 @@ async def serve(settings: Settings, services: ServiceAddresses) -> None:
     print(f"  api       {url}  (OpenAPI: {url}/openapi.json)", flush=True)
     if generated and settings.admin_token is not None:
         print(f"  admin key {settings.admin_token}  (local run only)", flush=True)
+    task = asyncio.create_task(server.serve())
     try:
-        await server.serve()
-    finally:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        # Stop accepting, finish requests in flight, run the lifespan shutdown, then stop.
         server.should_exit = True
+        await task
+        raise
