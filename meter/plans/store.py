@@ -55,6 +55,7 @@ from meter.plans.seats import (
     issue_seat,
     on_demand_grant,
     pool_grant,
+    seat_bucket_id,
     seat_is_paid,
 )
 
@@ -177,6 +178,11 @@ SELECT_GRANT = "SELECT * FROM credit_grants WHERE org_id = $1 AND bucket_id = $2
 SELECT_ON_DEMAND_GRANTED = """
 SELECT coalesce(sum(amount), 0) FROM credit_grants
 WHERE org_id = $1 AND member_id = $2 AND kind = 'on_demand' AND bucket_id LIKE $3
+"""
+SELECT_PERIOD_SEAT_GRANTS = """
+SELECT * FROM credit_grants
+WHERE org_id = $1 AND member_id = $2 AND (bucket_id = $3 OR bucket_id LIKE $4)
+ORDER BY kind DESC, granted_at, bucket_id
 """
 SELECT_EXPIRED_GRANTS = """
 SELECT * FROM credit_grants WHERE org_id = $1 AND expires_at > $2 AND expires_at <= $3
@@ -445,13 +451,17 @@ class PlansStore:
                 await conn.execute(
                     INSERT_DRAW, org_id, member_id, _at(period.start_ms), d.lot_id, d.amount
                 )
-        grants = [await self._insert_grant(conn, g, g.kind.value) for g in issue.grants]
-        return SeatIssue(occ, tuple(grants))
+        for g in issue.grants:
+            await self._insert_grant(conn, g, g.kind.value)
+        seat_id = seat_bucket_id(member_id, period.start_ms)
+        pattern = _on_demand_pattern(member_id, period.start_ms)
+        rows = await conn.fetch(SELECT_PERIOD_SEAT_GRANTS, org_id, member_id, seat_id, pattern)
+        return SeatIssue(occ, tuple(grant_of(r) for r in rows))
 
     async def _on_demand_granted(
         self, conn: asyncpg.Connection, org_id: str, member_id: str, start_ms: int
     ) -> int:
-        pattern = f"on\\_demand:{_like(member_id)}:{start_ms}:%"
+        pattern = _on_demand_pattern(member_id, start_ms)
         granted: int = await conn.fetchval(SELECT_ON_DEMAND_GRANTED, org_id, member_id, pattern)
         return granted
 
@@ -585,6 +595,11 @@ class PlansStore:
 
     async def mark_published(self, org_id: str, charge_ids: Sequence[str], now_ms: int) -> None:
         await self.pool.execute(MARK_PUBLISHED, org_id, list(charge_ids), _at(now_ms))
+
+
+def _on_demand_pattern(member_id: str, period_start_ms: int) -> str:
+    """LIKE pattern of a member's on-demand bucket ids of a period (see `on_demand_bucket_id`)."""
+    return f"on\\_demand:{_like(member_id)}:{period_start_ms}:%"
 
 
 def _like(text: str) -> str:
