@@ -11,7 +11,7 @@ MICRO = 1_000_000
 
 def ms(*args: int) -> int:
     """Epoch ms of a UTC date-time given as (year, month, day[, hour, minute])."""
-    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)  # type: ignore[arg-type]
+    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)  # type: ignore[arg-type,misc]
 
 
 def monthly(anchor_ms: int, org_id: str = "o") -> OrgConfig:
