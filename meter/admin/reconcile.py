@@ -31,7 +31,7 @@ async def reconcile_org(admin: AdminService, org_id: str) -> bool:
             return False
         members = await conn.fetch(q.SELECT_ALL_MEMBERS, org_id)
         for member in members:
-            await admin.issue_seat_grant(conn, org, member)
+            await admin.issue_seats(conn, org, member)
         groups = await conn.fetch(q.SELECT_BILLING_GROUPS, org_id)
         deleted = await conn.fetch(q.SELECT_DELETED_BILLING_GROUPS, org_id)
         grants = await conn.fetch(q.SELECT_LIVE_GRANTS, org_id, from_ms(admin.clock()))

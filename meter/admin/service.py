@@ -10,6 +10,7 @@ happened in between.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +46,13 @@ from schemas import api
 log = structlog.get_logger("meter.admin")
 
 UNASSIGNED_NAME = "Unassigned"
+
+SeatIssuer = Callable[
+    [asyncpg.Connection, asyncpg.Record, asyncpg.Record, int], Awaitable[list[Grant]]
+]
+"""`(conn, org row joined with its plan, member row, now_ms) -> grants`: issues a member's seat
+grants for the period containing `now_ms` inside the admin transaction, idempotently. The default
+(no issuer) grants the plan's `seat_credits`, prorated, with no seat payment rules."""
 
 
 def _credits(micro: int | None) -> str | None:
@@ -170,11 +178,16 @@ class AdminService:
     """Administration of plans, organizations, members, groups, billing groups, grants, keys."""
 
     def __init__(
-        self, pool: asyncpg.Pool, engine: Engine, clock: Callable[[], int] = now_ms
+        self,
+        pool: asyncpg.Pool,
+        engine: Engine,
+        clock: Callable[[], int] = now_ms,
+        seat_issuer: SeatIssuer | None = None,
     ) -> None:
         self.pool = pool
         self.engine = engine
         self.clock = clock
+        self.seat_issuer = seat_issuer
         self.dirty: set[str] = set()
         """Organizations whose last Redis apply failed; the reconciler repairs them."""
         self.dirty_event = asyncio.Event()
@@ -295,12 +308,15 @@ class AdminService:
             raise NotFound("member not found", code="member_not_found")
         return row
 
-    async def issue_seat_grant(
+    async def issue_seats(
         self, conn: asyncpg.Connection, org: asyncpg.Record, member: asyncpg.Record
-    ) -> Grant | None:
-        """Insert this period's seat bucket of a seated member (idempotent); the grant to apply."""
+    ) -> list[Grant]:
+        """This period's seat grants of a member, stored in `conn`'s transaction (idempotent);
+        returns the grants to apply to the engine. Uses `seat_issuer` when one is set."""
+        if self.seat_issuer is not None:
+            return await self.seat_issuer(conn, org, member, self.clock())
         if not member["seated"] or member["status"] != "active" or org["seat_credits"] == 0:
-            return None
+            return []
         now = self.clock()
         grant = seat_grant(
             org_config(org),
@@ -311,20 +327,19 @@ class AdminService:
             now,
         )
         if grant is None:
-            return None
+            return []
         await conn.execute(
             q.INSERT_GRANT_IF_ABSENT, grant.org_id, grant.bucket_id, grant.kind.value,
             grant.member_id, grant.amount, from_ms(grant.valid_from_ms),
             from_ms(grant.expires_at_ms), from_ms(grant.granted_at_ms), "seat",
         )  # fmt: skip
         row = await conn.fetchrow(q.SELECT_GRANT, grant.org_id, grant.bucket_id)
-        return grant_of(row)
+        return [grant_of(row)]
 
-    async def _apply_member(self, org_id: str, member: asyncpg.Record, grant: Grant | None) -> None:
+    async def _apply_member(self, org_id: str, member: asyncpg.Record, grants: list[Grant]) -> None:
         cfg = member_config(member)
         calls: list[Callable[[], Awaitable[Any]]] = [lambda: self.engine.put_member(cfg)]
-        if grant is not None:
-            calls.append(lambda: self.engine.apply_grant(grant))
+        calls.extend(functools.partial(self.engine.apply_grant, g) for g in grants)
         await self._apply(org_id, *calls)
 
     async def create_member(self, org_id: str, body: api.MemberCreate) -> api.Member:
@@ -340,8 +355,8 @@ class AdminService:
             if created is None:
                 raise Conflict("member already exists", code="member_exists")
             member = await self._member_row(conn, org_id, body.member_id)
-            grant = await self.issue_seat_grant(conn, org, member)
-        await self._apply_member(org_id, member, grant)
+            grants = await self.issue_seats(conn, org, member)
+        await self._apply_member(org_id, member, grants)
         return member_out(member)
 
     async def get_member(self, org_id: str, member_id: str) -> api.Member:
@@ -390,8 +405,8 @@ class AdminService:
                 now,
             )
             member = await self._member_row(conn, org_id, member_id)
-            grant = await self.issue_seat_grant(conn, org, member)
-        await self._apply_member(org_id, member, grant)
+            grants = await self.issue_seats(conn, org, member)
+        await self._apply_member(org_id, member, grants)
         return member_out(member)
 
     async def delete_member(self, org_id: str, member_id: str) -> None:
