@@ -253,6 +253,24 @@ async def _setup(port: int) -> tuple[str, str]:
     return org, str(key["token"])
 
 
+async def _forget_org(redis_url: str, org_id: str) -> None:
+    """Delete the benchmark organization's Redis keys (all share its hash tag)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        batch = []
+        async for key in client.scan_iter(match=f"meter:{{{org_id}}}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                await client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
+
+
 async def run(seconds: float, connections: int, settings: Any) -> dict[str, float]:
     from meter.migrate import migrate
     from meter.services import create_database, drop_database, provision, with_database
@@ -263,6 +281,7 @@ async def run(seconds: float, connections: int, settings: Any) -> dict[str, floa
         await create_database(admin_dsn, db)
         dsn = with_database(services.postgres_dsn, db)
         proc: asyncio.subprocess.Process | None = None
+        org = ""
         try:
             await migrate(dsn)
             port = free_port()
@@ -300,6 +319,8 @@ async def run(seconds: float, connections: int, settings: Any) -> dict[str, floa
                 proc.terminate()
                 await asyncio.wait_for(proc.wait(), 10)
             await drop_database(admin_dsn, db)
+            if org:
+                await _forget_org(services.redis_url, org)
 
 
 def _serve() -> None:
