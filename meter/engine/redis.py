@@ -250,9 +250,9 @@ class RedisEngine:
             for ev in part:
                 args += [ev.key, ev.member_id, ev.credits, ev.time_ms, ev.reservation_id or ""]
             replies = await self._call("settle_batch", org_id, *args)
-            for ev, raw in zip(part, replies, strict=True):
-                reply = _str(raw)
-                tag, body = reply[0], reply[1:]
+            status = _str(replies[0])
+            for ev, tag, raw in zip(part, status, replies[1:], strict=True):
+                body = _str(raw)
                 if tag == "x":
                     out.append(refused(ev, Reason(body)))
                 else:

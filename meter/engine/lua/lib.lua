@@ -20,6 +20,7 @@ local COUNTER_KEEP_MS = 7 * DAY
 local RANK = {s = 0, p = 1, h = 2, o = 3}
 
 local function fmt(n)
+  if n < 1e14 and n > -1e14 then return tostring(n) end -- %.14g: exact below 1e14
   return string.format('%.0f', n)
 end
 
@@ -127,11 +128,10 @@ local function bucket_less(a, b)
 end
 
 local function parse_bucket(id, v)
-  local f = split(v)
+  local kind, from, exp, gr, left = string.match(v, '^(%a)\31([^\31]+)\31([^\31]+)\31([^\31]+)\31(.+)$')
   return {
-    id = id, kind = f[1], rank = RANK[f[1]], from = tonumber(f[2]), exp = tonumber(f[3]),
-    gr = tonumber(f[4]), left = tonumber(f[5]),
-    head = f[1] .. SEP .. f[2] .. SEP .. f[3] .. SEP .. f[4] .. SEP,
+    id = id, kind = kind, rank = RANK[kind], from = tonumber(from), exp = tonumber(exp),
+    gr = tonumber(gr), left = tonumber(left), head = string.sub(v, 1, #v - #left),
   }
 end
 
@@ -139,7 +139,8 @@ end
 local function load_member(P, member_id)
   local key = P .. 'u:' .. member_id
   local flat = redis.call('HGETALL', key)
-  local m = {key = key, id = member_id, buckets = {}, known = false, group = ''}
+  local m = {key = key, id = member_id, buckets = {}, known = false, group = '',
+             fa = 'a' .. member_id, fs = 's' .. member_id}
   local n = 0
   for i = 1, #flat, 2 do
     local f = flat[i]
@@ -215,9 +216,9 @@ local function draw(list, avail, need, shared_policy, mroom, groom)
   local lines, nl, mflag, gflag = {}, 0, false, false
   for i = 1, #list do
     if need == 0 then break end
-    local a = avail[i]
+    local b = list[i]
+    local a = avail and avail[i] or b.left
     if a > 0 then
-      local b = list[i]
       local counted = (not shared_policy) or b.rank == 2
       local take = need < a and need or a
       if counted and mroom and mroom < take then take = mroom; mflag = true end

@@ -1,7 +1,8 @@
 -- Settle a batch of usage events of one organization, in order (README "Settling").
--- Returns one string per event: "n" .. result (new), "d" .. result (stored, duplicate) or
--- "x" .. reason. result = member|credits|time|period_start|period_end|group|unfunded|flags|
--- reservation_id, then bucket|kind|amount per line; flags: 1 member limit, 2 group limit, 4 late.
+-- Returns {status, body_1, ..., body_n}: status has one letter per event, "n" (new: body is the
+-- result), "d" (stored duplicate: body is the stored result) or "x" (body is the reason).
+-- result = member|credits|time|period_start|period_end|group|unfunded|flags|reservation_id,
+-- then bucket|kind|amount per line; flags: 1 member limit, 2 group limit, 4 late.
 local org_key = KEYS[1]
 local now = tonumber(ARGV[1])
 local FIELDS = 5 -- per event: key, member, credits, time, reservation id ("" = none)
@@ -9,7 +10,7 @@ local n = (#ARGV - 1) / FIELDS
 
 local P = string.sub(org_key, 1, -2)
 local results_key = P .. 'r'
-local out = {}
+local status, out = {}, {}
 
 clean_holds(P, now)
 
@@ -24,109 +25,126 @@ end
 
 local org = load_org(P)
 if not org then
-  for i = 1, n do out[i] = stored[i] and ('d' .. stored[i]) or 'xunknown_org' end
+  for i = 1, n do
+    status[i] = stored[i] and 'd' or 'x'
+    out[i + 1] = stored[i] or 'unknown_org'
+  end
+  out[1] = table.concat(status)
   return out
 end
 
 local groups = load_groups(P)
 local members = {}
-local shared = nil
-local counters = {} -- period start -> {key, expire_at, vals, dirty}
-local fresh = {}
-local new_results, nr = {}, 0
-local cache_ps, cache_pe = nil, nil
+local FLAGS = {[0] = '0', '1', '2', '3', '4', '5', '6', '7'}
 
-local function counters_of(ps, pe)
-  local c = counters[ps]
-  if not c then
-    c = {key = P .. 'c:' .. fmt(ps), expire_at = pe + org.grace + COUNTER_KEEP_MS, vals = {},
-         dirty = {}}
-    counters[ps] = c
-  end
-  return c
-end
-
-local function get(c, field)
-  local v = c.vals[field]
-  if v == nil then
-    v = num(redis.call('HGET', c.key, field))
-    c.vals[field] = v
-  end
-  return v
-end
-
-local function add(c, field, amount)
-  if amount ~= 0 then
-    c.vals[field] = get(c, field) + amount
-    c.dirty[field] = true
-  end
-end
-
+-- Pass 1: member, period and group of each event not already settled; which counters it reads.
+local plan = {}
+local periods = {} -- period start -> {key, expire_at, fields, vals, dirty}
+local cache_ps, cache_pe, cache_ss, cache_es
 for i = 1, n do
-  local base = 1 + (i - 1) * FIELDS
-  local key = ARGV[base + 1]
-  local mid = ARGV[base + 2]
-  local credits = tonumber(ARGV[base + 3])
-  local t = tonumber(ARGV[base + 4])
-  local rid = ARGV[base + 5]
-  local prior = stored[i] or fresh[key]
-  if prior then
-    out[i] = 'd' .. prior
-  else
+  if not stored[i] then
+    local base = 1 + (i - 1) * FIELDS
+    local mid = ARGV[base + 2]
     local mem = members[mid]
     if not mem then
       mem = load_member(P, mid)
       members[mid] = mem
     end
-    if not mem.known then
-      out[i] = 'xunknown_member'
-    else
-      local ps, pe
-      if cache_ps and cache_ps <= t and t < cache_pe then
-        ps, pe = cache_ps, cache_pe
-      else
-        ps, pe = period_at(org, t)
-        cache_ps, cache_pe = ps, pe
+    if mem.known then
+      local t = tonumber(ARGV[base + 4])
+      if not (cache_ps and cache_ps <= t and t < cache_pe) then
+        cache_ps, cache_pe = period_at(org, t)
+        cache_ss, cache_es = fmt(cache_ps), fmt(cache_pe)
       end
-      local late = now > pe + org.grace
-      local at = t
-      if late then
-        ps, pe = period_at(org, now)
-        at = now
+      local e = {mem = mem, ps = cache_ps, pe = cache_pe, ss = cache_ss, es = cache_es, at = t,
+                 late = now > cache_pe + org.grace, group = group_of(groups, mem)}
+      if e.late then
+        e.ps, e.pe = period_at(org, now)
+        e.ss, e.es, e.at = fmt(e.ps), fmt(e.pe), now
       end
-      local group = group_of(groups, mem)
+      local c = periods[e.ps]
+      if not c then
+        c = {key = P .. 'c:' .. e.ss, expire_at = e.pe + org.grace + COUNTER_KEEP_MS,
+             fields = {'d', 'u'}, seen = {}, vals = {}, dirty = {}}
+        periods[e.ps] = c
+      end
+      if not c.seen[mid] then
+        c.seen[mid] = true
+        c.fields[#c.fields + 1] = mem.fa
+        c.fields[#c.fields + 1] = mem.fs
+      end
+      local gf = 'g' .. e.group
+      if not c.seen[gf] then
+        c.seen[gf] = true
+        c.fields[#c.fields + 1] = gf
+      end
+      e.c, e.gf = c, gf
+      plan[i] = e
+    end
+  end
+end
+for _, c in pairs(periods) do
+  local fields = c.fields
+  for first = 1, #fields, 500 do
+    local last = math.min(first + 499, #fields)
+    local got = redis.call('HMGET', c.key, unpack(fields, first, last))
+    for j = 1, #got do c.vals[fields[first + j - 1]] = num(got[j]) end
+  end
+end
 
-      if rid ~= '' then
-        local hold = redis.call('HGET', P .. 'h', rid)
-        if hold and string.sub(hold, 1, #mid + 1) == mid .. SEP then drop_hold(P, rid, hold) end
-      end
+-- Pass 2: settle in order.
+local shared = nil
+local fresh = {}
+local new_results, nr = {}, 0
+for i = 1, n do
+  local base = 1 + (i - 1) * FIELDS
+  local key = ARGV[base + 1]
+  local prior = stored[i] or fresh[key]
+  local e = plan[i]
+  if prior then
+    status[i] = 'd'
+    out[i + 1] = prior
+  elseif not e then
+    status[i] = 'x'
+    out[i + 1] = 'unknown_member'
+  else
+    local mem, c = e.mem, e.c
+    local mid = mem.id
+    local credits = tonumber(ARGV[base + 3])
+    local rid = ARGV[base + 5]
+    if rid ~= '' then
+      local hold = redis.call('HGET', P .. 'h', rid)
+      if hold and string.sub(hold, 1, #mid + 1) == mid .. SEP then drop_hold(P, rid, hold) end
+    end
 
-      local c = counters_of(ps, pe)
-      local lines, unfunded, mflag, gflag = {}, credits, false, false
-      if org.active then
-        if not shared then shared = load_shared(P) end
-        local list = eligible(mem, shared, at)
-        local avail = {}
-        for j = 1, #list do avail[j] = list[j].left end
-        local limit = mem.limit
-        if limit == nil then limit = org.default_limit end
-        local mroom, groom
-        if limit then
-          mroom = limit - get(c, (org.shared_policy and 's' or 'a') .. mid)
-          if mroom < 0 then mroom = 0 end
-        end
-        if group ~= '' and groups[group] ~= '' then
-          groom = tonumber(groups[group]) - get(c, 'g' .. group)
-          if groom < 0 then groom = 0 end
-        end
-        lines, unfunded, mflag, gflag = draw(list, avail, credits, org.shared_policy, mroom, groom)
+    local vals, dirty = c.vals, c.dirty
+    local lines, unfunded, mflag, gflag = nil, credits, false, false
+    if org.active then
+      if not shared then shared = load_shared(P) end
+      if mem.elig_at ~= e.at then
+        mem.elig, mem.elig_at = eligible(mem, shared, e.at), e.at
       end
+      local limit = mem.limit
+      if limit == nil then limit = org.default_limit end
+      local mroom, groom
+      if limit then
+        mroom = limit - vals[org.shared_policy and mem.fs or mem.fa]
+        if mroom < 0 then mroom = 0 end
+      end
+      local glimit = groups[e.group]
+      if e.group ~= '' and glimit ~= '' then
+        groom = tonumber(glimit) - vals[e.gf]
+        if groom < 0 then groom = 0 end
+      end
+      lines, unfunded, mflag, gflag = draw(mem.elig, nil, credits, org.shared_policy, mroom, groom)
+    end
 
-      local flags = (mflag and 1 or 0) + (gflag and 2 or 0) + (late and 4 or 0)
-      local parts = {mid, fmt(credits), fmt(t), fmt(ps), fmt(pe), group, fmt(unfunded),
-                     fmt(flags), rid}
-      local np = 9
-      local drawn, drawn_shared = 0, 0
+    local parts = {mid, ARGV[base + 3], ARGV[base + 4], e.ss, e.es, e.group,
+                   unfunded == 0 and '0' or fmt(unfunded),
+                   FLAGS[(mflag and 1 or 0) + (gflag and 2 or 0) + (e.late and 4 or 0)], rid}
+    local np = 9
+    local drawn, drawn_shared = 0, 0
+    if lines then
       for j = 1, #lines - 1, 2 do
         local b, amount = lines[j], lines[j + 1]
         b.left = b.left - amount
@@ -138,25 +156,35 @@ for i = 1, n do
         parts[np + 3] = fmt(amount)
         np = np + 3
       end
-      add(c, 'a' .. mid, drawn)
-      add(c, 's' .. mid, drawn_shared)
-      add(c, 'g' .. group, drawn)
-      add(c, 'd', drawn)
-      add(c, 'u', unfunded)
-
-      local result = table.concat(parts, SEP)
-      fresh[key] = result
-      new_results[nr + 1] = key
-      new_results[nr + 2] = result
-      nr = nr + 2
-      out[i] = 'n' .. result
     end
+    if drawn ~= 0 then
+      vals[mem.fa] = vals[mem.fa] + drawn
+      vals[e.gf] = vals[e.gf] + drawn
+      vals.d = vals.d + drawn
+      dirty[mem.fa], dirty[e.gf], dirty.d = true, true, true
+      if drawn_shared ~= 0 then
+        vals[mem.fs] = vals[mem.fs] + drawn_shared
+        dirty[mem.fs] = true
+      end
+    end
+    if unfunded ~= 0 then
+      vals.u = vals.u + unfunded
+      dirty.u = true
+    end
+
+    local result = table.concat(parts, SEP)
+    fresh[key] = result
+    new_results[nr + 1] = key
+    new_results[nr + 2] = result
+    nr = nr + 2
+    status[i] = 'n'
+    out[i + 1] = result
   end
 end
 
 for _, mem in pairs(members) do save_buckets(mem.key, mem.buckets) end
 if shared then save_buckets(P .. 'sh', shared) end
-for _, c in pairs(counters) do
+for _, c in pairs(periods) do
   local args, na = {}, 0
   for field in pairs(c.dirty) do
     args[na + 1] = field
@@ -172,4 +200,5 @@ end
 for first = 1, nr, 1000 do
   redis.call('HSET', results_key, unpack(new_results, first, math.min(first + 999, nr)))
 end
+out[1] = table.concat(status)
 return out

@@ -1,0 +1,211 @@
+"""`meter bench engine [--json]`: the settle script alone, against real Redis.
+
+Sets up `--orgs` organizations with `--members` members in all (each member a seat and a personal
+bucket, each organization three shared packs, billing groups with limits and member limits, so
+every event walks the full rule set), then settles `--events` synthetic events per batch size in
+batches of that size, one script call per batch, the organizations in parallel. Reported per
+batch size: events/s seen by this client, and Redis CPU microseconds per event: the `evalsha`
+time of INFO commandstats over the run divided by the events. Also the Redis memory per member
+(every key of the organizations except the pending results, which `confirm` removes).
+
+Target (DESIGN 5, engine issue): <= 10 us of Redis time per event at batches >= 100.
+With `--json` the last line is one JSON object with `events_per_s` and `redis_us_per_event` (of
+the smallest batch size) and `by_batch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from meter.engine.periods import DAY_MS, period_at
+from meter.engine.redis import RedisEngine, org_key
+from meter.engine.types import (
+    MICRO,
+    BillingGroupConfig,
+    Grant,
+    Kind,
+    MemberConfig,
+    OrgConfig,
+    OrgStatus,
+    PeriodKind,
+    UsageEvent,
+)
+
+KEY_SUFFIXES = ("o", "g", "sh", "ms", "r", "v", "h", "hx", "ha")
+
+
+async def _evalsha_usec(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("usec", 0))
+
+
+async def _setup(engine: RedisEngine, org: OrgConfig, members: int) -> list[str]:
+    ids = [f"m{i:04d}" for i in range(members)]
+    period = period_at(org, org.anchor_ms)
+    for g in range(3):
+        await engine.put_billing_group(BillingGroupConfig(org.org_id, f"g{g}", 10**9 * MICRO))
+    for p in range(3):
+        await engine.apply_grant(
+            Grant(org.org_id, f"pack{p}", Kind.SHARED, 10**8 * MICRO, org.anchor_ms,
+                  org.anchor_ms + (90 + p) * DAY_MS, org.anchor_ms)
+        )  # fmt: skip
+    for i, m in enumerate(ids):
+        limit = None if i % 2 else 10**7 * MICRO
+        await engine.put_member(MemberConfig(org.org_id, m, True, limit, f"g{i % 4}"))
+        await engine.apply_grant(
+            Grant(org.org_id, f"{m}-seat", Kind.SEAT, 3000 * MICRO, period.start_ms,
+                  period.end_ms, period.start_ms, m)
+        )  # fmt: skip
+        await engine.apply_grant(
+            Grant(org.org_id, f"{m}-addon", Kind.PERSONAL, 1000 * MICRO, period.start_ms,
+                  period.end_ms + 30 * DAY_MS, period.start_ms, m)
+        )  # fmt: skip
+    return ids
+
+
+async def _org_keys(client: aioredis.Redis, org_id: str, members: Sequence[str]) -> list[str]:
+    prefix = org_key(org_id)[:-1]
+    keys = [prefix + s for s in KEY_SUFFIXES] + [f"{prefix}u:{m}" for m in members]
+    keys += [k.decode() async for k in client.scan_iter(match=f"{prefix}c:*", count=1000)]
+    return keys
+
+
+async def bench_engine(
+    redis_url: str,
+    *,
+    json_out: bool,
+    orgs: int = 10,
+    members: int = 1000,
+    events: int = 100_000,
+    batch_sizes: Sequence[int] = (100, 1000),
+    seed: int = 1,
+) -> dict[str, Any]:
+    """Run the benchmark against `redis_url`, print the report (and a JSON line when
+    `json_out`), return the numbers. Creates its own organizations and deletes them after."""
+    rng = random.Random(seed)
+    client = aioredis.Redis.from_url(redis_url, max_connections=orgs + 2)
+    engine = RedisEngine(client)
+    run_id = uuid.uuid4().hex[:8]
+    anchor = int(time.time() * 1000) - 10 * DAY_MS
+    configs = [
+        OrgConfig(f"bench-{run_id}-{o}", OrgStatus.ACTIVE, PeriodKind.MONTHLY, anchor)
+        for o in range(orgs)
+    ]
+    try:
+        await engine.load_scripts()
+        member_ids: dict[str, list[str]] = {}
+        for org in configs:
+            await engine.put_org(org)
+            member_ids[org.org_id] = await _setup(engine, org, members // orgs)
+        by_batch: dict[str, dict[str, float]] = {}
+        for size in batch_sizes:
+            per_org = max(1, events // (orgs * size))
+            now = anchor + DAY_MS  # noqa: B023
+
+            async def settle_org(org: OrgConfig, size: int = size, per_org: int = per_org) -> None:
+                ids = member_ids[org.org_id]
+                for b in range(per_org):
+                    batch = [
+                        UsageEvent(
+                            f"{size}-{b}-{i}",
+                            org.org_id,
+                            rng.choice(ids),
+                            rng.randrange(1, 20) * MICRO // 10,
+                            now,
+                        )  # fmt: skip
+                        for i in range(size)
+                    ]
+                    await engine.settle_batch(org.org_id, batch, now)
+
+            before = await _evalsha_usec(client)
+            started = time.perf_counter()
+            await asyncio.gather(*(settle_org(org) for org in configs))
+            elapsed = time.perf_counter() - started
+            settled = per_org * orgs * size
+            redis_us = (await _evalsha_usec(client) - before) / settled
+            by_batch[str(size)] = {
+                "events": settled,
+                "events_per_s": round(settled / elapsed),
+                "redis_us_per_event": round(redis_us, 2),
+            }
+        used = 0
+        for org in configs:
+            for key in await _org_keys(client, org.org_id, member_ids[org.org_id]):
+                if not key.endswith(":r"):
+                    used += await client.memory_usage(key) or 0
+        first = by_batch[str(min(batch_sizes))]
+        result: dict[str, Any] = {
+            "events_per_s": first["events_per_s"],
+            "redis_us_per_event": first["redis_us_per_event"],
+            "redis_bytes_per_member": round(used / members),
+            "orgs": orgs,
+            "members": members,
+            "by_batch": by_batch,
+        }
+    finally:
+        for org in configs:
+            keys = await _org_keys(client, org.org_id, [f"m{i:04d}" for i in range(members)])
+            for first_key in range(0, len(keys), 500):
+                await client.delete(*keys[first_key : first_key + 500])
+        await client.aclose()
+    for size, numbers in by_batch.items():
+        print(
+            f"batch {size:>5}: {numbers['events']:>8} events, {numbers['events_per_s']:>8} "
+            f"events/s, {numbers['redis_us_per_event']:>6} us of Redis per event"
+        )
+    print(f"Redis memory: {result['redis_bytes_per_member']} bytes per member")
+    if json_out:
+        print(orjson.dumps(result).decode())
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    parser.add_argument("--orgs", type=int, default=10)
+    parser.add_argument("--members", type=int, default=1000, help="in all organizations")
+    parser.add_argument("--events", type=int, default=100_000, help="per batch size")
+    parser.add_argument(
+        "--batch", type=int, action="append", help="batch size (repeatable; default 100 and 1000)"
+    )
+
+
+async def run(args: argparse.Namespace, settings: Any) -> int:
+    """Handler of `meter bench engine`: uses the configured Redis or starts a local one."""
+    from meter.services import provision
+
+    async with provision(settings, only=["redis"]) as services:
+        await bench_engine(
+            services.redis_url,
+            json_out=args.json,
+            orgs=args.orgs,
+            members=args.members,
+            events=args.events,
+            batch_sizes=args.batch or (100, 1000),
+        )
+    return 0
+
+
+def configure(
+    parser: argparse.ArgumentParser,
+) -> Callable[[argparse.Namespace, Any], Awaitable[int]]:
+    """For the CLI: `meter bench engine`."""
+    add_arguments(parser)
+    return run
+
+
+async def main(argv: Sequence[str]) -> int:
+    """`meter bench engine` without the CLI: parse `argv`, run."""
+    from meter.settings import load_settings
+
+    parser = argparse.ArgumentParser(prog="meter bench engine", description=__doc__)
+    add_arguments(parser)
+    return await run(parser.parse_args(argv), load_settings())

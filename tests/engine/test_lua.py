@@ -1,0 +1,125 @@
+"""Each Lua script run directly against Redis, asserting the keys it leaves behind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from meter.engine.redis import SEP, org_key, script_source
+
+ORG = "acme"
+P = "meter:{acme}:"
+NOW = 1_710_000_000_000
+ANCHOR = 1_709_251_200_000  # 2024-03-01
+MARCH_END = 1_711_929_600_000  # 2024-04-01
+
+
+async def run(redis: aioredis.Redis, name: str, *args: Any) -> Any:
+    return await redis.eval(script_source(name), 1, org_key(ORG), *args)
+
+
+async def hash_of(redis: aioredis.Redis, key: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (await redis.hgetall(key)).items()}
+
+
+async def setup(redis: aioredis.Redis) -> None:
+    await run(redis, "put_org", "active", "monthly", ANCHOR, 30, "all", "", 0)
+    await run(redis, "put_billing_group", "team", 500)
+    await run(redis, "put_member", "ann", "1", "", "team")
+    await run(redis, "apply_grant", "ann", "seat", "s", ANCHOR, MARCH_END, ANCHOR, 100)
+    await run(redis, "apply_grant", "", "pool", "h", ANCHOR, MARCH_END + 1, ANCHOR, 1000)
+
+
+async def test_config_scripts(redis: aioredis.Redis) -> None:
+    await setup(redis)
+    assert await hash_of(redis, P + "o") == {
+        "st": "active", "pk": "monthly", "an": str(ANCHOR), "rd": "30", "lp": "all", "dl": "",
+        "gr": "0",
+    }  # fmt: skip
+    assert await hash_of(redis, P + "g") == {"team": "500"}
+    assert await hash_of(redis, P + "u:ann") == {
+        "s": "1", "l": "", "g": "team", "bseat": SEP.join(["s", str(ANCHOR), str(MARCH_END),
+                                                           str(ANCHOR), "100"]),
+    }  # fmt: skip
+    assert await redis.smembers(P + "ms") == {b"ann"}
+    assert await run(redis, "apply_grant", "ann", "seat", "s", 0, 1, 0, 5) == 0  # idempotent
+    assert await run(redis, "remove_member", "ann") == 1
+    assert (await hash_of(redis, P + "u:ann"))["x"] == "1"
+    await run(redis, "put_member", "ann", "0", "7", "")
+    assert "x" not in await hash_of(redis, P + "u:ann")
+    assert await run(redis, "delete_billing_group", "team") == 1
+    assert await redis.exists(P + "g") == 0
+    assert sorted(await redis.keys("*")) == sorted(
+        k.encode() for k in [P + "o", P + "u:ann", P + "ms", P + "sh"]
+    )
+
+
+async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
+    await setup(redis)
+    reply = await run(redis, "settle_batch", NOW, "e1", "ann", 150, NOW, "", "e2", "bob", 1, NOW,
+                      "", "e1", "ann", 150, NOW, "")  # fmt: skip
+    assert reply[0] == b"nxd"
+    assert reply[1] == reply[3] and reply[2] == b"unknown_member"
+    result = SEP.join(["ann", "150", str(NOW), str(ANCHOR), str(MARCH_END), "team", "0", "0", "",
+                       "seat", "s", "100", "pool", "h", "50"])  # fmt: skip
+    assert reply[1].decode() == result
+    assert await hash_of(redis, P + "r") == {"e1": result}
+    counters = P + f"c:{ANCHOR}"
+    assert await hash_of(redis, counters) == {
+        "aann": "150", "sann": "50", "gteam": "150", "d": "150",
+    }  # fmt: skip
+    ttl = await redis.pttl(counters)
+    assert MARCH_END + 7 * 86_400_000 - NOW - 5000 < ttl <= MARCH_END + 7 * 86_400_000 - NOW
+    assert (await hash_of(redis, P + "u:ann"))["bseat"].endswith(SEP + "0")
+    assert (await hash_of(redis, P + "sh"))["bpool"].endswith(SEP + "950")
+
+    assert await run(redis, "void", MARCH_END, "e1", "") == [
+        b"new",
+        b"pool",
+        b"h",
+        b"50",
+    ]  # fmt: skip  (the seat bucket expired at MARCH_END)
+    assert await hash_of(redis, P + "v") == {"e1": SEP.join(["new", "pool", "h", "50"])}
+    assert await hash_of(redis, counters) == {"aann": "0", "sann": "0", "gteam": "0", "d": "0"}
+    assert (await hash_of(redis, P + "sh"))["bpool"].endswith(SEP + "1000")
+    assert (await run(redis, "void", MARCH_END, "e1", ""))[0] == b"dup"
+
+    assert await run(redis, "confirm", "e1", "nope") == 1
+    assert await redis.exists(P + "r") == 0
+
+
+async def test_holds_reserve_release_expire(redis: aioredis.Redis) -> None:
+    await setup(redis)
+    reply = await run(redis, "reserve", NOW, "ann", 120, "r1", 1000)
+    assert reply[0] == b"" and reply[-2:] == [b"r1", str(NOW + 1000).encode()]
+    assert await hash_of(redis, P + "h") == {
+        "r1": SEP.join(["ann", str(NOW + 1000), "team", "120", "20", "seat", "100", "pool", "20"]),
+    }  # fmt: skip
+    assert await redis.zrange(P + "hx", 0, -1, withscores=True) == [(b"r1", NOW + 1000)]
+    assert await hash_of(redis, P + "ha") == {
+        "aann": "120", "sann": "20", "gteam": "120", "bseat": "100", "bpool": "20",
+    }  # fmt: skip
+    assert await run(redis, "reserve", NOW, "ann", 1, "r1", 1000) == [
+        b"held", str(NOW + 1000).encode(),
+    ]  # fmt: skip
+    await run(redis, "reserve", NOW, "ann", 10, "r2", 5000)
+    assert await run(redis, "release", NOW, "r2") == 1
+    assert await run(redis, "release", NOW, "r2") == 0
+    # Any call at or after the expiry drops the hold and its sums.
+    check = await run(redis, "check", NOW + 1000, "ann", 1)
+    assert check[0] == b"" and check[1] == b"100"
+    for key in ("h", "hx", "ha"):
+        assert await redis.exists(P + key) == 0
+
+
+async def test_balances_and_usage(redis: aioredis.Redis) -> None:
+    await setup(redis)
+    await run(redis, "settle_batch", NOW, "e1", "ann", 30, NOW, "")
+    flat = await run(redis, "balances")
+    assert dict(zip(flat[::2], flat[1::2], strict=True)) == {b"seat": b"70", b"pool": b"1000"}
+    flat = await run(redis, "usage", NOW)
+    assert dict(zip(flat[::2], flat[1::2], strict=True)) == {
+        b"aann": b"30", b"gteam": b"30", b"d": b"30",
+    }  # fmt: skip
+    assert await run(redis, "usage", MARCH_END) == []
