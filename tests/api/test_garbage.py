@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -37,10 +39,7 @@ OK_STATUSES = {200, 201, 202, 204, 400, 404, 405, 409, 413, 415, 422}
 
 
 def _path(path: str, org: str, junk: str = "x") -> str:
-    return path.format(
-        org_id=org, member_id=junk, group_id=junk, billing_group_id=junk, plan_id=junk,
-        key_id=junk,
-    )  # fmt: skip
+    return path.format_map(collections.defaultdict(lambda: junk, {"org_id": org}))
 
 
 async def test_garbage_bodies_on_every_route(app: App, admin: httpx.AsyncClient) -> None:
