@@ -1,0 +1,1 @@
+"""Benchmarks against real servers: `meter bench <name>` (see `meter.bench.command`)."""

@@ -109,9 +109,9 @@ async def bench_engine(
         by_batch: dict[str, dict[str, float]] = {}
         for size in batch_sizes:
             per_org = max(1, events // (orgs * size))
-            now = anchor + DAY_MS  # noqa: B023
 
             async def settle_org(org: OrgConfig, size: int = size, per_org: int = per_org) -> None:
+                now = anchor + DAY_MS
                 ids = member_ids[org.org_id]
                 for b in range(per_org):
                     batch = [
@@ -121,10 +121,12 @@ async def bench_engine(
                             rng.choice(ids),
                             rng.randrange(1, 20) * MICRO // 10,
                             now,
-                        )  # fmt: skip
+                        )
                         for i in range(size)
                     ]
                     await engine.settle_batch(org.org_id, batch, now)
+                    # As the settlement store does once it holds the batch.
+                    await engine.confirm(org.org_id, [ev.key for ev in batch])
 
             before = await _evalsha_usec(client)
             started = time.perf_counter()
@@ -154,12 +156,12 @@ async def bench_engine(
     finally:
         for org in configs:
             keys = await _org_keys(client, org.org_id, [f"m{i:04d}" for i in range(members)])
-            for first_key in range(0, len(keys), 500):
-                await client.delete(*keys[first_key : first_key + 500])
+            for at in range(0, len(keys), 500):
+                await client.delete(*keys[at : at + 500])
         await client.aclose()
-    for size, numbers in by_batch.items():
+    for label, numbers in by_batch.items():
         print(
-            f"batch {size:>5}: {numbers['events']:>8} events, {numbers['events_per_s']:>8} "
+            f"batch {label:>5}: {numbers['events']:>8} events, {numbers['events_per_s']:>8} "
             f"events/s, {numbers['redis_us_per_event']:>6} us of Redis per event"
         )
     print(f"Redis memory: {result['redis_bytes_per_member']} bytes per member")
