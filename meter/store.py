@@ -9,7 +9,8 @@
 3. one statement moves them into `settlements` / `settlement_lines` (keys already present are
    skipped) and adds exactly the inserted rows to every total with INSERT ... ON CONFLICT DO UPDATE.
 
-Tables: schemas/migrations/0002_settlements.sql.
+Tables: schemas/migrations/0002_settlements.sql, and the reporting totals of
+0004_reports.sql (member x billing group x period, organization x day).
 """
 
 from __future__ import annotations
@@ -154,6 +155,17 @@ WITH ins AS (
     SELECT org_id, member_id, (event_time AT TIME ZONE 'UTC')::date, {_SUMS}
     FROM fresh GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (org_id, member_id, day) DO UPDATE SET {_ADD}
+), member_group_totals AS (
+    INSERT INTO member_group_period_totals AS t
+        (org_id, period_start, billing_group, member_id, period_end, {_TOTALS})
+    SELECT org_id, period_start, billing_group, member_id, max(period_end), {_SUMS}
+    FROM fresh GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (org_id, period_start, billing_group, member_id) DO UPDATE SET {_ADD}
+), org_daily_totals AS (
+    INSERT INTO org_daily_totals AS t (org_id, day, {_TOTALS})
+    SELECT org_id, (event_time AT TIME ZONE 'UTC')::date, {_SUMS}
+    FROM fresh GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (org_id, day) DO UPDATE SET {_ADD}
 )
 SELECT count(*) FROM ins
 """
