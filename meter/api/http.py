@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -72,6 +72,8 @@ class Response:
     status: int
     body: bytes
     headers: list[tuple[bytes, bytes]] = field(default_factory=lambda: JSON_HEADERS)
+    stream: AsyncIterator[bytes] | None = None
+    """When set, the body is these chunks (sent as they come, no content-length), not `body`."""
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -268,6 +270,24 @@ async def read_body(receive: Receive, limit: int) -> bytes:
 
 
 async def send_response(send: Send, response: Response) -> None:
+    if response.stream is not None:
+        await _send_stream(send, response, response.stream)
+        return
     headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
+
+
+async def _send_stream(send: Send, response: Response, chunks: AsyncIterator[bytes]) -> None:
+    await send(
+        {"type": "http.response.start", "status": response.status, "headers": response.headers}
+    )
+    try:
+        async for chunk in chunks:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    await send({"type": "http.response.body", "body": b""})
