@@ -13,7 +13,7 @@ import functools
 import secrets
 from typing import Any
 
-from meter.api import ingest
+from meter.api import ingest, reports
 from meter.api.http import (
     NO_CONTENT,
     Access,
@@ -442,3 +442,4 @@ ROUTES: list[Route] = [
     Route("DELETE", ORG_PATH + "/keys/{key_id}", revoke_org_key, "Revoke a key", OA, ORG,
           status=204, tag="keys"),
 ]  # fmt: skip
+ROUTES += reports.ROUTES
