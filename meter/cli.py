@@ -56,6 +56,8 @@ COMMANDS: dict[str, Command] = {
         "consumers.settle:configure_consume", "run a settlement consumer (Kafka -> PostgreSQL)"
     ),
     "dlq": Command("consumers.dlq:configure_dlq", "dead-letter topic tools (replay)"),
+    "export": Command("meter.reports.cli:configure_export", "CSV export of a period's usage"),
+    "bench": Command("meter.bench.command:configure", "benchmarks (engine, pipeline, ...)"),
 }
 
 RUN_COMPONENTS: list[str] = ["consumers.settle:run_component", "meter.api.server:serve"]
