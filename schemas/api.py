@@ -78,14 +78,21 @@ class ErrorBody(Model):
 
 
 class PlanCreate(Model):
-    plan_id: Id
-    name: Name
+    """A plan from a shipped preset (`preset`; any other field given overrides it) or from
+    explicit settings (`plan_id` and `name` required). Fields left out take the preset's value,
+    or the default shown here when there is no preset."""
+
+    preset: Id | None = None
+    """A name from `GET /v1/plan-presets`."""
+    plan_id: Id | None = None
+    """Defaults to the preset's name."""
+    name: Name | None = None
     period_kind: Literal["monthly", "rolling"] = "monthly"
     rolling_days: int = Field(default=30, ge=1, le=3660)
     seat_credits: Credits = 0
     """Credits included per seat per period."""
     prorate: bool = True
-    """Mid-period seats receive the remaining fraction of `seat_credits`."""
+    """Mid-period seats receive (and pay) the remaining fraction of the period."""
     limit_policy: Literal["all", "shared"] = "all"
     """What a member limit counts: all credits, or only shared-pool credits."""
     default_member_limit: Credits | None = None
@@ -93,12 +100,27 @@ class PlanCreate(Model):
     billing_groups_allowed: bool = True
     on_demand_allowed: bool = False
     on_demand_member_cap: Credits | None = None
-    on_demand_price_micros: int | None = Field(default=None, ge=0)
+    """Default per-member on-demand cap per period (an admin may set one per member)."""
+    on_demand_price_micros: int | None = Field(default=None, ge=0, le=10**12)
     """Price of one credit in micro-units of currency."""
-    on_demand_charge_threshold_micros: int | None = Field(default=None, ge=0)
+    on_demand_charge_threshold_micros: int | None = Field(default=None, ge=0, le=10**15)
+    """A charge is due once uncharged on-demand usage costs this much."""
+    charge_at_period_end: bool = False
+    """Uncharged on-demand usage is also due when its period ends."""
+    groups_allowed: bool = True
+    personal_addons_allowed: bool = True
+    shared_addons_allowed: bool = True
+    seat_month_codes: bool = False
+    """Seats may be paid from a seat-month balance fed by redemption codes."""
+    seat_price_micros: int | None = Field(default=None, ge=0, le=10**12)
+    org_credits_per_period: Credits = 0
+    """Credits the organization's shared pool receives each period (package plans)."""
+    shared_pack_credits: Credits | None = None
+    shared_pack_price_micros: int | None = Field(default=None, ge=0, le=10**12)
+    shared_pack_validity_months: int = Field(default=3, ge=1, le=120)
 
 
-class Plan(Model):
+class PlanSettingsOut(Model):
     plan_id: str
     name: str
     period_kind: Literal["monthly", "rolling"]
@@ -112,11 +134,30 @@ class Plan(Model):
     on_demand_member_cap: CreditsOut | None
     on_demand_price_micros: int | None
     on_demand_charge_threshold_micros: int | None
+    charge_at_period_end: bool
+    groups_allowed: bool
+    personal_addons_allowed: bool
+    shared_addons_allowed: bool
+    seat_month_codes: bool
+    seat_price_micros: int | None
+    org_credits_per_period: CreditsOut
+    shared_pack_credits: CreditsOut | None
+    shared_pack_price_micros: int | None
+    shared_pack_validity_months: int
+
+
+class Plan(PlanSettingsOut):
     created_at: datetime
 
 
 class PlanList(Model):
     plans: list[Plan]
+
+
+class PlanPresetList(Model):
+    """The plan presets shipped with meter (`meter/plans/presets.toml`)."""
+
+    presets: list[PlanSettingsOut]
 
 
 # --- organizations ------------------------------------------------------------------------
@@ -307,6 +348,137 @@ class VoidOut(Model):
     """False when no settlement with this key exists."""
     returned: list[VoidLine]
     duplicate: bool
+
+
+# --- seats, seat-month balance, redemption codes, on-demand, charges -----------------------
+
+SeatMonths = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]*)(\.[0-9]{1,6})?$", examples=["0.5"])]
+"""Seat-months (one seat for one period = 1) as a decimal string."""
+
+
+class SeatBillingUpdate(Model):
+    seat_billing: Literal["external", "balance"]
+    """`external`: seats are paid outside the service (card, invoice); `balance`: each seat is paid
+    from the organization's seat-month balance at each period start (prorated when joining)."""
+
+
+class SeatBillingOut(Model):
+    org_id: str
+    seat_billing: Literal["external", "balance"]
+
+
+class CodeCreate(Model):
+    code: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    """The code's text; only a digest of it is stored."""
+    kind: Literal["seat_months_monthly", "seat_months_annual", "shared_credits"]
+    seat_months: int = Field(default=0, ge=0, le=1_000_000)
+    """Seat-months of a seat-month code (annual: a multiple of 12)."""
+    credits: Credits = 0
+    """Credits of a shared-credit code."""
+    validity_months: int = Field(default=3, ge=1, le=120)
+    bound_org_id: Id | None = None
+    """Only this organization may redeem it; null = any."""
+
+
+class CodeOut(Model):
+    code_id: str
+    kind: str
+    seat_months: int
+    credits: CreditsOut
+    validity_months: int
+    bound_org_id: str | None
+
+
+class RedemptionCreate(Model):
+    code: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class Bucket(Model):
+    bucket_id: str
+    kind: str
+    member_id: str | None
+    amount: CreditsOut
+    valid_from: datetime
+    expires_at: datetime
+
+
+class SeatMonthLot(Model):
+    lot_id: str
+    code_id: str
+    installment: int
+    """0 for the first (or only) portion of a code, 1..11 for later installments."""
+    amount: SeatMonths
+    remaining: SeatMonths
+    available_from: datetime
+    expires_at: datetime
+    state: Literal["frozen", "available", "used", "expired"]
+
+
+class RedemptionOut(Model):
+    code_id: str
+    kind: str
+    redeemed_at: datetime
+    lots: list[SeatMonthLot]
+    """Seat-month codes: the lots added to the balance (an annual code's 12 installments)."""
+    grant: Bucket | None
+    """Shared-credit codes: the shared-pool bucket added."""
+
+
+class SeatBalance(Model):
+    seat_billing: Literal["external", "balance"]
+    available: SeatMonths
+    frozen: SeatMonths
+    """Installments of annual codes not returned yet."""
+    expired: SeatMonths
+    next_expiry: datetime | None
+    lots: list[SeatMonthLot]
+
+
+class Seat(Model):
+    member_id: str
+    seated_from: datetime
+    fraction: SeatMonths
+    """Seat-months billed for the period."""
+    billing: Literal["external", "balance"]
+
+
+class SeatList(Model):
+    """Seats billed for the current period, members who left since included."""
+
+    period_start: datetime
+    period_end: datetime
+    seats: list[Seat]
+
+
+class OnDemandCapUpdate(Model):
+    cap: Credits
+    """On-demand credits the member may use per period. A raise applies at once, a cut from the
+    next period."""
+
+
+class OnDemandCapOut(Model):
+    member_id: str
+    cap: CreditsOut
+    granted: Bucket | None
+    """The on-demand bucket added now to raise this period's room, if any."""
+
+
+class Charge(Model):
+    charge_id: str
+    period_start: datetime
+    period_end: datetime
+    reason: Literal["threshold", "period_end"]
+    credits: CreditsOut
+    """On-demand credits this charge covers."""
+    through_credits: CreditsOut
+    amount_micros: int
+    due_at: datetime
+    published_at: datetime | None
+    """When it was sent on the billing topic."""
+
+
+class ChargeList(Model):
+    charges: list[Charge]
 
 
 # --- keys ---------------------------------------------------------------------------------

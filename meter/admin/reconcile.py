@@ -2,14 +2,16 @@
 
 Every engine call used here is idempotent (`put_*` overwrite configuration, `apply_grant` adds a
 bucket only if its id is new, `delete_billing_group` of a deleted group changes nothing), so
-reconciling an organization that is already right changes nothing. It also issues the current
-period's seat bucket of every seated member that lacks one (see `meter.admin.seats`).
+reconciling an organization that is already right changes nothing. It first issues the current
+period's seats (`PlansStore.start_period`, idempotent): members whose seat could not be paid from
+the seat-month balance are put to the engine unseated, so their checks say `no_seat`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 
 import structlog
 
@@ -25,13 +27,14 @@ RECONCILE_INTERVAL_S = 60.0
 
 async def reconcile_org(admin: AdminService, org_id: str) -> bool:
     """Apply one organization's full state to the engine. False when the org does not exist."""
+    if await admin.pool.fetchval(q.SELECT_ORG_EXISTS, org_id) is None:
+        return False
+    unpaid = set((await admin.plans.start_period(org_id, admin.clock())).unpaid)
     async with admin.pool.acquire() as conn, conn.transaction():
         org = await conn.fetchrow(q.SELECT_ORG_CONFIG, org_id)
         if org is None:
             return False
         members = await conn.fetch(q.SELECT_ALL_MEMBERS, org_id)
-        for member in members:
-            await admin.issue_seats(conn, org, member)
         groups = await conn.fetch(q.SELECT_BILLING_GROUPS, org_id)
         deleted = await conn.fetch(q.SELECT_DELETED_BILLING_GROUPS, org_id)
         grants = await conn.fetch(q.SELECT_LIVE_GRANTS, org_id, from_ms(admin.clock()))
@@ -45,7 +48,9 @@ async def reconcile_org(admin: AdminService, org_id: str) -> bool:
         await engine.delete_billing_group(org_id, d["billing_group_id"])
     for m in members:
         if m["status"] == "active":
-            await engine.put_member(member_config(m))
+            cfg = member_config(m)
+            paid = m["member_id"] not in unpaid
+            await engine.put_member(replace(cfg, seated=cfg.seated and paid))
         else:
             await engine.remove_member(org_id, m["member_id"])
     for row in grants:

@@ -10,6 +10,8 @@ happened in between.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import functools
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,8 +24,8 @@ import structlog
 
 from meter.admin import queries as q
 from meter.admin.clock import from_ms, now_ms, to_ms
-from meter.admin.seats import seat_grant
 from meter.auth import Scope, hash_token, new_key_id, new_token
+from meter.engine.periods import period_at
 from meter.engine.types import (
     UNASSIGNED,
     BillingGroupConfig,
@@ -41,18 +43,17 @@ from meter.engine.types import (
 )
 from meter.errors import Conflict, InvalidInput, NotFound
 from meter.money import format_credits
+from meter.plans.balance import Lot, summarize
+from meter.plans.charges import ChargeDue
+from meter.plans.presets import PlanSettings, preset, presets
+from meter.plans.redemption import CodeKind
+from meter.plans.seats import SeatBilling, SeatIssue
+from meter.plans.store import PeriodIssue, PlansStore
 from schemas import api
 
 log = structlog.get_logger("meter.admin")
 
 UNASSIGNED_NAME = "Unassigned"
-
-SeatIssuer = Callable[
-    [asyncpg.Connection, asyncpg.Record, asyncpg.Record, int], Awaitable[list[Grant]]
-]
-"""`(conn, org row joined with its plan, member row, now_ms) -> grants`: issues a member's seat
-grants for the period containing `now_ms` inside the admin transaction, idempotently. The default
-(no issuer) grants the plan's `seat_credits`, prorated, with no seat payment rules."""
 
 
 def _credits(micro: int | None) -> str | None:
@@ -109,22 +110,77 @@ def grant_of(row: asyncpg.Record) -> Grant:
     )
 
 
-def plan_out(row: asyncpg.Record) -> api.Plan:
-    return api.Plan(
-        plan_id=row["plan_id"],
-        name=row["name"],
-        period_kind=row["period_kind"],
-        rolling_days=row["rolling_days"],
-        seat_credits=format_credits(row["seat_credits"]),
-        prorate=row["prorate"],
-        limit_policy=row["limit_policy"],
-        default_member_limit=_credits(row["default_member_limit"]),
-        billing_groups_allowed=row["billing_groups_allowed"],
-        on_demand_allowed=row["on_demand_allowed"],
-        on_demand_member_cap=_credits(row["on_demand_member_cap"]),
-        on_demand_price_micros=row["on_demand_price_micros"],
-        on_demand_charge_threshold_micros=row["on_demand_charge_threshold_micros"],
-        created_at=row["created_at"],
+def plan_settings_out(plan: PlanSettings) -> dict[str, Any]:
+    """A plan's settings as the API shows them (credits as decimal strings)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(plan):
+        value = getattr(plan, f.name)
+        if f.name in _CREDIT_SETTINGS:
+            value = _credits(value)
+        elif isinstance(value, PeriodKind | LimitPolicy):
+            value = value.value
+        out[f.name] = value
+    return out
+
+
+_CREDIT_SETTINGS = frozenset(
+    {
+        "seat_credits",
+        "default_member_limit",
+        "on_demand_member_cap",
+        "org_credits_per_period",
+        "shared_pack_credits",
+    }
+)
+
+
+def plan_out(plan: PlanSettings, created_at: dt.datetime) -> api.Plan:
+    return api.Plan(**plan_settings_out(plan), created_at=created_at)
+
+
+def bucket_out(grant: Grant) -> api.Bucket:
+    return api.Bucket(
+        bucket_id=grant.bucket_id,
+        kind=grant.kind.value,
+        member_id=grant.member_id,
+        amount=format_credits(grant.amount),
+        valid_from=from_ms(grant.valid_from_ms),
+        expires_at=from_ms(grant.expires_at_ms),
+    )
+
+
+def lot_out(lot: Lot, now: int) -> api.SeatMonthLot:
+    if now < lot.available_from_ms:
+        state = "frozen"
+    elif lot.remaining == 0:
+        state = "used"
+    elif now >= lot.expires_at_ms:
+        state = "expired"
+    else:
+        state = "available"
+    return api.SeatMonthLot(
+        lot_id=lot.lot_id,
+        code_id=lot.code_id,
+        installment=lot.installment,
+        amount=format_credits(lot.amount),
+        remaining=format_credits(lot.remaining),
+        available_from=from_ms(lot.available_from_ms),
+        expires_at=from_ms(lot.expires_at_ms),
+        state=state,  # type: ignore[arg-type]
+    )
+
+
+def charge_out(charge: ChargeDue, published_ms: int | None) -> api.Charge:
+    return api.Charge(
+        charge_id=charge.charge_id,
+        period_start=from_ms(charge.period.start_ms),
+        period_end=from_ms(charge.period.end_ms),
+        reason=charge.reason.value,
+        credits=format_credits(charge.credits),
+        through_credits=format_credits(charge.through_credits),
+        amount_micros=charge.amount_micros,
+        due_at=from_ms(charge.due_at_ms),
+        published_at=None if published_ms is None else from_ms(published_ms),
     )
 
 
@@ -175,19 +231,16 @@ def _is_unassigned(ident: str) -> bool:
 
 
 class AdminService:
-    """Administration of plans, organizations, members, groups, billing groups, grants, keys."""
+    """Administration of plans, organizations, members, seats, groups, billing groups, grants,
+    redemption codes, keys. `clock` gives "now" in epoch ms: inject one to move time."""
 
     def __init__(
-        self,
-        pool: asyncpg.Pool,
-        engine: Engine,
-        clock: Callable[[], int] = now_ms,
-        seat_issuer: SeatIssuer | None = None,
+        self, pool: asyncpg.Pool, engine: Engine, clock: Callable[[], int] = now_ms
     ) -> None:
         self.pool = pool
         self.engine = engine
         self.clock = clock
-        self.seat_issuer = seat_issuer
+        self.plans = PlansStore(pool)
         self.dirty: set[str] = set()
         """Organizations whose last Redis apply failed; the reconciler repairs them."""
         self.dirty_event = asyncio.Event()
@@ -206,34 +259,41 @@ class AdminService:
 
     # -- plans ----------------------------------------------------------------------------
 
+    async def install_presets(self) -> None:
+        """Create or refresh the shipped plan presets (`teams`, `enterprise`, ...)."""
+        for plan in presets().values():
+            await self.plans.put_plan(plan)
+
+    @staticmethod
+    def list_presets() -> api.PlanPresetList:
+        return api.PlanPresetList(
+            presets=[api.PlanSettingsOut(**plan_settings_out(p)) for p in presets().values()]
+        )
+
     async def create_plan(self, body: api.PlanCreate) -> api.Plan:
-        with _sql_errors("plan"):
-            row = await self.pool.fetchrow(
-                q.INSERT_PLAN,
-                body.plan_id,
-                body.name,
-                body.period_kind,
-                body.rolling_days,
-                body.seat_credits,
-                body.prorate,
-                body.limit_policy,
-                body.default_member_limit,
-                body.billing_groups_allowed,
-                body.on_demand_allowed,
-                body.on_demand_member_cap,
-                body.on_demand_price_micros,
-                body.on_demand_charge_threshold_micros,
-            )
-        return plan_out(row)
+        """A plan from a preset (fields given override it) or from explicit settings."""
+        if body.preset is not None:
+            base = preset(body.preset).with_id(body.plan_id or body.preset, body.name)
+        elif body.plan_id is None or body.name is None:
+            raise InvalidInput("a plan needs plan_id and name, or a preset", code="invalid_plan")
+        else:
+            base = PlanSettings(plan_id=body.plan_id, name=body.name)
+        values: dict[str, Any] = {
+            f: getattr(body, f) for f in body.model_fields_set - {"preset", "plan_id", "name"}
+        }
+        if "period_kind" in values:
+            values["period_kind"] = PeriodKind(values["period_kind"])
+        if "limit_policy" in values:
+            values["limit_policy"] = LimitPolicy(values["limit_policy"])
+        plan = dataclasses.replace(base, **values)
+        await self.plans.put_plan(plan, replace=False)
+        return plan_out(*await self.plans.plan_created(plan.plan_id))
 
     async def get_plan(self, plan_id: str) -> api.Plan:
-        row = await self.pool.fetchrow(q.SELECT_PLAN, plan_id)
-        if row is None:
-            raise NotFound("plan not found", code="plan_not_found")
-        return plan_out(row)
+        return plan_out(*await self.plans.plan_created(plan_id))
 
     async def list_plans(self) -> api.PlanList:
-        return api.PlanList(plans=[plan_out(r) for r in await self.pool.fetch(q.SELECT_PLANS)])
+        return api.PlanList(plans=[plan_out(p, c) for p, c in await self.plans.plans()])
 
     # -- organizations --------------------------------------------------------------------
 
@@ -256,6 +316,7 @@ class AdminService:
             row = await self._org_row(conn, body.org_id)
         cfg = org_config(row)
         await self._apply(body.org_id, lambda: self.engine.put_org(cfg))
+        await self.refresh_seats(body.org_id)
         return org_out(row)
 
     async def get_org(self, org_id: str) -> api.Org:
@@ -308,39 +369,39 @@ class AdminService:
             raise NotFound("member not found", code="member_not_found")
         return row
 
-    async def issue_seats(
-        self, conn: asyncpg.Connection, org: asyncpg.Record, member: asyncpg.Record
-    ) -> list[Grant]:
-        """This period's seat grants of a member, stored in `conn`'s transaction (idempotent);
-        returns the grants to apply to the engine. Uses `seat_issuer` when one is set."""
-        if self.seat_issuer is not None:
-            return await self.seat_issuer(conn, org, member, self.clock())
-        if not member["seated"] or member["status"] != "active" or org["seat_credits"] == 0:
-            return []
-        now = self.clock()
-        grant = seat_grant(
-            org_config(org),
-            member["member_id"],
-            org["seat_credits"],
-            org["prorate"],
-            to_ms(member["seated_since"]) if member["seated_since"] else now,
-            now,
-        )
-        if grant is None:
-            return []
-        await conn.execute(
-            q.INSERT_GRANT_IF_ABSENT, grant.org_id, grant.bucket_id, grant.kind.value,
-            grant.member_id, grant.amount, from_ms(grant.valid_from_ms),
-            from_ms(grant.expires_at_ms), from_ms(grant.granted_at_ms), "seat",
-        )  # fmt: skip
-        row = await conn.fetchrow(q.SELECT_GRANT, grant.org_id, grant.bucket_id)
-        return [grant_of(row)]
-
-    async def _apply_member(self, org_id: str, member: asyncpg.Record, grants: list[Grant]) -> None:
-        cfg = member_config(member)
+    async def _seat_member(self, org_id: str, member: asyncpg.Record) -> None:
+        """After a member's change committed: issue their seat for the current period (paid from
+        the seat-month balance when the organization pays that way) and tell the engine. A seat
+        that cannot be paid leaves the member unseated in the engine: checks say `no_seat`."""
+        try:
+            issue = await self.plans.issue_seat(org_id, member["member_id"], self.clock())
+        except Exception:
+            log.warning("seat issue failed, org marked for reconcile", org_id=org_id, exc_info=True)
+            issue = SeatIssue(None)
+            self.dirty.add(org_id)
+            self.dirty_event.set()
+        cfg = dataclasses.replace(member_config(member), seated=member["seated"] and issue.paid)
         calls: list[Callable[[], Awaitable[Any]]] = [lambda: self.engine.put_member(cfg)]
-        calls.extend(functools.partial(self.engine.apply_grant, g) for g in grants)
+        calls.extend(functools.partial(self.engine.apply_grant, g) for g in issue.grants)
         await self._apply(org_id, *calls)
+
+    async def refresh_seats(self, org_id: str) -> PeriodIssue:
+        """Issue the current period's seats of every seated member (and a package plan's pool),
+        idempotently, and tell the engine who has a paid seat. Runs at each period start, after a
+        redemption and when seat billing changes."""
+        issue = await self.plans.start_period(org_id, self.clock())
+        unpaid = set(issue.unpaid)
+        members = await self.pool.fetch(q.SELECT_ALL_MEMBERS, org_id)
+        calls: list[Callable[[], Awaitable[Any]]] = []
+        for m in members:
+            if m["status"] == "active":
+                cfg = dataclasses.replace(
+                    member_config(m), seated=m["seated"] and m["member_id"] not in unpaid
+                )
+                calls.append(functools.partial(self.engine.put_member, cfg))
+        calls.extend(functools.partial(self.engine.apply_grant, g) for g in issue.grants)
+        await self._apply(org_id, *calls)
+        return issue
 
     async def create_member(self, org_id: str, body: api.MemberCreate) -> api.Member:
         now = from_ms(self.clock())
@@ -355,8 +416,7 @@ class AdminService:
             if created is None:
                 raise Conflict("member already exists", code="member_exists")
             member = await self._member_row(conn, org_id, body.member_id)
-            grants = await self.issue_seats(conn, org, member)
-        await self._apply_member(org_id, member, grants)
+        await self._seat_member(org_id, member)
         return member_out(member)
 
     async def get_member(self, org_id: str, member_id: str) -> api.Member:
@@ -405,8 +465,7 @@ class AdminService:
                 now,
             )
             member = await self._member_row(conn, org_id, member_id)
-            grants = await self.issue_seats(conn, org, member)
-        await self._apply_member(org_id, member, grants)
+        await self._seat_member(org_id, member)
         return member_out(member)
 
     async def delete_member(self, org_id: str, member_id: str) -> None:
@@ -685,6 +744,108 @@ class AdminService:
             late=row["late"],
             reservation_id=row["reservation_id"],
         )
+
+    # -- seats, seat-month balance, redemption codes, on-demand caps, charges --------------
+
+    async def set_seat_billing(
+        self, org_id: str, body: api.SeatBillingUpdate
+    ) -> api.SeatBillingOut:
+        """How the organization pays its seats from now on; seats already billed this period
+        stay as they are."""
+        await self.plans.set_seat_billing(org_id, SeatBilling(body.seat_billing), self.clock())
+        await self.refresh_seats(org_id)
+        return api.SeatBillingOut(org_id=org_id, seat_billing=body.seat_billing)
+
+    async def create_code(self, body: api.CodeCreate) -> api.CodeOut:
+        rc = await self.plans.create_code(
+            body.code,
+            CodeKind(body.kind),
+            seat_months=body.seat_months,
+            credits=body.credits,
+            validity_months=body.validity_months,
+            bound_org_id=body.bound_org_id,
+        )
+        return api.CodeOut(
+            code_id=rc.code_id,
+            kind=rc.kind.value,
+            seat_months=rc.seat_months,
+            credits=format_credits(rc.credits),
+            validity_months=rc.validity_months,
+            bound_org_id=body.bound_org_id,
+        )
+
+    async def redeem(self, org_id: str, body: api.RedemptionCreate) -> api.RedemptionOut:
+        """Redeem a code: seat-months go to the balance (and may pay seats left unpaid this
+        period), shared credits become a shared-pool bucket."""
+        now = self.clock()
+        result = await self.plans.redeem(org_id, body.code, now)
+        grant = result.grant
+        if grant is not None:
+            await self._apply(org_id, lambda: self.engine.apply_grant(grant))
+        if result.lots:
+            await self.refresh_seats(org_id)
+        return api.RedemptionOut(
+            code_id=result.code_id,
+            kind=result.kind.value,
+            redeemed_at=from_ms(result.redeemed_at_ms),
+            lots=[lot_out(lot, now) for lot in result.lots],
+            grant=None if grant is None else bucket_out(grant),
+        )
+
+    async def seat_balance(self, org_id: str) -> api.SeatBalance:
+        now = self.clock()
+        op = await self.plans.org_plan(org_id)
+        lots = await self.plans.lots(org_id)
+        summary = summarize(lots, now)
+        return api.SeatBalance(
+            seat_billing=op.billing.value,
+            available=format_credits(summary.available),
+            frozen=format_credits(summary.frozen),
+            expired=format_credits(summary.expired),
+            next_expiry=None if summary.next_expiry_ms is None else from_ms(summary.next_expiry_ms),
+            lots=[lot_out(lot, now) for lot in lots],
+        )
+
+    async def seats(self, org_id: str) -> api.SeatList:
+        now = self.clock()
+        op = await self.plans.org_plan(org_id)
+        period = period_at(op.org, now)
+        seats = await self.plans.period_occupancy(org_id, now)
+        return api.SeatList(
+            period_start=from_ms(period.start_ms),
+            period_end=from_ms(period.end_ms),
+            seats=[
+                api.Seat(
+                    member_id=s.member_id,
+                    seated_from=from_ms(s.seated_from_ms),
+                    fraction=format_credits(s.fraction),
+                    billing=s.billing.value,
+                )
+                for s in seats
+            ],
+        )
+
+    async def set_on_demand_cap(
+        self, org_id: str, member_id: str, body: api.OnDemandCapUpdate
+    ) -> api.OnDemandCapOut:
+        async with self.pool.acquire() as conn:
+            await self._org_row(conn, org_id)
+            member = await self._member_row(conn, org_id, member_id)
+        if member["status"] != "active":
+            raise NotFound("member not found", code="member_not_found")
+        grant = await self.plans.set_on_demand_cap(org_id, member_id, body.cap, self.clock())
+        if grant is not None:
+            await self._apply(org_id, lambda: self.engine.apply_grant(grant))
+        return api.OnDemandCapOut(
+            member_id=member_id,
+            cap=format_credits(body.cap),
+            granted=None if grant is None else bucket_out(grant),
+        )
+
+    async def charges(self, org_id: str) -> api.ChargeList:
+        await self.org_exists(org_id)
+        rows = await self.plans.charges(org_id)
+        return api.ChargeList(charges=[charge_out(c, p) for c, p in rows])
 
     # -- API keys -------------------------------------------------------------------------
 

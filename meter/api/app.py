@@ -21,7 +21,6 @@ from aiokafka import AIOKafkaProducer
 
 from meter.admin import AdminService, run_reconciler
 from meter.admin.clock import now_ms
-from meter.admin.service import SeatIssuer
 from meter.api.http import (
     Access,
     Call,
@@ -78,7 +77,6 @@ class App:
         *,
         reconcile_interval_s: float = 60.0,
         key_cache_ttl_s: float = 5.0,
-        seat_issuer: SeatIssuer | None = None,
     ) -> None:
         from meter.api.routes import ROUTES
 
@@ -87,7 +85,6 @@ class App:
         self.router = Router(ROUTES)
         self.reconcile_interval_s = reconcile_interval_s
         self.key_cache_ttl_s = key_cache_ttl_s
-        self.seat_issuer = seat_issuer
         self.clock = now_ms
         self._redis: aioredis.Redis | None = None
         self._pool: asyncpg.Pool | None = None
@@ -158,9 +155,8 @@ class App:
         else:
             self._engine = RedisEngine(self._redis)
         await self._engine.load_scripts()
-        self._admin = AdminService(
-            self._pool, self._engine, clock=lambda: self.clock(), seat_issuer=self.seat_issuer
-        )
+        self._admin = AdminService(self._pool, self._engine, clock=lambda: self.clock())
+        await self._admin.install_presets()
         self._keys = KeyVerifier(self._pool, self.settings.admin_token, self.key_cache_ttl_s)
         self._tasks.append(
             asyncio.create_task(run_reconciler(self._admin, self.reconcile_interval_s))

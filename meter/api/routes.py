@@ -14,6 +14,7 @@ import secrets
 from typing import Any
 
 from meter.api import ingest, reports
+from meter.api import plans as plan_routes
 from meter.api.http import (
     NO_CONTENT,
     Access,
@@ -443,3 +444,4 @@ ROUTES: list[Route] = [
           status=204, tag="keys"),
 ]  # fmt: skip
 ROUTES += reports.ROUTES
+ROUTES += plan_routes.ROUTES

@@ -32,7 +32,7 @@ from meter.engine.types import (
     Period,
     PeriodKind,
 )
-from meter.errors import InvalidInput, NotFound
+from meter.errors import Conflict, InvalidInput, NotFound
 from meter.plans.balance import BalanceSummary, Draw, Lot, after, summarize
 from meter.plans.charges import ChargeDue, ChargeReason, charge_due
 from meter.plans.expiry import ExpiryEntry, expiry_entries
@@ -98,9 +98,14 @@ UPSERT_PLAN_SETTINGS = """
 INSERT INTO plan_settings (plan_id, settings) VALUES ($1, $2::jsonb)
 ON CONFLICT (plan_id) DO UPDATE SET settings = EXCLUDED.settings
 """
+INSERT_PLAN = UPSERT_PLAN[: UPSERT_PLAN.index("ON CONFLICT")]
 SELECT_PLAN = """
 SELECT p.*, coalesce(s.settings, '{}') AS extra
 FROM plans p LEFT JOIN plan_settings s USING (plan_id) WHERE p.plan_id = $1
+"""
+SELECT_PLANS = """
+SELECT p.*, coalesce(s.settings, '{}') AS extra
+FROM plans p LEFT JOIN plan_settings s USING (plan_id) ORDER BY p.plan_id
 """
 SELECT_ORG = """
 SELECT o.org_id, o.status, o.billing_anchor, o.grace_seconds, p.*,
@@ -205,6 +210,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (org_id, charge_id) DO NOTHING
 RETURNING 1
 """
+SELECT_ORG_CHARGES = """
+SELECT * FROM charges_due WHERE org_id = $1 ORDER BY period_start, through_credits
+"""
 SELECT_UNPUBLISHED = """
 SELECT * FROM charges_due WHERE published_at IS NULL ORDER BY due_at, org_id, charge_id LIMIT $1
 """
@@ -298,18 +306,30 @@ class PlansStore:
 
     # -- plans and organizations ----------------------------------------------------------
 
-    async def put_plan(self, plan: PlanSettings) -> None:
-        """Create or replace a plan (its `plans` row and the settings that row lacks)."""
+    async def put_plan(self, plan: PlanSettings, *, replace: bool = True) -> None:
+        """Create or replace a plan (its `plans` row and the settings that row lacks). With
+        `replace=False` an existing plan of that id is a `Conflict` (`plan_exists`)."""
         extra = orjson.dumps(plan.extra_settings()).decode()
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(UPSERT_PLAN, *plan.plan_row())
+            try:
+                await conn.execute(UPSERT_PLAN if replace else INSERT_PLAN, *plan.plan_row())
+            except asyncpg.UniqueViolationError as exc:
+                raise Conflict("plan already exists", code="plan_exists") from exc
             await conn.execute(UPSERT_PLAN_SETTINGS, plan.plan_id, extra)
 
     async def plan(self, plan_id: str) -> PlanSettings:
+        return (await self.plan_created(plan_id))[0]
+
+    async def plan_created(self, plan_id: str) -> tuple[PlanSettings, dt.datetime]:
+        """A plan and when it was created."""
         row = await self.pool.fetchrow(SELECT_PLAN, plan_id)
         if row is None:
             raise NotFound("plan not found", code="plan_not_found")
-        return plan_of(row)
+        return plan_of(row), row["created_at"]
+
+    async def plans(self) -> list[tuple[PlanSettings, dt.datetime]]:
+        """Every plan, by id, with when it was created."""
+        return [(plan_of(r), r["created_at"]) for r in await self.pool.fetch(SELECT_PLANS)]
 
     async def _org(self, conn: asyncpg.Connection, org_id: str) -> OrgPlan:
         row = await conn.fetchrow(SELECT_ORG, org_id)
@@ -350,7 +370,7 @@ class PlansStore:
                 validity_months, bound_org_id,
             )  # fmt: skip
         except asyncpg.UniqueViolationError as exc:
-            raise InvalidInput("this code exists already", code="code_exists") from exc
+            raise Conflict("this code exists already", code="code_exists") from exc
         except asyncpg.ForeignKeyViolationError as exc:
             raise NotFound("organization not found", code="org_not_found") from exc
         return rc
@@ -589,6 +609,14 @@ class PlansStore:
                 if inserted:
                     out.append(due)
         return out
+
+    async def charges(self, org_id: str) -> list[tuple[ChargeDue, int | None]]:
+        """The organization's charges, oldest period first, each with when it was published."""
+        rows = await self.pool.fetch(SELECT_ORG_CHARGES, org_id)
+        return [
+            (charge_of(r), None if r["published_at"] is None else _ms(r["published_at"]))
+            for r in rows
+        ]
 
     async def unpublished_charges(self, limit: int = 100) -> list[ChargeDue]:
         return [charge_of(r) for r in await self.pool.fetch(SELECT_UNPUBLISHED, limit)]

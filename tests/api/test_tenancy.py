@@ -50,6 +50,10 @@ def sample_request(
             "GrantCreate": {"kind": "shared", "amount": "1000", "expires_at": FAR},
             "VoidRequest": {"key": "//test e-0"},
             "KeyCreate": {"scope": "org_admin"},
+            "SeatBillingUpdate": {"seat_billing": "external"},
+            "CodeCreate": {"code": "CODE-X", "kind": "shared_credits", "credits": "1"},
+            "RedemptionCreate": {"code": "CODE-X"},
+            "OnDemandCapUpdate": {"cap": "10"},
         }
         body = samples[route.request.__name__]
     return path, body, headers
@@ -83,7 +87,8 @@ async def two_orgs(app: App, admin: httpx.AsyncClient) -> dict[str, str]:
 
 
 async def state_of(admin: httpx.AsyncClient, org: str) -> list[Any]:
-    paths = ["", "/members", "/groups", "/billing-groups", "/grants", "/balances", "/keys"]
+    paths = ["", "/members", "/groups", "/billing-groups", "/grants", "/balances", "/keys",
+             "/seats", "/seat-balance", "/charges"]  # fmt: skip
     return [(await admin.get(f"/v1/orgs/{org}{p}")).json() for p in paths]
 
 

@@ -1,0 +1,182 @@
+"""The period scheduler: seats at each period start, expiry entries, charge-due events.
+
+`PeriodScheduler.tick()` does, for every organization, at the admin service's clock:
+
+1. when a new period began since the last tick: issue the period's seats (`refresh_seats`: seat
+   and on-demand buckets, a package plan's pool, seat-months drawn from the balance; members whose
+   seat cannot be paid are unseated in the engine, so checks say `no_seat`), and record the expired
+   remainders of the period(s) that ended (`record_expiries`, from the engine's balances);
+2. on plans with on-demand usage: record the charges now due (threshold crossed, or a period
+   ended), then publish every unpublished charge on the billing topic (`meter.billing.v1`) as a
+   CloudEvent keyed by organization, and mark it published.
+
+Every step is idempotent, so a restart, a second scheduler or a missed wake-up only repeats work.
+`run()` ticks at each organization's next period start and at least every `poll_s` seconds (for
+thresholds crossed mid-period). Time comes from `admin.clock`, so tests move it and call `tick()`.
+
+It runs as a `meter run` component (`run_component`), one per deployment, apart from the API
+processes, which scale out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import asyncpg  # type: ignore[import-untyped]
+import orjson
+import redis.asyncio as aioredis
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from meter.admin import queries as q
+from meter.admin.service import AdminService
+from meter.engine.periods import period_index, period_start
+from meter.engine.redis import RedisEngine
+from meter.engine.types import Period
+from meter.plans.charges import ChargeDue, charge_event
+from meter.plans.expiry import ExpiryEntry
+from meter.settings import Settings
+from schemas.events import format_time
+
+if TYPE_CHECKING:
+    from meter.services import Services
+
+log = structlog.get_logger("meter.admin.scheduler")
+
+CHARGE_EVENT_TYPE = "meter.charge_due.v1"
+CHARGE_SOURCE = "//meter/plans"
+MAX_CATCH_UP = 24
+"""At most this many ended periods are looked back at when an organization is first seen or the
+scheduler was away for long."""
+
+Publish = Callable[[str, bytes, bytes], Awaitable[None]]
+"""`(topic, key, value)`: send one record and wait for the broker's acknowledgement."""
+
+
+def charge_cloudevent(charge: ChargeDue) -> bytes:
+    """A charge-due record as a CloudEvents 1.0 structured-mode JSON event."""
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "type": CHARGE_EVENT_TYPE,
+            "source": CHARGE_SOURCE,
+            "id": f"{charge.org_id}/{charge.charge_id}",
+            "time": format_time(charge.due_at_ms),
+            "subject": charge.org_id,
+            "datacontenttype": "application/json",
+            "data": charge_event(charge),
+        }
+    )
+
+
+def kafka_publish(producer: AIOKafkaProducer) -> Publish:
+    async def publish(topic: str, key: bytes, value: bytes) -> None:
+        await producer.send_and_wait(topic, value=value, key=key)
+
+    return publish
+
+
+@dataclass
+class TickReport:
+    started: list[tuple[str, int]] = field(default_factory=list)
+    """(organization, period start ms) of the periods started in this tick."""
+    expiries: list[ExpiryEntry] = field(default_factory=list)
+    charges: list[ChargeDue] = field(default_factory=list)
+    """Charges that became due in this tick."""
+    published: int = 0
+    next_wake_ms: int | None = None
+    """The soonest next period start of all organizations."""
+
+
+class PeriodScheduler:
+    def __init__(
+        self, admin: AdminService, publish: Publish, topic: str, poll_s: float = 60.0
+    ) -> None:
+        self.admin = admin
+        self.publish = publish
+        self.topic = topic
+        self.poll_s = poll_s
+        self.started: dict[str, int] = {}
+        """Organization -> index of the last period this scheduler started."""
+
+    async def tick(self) -> TickReport:
+        report = TickReport()
+        for row in await self.admin.pool.fetch(q.SELECT_ORG_IDS):
+            org_id: str = row["org_id"]
+            try:
+                await self._org(org_id, report)
+            except Exception:
+                log.warning("period work failed", org_id=org_id, exc_info=True)
+        report.published = await self.publish_charges()
+        return report
+
+    async def _org(self, org_id: str, report: TickReport) -> None:
+        admin, plans = self.admin, self.admin.plans
+        now = admin.clock()
+        op = await plans.org_plan(org_id)
+        k = period_index(op.org, now)
+        last = self.started.get(org_id)
+        if last != k:
+            await admin.refresh_seats(org_id)
+            report.started.append((org_id, period_start(op.org, k)))
+            first = k - 1 if last is None or last >= k else max(last, k - MAX_CATCH_UP)
+            if first < k:
+                remaining = await admin.engine.balances(org_id, now)
+                for i in range(first, k):
+                    ended = Period(period_start(op.org, i), period_start(op.org, i + 1))
+                    report.expiries.extend(await plans.record_expiries(org_id, ended, remaining))
+            self.started[org_id] = k
+        if op.plan.on_demand_allowed:
+            report.charges.extend(await plans.due_charges(org_id, now))
+        wake = period_start(op.org, k + 1)
+        if report.next_wake_ms is None or wake < report.next_wake_ms:
+            report.next_wake_ms = wake
+
+    async def publish_charges(self, batch: int = 100) -> int:
+        """Send every unpublished charge to the billing topic; returns how many were sent."""
+        plans, sent = self.admin.plans, 0
+        while charges := await plans.unpublished_charges(batch):
+            for charge in charges:
+                await self.publish(self.topic, charge.org_id.encode(), charge_cloudevent(charge))
+                await plans.mark_published(charge.org_id, [charge.charge_id], self.admin.clock())
+                sent += 1
+        return sent
+
+    async def run(self) -> None:
+        """Tick at each next period start and at least every `poll_s` seconds, until cancelled."""
+        while True:
+            try:
+                report = await self.tick()
+                wake = report.next_wake_ms
+            except Exception:
+                log.warning("scheduler tick failed", exc_info=True)
+                wake = None
+            delay = self.poll_s
+            if wake is not None:
+                delay = min(delay, max(0.0, (wake - self.admin.clock()) / 1000))
+            await asyncio.sleep(max(delay, 0.05))
+
+
+async def run_component(settings: Settings, services: Services) -> None:
+    """`meter run` component: the period scheduler on the service's PostgreSQL, Redis, Kafka."""
+    pool = await asyncpg.create_pool(services.postgres_dsn, min_size=1, max_size=4)
+    redis = aioredis.Redis.from_url(services.redis_url)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=services.kafka_bootstrap, enable_idempotence=False, acks="all"
+    )
+    try:
+        engine = RedisEngine(redis)
+        await engine.load_scripts()
+        admin = AdminService(pool, engine)
+        await admin.install_presets()
+        await producer.start()
+        scheduler = PeriodScheduler(admin, kafka_publish(producer), settings.billing_topic)
+        log.info("period scheduler started", topic=settings.billing_topic)
+        await scheduler.run()
+    finally:
+        await producer.stop()
+        await redis.aclose()
+        await pool.close()
