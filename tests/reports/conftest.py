@@ -8,7 +8,7 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest_asyncio
@@ -34,6 +34,11 @@ JAN_SETUP = at("2025-01-01T00:00:00")
 FEB_NOW = at("2025-02-10T12:00:00")
 
 
+def asgi(app: App) -> httpx.ASGITransport:
+    """httpx's transport into the application (its ASGI types are stricter than `App`'s)."""
+    return httpx.ASGITransport(app=cast(Any, app))
+
+
 @dataclass(frozen=True)
 class Addresses:
     redis_url: str
@@ -52,9 +57,7 @@ class World:
 
     def client(self, token: str | None = ADMIN_TOKEN) -> httpx.AsyncClient:
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app), base_url="http://meter", headers=headers
-        )
+        return httpx.AsyncClient(transport=asgi(self.app), base_url="http://meter", headers=headers)
 
 
 async def _ok(r: httpx.Response, status: int = 200) -> Any:
@@ -84,7 +87,7 @@ async def _build(app: App, dsn: str) -> World:
     org_id, other = f"acme-{suffix}", f"other-{suffix}"
     app.clock = lambda: JAN_SETUP
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
+        transport=asgi(app),
         base_url="http://meter",
         headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
     ) as admin:
