@@ -9,8 +9,10 @@ kill a server use servers of their own: `private_redis`, `private_postgres`, `pr
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,10 +35,18 @@ from meter.services import (
 from meter.settings import Settings, load_settings
 
 
+def _server_dir(prefix: str) -> Path:
+    """A directory for a local server's data, outside pytest's temporary tree: pytest makes that
+    tree private to root at each start, which the unprivileged PostgreSQL user cannot enter."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data_dir() -> Iterator[Path]:
     """A session-wide directory for local server data and logs."""
-    return tmp_path_factory.mktemp("meter-data")
+    path = _server_dir("meter-test-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -124,11 +134,15 @@ async def private_redis() -> AsyncIterator[RedisServer]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def private_postgres(tmp_path: Path) -> AsyncIterator[PostgresServer]:
+async def private_postgres() -> AsyncIterator[PostgresServer]:
     """A local PostgreSQL of this test's own (database `meter` at `.address`), running; the test
-    may stop, kill and restart it. Data lives in the test's tmp_path."""
-    async with PostgresServer(tmp_path / "postgres", durable=False) as server:
-        yield server
+    may stop, kill and restart it. Its data is removed afterwards."""
+    path = _server_dir("meter-test-pg-")
+    try:
+        async with PostgresServer(path / "postgres", durable=False) as server:
+            yield server
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
