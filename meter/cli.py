@@ -60,7 +60,11 @@ COMMANDS: dict[str, Command] = {
     "bench": Command("meter.bench.command:configure", "benchmarks (engine, pipeline, ...)"),
 }
 
-RUN_COMPONENTS: list[str] = ["consumers.settle:run_component", "meter.api.server:serve"]
+RUN_COMPONENTS: list[str] = [
+    "consumers.settle:run_component",
+    "meter.api.server:serve",
+    "meter.admin.scheduler:run_component",
+]
 """The components `meter run` starts, as `module:function` (see `Component`)."""
 
 log = structlog.get_logger("meter.cli")

@@ -160,20 +160,44 @@ class PeriodScheduler:
             await asyncio.sleep(max(delay, 0.05))
 
 
+class LazyProducer:
+    """A Kafka producer started on first use, so the scheduler runs while Kafka is away (charges
+    stay in the outbox until they can be sent)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self._producer: AIOKafkaProducer | None = None
+
+    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap, enable_idempotence=False, acks="all"
+            )
+            try:
+                await producer.start()
+            except Exception:
+                await producer.stop()
+                raise
+            self._producer = producer
+        await self._producer.send_and_wait(topic, value=value, key=key)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+
 async def run_component(settings: Settings, services: Services) -> None:
     """`meter run` component: the period scheduler on the service's PostgreSQL, Redis, Kafka."""
     pool = await asyncpg.create_pool(services.postgres_dsn, min_size=1, max_size=4)
     redis = aioredis.Redis.from_url(services.redis_url)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=services.kafka_bootstrap, enable_idempotence=False, acks="all"
-    )
+    producer = LazyProducer(services.kafka_bootstrap)
     try:
         engine = RedisEngine(redis)
         await engine.load_scripts()
         admin = AdminService(pool, engine)
         await admin.install_presets()
-        await producer.start()
-        scheduler = PeriodScheduler(admin, kafka_publish(producer), settings.billing_topic)
+        scheduler = PeriodScheduler(admin, producer.publish, settings.billing_topic)
         log.info("period scheduler started", topic=settings.billing_topic)
         await scheduler.run()
     finally:
