@@ -9,8 +9,10 @@
 3. one statement moves them into `settlements` / `settlement_lines` (keys already present are
    skipped) and adds exactly the inserted rows to every total with INSERT ... ON CONFLICT DO UPDATE.
 
+`record_void` records a void and takes its settlement back out of every total.
+
 Tables: schemas/migrations/0002_settlements.sql, and the reporting totals of
-0004_reports.sql (member x billing group x period, organization x day).
+0004_reports.sql (member x billing group x period, organization x day), voids of 0006_voids.sql.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+import orjson
 
-from meter.engine.types import Kind, Settlement
+from meter.engine.types import Kind, Line, Settlement, VoidResult
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -325,4 +328,146 @@ class SettlementStore:
                     "stage_lines", records=lines, columns=_LINE_COLUMNS
                 )
             inserted: int = await conn.fetchval(MOVE_STAGED)
+            if inserted:
+                await conn.execute(APPLY_PENDING_VOIDS)
             return inserted
+
+
+# -- voids --------------------------------------------------------------------------------------
+# A void takes its settlement back out of every total (schemas/migrations/0006_voids.sql). `due`
+# names the voided (key, org_id) pairs; the statement subtracts their settlements, with the
+# per-kind split of their lines, grouped the way MOVE_STAGED adds them.
+
+_SUB = """events = t.events - x.events, credits = t.credits - x.credits,
+        seat = t.seat - x.seat, personal = t.personal - x.personal,
+        shared = t.shared - x.shared, on_demand = t.on_demand - x.on_demand,
+        unfunded = t.unfunded - x.unfunded"""
+_X = "events, credits, seat, personal, shared, on_demand, unfunded"
+
+_SUBTRACT = f"""
+v AS (
+    SELECT s.key, s.org_id, s.member_id, s.billing_group, s.period_start,
+           (s.event_time AT TIME ZONE 'UTC')::date AS day, s.credits, s.unfunded,
+           coalesce(sum(l.amount) FILTER (WHERE l.kind = 'seat'), 0) AS seat,
+           coalesce(sum(l.amount) FILTER (WHERE l.kind = 'personal'), 0) AS personal,
+           coalesce(sum(l.amount) FILTER (WHERE l.kind = 'shared'), 0) AS shared,
+           coalesce(sum(l.amount) FILTER (WHERE l.kind = 'on_demand'), 0) AS on_demand
+    FROM due JOIN settlements s ON s.key = due.key AND s.org_id = due.org_id
+    LEFT JOIN settlement_lines l ON l.key = s.key
+    GROUP BY s.key
+), member_totals AS (
+    UPDATE member_period_totals AS t SET {_SUB}
+    FROM (SELECT org_id, member_id, period_start, {_SUMS} FROM v GROUP BY 1, 2, 3)
+        AS x (org_id, member_id, period_start, {_X})
+    WHERE t.org_id = x.org_id AND t.member_id = x.member_id AND t.period_start = x.period_start
+), group_totals AS (
+    UPDATE group_period_totals AS t SET {_SUB}
+    FROM (SELECT org_id, billing_group, period_start, {_SUMS} FROM v GROUP BY 1, 2, 3)
+        AS x (org_id, billing_group, period_start, {_X})
+    WHERE t.org_id = x.org_id AND t.billing_group = x.billing_group
+      AND t.period_start = x.period_start
+), org_totals AS (
+    UPDATE org_period_totals AS t SET {_SUB}
+    FROM (SELECT org_id, period_start, {_SUMS} FROM v GROUP BY 1, 2)
+        AS x (org_id, period_start, {_X})
+    WHERE t.org_id = x.org_id AND t.period_start = x.period_start
+), daily_totals AS (
+    UPDATE member_daily_totals AS t SET {_SUB}
+    FROM (SELECT org_id, member_id, day, {_SUMS} FROM v GROUP BY 1, 2, 3)
+        AS x (org_id, member_id, day, {_X})
+    WHERE t.org_id = x.org_id AND t.member_id = x.member_id AND t.day = x.day
+), member_group_totals AS (
+    UPDATE member_group_period_totals AS t SET {_SUB}
+    FROM (SELECT org_id, period_start, billing_group, member_id, {_SUMS} FROM v
+          GROUP BY 1, 2, 3, 4)
+        AS x (org_id, period_start, billing_group, member_id, {_X})
+    WHERE t.org_id = x.org_id AND t.period_start = x.period_start
+      AND t.billing_group = x.billing_group AND t.member_id = x.member_id
+), org_daily_totals AS (
+    UPDATE org_daily_totals AS t SET {_SUB}
+    FROM (SELECT org_id, day, {_SUMS} FROM v GROUP BY 1, 2) AS x (org_id, day, {_X})
+    WHERE t.org_id = x.org_id AND t.day = x.day
+)
+SELECT count(*) FROM v
+"""
+
+VOID_TOTALS = f"WITH due AS (SELECT $1::text AS key, $2::text AS org_id), {_SUBTRACT}"
+
+APPLY_PENDING_VOIDS = f"""
+WITH due AS (
+    UPDATE voids AS w SET totals_pending = false
+    FROM settlements s
+    WHERE w.totals_pending AND s.key = w.event_key AND s.org_id = w.org_id
+    RETURNING w.event_key AS key, w.org_id
+), {_SUBTRACT}"""
+
+SETTLEMENT_EXISTS = "SELECT 1 FROM settlements WHERE key = $1 AND org_id = $2"
+
+# Makes settlement writers wait (and waits for them): the settlement either is visible after it,
+# or is written after this transaction, by a batch that then sees the pending void.
+LOCK_SETTLEMENTS = "LOCK TABLE settlements IN SHARE MODE"
+
+# A void is recorded once; a request that found nothing to void may be followed by one that did.
+UPSERT_VOID = """
+INSERT INTO voids (org_id, event_key, requested_at, voided, returned, requested_by,
+                   totals_pending)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)
+ON CONFLICT (org_id, event_key) DO UPDATE SET
+    requested_at = excluded.requested_at, voided = excluded.voided,
+    returned = excluded.returned, requested_by = excluded.requested_by,
+    totals_pending = excluded.totals_pending
+WHERE NOT voids.voided AND excluded.voided
+RETURNING 1
+"""
+
+SELECT_VOID = "SELECT returned FROM voids WHERE org_id = $1 AND event_key = $2 AND voided"
+
+
+def _returned_json(lines: Iterable[Line]) -> str:
+    return orjson.dumps(
+        [{"bucket_id": ln.bucket_id, "kind": ln.kind.value, "amount": ln.amount} for ln in lines]
+    ).decode()
+
+
+async def record_void(
+    pool: asyncpg.Pool,
+    org_id: str,
+    key: str,
+    result: VoidResult,
+    at_ms: int,
+    requested_by: str = "",
+) -> bool:
+    """Record what `engine.void` returned for `key`, and take the voided settlement out of every
+    total, in one transaction. Idempotent: True only when this call recorded the void (a second
+    void of the same key, or one that voided nothing, changes no total)."""
+    async with pool.acquire() as conn, conn.transaction():
+        exists = await conn.fetchval(SETTLEMENT_EXISTS, key, org_id) is not None
+        if result.voided and not exists:
+            await conn.execute(LOCK_SETTLEMENTS)
+            exists = await conn.fetchval(SETTLEMENT_EXISTS, key, org_id) is not None
+        recorded = await conn.fetchval(
+            UPSERT_VOID,
+            org_id,
+            key,
+            ms_to_datetime(at_ms),
+            result.voided,
+            _returned_json(result.returned),
+            requested_by,
+            result.voided and not exists,
+        )
+        if recorded is None or not result.voided:
+            return False
+        if exists:
+            await conn.execute(VOID_TOTALS, key, org_id)
+        return True
+
+
+async def recorded_void(pool: asyncpg.Pool, org_id: str, key: str) -> VoidResult | None:
+    """The void PostgreSQL holds for `key` (as a duplicate), or None when it was never voided.
+    Redis forgets void records when it loses its data; PostgreSQL keeps them."""
+    returned = await pool.fetchval(SELECT_VOID, org_id, key)
+    if returned is None:
+        return None
+    items = orjson.loads(returned) if isinstance(returned, str | bytes) else returned
+    lines = tuple(Line(i["bucket_id"], Kind(i["kind"]), int(i["amount"])) for i in items)
+    return VoidResult(key, True, lines, duplicate=True)
