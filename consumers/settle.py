@@ -35,8 +35,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from consumers.dlq import DeadLetter, send_dead_letters
-from consumers.stages import Decoded, Decoder, Record, decode_batch, drop_keys, sort_results
-from meter.engine.types import Engine, Settlement, UsageEvent
+from consumers.stages import (
+    Decoded,
+    Decoder,
+    Record,
+    decode_batch,
+    drop_keys,
+    refused_letters,
+    sort_results,
+)
+from meter.engine.model import validate_events
+from meter.engine.types import Engine, EngineInputError, Settlement, UsageEvent
+from meter.rebuild import Recovery
 from meter.settings import Settings
 from meter.store import OffsetAdvance, OffsetConflict, SettlementStore
 from schemas.events import DecodedEvent, EventError, decode_event
@@ -79,6 +89,9 @@ class ConsumerOptions:
     retry_max_s: float = 5.0
     drain_timeout_s: float = 10.0
     """How long a rebalance or shutdown waits for the batch being written before abandoning it."""
+    idle_guard_s: float = 1.0
+    """While no records arrive, how often the epoch marker is still checked (so a rebuild
+    elsewhere does not wait on an idle consumer)."""
 
 
 @dataclass
@@ -124,6 +137,7 @@ class SettleConsumer:
         decoder: Decoder,
         options: ConsumerOptions | None = None,
         client_id: str = "meter-consume",
+        recovery: Recovery | None = None,
     ) -> None:
         self.topic = topic
         self.dlq_topic = dlq_topic
@@ -132,6 +146,9 @@ class SettleConsumer:
         self.store = store
         self.decoder = decoder
         self.options = options or ConsumerOptions()
+        self.recovery = recovery
+        """When set, settling waits for a Redis holding PostgreSQL's state (see `meter.rebuild`)."""
+        self._guarded_at = 0.0
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group_id,
@@ -157,6 +174,8 @@ class SettleConsumer:
         self.settled = 0
         """Settlements written by this consumer (new rows only)."""
         self.batches = 0
+        self.retries = 0
+        """Transient failures met so far (each retried)."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -168,15 +187,19 @@ class SettleConsumer:
         await self.store.open()
         await self.producer.start()
         await self.consumer.start()
-        self.consumer.subscribe([self.topic], listener=_Listener(self))
-        log.info("consumer_started", topic=self.topic, group=self.group_id)
         try:
+            await self._guard()
+            self.consumer.subscribe([self.topic], listener=_Listener(self))
+            log.info("consumer_started", topic=self.topic, group=self.group_id)
             await self._loop()
         except Stopping:
             pass
         finally:
             self._stopping.set()
             await self._finish_write(self.options.drain_timeout_s)
+            if self.recovery is not None:
+                with contextlib.suppress(Exception):
+                    await self.recovery.close()
             with contextlib.suppress(Exception):
                 await self.consumer.stop()
             with contextlib.suppress(Exception):
@@ -194,8 +217,13 @@ class SettleConsumer:
             polled = await self.consumer.getmany(
                 timeout_ms=opts.batch_max_wait_ms, max_records=opts.batch_max_records
             )
-            if not polled or generation != self._generation or self._resync:
+            if not polled:
+                if time.monotonic() - self._guarded_at > opts.idle_guard_s:
+                    await self._guard()
                 continue
+            if generation != self._generation or self._resync:
+                continue
+            await self._guard()
             batch = await self._prepare(polled, generation)
             if batch is None:
                 continue
@@ -204,6 +232,17 @@ class SettleConsumer:
                 continue  # a rebalance happened meanwhile; resync re-reads from PostgreSQL
             self._inflight_keys[batch.seq] = {s.key for s, _ in batch.store}
             self._write_task = asyncio.create_task(self._write(batch))
+
+    async def _guard(self) -> None:
+        """Before settling: make sure Redis holds PostgreSQL's state (rebuild it if it lost its
+        data), finishing the batch being written first."""
+        if self.recovery is None:
+            return
+        await self._retry("recovery", self.recovery.guard, self._drain)
+        self._guarded_at = time.monotonic()
+
+    async def _drain(self) -> None:
+        await self._finish_write(None)
 
     # -- rebalance ------------------------------------------------------------------------------
 
@@ -282,11 +321,23 @@ class SettleConsumer:
         t_lookup = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        results = await self._settle(decoded.by_org, now_ms())
+        results, refused = await self._settle(decoded.by_org, now_ms())
         t_engine = time.perf_counter() - t0
 
         sorted_ = sort_results(results, decoded.records, decoded.attributes)
-        dead: list[DeadLetter] = decoded.dead + sorted_.dead
+        if (
+            sorted_.dead
+            and self.recovery is not None
+            and not await self._retry("recovery", self.recovery.still_valid)
+        ):
+            # Redis restarted empty while this batch settled: its refusals mean nothing. Drop the
+            # batch; the next guard rebuilds and the resync reads it again.
+            log.warning("batch_dropped", reason="redis_lost_data", records=len(records))
+            self._resync = True
+            return None
+        dead: list[DeadLetter] = (
+            decoded.dead + sorted_.dead + refused_letters(refused, decoded.records)
+        )
         t0 = time.perf_counter()
         if dead:
             await self._retry("dead_letter", send_dead_letters, self.producer, self.dlq_topic, dead)
@@ -327,20 +378,48 @@ class SettleConsumer:
 
     async def _settle(
         self, by_org: dict[str, list[UsageEvent]], at_ms: int
-    ) -> dict[str, list[Settlement]]:
+    ) -> tuple[dict[str, list[Settlement]], dict[str, str]]:
+        """One engine call per organization. Returns the settlements per org, and the events
+        the engine refused as input (`EngineInputError`), key -> why."""
         results: dict[str, list[Settlement]] = {}
+        refused: dict[str, str] = {}
         orgs = list(by_org)
         step = self.options.org_concurrency
         for i in range(0, len(orgs), step):
             chunk = orgs[i : i + step]
             settled = await asyncio.gather(
-                *(
-                    self._retry("settle_batch", self.engine.settle_batch, org, by_org[org], at_ms)
-                    for org in chunk
-                )
+                *(self._settle_org(org, by_org[org], at_ms, refused) for org in chunk)
             )
             results.update(zip(chunk, settled, strict=True))
-        return results
+        return results, refused
+
+    async def _settle_org(
+        self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[str, str]
+    ) -> list[Settlement]:
+        try:
+            return await self._retry(
+                "settle_batch", self.engine.settle_batch, org_id, events, at_ms
+            )
+        except EngineInputError:
+            pass
+        # The engine refuses a whole call for one bad event, before touching any state: settle
+        # the others, dead-letter the ones it would refuse.
+        kept: list[UsageEvent] = []
+        for ev in events:
+            try:
+                validate_events(org_id, [ev], at_ms)
+            except EngineInputError as exc:
+                refused.setdefault(ev.key, str(exc))
+            else:
+                kept.append(ev)
+        if not kept:
+            return []
+        try:
+            return await self._retry("settle_batch", self.engine.settle_batch, org_id, kept, at_ms)
+        except EngineInputError as exc:
+            for ev in kept:
+                refused.setdefault(ev.key, str(exc))
+            return []
 
     async def _write(self, batch: Batch) -> None:
         t0 = time.perf_counter()
@@ -420,6 +499,7 @@ class SettleConsumer:
                 raise
             except TRANSIENT as exc:
                 attempt += 1
+                self.retries += 1
                 if self._stopping.is_set():
                     raise Stopping from exc
                 log.warning("retrying", stage=what, attempt=attempt, delay_s=delay, error=repr(exc))
@@ -444,9 +524,14 @@ async def run_consumer(consumer: SettleConsumer, *, handle_signals: bool = True)
 
 
 def build_consumer(
-    settings: Settings, engine: Engine, *, options: ConsumerOptions | None = None
+    settings: Settings,
+    engine: Engine,
+    *,
+    options: ConsumerOptions | None = None,
+    recovery: Recovery | None = None,
 ) -> SettleConsumer:
-    """A consumer for `settings` (its servers must be filled in) settling through `engine`."""
+    """A consumer for `settings` (its servers must be filled in) settling through `engine`.
+    With `recovery` it rebuilds a Redis that lost its data before settling into it."""
     if settings.kafka_bootstrap is None or settings.postgres_dsn is None:
         raise ValueError("settings need kafka_bootstrap and postgres_dsn")
 
@@ -454,6 +539,7 @@ def build_consumer(
         return decode_event(raw, at_ms, settings)
 
     return SettleConsumer(
+        recovery=recovery,
         bootstrap=settings.kafka_bootstrap,
         topic=settings.usage_topic,
         dlq_topic=settings.dlq_topic,
@@ -474,9 +560,13 @@ async def consume(settings: Settings, *, options: ConsumerOptions | None = None)
 
     if settings.redis_url is None:
         raise ValueError("settings need redis_url")
+    if settings.postgres_dsn is None:
+        raise ValueError("settings need postgres_dsn")
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
-        consumer = build_consumer(settings, RedisEngine(client), options=options)
+        engine = RedisEngine(client)
+        recovery = Recovery(settings.postgres_dsn, client, engine)
+        consumer = build_consumer(settings, engine, options=options, recovery=recovery)
         await consumer.run()
     finally:
         await client.aclose()

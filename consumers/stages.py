@@ -150,6 +150,15 @@ def sort_results(
     return out
 
 
+ENGINE_INPUT = "engine_input"
+"""Dead-letter reason of an event the engine refused as input (`EngineInputError`)."""
+
+
+def refused_letters(refused: Mapping[str, str], records: Mapping[str, Record]) -> list[DeadLetter]:
+    """Dead letters for the events the engine refused (key -> why), one per key."""
+    return [dead_letter(records[key], ENGINE_INPUT, why) for key, why in refused.items()]
+
+
 def _reason_message(s: Settlement) -> str:
     if s.reason is not None and s.reason.value == "unknown_org":
         return f"organization {s.org_id!r} is not known"

@@ -56,6 +56,7 @@ COMMANDS: dict[str, Command] = {
         "consumers.settle:configure_consume", "run a settlement consumer (Kafka -> PostgreSQL)"
     ),
     "dlq": Command("consumers.dlq:configure_dlq", "dead-letter topic tools (replay)"),
+    "rebuild": Command("meter.rebuild:configure", "rebuild Redis state from PostgreSQL"),
     "export": Command("meter.reports.cli:configure_export", "CSV export of a period's usage"),
     "bench": Command("meter.bench.command:configure", "benchmarks (engine, pipeline, ...)"),
 }

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from consumers.settle import ConsumerOptions, SettleConsumer, build_consumer
 from meter.engine.redis import RedisEngine
+from meter.rebuild import Recovery
 from meter.settings import Settings
 
 
@@ -37,16 +38,30 @@ async def engine(redis: aioredis.Redis) -> RedisEngine:
 
 
 class Running:
-    """Consumers running in this process, stopped (and awaited) at the end of the test."""
+    """Consumers running in this process, stopped (and awaited) at the end of the test. Each
+    rebuilds a Redis that lost its data (`meter.rebuild.Recovery`), as `meter consume` does."""
 
-    def __init__(self) -> None:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
         self.tasks: list[tuple[SettleConsumer, asyncio.Task[None]]] = []
 
     def start(
-        self, settings: Settings, engine: RedisEngine, options: ConsumerOptions | None = None
+        self,
+        settings: Settings,
+        engine: RedisEngine,
+        options: ConsumerOptions | None = None,
+        *,
+        redis: aioredis.Redis | None = None,
     ) -> SettleConsumer:
+        """A consumer settling through `engine`, whose client is `redis` (default: the
+        session's Redis)."""
+        assert settings.postgres_dsn
+        recovery = Recovery(settings.postgres_dsn, redis or self.redis, engine)
         consumer = build_consumer(
-            settings, engine, options=options or ConsumerOptions(batch_max_records=500)
+            settings,
+            engine,
+            options=options or ConsumerOptions(batch_max_records=500),
+            recovery=recovery,
         )
         self.tasks.append((consumer, asyncio.create_task(consumer.run())))
         return consumer
@@ -65,8 +80,8 @@ class Running:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def running() -> AsyncIterator[Running]:
-    r = Running()
+async def running(redis: aioredis.Redis) -> AsyncIterator[Running]:
+    r = Running(redis)
     try:
         yield r
     finally:

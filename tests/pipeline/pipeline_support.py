@@ -27,6 +27,7 @@ from meter.engine.types import (
     PeriodKind,
     UsageEvent,
 )
+from meter.store import ms_to_datetime
 from schemas.events import encode_event
 
 DAY_MS = 86_400_000
@@ -85,12 +86,49 @@ class World:
         return world
 
     async def apply(self, engine: RedisEngine) -> None:
+        """Put the world into Redis and mark Redis as holding the store's state (the epoch)."""
         for org in self.orgs:
             await engine.put_org(org)
         for member in self.members:
             await engine.put_member(member)
         for grant in self.grants:
             await engine.apply_grant(grant)
+        await engine.set_epoch(f"world-{self.now_ms}")
+
+    async def store(self, dsn: str) -> None:
+        """Write the world into PostgreSQL's administration tables, as the admin API would: the
+        source a rebuild reads."""
+        conn = await asyncpg.connect(dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO plans (plan_id, name, period_kind) VALUES ('p', 'p', 'monthly')"
+                    " ON CONFLICT DO NOTHING"
+                )
+                for org in self.orgs:
+                    await conn.execute(
+                        "INSERT INTO organizations (org_id, name, plan_id, billing_anchor, status,"
+                        " grace_seconds) VALUES ($1, $1, 'p', $2, $3, $4)",
+                        org.org_id, ms_to_datetime(org.anchor_ms), org.status.value,
+                        org.grace_ms // 1000,
+                    )  # fmt: skip
+                for m in self.members:
+                    await conn.execute(
+                        "INSERT INTO members (org_id, member_id, seated, member_limit)"
+                        " VALUES ($1, $2, $3, $4)",
+                        m.org_id, m.member_id, m.seated, m.member_limit,
+                    )  # fmt: skip
+                for g in self.grants:
+                    await conn.execute(
+                        "INSERT INTO credit_grants (org_id, bucket_id, kind, member_id, amount,"
+                        " valid_from, expires_at, granted_at) VALUES ($1, $2, $3, $4, $5, $6, $7,"
+                        " $8)",
+                        g.org_id, g.bucket_id, g.kind.value, g.member_id, g.amount,
+                        ms_to_datetime(g.valid_from_ms), ms_to_datetime(g.expires_at_ms),
+                        ms_to_datetime(g.granted_at_ms),
+                    )  # fmt: skip
+        finally:
+            await conn.close()
 
     def model(self) -> Ledger:
         ledger = Ledger()
@@ -222,16 +260,25 @@ async def assert_consistent(
     events: Sequence[Produced],
     *,
     dead_keys: Sequence[str] = (),
+    model: Ledger | None = None,
 ) -> None:
-    """Redis == PostgreSQL == the reference model replayed over `events`, every settleable event
-    settled exactly once, and the PostgreSQL totals in step with the settlements."""
+    """Redis == PostgreSQL == the reference model replayed over `events` (or `model`, a replay
+    with corrections), every settleable event settled exactly once, and the PostgreSQL totals in
+    step with the settlements that were not voided."""
     at = world.now_ms + 1_000
     ledger, settled = replay_model(world, events, at)
+    if model is not None:
+        ledger = model
     conn = await asyncpg.connect(dsn)
     try:
         keys = {r[0] for r in await conn.fetch("SELECT key FROM settlements")}
         lines = await conn.fetch(
             "SELECT org_id, bucket_id, sum(amount) FROM settlement_lines GROUP BY 1, 2"
+        )
+        returned = await conn.fetch(
+            """SELECT v.org_id, r.item->>'bucket_id', sum((r.item->>'amount')::bigint)
+               FROM voids v, jsonb_array_elements(v.returned) AS r(item) WHERE v.voided
+               GROUP BY 1, 2"""
         )
         per_key = await conn.fetch(
             """SELECT s.key, s.credits, s.unfunded, coalesce(sum(l.amount), 0)
@@ -247,10 +294,14 @@ async def assert_consistent(
                 "group_period_totals",
                 "org_period_totals",
                 "member_daily_totals",
+                "member_group_period_totals",
+                "org_daily_totals",
             )
         }
         raw = await conn.fetchrow(
-            "SELECT count(*), sum(credits), sum(credits - unfunded), sum(unfunded) FROM settlements"
+            """SELECT count(*), sum(credits), sum(credits - unfunded), sum(unfunded)
+               FROM settlements s WHERE NOT EXISTS (SELECT 1 FROM voids v
+                   WHERE v.voided AND v.event_key = s.key AND v.org_id = s.org_id)"""
         )
     finally:
         await conn.close()
@@ -262,18 +313,18 @@ async def assert_consistent(
     for table, row in totals.items():
         assert tuple(row) == tuple(raw), table
 
-    drawn_pg: dict[str, Counter[str]] = defaultdict(Counter)
+    left_pg: dict[str, Counter[str]] = defaultdict(Counter)
+    for g in world.grants:
+        left_pg[g.org_id][g.bucket_id] += g.amount
     for org_id, bucket_id, amount in lines:
-        drawn_pg[org_id][bucket_id] += amount
+        left_pg[org_id][bucket_id] -= amount
+    for org_id, bucket_id, amount in returned:
+        left_pg[org_id][bucket_id] += amount
     for org in world.orgs:
         redis_balances = await engine.balances(org.org_id, at)
         assert redis_balances == ledger.balances(org.org_id, at), org.org_id
-        from_pg = {
-            g.bucket_id: g.amount - drawn_pg[org.org_id][g.bucket_id]
-            for g in world.grants
-            if g.org_id == org.org_id
-        }
-        assert redis_balances == from_pg, org.org_id
+        assert redis_balances == dict(left_pg[org.org_id]), org.org_id
+        assert await engine.usage(org.org_id, at) == ledger.usage(org.org_id, at), org.org_id
 
 
 def dlq_reasons(records: Sequence[Any]) -> Counter[str]:

@@ -1,5 +1,5 @@
 """Faults injected for real: kill -9 of a `meter consume` process, PostgreSQL stopped
-mid-stream, and two consumers sharing a group."""
+mid-stream, Redis restarted empty mid-stream, and two consumers sharing a group."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_asyncio
+import redis.asyncio as aioredis
 from conftest import Running
 from pipeline_support import (
     World,
@@ -19,13 +20,14 @@ from pipeline_support import (
     caught_up,
     make_events,
     produce_events,
+    read_topic,
     wait_for,
 )
 
 from consumers.settle import ConsumerOptions
 from meter.engine.redis import RedisEngine
 from meter.migrate import migrate
-from meter.services import PostgresServer, create_database, with_database
+from meter.services import PostgresServer, RedisServer, create_database, with_database
 from meter.settings import Settings
 
 
@@ -123,8 +125,13 @@ async def test_postgres_down_mid_stream(
     await produce_events(bootstrap, topic, events[:500])
     await wait_for(done, what="first part settled")
     await private_postgres.kill()
+    retries = consumer.retries
     await produce_events(bootstrap, topic, events[500:])
-    await asyncio.sleep(1.5)  # the consumer meets the dead server and keeps retrying
+
+    async def retrying() -> bool:
+        return consumer.retries >= retries + 3
+
+    await wait_for(retrying, what="the consumer to meet the dead server and keep retrying")
     settled_while_down = consumer.settled
     await private_postgres.start()
     await wait_for(done, what="recovery after PostgreSQL came back")
@@ -158,3 +165,53 @@ async def test_two_consumers_in_one_group(
     assert second.settled > 0
     assert first.settled + second.settled == len(events)
     await assert_consistent(world, engine, dsn, events)
+
+
+async def test_redis_restarts_empty_mid_stream(
+    pipe_settings: Settings, running: Running, private_redis: RedisServer
+) -> None:
+    """Redis loses everything while events flow: the consumer notices the missing epoch marker,
+    rebuilds Redis from PostgreSQL before settling anything more, and ends where a replay of
+    every event ends."""
+    settings = pipe_settings.model_copy(update={"redis_url": private_redis.address})
+    assert settings.kafka_bootstrap and settings.postgres_dsn
+    bootstrap, dsn = settings.kafka_bootstrap, settings.postgres_dsn
+    topic, group = settings.usage_topic, settings.consumer_group
+    client = aioredis.Redis.from_url(private_redis.address)
+    try:
+        engine = RedisEngine(client)
+        world = World.build(n_orgs=4, members_per_org=5, seed=41)
+        await world.store(dsn)
+        await world.apply(engine)
+        events = make_events(world, 2400, seed=42)
+
+        async def done() -> bool:
+            return await caught_up(bootstrap, dsn, group, topic)
+
+        options = ConsumerOptions(batch_max_records=100, retry_max_s=0.3)
+        consumer = running.start(settings, engine, options, redis=client)
+        await produce_events(bootstrap, topic, events[:800])
+        await wait_for(done, what="first part settled")
+        assert consumer.recovery is not None and consumer.recovery.rebuilds == 0
+
+        # Mid-stream: the server goes away while the next events arrive, and comes back empty.
+        produced = asyncio.create_task(produce_events(bootstrap, topic, events[800:1600]))
+
+        async def settling() -> bool:
+            return consumer.settled > 800
+
+        await wait_for(settling, what="the second part to start settling")
+        await private_redis.kill()
+        await produced
+        await private_redis.start()
+        await produce_events(bootstrap, topic, events[1600:])
+        await wait_for(done, what="recovery after Redis came back empty")
+        await running.stop(consumer)
+
+        assert consumer.recovery.rebuilds >= 1
+        assert await engine.epoch() is not None
+        assert consumer.settled == len(events)
+        assert await read_topic(bootstrap, settings.dlq_topic) == []
+        await assert_consistent(world, engine, dsn, events)
+    finally:
+        await client.aclose()

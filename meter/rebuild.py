@@ -1,0 +1,346 @@
+"""`meter rebuild`: reconstruct Redis from PostgreSQL, and the consumer's guard against a Redis
+that lost its data.
+
+Per organization (`rebuild_org`):
+
+1. delete its Redis keys (`meter:{<org_id>}:*`), so what follows starts from nothing;
+2. configuration and live grants: the admin reconciler (`meter.admin.reconcile_org`); then the
+   grants that expired within the org's grace window (an event of a period still open may draw
+   from them);
+3. credits left per bucket: grant amount - sum(settlement_lines) + credits returned by voids;
+4. counters of the current period (and of the previous one while it is in its grace window) from
+   the period totals, which voids keep in step (`meter.store.record_void`): `member:<id>` all
+   drawn, `member_shared:<id>` shared drawn, `group:<id>`, `drawn`, `unfunded`. The engine
+   compares a member limit with one or the other by the org's limit policy;
+5. `engine.restore`.
+
+A full rebuild ends by setting the epoch marker (`engine.set_epoch`); an absent marker means the
+Redis is new or lost its data.
+
+Fencing: a settling consumer holds a shared PostgreSQL advisory lock (`Recovery`); a rebuild
+holds it exclusively. So no event is settled into a half-rebuilt Redis, and no batch settled
+before a rebuild is still being written while it reads PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import asyncpg  # type: ignore[import-untyped]
+import redis.asyncio as aioredis
+import structlog
+
+from meter.admin import queries as q
+from meter.admin.clock import from_ms
+from meter.admin.reconcile import reconcile_org
+from meter.admin.service import AdminService, grant_of, org_config
+from meter.engine.periods import period_at
+from meter.engine.redis import EPOCH_KEY
+from meter.engine.types import Engine, OrgConfig, Period
+
+if TYPE_CHECKING:
+    from meter.cli import Handler
+    from meter.settings import Settings
+
+log = structlog.get_logger("meter.rebuild")
+
+LOCK_KEY = int.from_bytes(hashlib.sha256(b"meter.rebuild").digest()[:8], "big", signed=True)
+"""pg_advisory_lock key: settling holds it shared, rebuilding exclusively."""
+
+# -- SQL ----------------------------------------------------------------------------------------
+
+# Grants the reconciler leaves out (expired) that an event of a period in grace may still draw.
+SELECT_RECENTLY_EXPIRED_GRANTS = """
+SELECT * FROM credit_grants
+WHERE org_id = $1 AND expires_at > $2 AND expires_at <= $3
+ORDER BY granted_at, bucket_id
+"""
+
+SELECT_LEFT = """
+WITH drawn AS (
+    SELECT bucket_id, sum(amount) AS amount FROM settlement_lines
+    WHERE org_id = $1 GROUP BY bucket_id
+), returned AS (
+    SELECT r.item->>'bucket_id' AS bucket_id, sum((r.item->>'amount')::bigint) AS amount
+    FROM voids v, jsonb_array_elements(v.returned) AS r(item)
+    WHERE v.org_id = $1 AND v.voided GROUP BY 1
+)
+SELECT g.bucket_id, (g.amount - coalesce(d.amount, 0) + coalesce(r.amount, 0))::bigint AS left_
+FROM credit_grants g
+LEFT JOIN drawn d USING (bucket_id)
+LEFT JOIN returned r USING (bucket_id)
+WHERE g.org_id = $1 AND g.expires_at > $2
+"""
+
+_DRAWN = "seat + personal + shared + on_demand"
+SELECT_MEMBER_USAGE = f"""
+SELECT member_id, {_DRAWN} AS drawn, shared FROM member_period_totals
+WHERE org_id = $1 AND period_start = $2
+"""
+SELECT_GROUP_USAGE = f"""
+SELECT billing_group, {_DRAWN} AS drawn FROM group_period_totals
+WHERE org_id = $1 AND period_start = $2
+"""
+SELECT_ORG_USAGE = f"""
+SELECT {_DRAWN} AS drawn, unfunded FROM org_period_totals
+WHERE org_id = $1 AND period_start = $2
+"""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_epoch(at_ms: int) -> str:
+    return f"{at_ms}-{uuid.uuid4().hex[:12]}"
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    orgs: int
+    buckets: int
+    counters: int
+    epoch: str | None
+
+
+# -- reading PostgreSQL -------------------------------------------------------------------------
+
+
+async def period_usage(conn: asyncpg.Connection, org_id: str, period: Period) -> dict[str, int]:
+    """The engine counters (`usage()` format) of one period, from the settled totals."""
+    start = from_ms(period.start_ms)
+    usage: dict[str, int] = {}
+    for r in await conn.fetch(SELECT_MEMBER_USAGE, org_id, start):
+        usage[f"member:{r['member_id']}"] = r["drawn"]
+        usage[f"member_shared:{r['member_id']}"] = r["shared"]
+    for r in await conn.fetch(SELECT_GROUP_USAGE, org_id, start):
+        usage[f"group:{r['billing_group']}"] = r["drawn"]
+    row = await conn.fetchrow(SELECT_ORG_USAGE, org_id, start)
+    if row is not None:
+        usage["drawn"] = row["drawn"]
+        usage["unfunded"] = row["unfunded"]
+    return {k: v for k, v in usage.items() if v}
+
+
+def open_periods(org: OrgConfig, at_ms: int) -> list[tuple[Period, int]]:
+    """The periods an event settling at `at_ms` may count into, each with an instant inside it:
+    the current one, and the previous one while it is within its grace window."""
+    current = period_at(org, at_ms)
+    out = [(current, at_ms)]
+    previous = period_at(org, current.start_ms - 1)
+    if at_ms <= previous.end_ms + org.grace_ms:
+        out.append((previous, previous.end_ms - 1))
+    return out
+
+
+# -- rebuilding ---------------------------------------------------------------------------------
+
+
+async def clear_org(redis: aioredis.Redis, org_id: str) -> int:
+    """Delete every Redis key of the organization."""
+    deleted = 0
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=f"meter:{{{_glob_escape(org_id)}}}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            deleted += await redis.unlink(*batch)
+            batch.clear()
+    if batch:
+        deleted += await redis.unlink(*batch)
+    return deleted
+
+
+async def rebuild_org(
+    admin: AdminService, redis: aioredis.Redis, org_id: str, at_ms: int
+) -> tuple[int, int]:
+    """Rebuild one organization's Redis state from PostgreSQL as of `at_ms` (the admin's clock
+    must say the same). Returns (buckets, counters) restored; (0, 0) for an unknown org."""
+    engine = admin.engine
+    await clear_org(redis, org_id)
+    if not await reconcile_org(admin, org_id):
+        return 0, 0
+    async with admin.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        row = await conn.fetchrow(q.SELECT_ORG_CONFIG, org_id)
+        org = org_config(row)
+        oldest = at_ms - org.grace_ms
+        recent = await conn.fetch(
+            SELECT_RECENTLY_EXPIRED_GRANTS, org_id, from_ms(oldest), from_ms(at_ms)
+        )
+        left = {
+            r["bucket_id"]: r["left_"]
+            for r in await conn.fetch(SELECT_LEFT, org_id, from_ms(oldest))
+        }
+        usages = [
+            (await period_usage(conn, org_id, p), inside) for p, inside in open_periods(org, at_ms)
+        ]
+    for grant in recent:
+        await engine.apply_grant(grant_of(grant))
+    counters = 0
+    for i, (usage, inside) in enumerate(usages):
+        await engine.restore(org_id, left if i == 0 else {}, usage, inside)
+        counters += len(usage)
+    return len(left), counters
+
+
+async def rebuild(
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    engine: Engine,
+    *,
+    org_ids: Sequence[str] | None = None,
+    at_ms: int | None = None,
+) -> RebuildReport:
+    """Rebuild the Redis state of `org_ids` (default: every organization, after deleting every
+    organization's keys, known to PostgreSQL or not) and set a new epoch. The caller holds the
+    rebuild lock exclusively (`exclusive_rebuild`), or knows nothing settles meanwhile."""
+    at = now_ms() if at_ms is None else at_ms
+    admin = AdminService(pool, engine, clock=lambda: at)
+    if org_ids is None:
+        async for key in redis.scan_iter(match="meter:{*", count=1000):
+            await redis.unlink(key)
+        org_ids = [r["org_id"] for r in await pool.fetch(q.SELECT_ORG_IDS)]
+    buckets = counters = 0
+    for org_id in org_ids:
+        b, c = await rebuild_org(admin, redis, org_id, at)
+        buckets += b
+        counters += c
+    epoch = new_epoch(at)
+    await engine.set_epoch(epoch)
+    log.info("rebuilt", orgs=len(org_ids), buckets=buckets, counters=counters, epoch=epoch)
+    return RebuildReport(len(org_ids), buckets, counters, epoch)
+
+
+async def exclusive_rebuild(
+    dsn: str,
+    redis: aioredis.Redis,
+    engine: Engine,
+    *,
+    org_ids: Sequence[str] | None = None,
+    force: bool = False,
+) -> RebuildReport | None:
+    """Take the rebuild lock exclusively (waiting for settling consumers to let go of it), then
+    rebuild if `force` or the epoch marker is absent. None when there was nothing to do."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+        try:
+            if not force and await engine.epoch() is not None:
+                return None
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+            try:
+                return await rebuild(pool, redis, engine, org_ids=org_ids)
+            finally:
+                await pool.close()
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+    finally:
+        await conn.close()
+
+
+# -- the consumer's guard -----------------------------------------------------------------------
+
+
+class Recovery:
+    """Lets a consumer settle only into a Redis that holds PostgreSQL's state.
+
+    `guard()` before settling a batch: holds the rebuild lock shared (on a connection of its own)
+    and reads the epoch marker; when it is absent, lets go of the lock, drains (the consumer
+    finishes the batch it is writing), rebuilds under the exclusive lock unless another process
+    already did, and starts over. `still_valid()` after settling: False when the epoch changed
+    meanwhile (Redis restarted empty while settling): the batch must be dropped, not written.
+    """
+
+    def __init__(self, dsn: str, redis: aioredis.Redis, engine: Engine) -> None:
+        self._dsn = dsn
+        self._redis = redis
+        self._engine = engine
+        self._conn: asyncpg.Connection | None = None
+        self._epoch: str | None = None
+        self.rebuilds = 0
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def _hold(self) -> None:
+        if self.held:
+            return
+        await self._drop()
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            await conn.execute("SELECT pg_advisory_lock_shared($1)", LOCK_KEY)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            await conn.close()  # the session ends: its advisory locks go with it
+
+    async def guard(self, drain: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await self._hold()
+            epoch = await self._engine.epoch()
+            if epoch is not None:
+                self._epoch = epoch
+                return
+            log.warning("redis_lost_data", action="rebuild")
+            await drain()
+            await self._drop()
+            report = await exclusive_rebuild(self._dsn, self._redis, self._engine)
+            if report is not None:
+                self.rebuilds += 1
+
+    async def still_valid(self) -> bool:
+        return self.held and await self._engine.epoch() == self._epoch
+
+    async def close(self) -> None:
+        await self._drop()
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> Handler:
+    """`meter rebuild [--org ORG ...]`: reconstruct Redis from PostgreSQL."""
+    parser.add_argument(
+        "--org", action="append", dest="orgs", metavar="ORG", help="only this organization"
+    )
+
+    async def handle(args: argparse.Namespace, settings: Settings) -> int:
+        from meter.engine.redis import RedisEngine
+        from meter.migrate import migrate
+        from meter.services import provision
+
+        async with provision(settings, only={"redis", "postgres"}) as services:
+            await migrate(services.postgres_dsn)
+            client = aioredis.Redis.from_url(services.redis_url)
+            try:
+                engine = RedisEngine(client)
+                # Settling consumers notice the missing marker, let go of the lock and wait.
+                await client.delete(EPOCH_KEY)
+                report = await exclusive_rebuild(
+                    services.postgres_dsn, client, engine, org_ids=args.orgs, force=True
+                )
+            finally:
+                await client.aclose()
+        assert report is not None
+        print(
+            f"rebuilt {report.orgs} organizations: {report.buckets} buckets, "
+            f"{report.counters} counters; epoch {report.epoch}"
+        )
+        return 0
+
+    return handle
