@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-import orjson
 import structlog
 
 from meter.admin import queries as q
@@ -49,6 +48,7 @@ from meter.plans.presets import PlanSettings, preset, presets
 from meter.plans.redemption import CodeKind
 from meter.plans.seats import SeatBilling, SeatIssue
 from meter.plans.store import PeriodIssue, PlansStore
+from meter.store import record_void, recorded_void
 from schemas import api
 
 log = structlog.get_logger("meter.admin")
@@ -701,24 +701,18 @@ class AdminService:
     async def void(self, org_id: str, key: str, requested_by: str) -> api.VoidOut:
         """Void a settled event: the engine returns its credits; the request is recorded."""
         await self.org_exists(org_id)
-        stored = await self.stored_settlement(org_id, key)
-        result = await self.engine.void(org_id, key, self.clock(), stored)
+        # PostgreSQL keeps void records that a Redis which lost its data no longer has.
+        result = await recorded_void(self.pool, org_id, key)
+        if result is None:
+            stored = await self.stored_settlement(org_id, key)
+            result = await self.engine.void(org_id, key, self.clock(), stored)
+            await record_void(self.pool, org_id, key, result, self.clock(), requested_by)
         lines = [
             api.VoidLine(
                 bucket_id=ln.bucket_id, kind=ln.kind.value, amount=format_credits(ln.amount)
             )
             for ln in result.returned
         ]
-        returned = orjson.dumps(
-            [
-                {"bucket_id": ln.bucket_id, "kind": ln.kind.value, "amount": ln.amount}
-                for ln in result.returned
-            ]
-        ).decode()
-        now = from_ms(self.clock())
-        await self.pool.execute(
-            q.INSERT_VOID, org_id, key, now, result.voided, returned, requested_by
-        )
         return api.VoidOut(
             key=key, voided=result.voided, returned=lines, duplicate=result.duplicate
         )
