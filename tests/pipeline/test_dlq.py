@@ -15,7 +15,7 @@ from pipeline_support import (
     wait_for,
 )
 
-from consumers.dlq import SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, header, replay
+from consumers.dlq import MESSAGE, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, header, replay
 from meter.engine.redis import RedisEngine
 from meter.engine.types import MemberConfig
 from meter.settings import Settings
@@ -84,3 +84,36 @@ async def test_poison_is_dead_lettered_and_replayable(
     replayed = Produced("//t p3", "org-1", "late-m", 2_000_000, t, poison[5][1])
     await assert_consistent(world, engine, dsn, [*good, replayed])
     assert len(await read_topic(bootstrap, dlq)) == 6
+
+
+async def test_event_the_engine_refuses_is_dead_lettered(
+    pipe_settings: Settings, engine: RedisEngine, running: Running
+) -> None:
+    """An event that passes decoding but that the engine refuses as input (here: more credits
+    than the engine can count exactly, let through by a generous `max_event_credits`) goes to
+    the dead-letter topic; the rest of its organization's batch settles."""
+    settings = pipe_settings.model_copy(update={"max_event_credits": 2**60})
+    world = World.build(n_orgs=2, members_per_org=3, seed=5)
+    await world.apply(engine)
+    good = make_events(world, 120, seed=6)
+    huge = encode_event(event_id="huge", source="//t", org_id="org-0", member_id="m-0",
+                        credits=2**54, time_ms=world.now_ms)  # fmt: skip
+    items = [(e.org_id.encode(), e.value) for e in good[:60]]
+    items += [(b"org-0", huge)]
+    items += [(e.org_id.encode(), e.value) for e in good[60:]]
+    assert settings.kafka_bootstrap and settings.postgres_dsn
+    bootstrap, dsn = settings.kafka_bootstrap, settings.postgres_dsn
+    await produce(bootstrap, settings.usage_topic, items)
+    consumer = running.start(settings, engine)
+
+    async def done() -> bool:
+        return await caught_up(bootstrap, dsn, settings.consumer_group, settings.usage_topic)
+
+    await wait_for(done, what="catch up")
+    await running.stop(consumer)
+    dead = await read_topic(bootstrap, settings.dlq_topic)
+    assert dlq_reasons(dead) == {"engine_input": 1}
+    assert dead[0].value == huge
+    assert "credits" in (header(dead[0].headers, MESSAGE) or "")
+    assert consumer.settled == len(good)
+    await assert_consistent(world, engine, dsn, good, dead_keys=["//t huge"])
