@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
     admin_token: str | None = None
+    metrics_on_api: bool = True
+    """Serve `GET /metrics` (aggregate numbers only, no authentication) on the API port."""
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of `meter consume`'s own `GET /metrics` server (on `api_host`); unset: none."""
 
     data_dir: Path = Path(".meter")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
