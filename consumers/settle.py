@@ -44,6 +44,7 @@ from consumers.stages import (
     refused_letters,
     sort_results,
 )
+from meter import metrics
 from meter.engine.model import validate_events
 from meter.engine.types import Engine, EngineInputError, Settlement, UsageEvent
 from meter.rebuild import Recovery
@@ -217,6 +218,7 @@ class SettleConsumer:
             polled = await self.consumer.getmany(
                 timeout_ms=opts.batch_max_wait_ms, max_records=opts.batch_max_records
             )
+            metrics.consumer_positions(self.consumer, self.topic, self._expected)
             if not polled:
                 if time.monotonic() - self._guarded_at > opts.idle_guard_s:
                     await self._guard()
@@ -338,6 +340,7 @@ class SettleConsumer:
         dead: list[DeadLetter] = (
             decoded.dead + sorted_.dead + refused_letters(refused, decoded.records)
         )
+        metrics.batch_settled(len(records), t_engine, (d.reason for d in dead))
         t0 = time.perf_counter()
         if dead:
             await self._retry("dead_letter", send_dead_letters, self.producer, self.dlq_topic, dead)
@@ -453,6 +456,7 @@ class SettleConsumer:
             # Unconfirmed results only cost Redis memory: PostgreSQL catches the duplicates.
             log.warning("confirm_failed", error=repr(exc), seq=batch.seq)
         self.settled += inserted
+        metrics.batch_written(inserted, t_write)
         self.batches += 1
         log.info(
             "batch",
@@ -589,7 +593,9 @@ def configure_consume(parser: argparse.ArgumentParser) -> Handler:
         options = ConsumerOptions(batch_max_records=args.batch, batch_max_wait_ms=args.wait_ms)
         async with provision(settings) as services:
             await migrate(services.postgres_dsn)
-            await consume(services.apply(settings), options=options)
+            resolved = services.apply(settings)
+            async with metrics.metrics_server(resolved):
+                await consume(resolved, options=options)
         return 0
 
     return handle
