@@ -202,6 +202,8 @@ _lag_children: dict[tuple[str, int], Any] = {}
 
 
 class _Watermarks(Protocol):
+    def assignment(self) -> set[Any]: ...
+
     def highwater(self, partition: Any) -> int | None: ...
 
 
@@ -211,8 +213,12 @@ def consumer_positions(consumer: _Watermarks, topic: str, positions: Mapping[int
     `consumer` is the `AIOKafkaConsumer` (its high watermarks come with each fetch)."""
     from aiokafka import TopicPartition
 
+    assigned = consumer.assignment()
     for partition, position in positions.items():
-        highwater = consumer.highwater(TopicPartition(topic, partition))
+        tp = TopicPartition(topic, partition)
+        if tp not in assigned:
+            continue
+        highwater = consumer.highwater(tp)
         if highwater is None:
             continue
         child = _lag_children.get((topic, partition))
