@@ -8,10 +8,10 @@ test in `tests/engine/` holds it to that.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from meter.engine.periods import period_at
+from meter.engine.periods import DAY_MS, period_at
 from meter.engine.types import (
     DEFAULT_HOLD_MS,
     KIND_RANK,
@@ -134,6 +134,7 @@ class Ledger:
         self.results: dict[str, dict[str, Settlement]] = defaultdict(dict)
         self.voids: dict[str, dict[str, VoidResult]] = defaultdict(dict)
         self.holds: dict[str, dict[str, Hold]] = defaultdict(dict)
+        self.epoch_marker: str | None = None
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -413,6 +414,54 @@ class Ledger:
         self.voids[org_id][key] = result
         return result
 
+    # -- recovery and upkeep -------------------------------------------------------------------
+
+    def restore(
+        self, org_id: str, balances: Mapping[str, int], usage: Mapping[str, int], now_ms: int
+    ) -> None:
+        """Put back what `balances` and `usage` read earlier (README "Recovery"): credits left per
+        bucket id, the counters of the period containing `now_ms`; drop holds and stored results."""
+        check_org_id(org_id)
+        check_instant("now_ms", now_ms)
+        validate_restore(balances, usage)
+        org = self.orgs.get(org_id)
+        if org is None:
+            raise EngineInputError(f"restore: unknown org {org_id!r}")
+        by_id: dict[str, list[Bucket]] = defaultdict(list)
+        for (_, bucket_id), bucket in self.buckets[org_id].items():
+            by_id[bucket_id].append(bucket)
+        for bucket_id in balances:
+            found = by_id.get(bucket_id, [])
+            if len(found) != 1:
+                what = "unknown" if not found else "ambiguous"
+                raise EngineInputError(f"restore: {what} bucket id {bucket_id!r}")
+        for bucket_id, left in balances.items():
+            by_id[bucket_id][0].left = left
+        start = period_at(org, now_ms).start_ms
+        self.counters[(org_id, start)] = defaultdict(int, usage)
+        self.holds[org_id].clear()
+        self.results[org_id].clear()
+
+    def prune(self, org_id: str, now_ms: int) -> int:
+        """Drop buckets no event can draw from any more (README "Pruning"); returns how many."""
+        check_org_id(org_id)
+        check_instant("now_ms", now_ms)
+        org = self.orgs.get(org_id)
+        if org is None:
+            return 0
+        buckets = self.buckets[org_id]
+        gone = [slot for slot, b in buckets.items() if prunable(org, b.grant.expires_at_ms, now_ms)]
+        for slot in gone:
+            del buckets[slot]
+        return len(gone)
+
+    def epoch(self) -> str | None:
+        return self.epoch_marker
+
+    def set_epoch(self, value: str) -> None:
+        check_id("epoch", value)
+        self.epoch_marker = value
+
     # -- reading -------------------------------------------------------------------------------
 
     def balances(self, org_id: str, now_ms: int) -> dict[str, int]:
@@ -476,6 +525,37 @@ def validate_events(org_id: str, events: Sequence[UsageEvent], now_ms: int) -> N
         check_instant("time_ms", ev.time_ms)
         if ev.reservation_id is not None:
             check_id("reservation_id", ev.reservation_id)
+
+
+PRUNE_AFTER_MS = 7 * DAY_MS
+"""How long after the period of its last valid instant closes an expired bucket is kept."""
+
+USAGE_PREFIXES = ("member:", "member_shared:", "group:")
+USAGE_TOTALS = ("drawn", "unfunded")
+
+
+def prunable(org: OrgConfig, expires_at_ms: int, now_ms: int) -> bool:
+    """True when no event can draw from a bucket expiring at `expires_at_ms` any more: the period
+    containing its last valid instant closed (end + grace) more than `PRUNE_AFTER_MS` ago. Events
+    of earlier times are late by then and draw at `now_ms`, where the bucket has expired."""
+    if expires_at_ms > now_ms:
+        return False
+    return now_ms > period_at(org, expires_at_ms - 1).end_ms + org.grace_ms + PRUNE_AFTER_MS
+
+
+def validate_restore(balances: Mapping[str, int], usage: Mapping[str, int]) -> None:
+    """The arguments of `restore`: bucket ids and amounts, counter names of `usage` and values."""
+    for bucket_id, left in balances.items():
+        check_id("bucket_id", bucket_id)
+        check_amount("left", left)
+    for name, value in usage.items():
+        check_amount(name, value)
+        if name in USAGE_TOTALS:
+            continue
+        prefix = next((p for p in USAGE_PREFIXES if name.startswith(p)), None)
+        if prefix is None:
+            raise EngineInputError(f"restore: {name!r} is not a counter name of usage()")
+        check_id(name, name[len(prefix) :], empty=prefix == "group:")
 
 
 def validate_void_settlement(org_id: str, key: str, settlement: Settlement | None) -> None:

@@ -8,7 +8,7 @@ each call is one script on one shard.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -20,6 +20,7 @@ from meter.engine.model import (
     refused,
     validate_events,
     validate_grant,
+    validate_restore,
     validate_void_settlement,
 )
 from meter.engine.types import (
@@ -61,11 +62,16 @@ SCRIPTS = (
     "void",
     "balances",
     "usage",
+    "restore",
+    "prune",
 )
 MAX_BATCH = 2000
 """Events per script call; longer batches are split (each part is still atomic)."""
 
 USAGE_FIELDS = {"a": "member:", "s": "member_shared:", "g": "group:"}
+COUNTER_FIELDS = {name: code for code, name in USAGE_FIELDS.items()}
+EPOCH_KEY = "meter:epoch"
+"""The one global key: the store's epoch marker (absent on a new or emptied Redis)."""
 
 
 def org_key(org_id: str) -> str:
@@ -316,6 +322,37 @@ class RedisEngine:
             return VoidResult(key, False)
         return VoidResult(key, True, _lines(reply[1:]), duplicate=reply[0] == "dup")
 
+    # -- recovery and upkeep -------------------------------------------------------------------
+
+    async def restore(
+        self, org_id: str, balances: Mapping[str, int], usage: Mapping[str, int], now_ms: int
+    ) -> None:
+        check_org_id(org_id)
+        check_instant("now_ms", now_ms)
+        validate_restore(balances, usage)
+        args: list[str | int] = [now_ms, len(balances)]
+        for bucket_id, left in balances.items():
+            args += [bucket_id, left]
+        for name, value in usage.items():
+            args += [counter_field(name), value]
+        reply = [_str(x) for x in await self._call("restore", org_id, *args)]
+        if reply:
+            problem, detail = reply
+            raise EngineInputError(f"restore: {problem.replace('_', ' ')} {detail!r}")
+
+    async def prune(self, org_id: str, now_ms: int) -> int:
+        check_org_id(org_id)
+        check_instant("now_ms", now_ms)
+        return int(await self._call("prune", org_id, now_ms))
+
+    async def epoch(self) -> str | None:
+        value = await self._redis.get(EPOCH_KEY)
+        return None if value is None else _str(value)
+
+    async def set_epoch(self, value: str) -> None:
+        check_id("epoch", value)
+        await self._redis.set(EPOCH_KEY, value)
+
     # -- reading -------------------------------------------------------------------------------
 
     async def balances(self, org_id: str, now_ms: int) -> dict[str, int]:
@@ -337,6 +374,16 @@ class RedisEngine:
             else:
                 out[USAGE_FIELDS[field[0]] + field[1:]] = value
         return out
+
+
+def counter_field(name: str) -> str:
+    """The Redis counter field (lib.lua `c:<start>`) of a counter name of `usage()`."""
+    if name == "drawn":
+        return "d"
+    if name == "unfunded":
+        return "u"
+    prefix, _, rest = name.partition(":")
+    return COUNTER_FIELDS[prefix + ":"] + rest
 
 
 __all__ = ["UNASSIGNED", "RedisEngine", "decode_settlement", "encode_settlement", "org_key"]

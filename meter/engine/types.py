@@ -11,7 +11,7 @@ Conventions:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -275,6 +275,41 @@ class Engine(Protocol):
 
     async def balances(self, org_id: str, now_ms: int) -> dict[str, int]:
         """Credits left per bucket id (expired and empty buckets included), for comparisons."""
+
+    async def restore(
+        self, org_id: str, balances: Mapping[str, int], usage: Mapping[str, int], now_ms: int
+    ) -> None:
+        """Put an organization's hot state back after its config and grants were put again on an
+        empty store (the rebuild from PostgreSQL).
+
+        Preconditions: `put_org`, `put_member`, `remove_member`, `put_billing_group` and
+        `apply_grant` were called for the org (every bucket named in `balances` exists, once).
+        Then:
+        - `balances` (bucket id -> credits left, the format of `balances()`) sets what is left of
+          each named bucket; buckets not named keep what `apply_grant` gave them. A bucket id must
+          name exactly one bucket of the org (`EngineInputError` otherwise, nothing changed).
+        - `usage` replaces the counters of the period containing `now_ms`, in the format of
+          `usage()`: `member:<member_id>` credits the member drew, of every kind, this period;
+          `member_shared:<member_id>` the part of it drawn from the shared pool;
+          `group:<group_id>` credits drawn by settlements attributed to the billing group
+          (`group:` alone is Unassigned); `drawn` the organization's total drawn; `unfunded` the
+          organization's total unfunded. Values are non-negative; absent names are 0. Counters
+          of other periods are left as they are: to restore a period still open in its grace
+          window, call `restore` again with a `now_ms` inside it.
+        - live holds and stored (unconfirmed) settlement results of the org are dropped.
+        """
+
+    async def prune(self, org_id: str, now_ms: int) -> int:
+        """Drop buckets no event can draw from any more: expired, and the period containing their
+        last valid instant closed (end + grace) more than a week before `now_ms`. Voids return
+        nothing to expired buckets, so no later call changes its result. Returns the number of
+        buckets dropped (they leave `balances()` too)."""
+
+    async def epoch(self) -> str | None:
+        """The store's epoch marker: None when the store is new or lost its data."""
+
+    async def set_epoch(self, value: str) -> None:
+        """Set the epoch marker (after a rebuild, or on a new store)."""
 
 
 def check_org_id(value: str) -> str:

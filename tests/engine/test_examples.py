@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from meter.engine.model import Ledger
 from meter.engine.periods import period_at, prorate
-from meter.engine.redis import RedisEngine
+from meter.engine.redis import EPOCH_KEY, RedisEngine
 from meter.engine.types import (
     MICRO,
     BillingGroupConfig,
@@ -35,6 +36,7 @@ def ms(*args: int) -> int:
 
 
 C = MICRO  # one credit
+DAY = 86_400_000
 JAN1 = ms(2024, 1, 1)
 NOW = ms(2024, 3, 10)
 MARCH = Period(ms(2024, 3, 1), ms(2024, 4, 1))
@@ -308,3 +310,62 @@ async def test_reason_codes(engine: Any, org_id: str) -> None:
 async def test_bad_input_is_refused_before_any_state(engine: Any, bad: UsageEvent) -> None:
     with pytest.raises(EngineInputError):
         await engine.settle_batch("o", [bad], NOW)
+
+
+async def test_prune_drops_seat_buckets_once_no_event_can_reach_them(
+    engine: Any, org_id: str
+) -> None:
+    await setup_org(engine, org_id, grace_ms=DAY)
+    await engine.put_member(MemberConfig(org_id, "ann"))
+    feb = Period(ms(2024, 2, 1), ms(2024, 3, 1))
+    await grant(engine, org_id, "seat-jan", Kind.SEAT, 100, "ann", feb.start_ms, JAN1)
+    await grant(engine, org_id, "seat-feb", Kind.SEAT, 100, "ann", feb.end_ms, feb.start_ms)
+    await grant(engine, org_id, "pool", Kind.SHARED, 100, expires=feb.end_ms - DAY)
+    await grant(engine, org_id, "seat-mar", Kind.SEAT, 100, "ann", MARCH.end_ms, MARCH.start_ms)
+    keep = feb.end_ms + DAY + 7 * DAY  # February closes a day after its end, kept a week more
+    assert await engine.prune(org_id, keep) == 1  # January's seat
+    # The pool expired before February ended, but an event of February may still reach it.
+    assert set(await engine.balances(org_id, keep)) == {"seat-feb", "pool", "seat-mar"}
+    [s] = await engine.settle_batch(
+        org_id, [event(org_id, "e1", "ann", 150, feb.end_ms - 2 * DAY)], feb.end_ms + 1
+    )
+    assert s.lines == (Line("seat-feb", Kind.SEAT, 100 * C), Line("pool", Kind.SHARED, 50 * C))
+    assert await engine.prune(org_id, keep + 1) == 2
+    assert await engine.balances(org_id, keep + 1) == {"seat-mar": 100 * C}
+    voided = await engine.void(org_id, "e1", keep + 1)  # nothing goes back to expired buckets
+    assert voided.voided and voided.returned == ()
+    assert await engine.apply_grant(Grant(org_id, "pool", Kind.SHARED, 1, JAN1, FAR, JAN1))
+
+
+async def test_restore_checks_names_before_changing_anything(engine: Any, org_id: str) -> None:
+    with pytest.raises(EngineInputError):
+        await engine.restore(org_id, {}, {}, NOW)  # unknown org
+    await setup_org(engine, org_id)
+    for m in ("ann", "bob"):
+        await engine.put_member(MemberConfig(org_id, m))
+        await grant(engine, org_id, "seat", Kind.SEAT, 100, m)
+    await grant(engine, org_id, "pool", Kind.SHARED, 100)
+    for balances, usage in [
+        ({"seat": 5}, {}),  # two members have a bucket "seat"
+        ({"nope": 5}, {}),
+        ({"pool": -1}, {}),
+        ({}, {"members:ann": 5}),
+        ({}, {"member:": 5}),
+        ({}, {"drawn": -5}),
+    ]:
+        with pytest.raises(EngineInputError):
+            await engine.restore(org_id, balances, usage, NOW)
+    assert await engine.balances(org_id, NOW) == {"seat": 100 * C, "pool": 100 * C}
+    await engine.restore(org_id, {"pool": 7}, {"member:ann": 93, "group:": 93, "drawn": 93}, NOW)
+    assert (await engine.balances(org_id, NOW))["pool"] == 7
+    assert await engine.usage(org_id, NOW) == {"member:ann": 93, "group:": 93, "drawn": 93}
+    assert await engine.usage(org_id, MARCH.end_ms) == {}
+
+
+async def test_epoch_marker(engine: Any, redis: aioredis.Redis) -> None:
+    assert await engine.epoch() is None  # a new store (`redis` is flushed)
+    await engine.set_epoch("2024-03-10T00:00:00Z/1")
+    assert await engine.epoch() == "2024-03-10T00:00:00Z/1"
+    with pytest.raises(EngineInputError):
+        await engine.set_epoch("")
+    await redis.delete(EPOCH_KEY)

@@ -1,12 +1,14 @@
 """Random call sequences through the model and the Redis engine: identical results, and the
 invariants of the rules (no bucket below zero, counters equal the settlements, idempotence,
-burn-down order) hold after every call."""
+burn-down order) hold after every call. Then the same sequences, a Redis that loses everything,
+and a restore from what `balances` and `usage` said."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -17,11 +19,12 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meter.engine.model import Ledger
+from meter.engine.model import Ledger, prunable
 from meter.engine.periods import period_at
 from meter.engine.redis import RedisEngine
 from meter.engine.types import (
     KIND_RANK,
+    MAX_HOLD_MS,
     BillingGroupConfig,
     Grant,
     Kind,
@@ -99,6 +102,7 @@ STEPS: dict[str, Any] = {
     "check": st.tuples(st.just("check"), st.sampled_from(MEMBERS), credits),
     "release": st.tuples(st.just("release"), st.sampled_from(HOLDS)),
     "void": st.tuples(st.just("void"), st.sampled_from(KEYS)),
+    "prune": st.tuples(st.just("prune")),
     "confirm": st.tuples(st.just("confirm"), st.lists(st.sampled_from(KEYS), max_size=3)),
     "advance": st.tuples(
         st.just("advance"), st.sampled_from([1, 30_000, MIN, 15 * MIN, DAY, 10 * DAY, 31 * DAY])
@@ -128,6 +132,7 @@ class World:
     org: OrgConfig
     now: int = T0
     grants: dict[str, Grant] = field(default_factory=dict)
+    bucket_ids: Iterator[int] = field(default_factory=itertools.count)
     drawn: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     settled: dict[str, Settlement] = field(default_factory=dict)
     """Live (not voided) settlements by key, including confirmed ones."""
@@ -173,7 +178,7 @@ async def run_op(op: tuple[Any, ...], w: World, model: Ledger, redis: RedisEngin
             _, kind, m, amount, start, length, age = op
             start = w.now + start
             g = Grant(
-                org_id, f"b{len(w.grants)}", kind, amount, start, start + length, w.now - age,
+                org_id, f"b{next(w.bucket_ids)}", kind, amount, start, start + length, w.now - age,
                 None if kind is Kind.SHARED else m,
             )  # fmt: skip
             w.grants[g.bucket_id] = g
@@ -223,6 +228,14 @@ async def run_op(op: tuple[Any, ...], w: World, model: Ledger, redis: RedisEngin
             w.pending.pop(key, None)
     elif name == "advance":
         w.now += op[1]
+    elif name == "prune":
+        dropped = model.prune(org_id, w.now)
+        assert await redis.prune(org_id, w.now) == dropped
+        left = model.balances(org_id, w.now)
+        gone = [bucket_id for bucket_id in w.grants if bucket_id not in left]
+        assert len(gone) == dropped
+        for bucket_id in gone:
+            assert prunable(w.org, w.grants.pop(bucket_id).expires_at_ms, w.now)
     elif name == "org":
         w.org = replace(w.org, status=op[1], limit_policy=op[2], default_member_limit=op[3])
         model.put_org(w.org)
@@ -294,7 +307,7 @@ async def test_model_and_redis_agree(
         await run_op(op, w, model, redis_engine)
     for op in steps:
         await run_op(op, w, model, redis_engine)
-        if op[0] in ("settle", "void", "grant"):
+        if op[0] in ("settle", "void", "grant", "prune"):
             await compare_state(w, model, redis_engine)
     w.now += 1
     await compare_state(w, model, redis_engine)
@@ -310,6 +323,81 @@ async def compare_state(w: World, model: Ledger, redis_engine: RedisEngine) -> N
     usage = model.usage(w.org.org_id, w.now)
     assert await redis_engine.usage(w.org.org_id, w.now) == usage
     assert usage == expected_usage(w)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(org=orgs, setup=setups, steps=st.lists(ops, min_size=8, max_size=30))
+async def test_restore_after_redis_lost_everything(
+    redis: aioredis.Redis,
+    redis_engine: RedisEngine,
+    org: tuple[Any, ...],
+    setup: tuple[list[tuple[Any, ...]], ...],
+    steps: list[tuple[Any, ...]],
+) -> None:
+    kind, anchor, days, policy, default, grace = org
+    w = World(OrgConfig(f"q{next(ORG_IDS)}", OrgStatus.ACTIVE, kind, anchor, days, policy,
+                        default, grace))  # fmt: skip
+    org_id = w.org.org_id
+    model = Ledger()
+    model.put_org(w.org)
+    await redis_engine.put_org(w.org)
+    for op in [*itertools.chain(*setup), *steps]:
+        await run_op(op, w, model, redis_engine)
+    w.now += MAX_HOLD_MS  # past every hold: restore drops them, and so does time
+    before = await snapshot(redis_engine, org_id, w.now)
+    assert before == await snapshot(model, org_id, w.now)
+    await redis_engine.set_epoch("e1")
+
+    await redis.flushdb()
+    assert await redis_engine.epoch() is None
+    fresh = Ledger()
+    for target in (redis_engine, fresh):
+        await reput(target, model, org_id)
+        await maybe_await(target.restore(org_id, before[0], before[1], w.now))
+        assert await snapshot(target, org_id, w.now) == before
+
+    # Settling on goes on identically (the model forgets its stored results like Redis did).
+    model.confirm(org_id, list(model.results[org_id]))
+    events = [UsageEvent(f"after{i}", org_id, m, 30, w.now) for i, m in enumerate(MEMBERS * 2)]
+    expected = model.settle_batch(org_id, events, w.now)
+    assert await redis_engine.settle_batch(org_id, events, w.now) == expected
+    assert fresh.settle_batch(org_id, events, w.now) == expected
+    assert await snapshot(redis_engine, org_id, w.now) == await snapshot(model, org_id, w.now)
+
+
+async def maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+async def snapshot(engine: Any, org_id: str, now: int) -> tuple[Any, ...]:
+    """Balances, counters and the checks of every member at `now`."""
+    checks = [
+        await maybe_await(engine.check(org_id, m, c, now)) for m in MEMBERS for c in (1, 30, 300)
+    ]
+    return (
+        await maybe_await(engine.balances(org_id, now)),
+        await maybe_await(engine.usage(org_id, now)),
+        checks,
+    )
+
+
+async def reput(target: Any, source: Ledger, org_id: str) -> None:
+    """Put `source`'s config and grants of the org into `target`, as a rebuild does."""
+    await maybe_await(target.put_org(source.orgs[org_id]))
+    for (org, _), member in source.members.items():
+        if org == org_id:
+            await maybe_await(target.put_member(member.config))
+            if member.removed:
+                await maybe_await(target.remove_member(org_id, member.config.member_id))
+    for group_id, limit in source.groups[org_id].items():
+        await maybe_await(target.put_billing_group(BillingGroupConfig(org_id, group_id, limit)))
+    for bucket in source.buckets[org_id].values():
+        assert await maybe_await(target.apply_grant(bucket.grant))
 
 
 pytestmark = pytest.mark.slow

@@ -17,6 +17,7 @@
 local SEP = '\31'
 local DAY = 86400000
 local COUNTER_KEEP_MS = 7 * DAY
+local PRUNE_AFTER_MS = 7 * DAY -- model.PRUNE_AFTER_MS
 local RANK = {s = 0, p = 1, h = 2, o = 3}
 
 local function fmt(n)
