@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -274,10 +275,31 @@ class _Server(uvicorn.Server):
 
 async def serve_metrics(host: str, port: int) -> None:
     """Serve `GET /metrics` on `host:port` until cancelled."""
+    sock = _listen(host, port)
+    try:
+        await _serve(sock)
+    finally:
+        sock.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket: connections queue from now on, before the server accepts them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+async def _serve(sock: socket.socket) -> None:
     config = uvicorn.Config(
         _metrics_app,
-        host=host,
-        port=port,
         http="httptools",
         lifespan="off",
         access_log=False,
@@ -286,7 +308,7 @@ async def serve_metrics(host: str, port: int) -> None:
         date_header=False,
     )
     server = _Server(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -297,11 +319,13 @@ async def serve_metrics(host: str, port: int) -> None:
 
 @contextlib.asynccontextmanager
 async def metrics_server(settings: Settings) -> AsyncIterator[None]:
-    """While inside: `GET /metrics` on `api_host:metrics_port`, when `metrics_port` is set."""
+    """While inside: `GET /metrics` on `api_host:metrics_port`, when `metrics_port` is set.
+    The port is listening when this enters (a port in use raises `OSError` here)."""
     if settings.metrics_port is None:
         yield
         return
-    task = asyncio.create_task(serve_metrics(settings.api_host, settings.metrics_port))
+    sock = _listen(settings.api_host, settings.metrics_port)
+    task = asyncio.create_task(_serve(sock))
     log.info("metrics_serving", host=settings.api_host, port=settings.metrics_port)
     try:
         yield
@@ -309,3 +333,4 @@ async def metrics_server(settings: Settings) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        sock.close()

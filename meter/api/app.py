@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from meter import metrics
 from meter.admin import AdminService, run_reconciler
 from meter.admin.clock import now_ms
 from meter.api.http import (
@@ -227,17 +228,21 @@ class App:
             log.error("unhandled error", method=method, path=path, exc_info=True)
             response = INTERNAL_ERROR
         await send_response(send, response)
+        elapsed_ns = time.perf_counter_ns() - started
+        route = scope.get("meter.route", metrics.UNMATCHED)
+        metrics.observe_request(method, route, response.status, elapsed_ns / 1e9)
         if response.status >= 500:
             log.warning(
                 "request failed",
                 method=method,
                 path=path,
                 status=response.status,
-                us=(time.perf_counter_ns() - started) // 1000,
+                us=elapsed_ns // 1000,
             )
 
     async def _dispatch(self, scope: Scope_, receive: Receive, method: str, path: str) -> Response:
         route, params = self.router.match(method, path)
+        scope["meter.route"] = route.path
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         call = Call(self, method, path, scope.get("query_string", b""), headers, params)
         if route.access != Access.PUBLIC:

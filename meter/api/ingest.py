@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from meter import metrics
 from meter.api.http import Call, Response, json_response
 from meter.auth import Scope
 from meter.errors import InvalidInput, MalformedRequest, MeterError, Unavailable
@@ -101,6 +102,9 @@ async def ingest(call: Call) -> Response:
                 verdicts.append(exc)
                 continue
         verdicts.append(decoded)
+    for verdict in verdicts:
+        if not isinstance(verdict, DecodedEvent):
+            metrics.count_ingest(verdict.code)
     if not batch:
         verdict = verdicts[0]
         if isinstance(verdict, MeterError):
@@ -121,7 +125,9 @@ async def ingest(call: Call) -> Response:
             ]
             await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
         except Exception as exc:
+            metrics.count_ingest("unavailable", len(to_send))
             raise Unavailable(f"the broker did not acknowledge the events: {exc}") from exc
+        metrics.count_ingest("accepted", len(to_send))
     results = [
         _result(i, raw, None if isinstance(v, DecodedEvent) else v)
         for i, (raw, v) in enumerate(zip(raws, verdicts, strict=True))

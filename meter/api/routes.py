@@ -13,6 +13,9 @@ import functools
 import secrets
 from typing import Any
 
+import structlog
+
+from meter import metrics
 from meter.api import ingest, reports
 from meter.api import plans as plan_routes
 from meter.api.http import (
@@ -27,13 +30,17 @@ from meter.api.http import (
 )
 from meter.auth import Scope
 from meter.engine.types import CheckResult
-from meter.errors import InvalidInput
+from meter.errors import InvalidInput, NotFound
 from meter.money import format_credits
 from schemas import api
 from schemas.events import format_time
 
 ORG = (Scope.ORG_ADMIN,)
 QUOTA = (Scope.ORG_ADMIN, Scope.PRODUCT)
+HOLDS_TIMEOUT_S = 2.0
+"""How long `/metrics` waits for the live-holds count before answering without it."""
+
+log = structlog.get_logger("meter.api")
 
 
 # -- health and docs ----------------------------------------------------------------------------
@@ -69,6 +76,20 @@ async def readyz(call: Call) -> Response:
     return json_response(
         {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503
     )
+
+
+async def prometheus(call: Call) -> Response:
+    """The process's metrics in the Prometheus text format (aggregate numbers only)."""
+    app = call.app
+    if not app.settings.metrics_on_api:
+        raise NotFound("no such route", code="route_not_found")
+    try:
+        await asyncio.wait_for(
+            metrics.refresh_live_holds(app.pool, app.redis, app.clock()), HOLDS_TIMEOUT_S
+        )
+    except Exception as exc:
+        log.warning("live holds not refreshed", error=repr(exc))
+    return Response(200, metrics.exposition(), [(b"content-type", metrics.CONTENT_TYPE.encode())])
 
 
 async def openapi(call: Call) -> Response:
@@ -112,6 +133,7 @@ async def check(call: Call) -> Response:
     call.who.require_org(body.org_id, *QUOTA)
     app = call.app
     result = await app.engine.check(body.org_id, body.member_id, body.credits, app.clock())
+    metrics.count_check("check", result)
     return json_response(check_payload(result))
 
 
@@ -123,6 +145,7 @@ async def reserve(call: Call) -> Response:
     result = await app.engine.reserve(
         body.org_id, body.member_id, body.credits, app.clock(), reservation_id, body.ttl_ms
     )
+    metrics.count_check("reserve", result)
     return json_response(check_payload(result))
 
 
@@ -131,6 +154,7 @@ async def release(call: Call) -> Response:
     call.who.require_org(body.org_id, *QUOTA)
     app = call.app
     released = await app.engine.release(body.org_id, body.reservation_id, app.clock())
+    metrics.count_release(released)
     return json_response({"released": released})
 
 
@@ -348,6 +372,10 @@ ROUTES: list[Route] = [
         tag="health", response=api.Health,
     ),
     Route("GET", "/openapi.json", openapi, "This document", P, tag="health"),
+    Route(
+        "GET", "/metrics", prometheus, "Prometheus metrics (aggregate numbers, no tenant data)", P,
+        tag="health",
+    ),
     # quota
     Route(
         "POST", "/v1/check", check, "May this member start a request of this size now?", B,
