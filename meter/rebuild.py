@@ -4,9 +4,9 @@ that lost its data.
 Per organization (`rebuild_org`):
 
 1. delete its Redis keys (`meter:{<org_id>}:*`), so what follows starts from nothing;
-2. configuration and live grants: the admin reconciler (`meter.admin.reconcile_org`); then the
-   grants that expired within the org's grace window (an event of a period still open may draw
-   from them);
+2. configuration and live grants: the admin reconciler (`meter.admin.reconcile_org`); then every
+   grant of the snapshot the balances are read from, including those that expired within the
+   org's grace window (an event of a period still open may draw from them);
 3. credits left per bucket: grant amount - sum(settlement_lines) + credits returned by voids;
 4. counters of the current period (and of the previous one while it is in its grace window) from
    the period totals, which voids keep in step (`meter.store.record_void`): `member:<id>` all
@@ -55,11 +55,10 @@ LOCK_KEY = int.from_bytes(hashlib.sha256(b"meter.rebuild").digest()[:8], "big", 
 
 # -- SQL ----------------------------------------------------------------------------------------
 
-# Grants the reconciler leaves out (expired) that an event of a period in grace may still draw.
-SELECT_RECENTLY_EXPIRED_GRANTS = """
-SELECT * FROM credit_grants
-WHERE org_id = $1 AND expires_at > $2 AND expires_at <= $3
-ORDER BY granted_at, bucket_id
+# Grants an event may still draw from: live, or expired within the org's grace window (the
+# reconciler puts only live ones).
+SELECT_DRAWABLE_GRANTS = """
+SELECT * FROM credit_grants WHERE org_id = $1 AND expires_at > $2 ORDER BY granted_at, bucket_id
 """
 
 SELECT_LEFT = """
@@ -146,11 +145,11 @@ def open_periods(org: OrgConfig, at_ms: int) -> list[tuple[Period, int]]:
 # -- rebuilding ---------------------------------------------------------------------------------
 
 
-async def clear_org(redis: aioredis.Redis, org_id: str) -> int:
-    """Delete every Redis key of the organization."""
+async def delete_matching(redis: aioredis.Redis, pattern: str) -> int:
+    """Delete the keys matching the glob `pattern` (SCAN, then UNLINK in slices)."""
     deleted = 0
     batch: list[bytes] = []
-    async for key in redis.scan_iter(match=f"meter:{{{_glob_escape(org_id)}}}:*", count=1000):
+    async for key in redis.scan_iter(match=pattern, count=1000):
         batch.append(key)
         if len(batch) >= 500:
             deleted += await redis.unlink(*batch)
@@ -160,22 +159,27 @@ async def clear_org(redis: aioredis.Redis, org_id: str) -> int:
     return deleted
 
 
+async def clear_org(redis: aioredis.Redis, org_id: str) -> int:
+    """Delete every Redis key of the organization."""
+    return await delete_matching(redis, f"meter:{{{_glob_escape(org_id)}}}:*")
+
+
 async def rebuild_org(
-    admin: AdminService, redis: aioredis.Redis, org_id: str, at_ms: int
+    admin: AdminService, redis: aioredis.Redis, org_id: str, at_ms: int, *, clear: bool = True
 ) -> tuple[int, int]:
     """Rebuild one organization's Redis state from PostgreSQL as of `at_ms` (the admin's clock
-    must say the same). Returns (buckets, counters) restored; (0, 0) for an unknown org."""
+    must say the same), deleting its keys first unless `clear` is False (already done).
+    Returns (buckets, counters) restored; (0, 0) for an unknown org."""
     engine = admin.engine
-    await clear_org(redis, org_id)
+    if clear:
+        await clear_org(redis, org_id)
     if not await reconcile_org(admin, org_id):
         return 0, 0
     async with admin.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         row = await conn.fetchrow(q.SELECT_ORG_CONFIG, org_id)
         org = org_config(row)
         oldest = at_ms - org.grace_ms
-        recent = await conn.fetch(
-            SELECT_RECENTLY_EXPIRED_GRANTS, org_id, from_ms(oldest), from_ms(at_ms)
-        )
+        grants = await conn.fetch(SELECT_DRAWABLE_GRANTS, org_id, from_ms(oldest))
         left = {
             r["bucket_id"]: r["left_"]
             for r in await conn.fetch(SELECT_LEFT, org_id, from_ms(oldest))
@@ -183,7 +187,7 @@ async def rebuild_org(
         usages = [
             (await period_usage(conn, org_id, p), inside) for p, inside in open_periods(org, at_ms)
         ]
-    for grant in recent:
+    for grant in grants:  # idempotent; also covers grants created since the reconcile
         await engine.apply_grant(grant_of(grant))
     counters = 0
     for i, (usage, inside) in enumerate(usages):
@@ -205,13 +209,13 @@ async def rebuild(
     rebuild lock exclusively (`exclusive_rebuild`), or knows nothing settles meanwhile."""
     at = now_ms() if at_ms is None else at_ms
     admin = AdminService(pool, engine, clock=lambda: at)
+    cleared = org_ids is None
     if org_ids is None:
-        async for key in redis.scan_iter(match="meter:{*", count=1000):
-            await redis.unlink(key)
+        await delete_matching(redis, "meter:{*")
         org_ids = [r["org_id"] for r in await pool.fetch(q.SELECT_ORG_IDS)]
     buckets = counters = 0
     for org_id in org_ids:
-        b, c = await rebuild_org(admin, redis, org_id, at)
+        b, c = await rebuild_org(admin, redis, org_id, at, clear=not cleared)
         buckets += b
         counters += c
     epoch = new_epoch(at)
