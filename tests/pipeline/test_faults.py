@@ -8,10 +8,8 @@ import os
 import random
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest_asyncio
 import redis.asyncio as aioredis
 from conftest import Running
 from pipeline_support import (
@@ -84,17 +82,6 @@ async def test_kill_9_at_random_points(
         code = await proc.wait()
     assert code == 0, log.read_text()[-3000:]
     await assert_consistent(world, engine, dsn, events)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def private_postgres(tmp_path: Path) -> AsyncIterator[PostgresServer]:
-    """A PostgreSQL server of this test's own, which it may stop and start."""
-    server = PostgresServer(data_dir=tmp_path / "pg", durable=False)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def test_postgres_down_mid_stream(
