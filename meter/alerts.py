@@ -1,0 +1,242 @@
+"""Alerts on the alerts topic: limits crossed and shared pools running low.
+
+Crossings are found by PostgreSQL itself, in the settlement transaction that changes the totals
+(triggers of schemas/migrations/0007_alerts.sql), and recorded in the `alerts` outbox with a
+UNIQUE (organization, subject kind, subject id, period start, threshold): each fires once per
+period and threshold, whatever is retried, replayed or restarted. Thresholds are rows of
+`alert_thresholds` (80% and 100% of member and billing-group limits, shared pool at 20% left).
+
+`AlertPublisher` sends unpublished rows to Kafka (key = org id) and marks them published. It
+wakes on the triggers' `NOTIFY meter_alerts` and polls every few seconds as well. Publishing is
+at least once (a crash between the broker's acknowledgement and the mark sends the alert again);
+an alert's CloudEvents `id` is stable, so receivers deduplicate by it. Several publishers may
+run at once: each claims rows with `FOR UPDATE SKIP LOCKED`.
+
+The event (CloudEvents 1.0, structured JSON) is described in the README ("Metrics and alerts").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import asyncpg  # type: ignore[import-untyped]
+import orjson
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter
+
+from meter.metrics import REGISTRY
+from meter.money import format_credits
+from schemas.events import format_time
+
+if TYPE_CHECKING:
+    from meter.services import Services
+    from meter.settings import Settings
+
+log = structlog.get_logger("meter.alerts")
+
+CHANNEL = "meter_alerts"
+SOURCE = "meter/alerts"
+
+KINDS = {
+    "member": "member_limit",
+    "billing_group": "billing_group_limit",
+    "shared_pool": "shared_pool_low",
+}
+"""Subject kind in the outbox -> `data.kind` of the event (its `type` is `meter.alert.<kind>`)."""
+
+PUBLISHED = Counter(
+    "meter_alerts_published_total",
+    "Alerts sent to the alerts topic, by kind",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+CLAIM = """
+SELECT alert_id, org_id, subject_kind, subject_id, period_start, period_end, threshold, amount,
+       reference, created_at
+FROM alerts WHERE published_at IS NULL
+ORDER BY alert_id LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+MARK_PUBLISHED = "UPDATE alerts SET published_at = now() WHERE alert_id = ANY($1::bigint[])"
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _ms(value: dt.datetime) -> int:
+    return (value - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def alert_event(row: asyncpg.Record | dict[str, Any]) -> bytes:
+    """The CloudEvent of one `alerts` row."""
+    kind = KINDS[row["subject_kind"]]
+    start_ms = _ms(row["period_start"])
+    data: dict[str, Any] = {
+        "org_id": row["org_id"],
+        "kind": kind,
+        "threshold_percent": row["threshold"],
+        "period_start": format_time(start_ms),
+        "period_end": format_time(_ms(row["period_end"])),
+    }
+    if row["subject_kind"] == "shared_pool":
+        subject = row["org_id"]
+        data["remaining"] = format_credits(row["amount"])
+        data["granted"] = format_credits(row["reference"])
+    else:
+        subject = row["subject_id"]
+        field = "member_id" if row["subject_kind"] == "member" else "billing_group_id"
+        data[field] = subject
+        data["used"] = format_credits(row["amount"])
+        data["limit"] = format_credits(row["reference"])
+    event = {
+        "specversion": "1.0",
+        "id": "/".join(
+            (row["org_id"], kind, row["subject_id"], str(start_ms), str(row["threshold"]))
+        ),
+        "source": SOURCE,
+        "type": f"meter.alert.{kind}",
+        "subject": subject,
+        "time": format_time(_ms(row["created_at"])),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    return orjson.dumps(event)
+
+
+class AlertPublisher:
+    """Sends the `alerts` outbox to `topic`. `run()` until cancelled."""
+
+    def __init__(
+        self,
+        dsn: str,
+        bootstrap: str,
+        topic: str,
+        *,
+        poll_interval_s: float = 5.0,
+        batch: int = 500,
+        retry_max_s: float = 10.0,
+    ) -> None:
+        self.dsn = dsn
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.poll_interval_s = poll_interval_s
+        self.batch = batch
+        self.retry_max_s = retry_max_s
+        self.published = 0
+        self._wake = asyncio.Event()
+        self._pool: asyncpg.Pool | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._listener: asyncpg.Connection | None = None
+
+    async def publish_pending(self) -> int:
+        """One round: claim up to `batch` unpublished alerts, send them, wait for the broker,
+        mark them published. Returns how many were sent."""
+        pool, producer = await self._open()
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(CLAIM, self.batch)
+            if not rows:
+                return 0
+            futures = [
+                await producer.send(self.topic, value=alert_event(r), key=r["org_id"].encode())
+                for r in rows
+            ]
+            await asyncio.gather(*futures)
+            await conn.execute(MARK_PUBLISHED, [r["alert_id"] for r in rows])
+        for r in rows:
+            PUBLISHED.labels(KINDS[r["subject_kind"]]).inc()
+        self.published += len(rows)
+        log.info("alerts_published", count=len(rows))
+        return len(rows)
+
+    async def run(self) -> None:
+        delay = 0.1
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self._listen()
+                    sent = await self.publish_pending()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
+                    log.warning("alerts_retrying", error=repr(exc), delay_s=delay)
+                    await self._reset()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.retry_max_s)
+                    continue
+                delay = 0.1
+                if sent >= self.batch:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+        finally:
+            await self._reset()
+
+    async def _open(self) -> tuple[asyncpg.Pool, AIOKafkaProducer]:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2)
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                client_id="meter-alerts",
+                enable_idempotence=False,
+                acks="all",
+            )
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+        return self._pool, self._producer
+
+    async def _listen(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        self._listener = await asyncpg.connect(self.dsn)
+        await self._listener.add_listener(CHANNEL, self._notified)
+
+    def _notified(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _reset(self) -> None:
+        listener, self._listener = self._listener, None
+        producer, self._producer = self._producer, None
+        pool, self._pool = self._pool, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=2)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.close()
+
+
+def publisher_for(settings: Settings) -> AlertPublisher:
+    if settings.postgres_dsn is None or settings.kafka_bootstrap is None:
+        raise ValueError("settings need postgres_dsn and kafka_bootstrap")
+    return AlertPublisher(settings.postgres_dsn, settings.kafka_bootstrap, settings.alerts_topic)
+
+
+@contextlib.asynccontextmanager
+async def publishing(settings: Settings) -> AsyncIterator[AlertPublisher]:
+    """While inside, an `AlertPublisher` for `settings` runs as a task (`meter consume`)."""
+    publisher = publisher_for(settings)
+    task = asyncio.create_task(publisher.run())
+    try:
+        yield publisher
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def run_component(settings: Settings, services: Services) -> None:
+    """The alert publisher as a `meter run` component (`settings` name the servers)."""
+    await publisher_for(settings).run()
