@@ -44,7 +44,7 @@ from consumers.stages import (
     refused_letters,
     sort_results,
 )
-from meter import metrics
+from meter import alerts, metrics
 from meter.engine.model import validate_events
 from meter.engine.types import Engine, EngineInputError, Settlement, UsageEvent
 from meter.rebuild import Recovery
@@ -594,7 +594,7 @@ def configure_consume(parser: argparse.ArgumentParser) -> Handler:
         async with provision(settings) as services:
             await migrate(services.postgres_dsn)
             resolved = services.apply(settings)
-            async with metrics.metrics_server(resolved):
+            async with metrics.metrics_server(resolved), alerts.publishing(resolved):
                 await consume(resolved, options=options)
         return 0
 

@@ -65,6 +65,7 @@ RUN_COMPONENTS: list[str] = [
     "consumers.settle:run_component",
     "meter.api.server:serve",
     "meter.admin.scheduler:run_component",
+    "meter.alerts:run_component",
 ]
 """The components `meter run` starts, as `module:function` (see `Component`)."""
 
