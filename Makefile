@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/meter bench engine
 	$(BIN)/meter bench pipeline
 	$(BIN)/meter bench quota
+	$(BIN)/meter bench reports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .meter
