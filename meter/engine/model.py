@@ -209,9 +209,15 @@ class Ledger:
     # -- settling ------------------------------------------------------------------------------
 
     def settle_batch(
-        self, org_id: str, events: Sequence[UsageEvent], now_ms: int
+        self,
+        org_id: str,
+        events: Sequence[UsageEvent],
+        now_ms: int,
+        *,
+        trusted: bool = False,
     ) -> list[Settlement]:
-        """Settle `events` in order (README "Settling")."""
+        """Settle `events` in order (README "Settling"). The model validates every event even
+        when `trusted`."""
         validate_events(org_id, events, now_ms)
         self._drop_expired_holds(org_id, now_ms)
         return [self._settle(ev, now_ms) for ev in events]

@@ -246,16 +246,29 @@ class RedisEngine:
     # -- settling ------------------------------------------------------------------------------
 
     async def settle_batch(
-        self, org_id: str, events: Sequence[UsageEvent], now_ms: int
+        self,
+        org_id: str,
+        events: Sequence[UsageEvent],
+        now_ms: int,
+        *,
+        trusted: bool = False,
     ) -> list[Settlement]:
-        validate_events(org_id, events, now_ms)
+        if trusted:
+            check_org_id(org_id)
+            check_instant("now_ms", now_ms)
+        else:
+            validate_events(org_id, events, now_ms)
         out: list[Settlement] = []
         for first in range(0, len(events), MAX_BATCH):
             part = events[first : first + MAX_BATCH]
-            args: list[str | int] = [now_ms]
-            for ev in part:
-                args += [ev.key, ev.member_id, ev.credits, ev.time_ms, ev.reservation_id or ""]
-            replies = await self._call("settle_batch", org_id, *args)
+            packed = "".join(
+                [
+                    f"{ev.key}\x1f{ev.member_id}\x1f{ev.credits}\x1f{ev.time_ms}\x1f"
+                    f"{ev.reservation_id or ''}\x1e"
+                    for ev in part
+                ]
+            )
+            replies = await self._call("settle_batch", org_id, now_ms, packed)
             status = _str(replies[0])
             for ev, tag, raw in zip(part, status, replies[1:], strict=True):
                 body = _str(raw)

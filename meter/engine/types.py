@@ -239,8 +239,17 @@ class Engine(Protocol):
         """Add a bucket; idempotent by bucket id. True when it was new."""
 
     async def settle_batch(
-        self, org_id: str, events: Sequence[UsageEvent], now_ms: int
-    ) -> list[Settlement]: ...
+        self,
+        org_id: str,
+        events: Sequence[UsageEvent],
+        now_ms: int,
+        *,
+        trusted: bool = False,
+    ) -> list[Settlement]:
+        """Settle `events` (all of `org_id`) in order. `trusted=True` skips the per-event input
+        checks for events the caller already validated (`schemas.events.decode_event`: ids of
+        printable characters, amounts and instants in range, the org of each event `org_id`);
+        untrusted input must not be passed with it."""
 
     async def confirm(self, org_id: str, keys: Sequence[str]) -> None:
         """Forget stored results the settlement store now holds."""

@@ -19,6 +19,11 @@ async def run(redis: aioredis.Redis, name: str, *args: Any) -> Any:
     return await redis.eval(script_source(name), 1, org_key(ORG), *args)
 
 
+def packed(*events: tuple[Any, ...]) -> str:
+    """The events argument of settle_batch.lua."""
+    return "".join(SEP.join(str(f) for f in ev) + "\x1e" for ev in events)
+
+
 async def hash_of(redis: aioredis.Redis, key: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in (await redis.hgetall(key)).items()}
 
@@ -57,8 +62,8 @@ async def test_config_scripts(redis: aioredis.Redis) -> None:
 
 async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
     await setup(redis)
-    reply = await run(redis, "settle_batch", NOW, "e1", "ann", 150, NOW, "", "e2", "bob", 1, NOW,
-                      "", "e1", "ann", 150, NOW, "")  # fmt: skip
+    reply = await run(redis, "settle_batch", NOW, packed(("e1", "ann", 150, NOW, ""),
+                      ("e2", "bob", 1, NOW, ""), ("e1", "ann", 150, NOW, "")))  # fmt: skip
     assert reply[0] == b"nxd"
     assert reply[1] == reply[3] and reply[2] == b"unknown_member"
     result = SEP.join(["ann", "150", str(NOW), str(ANCHOR), str(MARCH_END), "team", "0", "0", "",
@@ -115,7 +120,7 @@ async def test_holds_reserve_release_expire(redis: aioredis.Redis) -> None:
 
 async def test_balances_and_usage(redis: aioredis.Redis) -> None:
     await setup(redis)
-    await run(redis, "settle_batch", NOW, "e1", "ann", 30, NOW, "")
+    await run(redis, "settle_batch", NOW, packed(("e1", "ann", 30, NOW, "")))
     flat = await run(redis, "balances")
     assert dict(zip(flat[::2], flat[1::2], strict=True)) == {b"seat": b"70", b"pool": b"1000"}
     flat = await run(redis, "usage", NOW)
@@ -123,3 +128,8 @@ async def test_balances_and_usage(redis: aioredis.Redis) -> None:
         b"aann": b"30", b"gteam": b"30", b"d": b"30",
     }  # fmt: skip
     assert await run(redis, "usage", MARCH_END) == []
+    # A check remembers the current period in the org hash; put_org forgets it.
+    await run(redis, "check", NOW, "ann", 1)
+    assert (await redis.hmget(P + "o", "ps", "pe")) == [str(ANCHOR).encode(), b"%d" % MARCH_END]
+    await run(redis, "put_org", "active", "rolling", ANCHOR, 30, "all", "", 0)
+    assert (await redis.hmget(P + "o", "ps", "pe")) == [None, None]

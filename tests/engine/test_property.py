@@ -195,7 +195,8 @@ async def run_op(op: tuple[Any, ...], w: World, model: Ledger, redis: RedisEngin
             for key, m, credits, dt, rid in op[1]
         ]
         expected = model.settle_batch(org_id, events, w.now)
-        assert await redis.settle_batch(org_id, events, w.now) == expected
+        trusted = len(events) % 2 == 0  # the same results without the input checks
+        assert await redis.settle_batch(org_id, events, w.now, trusted=trusted) == expected
         for ev, s in zip(events, expected, strict=True):
             check_settlement(w, ev, s)
     elif name == "check":

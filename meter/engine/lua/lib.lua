@@ -1,7 +1,7 @@
 -- Shared helpers, prepended to every script of this folder when it is loaded (see redis.py).
 -- Every key of an organization starts with the prefix P = "meter:{<org_id>}:", derived from the
 -- script's KEYS[1] (the org's config key P .. "o"), so all of them hash to KEYS[1]'s slot:
---   o           hash   org config: st pk an rd lp dl gr
+--   o           hash   org config: st pk an rd lp dl gr, and ps pe (the last current period)
 --   g           hash   billing group id -> period limit ("" = unlimited)
 --   u:<member>  hash   member config s (seated) l (limit, "" = org default) g (group) x (removed)
 --                      and its buckets "b<id>" -> kind|valid_from|expires_at|granted_at|left
@@ -99,14 +99,27 @@ local function period_at(org, t)
 end
 
 local function load_org(P)
-  local v = redis.call('HMGET', P .. 'o', 'st', 'pk', 'an', 'rd', 'lp', 'dl', 'gr')
+  local v = redis.call('HMGET', P .. 'o', 'st', 'pk', 'an', 'rd', 'lp', 'dl', 'gr', 'ps', 'pe')
   if not v[1] then return nil end
   local org = {
-    active = v[1] == 'active', monthly = v[2] == 'monthly', anchor = tonumber(v[3]),
-    len = tonumber(v[4]) * DAY, shared_policy = v[5] == 'shared', grace = tonumber(v[7]),
+    key = P .. 'o', active = v[1] == 'active', monthly = v[2] == 'monthly',
+    anchor = tonumber(v[3]), len = tonumber(v[4]) * DAY, shared_policy = v[5] == 'shared',
+    grace = tonumber(v[7]),
   }
   if v[6] ~= '' then org.default_limit = tonumber(v[6]) end
+  if v[8] then org.ps, org.pe = tonumber(v[8]), tonumber(v[9]) end
   return org
+end
+
+-- period_at for instants near now: the org hash remembers the last period computed this way
+-- (fields ps pe, dropped by put_org), which saves the calendar arithmetic on most calls.
+local function current_period(org, t)
+  local ps, pe = org.ps, org.pe
+  if ps and ps <= t and t < pe then return ps, pe end
+  ps, pe = period_at(org, t)
+  org.ps, org.pe = ps, pe
+  redis.call('HSET', org.key, 'ps', fmt(ps), 'pe', fmt(pe))
+  return ps, pe
 end
 
 -- Bytewise string order (Lua's own < follows the server's collation locale).
@@ -188,28 +201,40 @@ local function save_buckets(key, buckets)
   if n > 0 then redis.call('HSET', key, unpack(args)) end
 end
 
--- The member's and the shared pool's buckets usable at t, in burn-down order. Member buckets
--- are seat/personal (rank < 2) or on_demand (rank 3); the shared pool sits between them.
+-- The member's and the shared pool's buckets usable at t, in burn-down order, and the interval
+-- [lo, hi) around t in which that list stays the same. Member buckets are seat/personal
+-- (rank < 2) or on_demand (rank 3); the shared pool sits between them.
 local function eligible(mem, shared, t)
   local out, n = {}, 0
+  local lo, hi = -math.huge, math.huge
+  local function consider(b)
+    local from, exp = b.from, b.exp
+    if from <= t then
+      if t < exp then
+        n = n + 1
+        out[n] = b
+        if from > lo then lo = from end
+        if exp < hi then hi = exp end
+      elseif exp > lo then
+        lo = exp
+      end
+    elseif from < hi then
+      hi = from
+    end
+  end
   local mb = mem.buckets
   local nm = #mb
   local i = 1
   while i <= nm and mb[i].rank < 2 do
-    local b = mb[i]
-    if b.from <= t and t < b.exp then n = n + 1; out[n] = b end
+    consider(mb[i])
     i = i + 1
   end
-  for j = 1, #shared do
-    local b = shared[j]
-    if b.from <= t and t < b.exp then n = n + 1; out[n] = b end
-  end
+  for j = 1, #shared do consider(shared[j]) end
   while i <= nm do
-    local b = mb[i]
-    if b.from <= t and t < b.exp then n = n + 1; out[n] = b end
+    consider(mb[i])
     i = i + 1
   end
-  return out
+  return out, lo, hi
 end
 
 -- Greedy draw (README "Limits"): returns flat {bucket, amount, ...}, unfunded, flags.
@@ -297,7 +322,7 @@ local function check_core(P, mid, credits, now)
   if not org.active then return {reason = 'org_inactive'} end
   if not mem.seated then return {reason = 'no_seat'} end
 
-  local ps, pe = period_at(org, now)
+  local ps, pe = current_period(org, now)
   local groups = load_groups(P)
   local group = group_of(groups, mem)
   local list = eligible(mem, load_shared(P), now)

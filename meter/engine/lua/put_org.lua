@@ -10,4 +10,5 @@ local grace_ms = ARGV[7]
 
 redis.call('HSET', org_key, 'st', status, 'pk', period_kind, 'an', anchor_ms, 'rd', rolling_days,
   'lp', limit_policy, 'dl', default_member_limit, 'gr', grace_ms)
+redis.call('HDEL', org_key, 'ps', 'pe')
 return 1

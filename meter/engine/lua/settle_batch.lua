@@ -1,21 +1,27 @@
 -- Settle a batch of usage events of one organization, in order (README "Settling").
+-- ARGV: now, then the events packed in one string, each "key|member|credits|time|reservation"
+-- (fields separated by \31, each event ended by \30; reservation "" = none).
 -- Returns {status, body_1, ..., body_n}: status has one letter per event, "n" (new: body is the
 -- result), "d" (stored duplicate: body is the stored result) or "x" (body is the reason).
 -- result = member|credits|time|period_start|period_end|group|unfunded|flags|reservation_id,
 -- then bucket|kind|amount per line; flags: 1 member limit, 2 group limit, 4 late.
 local org_key = KEYS[1]
 local now = tonumber(ARGV[1])
-local FIELDS = 5 -- per event: key, member, credits, time, reservation id ("" = none)
-local n = (#ARGV - 1) / FIELDS
+local packed = ARGV[2]
 
 local P = string.sub(org_key, 1, -2)
 local results_key = P .. 'r'
 local status, out = {}, {}
 
+local keys, mids, amounts, times, rids = {}, {}, {}, {}, {}
+local n = 0
+for key, mid, amount, t, rid in string.gmatch(packed, '([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\30]*)\30') do
+  n = n + 1
+  keys[n], mids[n], amounts[n], times[n], rids[n] = key, mid, amount, t, rid
+end
+
 clean_holds(P, now)
 
-local keys = {}
-for i = 1, n do keys[i] = ARGV[2 + (i - 1) * FIELDS] end
 local stored = {}
 for first = 1, n, 500 do
   local last = math.min(first + 499, n)
@@ -40,18 +46,19 @@ local FLAGS = {[0] = '0', '1', '2', '3', '4', '5', '6', '7'}
 -- Pass 1: member, period and group of each event not already settled; which counters it reads.
 local plan = {}
 local periods = {} -- period start -> {key, expire_at, fields, vals, dirty}
-local cache_ps, cache_pe, cache_ss, cache_es
+local cache_ps, cache_pe = org.ps, org.pe
+local cache_ss, cache_es
+if cache_ps then cache_ss, cache_es = fmt(cache_ps), fmt(cache_pe) end
 for i = 1, n do
   if not stored[i] then
-    local base = 1 + (i - 1) * FIELDS
-    local mid = ARGV[base + 2]
+    local mid = mids[i]
     local mem = members[mid]
     if not mem then
       mem = load_member(P, mid)
       members[mid] = mem
     end
     if mem.known then
-      local t = tonumber(ARGV[base + 4])
+      local t = tonumber(times[i])
       if not (cache_ps and cache_ps <= t and t < cache_pe) then
         cache_ps, cache_pe = period_at(org, t)
         cache_ss, cache_es = fmt(cache_ps), fmt(cache_pe)
@@ -59,7 +66,7 @@ for i = 1, n do
       local e = {mem = mem, ps = cache_ps, pe = cache_pe, ss = cache_ss, es = cache_es, at = t,
                  late = now > cache_pe + org.grace, group = group_of(groups, mem)}
       if e.late then
-        e.ps, e.pe = period_at(org, now)
+        e.ps, e.pe = current_period(org, now)
         e.ss, e.es, e.at = fmt(e.ps), fmt(e.pe), now
       end
       local c = periods[e.ps]
@@ -97,8 +104,7 @@ local shared = nil
 local fresh = {}
 local new_results, nr = {}, 0
 for i = 1, n do
-  local base = 1 + (i - 1) * FIELDS
-  local key = ARGV[base + 1]
+  local key = keys[i]
   local prior = stored[i] or fresh[key]
   local e = plan[i]
   if prior then
@@ -110,8 +116,8 @@ for i = 1, n do
   else
     local mem, c = e.mem, e.c
     local mid = mem.id
-    local credits = tonumber(ARGV[base + 3])
-    local rid = ARGV[base + 5]
+    local credits = tonumber(amounts[i])
+    local rid = rids[i]
     if rid ~= '' then
       local hold = redis.call('HGET', P .. 'h', rid)
       if hold and string.sub(hold, 1, #mid + 1) == mid .. SEP then drop_hold(P, rid, hold) end
@@ -121,8 +127,9 @@ for i = 1, n do
     local lines, unfunded, mflag, gflag = nil, credits, false, false
     if org.active then
       if not shared then shared = load_shared(P) end
-      if mem.elig_at ~= e.at then
-        mem.elig, mem.elig_at = eligible(mem, shared, e.at), e.at
+      local at = e.at
+      if not (mem.elig and mem.elig_lo <= at and at < mem.elig_hi) then
+        mem.elig, mem.elig_lo, mem.elig_hi = eligible(mem, shared, at)
       end
       local limit = mem.limit
       if limit == nil then limit = org.default_limit end
@@ -139,7 +146,7 @@ for i = 1, n do
       lines, unfunded, mflag, gflag = draw(mem.elig, nil, credits, org.shared_policy, mroom, groom)
     end
 
-    local parts = {mid, ARGV[base + 3], ARGV[base + 4], e.ss, e.es, e.group,
+    local parts = {mid, amounts[i], times[i], e.ss, e.es, e.group,
                    unfunded == 0 and '0' or fmt(unfunded),
                    FLAGS[(mflag and 1 or 0) + (gflag and 2 or 0) + (e.late and 4 or 0)], rid}
     local np = 9
