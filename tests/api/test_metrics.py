@@ -6,20 +6,16 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
-import pytest_asyncio
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
-from api.conftest import Addresses
-from api.support import ADMIN_TOKEN, FAR, client_for, make_org
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.support import FAR, client_for, make_org
 from consumers.settle import ConsumerOptions, build_consumer
-from meter.api import App, build_app
+from meter.api import App
 from meter.metrics import metrics_server
-from meter.settings import Settings
 from schemas.events import encode_event
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -42,31 +38,6 @@ async def scrape(client: httpx.AsyncClient) -> Samples:
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
     return parse(r.text)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def app(
-    settings: Settings,
-    migrated_dsn: str,
-    redis: aioredis.Redis,
-    new_topic: Callable[..., Awaitable[str]],
-) -> AsyncIterator[App]:
-    topic = await new_topic(partitions=2, prefix="metrics")
-    configured = settings.model_copy(update={"admin_token": ADMIN_TOKEN, "usage_topic": topic})
-    assert settings.redis_url is not None and settings.kafka_bootstrap is not None
-    application = build_app(
-        configured,
-        Addresses(settings.redis_url, migrated_dsn, settings.kafka_bootstrap),
-        reconcile_interval_s=3600.0,
-    )
-    async with application.running():
-        yield application
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def admin(app: App) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(app, ADMIN_TOKEN) as client:
-        yield client
 
 
 async def test_api_metrics_after_traffic(app: App, admin: httpx.AsyncClient) -> None:
