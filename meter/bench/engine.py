@@ -6,12 +6,13 @@ every event walks the full rule set), then settles `--events` synthetic events p
 batches of that size, one script call per batch, the organizations in parallel. Reported per
 batch size: events/s seen by this client, and Redis CPU microseconds per event: the `evalsha`
 time of INFO commandstats over the run (settle and confirm scripts) divided by the events.
-Also the Redis memory per member (every key of the organizations except the pending results,
-which `confirm` removes).
+Then `--calls` checks and as many reservations (one credit each, distinct ids) on the first
+organization, random members: Redis CPU microseconds per call of each. Also the Redis memory per
+member (every key of the organizations except the pending results, which `confirm` removes).
 
 Target (DESIGN 5, engine issue): <= 10 us of Redis time per event at batches >= 100.
 With `--json` the last line is one JSON object with `events_per_s` and `redis_us_per_event` (of
-the smallest batch size) and `by_batch`.
+the smallest batch size), `by_batch`, and `check_us` / `reserve_us` per call.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ async def bench_engine(
     members: int = 1000,
     events: int = 100_000,
     batch_sizes: Sequence[int] = (100, 1000),
+    calls: int = 2000,
     seed: int = 1,
 ) -> dict[str, Any]:
     """Run the benchmark against `redis_url`, print the report (and a JSON line when
@@ -142,6 +144,19 @@ async def bench_engine(
                 "events_per_s": round(settled / elapsed),
                 "redis_us_per_event": round(redis_us, 2),
             }
+        org = configs[0]
+        ids = member_ids[org.org_id]
+        now = anchor + DAY_MS
+        before = await _redis_usec(client)
+        for _ in range(calls):
+            await engine.check(org.org_id, rng.choice(ids), MICRO, now)
+        check_us = (await _redis_usec(client) - before) / max(1, calls)
+        before = await _redis_usec(client)
+        for i in range(calls):
+            await engine.reserve(org.org_id, rng.choice(ids), MICRO, now, f"bench-{i}")
+        reserve_us = (await _redis_usec(client) - before) / max(1, calls)
+        for i in range(calls):
+            await engine.release(org.org_id, f"bench-{i}", now)
         used = 0
         for org in configs:
             for key in await _org_keys(client, org.org_id, member_ids[org.org_id]):
@@ -155,6 +170,8 @@ async def bench_engine(
             "orgs": orgs,
             "members": members,
             "by_batch": by_batch,
+            "check_us": round(check_us, 2),
+            "reserve_us": round(reserve_us, 2),
         }
     finally:
         for org in configs:
@@ -167,6 +184,7 @@ async def bench_engine(
             f"batch {label:>5}: {numbers['events']:>8} events, {numbers['events_per_s']:>8} "
             f"events/s, {numbers['redis_us_per_event']:>6} us of Redis per event"
         )
+    print(f"check: {result['check_us']} us of Redis per call, reserve: {result['reserve_us']} us")
     print(f"Redis memory: {result['redis_bytes_per_member']} bytes per member")
     if json_out:
         print(orjson.dumps(result).decode())
@@ -178,6 +196,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--orgs", type=int, default=10)
     parser.add_argument("--members", type=int, default=1000, help="in all organizations")
     parser.add_argument("--events", type=int, default=100_000, help="per batch size")
+    parser.add_argument("--calls", type=int, default=2000, help="checks, and reservations")
     parser.add_argument(
         "--batch", type=int, action="append", help="batch size (repeatable; default 100 and 1000)"
     )
@@ -195,6 +214,7 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
             members=args.members,
             events=args.events,
             batch_sizes=args.batch or (100, 1000),
+            calls=args.calls,
         )
     return 0
 

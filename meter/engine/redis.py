@@ -1,14 +1,17 @@
 """The credit engine on Redis: the rules of `README.md` as Lua scripts, atomic per organization.
 
-Each script in `lua/` is prepended with `lua/lib.lua`, loaded once (SCRIPT LOAD) and called with
-EVALSHA, reloaded when the server answers NOSCRIPT. Every key of an organization carries the hash
-tag `{org_id}` (layout in `lua/lib.lua`), so one organization lives in one Redis Cluster slot and
-each call is one script on one shard.
+Each script in `lua/` is prepended with the definitions of `lua/lib.lua` it uses (directly or
+through other definitions: a script pays only for the helpers it needs), loaded once (SCRIPT
+LOAD) and called with EVALSHA, reloaded when the server answers NOSCRIPT. Every key of an
+organization carries the hash tag `{org_id}` (layout in `lua/lib.lua`), so one organization lives
+in one Redis Cluster slot and each call is one script on one shard.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -84,9 +87,40 @@ def lua_file(name: str) -> str:
     return (resources.files("meter.engine") / "lua" / f"{name}.lua").read_text()
 
 
+_DEFINITION = re.compile(r"^local (?:function )?([A-Za-z_][\w, ]*?)\s*(?:=|\()", re.MULTILINE)
+_WORD = re.compile(r"[A-Za-z_]\w*")
+
+
+def lib_definitions() -> list[tuple[frozenset[str], str]]:
+    """The top-level definitions of `lua/lib.lua` in file order: (names defined, text). Each runs
+    from its `local` line to the next top-level `local` line."""
+    text = lua_file("lib")
+    starts = [m.start() for m in _DEFINITION.finditer(text)]
+    out = []
+    for start, end in zip(starts, [*starts[1:], len(text)], strict=True):
+        match = _DEFINITION.match(text, start)
+        assert match is not None
+        names = frozenset(n.strip() for n in match.group(1).split(","))
+        out.append((names, text[start:end]))
+    return out
+
+
+@cache
 def script_source(name: str) -> str:
-    """The text loaded for script `name`: the shared helpers (`lib`), then the script."""
-    return lua_file("lib") + "\n" + lua_file(name)
+    """The text loaded for script `name`: the definitions of `lib` it needs, then the script."""
+    body = lua_file(name)
+    defs = lib_definitions()
+    wanted = set(_WORD.findall(body))
+    used = [False] * len(defs)
+    changed = True
+    while changed:
+        changed = False
+        for i, (names, text) in enumerate(defs):
+            if not used[i] and names & wanted:
+                used[i] = changed = True
+                wanted.update(_WORD.findall(text))
+    parts = [text for (_, text), needed in zip(defs, used, strict=True) if needed]
+    return "".join(parts) + "\n" + body
 
 
 def _str(value: Any) -> str:

@@ -1,4 +1,6 @@
--- Shared helpers, prepended to every script of this folder when it is loaded (see redis.py).
+-- Shared helpers. Each script of this folder is loaded with the top-level definitions of this file
+-- it uses, directly or through other definitions (see redis.py): a definition runs from its
+-- `local` line to the next top-level `local` line, so keep each one self-contained.
 -- Every key of an organization starts with the prefix P = "meter:{<org_id>}:", derived from the
 -- script's KEYS[1] (the org's config key P .. "o"), so all of them hash to KEYS[1]'s slot:
 --   o           hash   org config: st pk an rd lp dl gr, and ps pe (the last current period)
@@ -20,9 +22,10 @@ local COUNTER_KEEP_MS = 7 * DAY
 local PRUNE_AFTER_MS = 7 * DAY -- model.PRUNE_AFTER_MS
 local RANK = {s = 0, p = 1, h = 2, o = 3}
 
+-- Integers as decimal strings (%d converts through a 64-bit long: exact below 2^53, and twice
+-- as fast as tostring).
 local function fmt(n)
-  if n < 1e14 and n > -1e14 then return tostring(n) end -- %.14g: exact below 1e14
-  return string.format('%.0f', n)
+  return string.format('%d', n)
 end
 
 local function split(s)
