@@ -109,6 +109,8 @@ async def test_holds_reserve_release_expire(redis: aioredis.Redis) -> None:
         b"held", str(NOW + 1000).encode(),
     ]  # fmt: skip
     await run(redis, "reserve", NOW, "ann", 10, "r2", 5000)
+    # The org hash keeps a lower bound of the holds' expiries, so calls skip the cleaning before.
+    assert await redis.hget(P + "o", "hm") == str(NOW + 1000).encode()
     assert await run(redis, "release", NOW, "r2") == 1
     assert await run(redis, "release", NOW, "r2") == 0
     # Any call at or after the expiry drops the hold and its sums.
@@ -116,6 +118,7 @@ async def test_holds_reserve_release_expire(redis: aioredis.Redis) -> None:
     assert check[0] == b"" and check[1] == b"100"
     for key in ("h", "hx", "ha"):
         assert await redis.exists(P + key) == 0
+    assert await redis.hget(P + "o", "hm") is None
 
 
 async def test_balances_and_usage(redis: aioredis.Redis) -> None:

@@ -7,5 +7,6 @@ local member_id = ARGV[2]
 local credits = tonumber(ARGV[3])
 
 local P = string.sub(org_key, 1, -2)
-clean_holds(P, now)
-return check_reply(check_core(P, member_id, credits, now))
+local org = load_org(P)
+if org then clean_holds(P, org, now) end
+return check_reply(check_core(P, org, member_id, credits, now))

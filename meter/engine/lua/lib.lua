@@ -3,7 +3,8 @@
 -- `local` line to the next top-level `local` line, so keep each one self-contained.
 -- Every key of an organization starts with the prefix P = "meter:{<org_id>}:", derived from the
 -- script's KEYS[1] (the org's config key P .. "o"), so all of them hash to KEYS[1]'s slot:
---   o           hash   org config: st pk an rd lp dl gr, and ps pe (the last current period)
+--   o           hash   org config: st pk an rd lp dl gr, ps pe (the last current period), and hm:
+--                      a lower bound of the live holds' expiries, absent when there are none
 --   g           hash   billing group id -> period limit ("" = unlimited)
 --   u:<member>  hash   member config s (seated) l (limit, "" = org default) g (group) x (removed)
 --                      and its buckets "b<id>" -> kind|valid_from|expires_at|granted_at|left
@@ -102,7 +103,7 @@ local function period_at(org, t)
 end
 
 local function load_org(P)
-  local v = redis.call('HMGET', P .. 'o', 'st', 'pk', 'an', 'rd', 'lp', 'dl', 'gr', 'ps', 'pe')
+  local v = redis.call('HMGET', P .. 'o', 'st', 'pk', 'an', 'rd', 'lp', 'dl', 'gr', 'ps', 'pe', 'hm')
   if not v[1] then return nil end
   local org = {
     key = P .. 'o', active = v[1] == 'active', monthly = v[2] == 'monthly',
@@ -111,6 +112,7 @@ local function load_org(P)
   }
   if v[6] ~= '' then org.default_limit = tonumber(v[6]) end
   if v[8] then org.ps, org.pe = tonumber(v[8]), tonumber(v[9]) end
+  if v[10] then org.hm = tonumber(v[10]) end
   return org
 end
 
@@ -291,15 +293,28 @@ local function drop_hold(P, rid, enc)
   redis.call('ZREM', P .. 'hx', rid)
 end
 
-local function clean_holds(P, now)
-  local expired = redis.call('ZRANGEBYSCORE', P .. 'hx', '-inf', fmt(now))
+-- Drop the holds expired at now. org.hm (nil = no holds) is kept a lower bound of the live holds'
+-- expiries: reserve lowers it, this recomputes it, dropping a hold leaves it.
+local function clean_holds(P, org, now)
+  local hm = org.hm
+  if not hm or hm > now then return end
+  local hx = P .. 'hx'
+  local expired = redis.call('ZRANGEBYSCORE', hx, '-inf', fmt(now))
   for i = 1, #expired do
     local enc = redis.call('HGET', P .. 'h', expired[i])
     if enc then
       drop_hold(P, expired[i], enc)
     else
-      redis.call('ZREM', P .. 'hx', expired[i])
+      redis.call('ZREM', hx, expired[i])
     end
+  end
+  local first = redis.call('ZRANGE', hx, 0, 0, 'WITHSCORES')
+  if first[1] then
+    org.hm = tonumber(first[2])
+    redis.call('HSET', org.key, 'hm', first[2])
+  else
+    org.hm = nil
+    redis.call('HDEL', org.key, 'hm')
   end
 end
 
@@ -315,10 +330,10 @@ local function num(v)
   return 0
 end
 
--- The check of README "Checks and reservations" at now. Returns a table: reason (or nil),
--- and for a simulated draw: avail per kind, mroom, groom, pend, lines, unfunded, group.
-local function check_core(P, mid, credits, now)
-  local org = load_org(P)
+-- The check of README "Checks and reservations" at now (org: load_org's, or nil). Returns a
+-- table: reason (or nil), and for a simulated draw: avail per kind, mroom, groom, pend, lines,
+-- unfunded, group.
+local function check_core(P, org, mid, credits, now)
   if not org then return {reason = 'unknown_org'} end
   local mem = load_member(P, mid)
   if not mem.known or mem.removed then return {reason = 'unknown_member'} end
@@ -326,12 +341,18 @@ local function check_core(P, mid, credits, now)
   if not mem.seated then return {reason = 'no_seat'} end
 
   local ps, pe = current_period(org, now)
-  local groups = load_groups(P)
-  local group = group_of(groups, mem)
+  local group, glimit = '', nil
+  if mem.group ~= '' then
+    glimit = redis.call('HGET', P .. 'g', mem.group)
+    if glimit then group = mem.group end
+  end
   local list = eligible(mem, load_shared(P), now)
-  local fields = {'a' .. mid, 's' .. mid, 'g' .. group}
-  for i = 1, #list do fields[i + 3] = 'b' .. list[i].id end
-  local held = redis.call('HMGET', P .. 'ha', unpack(fields))
+  local held = {}
+  if org.hm then
+    local fields = {'a' .. mid, 's' .. mid, 'g' .. group}
+    for i = 1, #list do fields[i + 3] = 'b' .. list[i].id end
+    held = redis.call('HMGET', P .. 'ha', unpack(fields))
+  end
   local used = redis.call('HMGET', P .. 'c:' .. fmt(ps), 'a' .. mid, 's' .. mid, 'g' .. group)
 
   local limit = mem.limit
@@ -342,10 +363,8 @@ local function check_core(P, mid, credits, now)
     mroom = limit - num(used[k]) - num(held[k])
     if mroom < 0 then mroom = 0 end
   end
-  local glimit = groups[group]
   if group ~= '' and glimit ~= '' then
-    glimit = tonumber(glimit)
-    groom = glimit - num(used[3]) - num(held[3])
+    groom = tonumber(glimit) - num(used[3]) - num(held[3])
     if groom < 0 then groom = 0 end
   end
 

@@ -9,11 +9,16 @@ local reservation_id = ARGV[4]
 local ttl = tonumber(ARGV[5]) -- already capped by the caller
 
 local P = string.sub(org_key, 1, -2)
-clean_holds(P, now)
-local existing = redis.call('ZSCORE', P .. 'hx', reservation_id)
-if existing then return {'held', existing} end
+local org = load_org(P)
+if org then
+  clean_holds(P, org, now)
+  if org.hm then
+    local existing = redis.call('ZSCORE', P .. 'hx', reservation_id)
+    if existing then return {'held', existing} end
+  end
+end
 
-local c = check_core(P, member_id, credits, now)
+local c = check_core(P, org, member_id, credits, now)
 local reply = check_reply(c)
 if c.reason or not c.drawn then return reply end
 
@@ -39,6 +44,7 @@ end
 if drawn_shared > 0 then redis.call('HINCRBY', ha, 's' .. member_id, fmt(drawn_shared)) end
 redis.call('HSET', P .. 'h', reservation_id, table.concat(parts, SEP))
 redis.call('ZADD', P .. 'hx', fmt(expires), reservation_id)
+if not org.hm or expires < org.hm then redis.call('HSET', org.key, 'hm', fmt(expires)) end
 reply[#reply + 1] = reservation_id
 reply[#reply + 1] = fmt(expires)
 return reply

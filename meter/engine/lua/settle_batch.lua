@@ -20,7 +20,8 @@ for key, mid, amount, t, rid in string.gmatch(packed, '([^\31]*)\31([^\31]*)\31(
   keys[n], mids[n], amounts[n], times[n], rids[n] = key, mid, amount, t, rid
 end
 
-clean_holds(P, now)
+local org = load_org(P)
+if org then clean_holds(P, org, now) end
 
 local stored = {}
 for first = 1, n, 500 do
@@ -29,7 +30,6 @@ for first = 1, n, 500 do
   for j = 1, #got do stored[first + j - 1] = got[j] end
 end
 
-local org = load_org(P)
 if not org then
   for i = 1, n do
     status[i] = stored[i] and 'd' or 'x'
@@ -118,7 +118,7 @@ for i = 1, n do
     local mid = mem.id
     local credits = tonumber(amounts[i])
     local rid = rids[i]
-    if rid ~= '' then
+    if rid ~= '' and org.hm then
       local hold = redis.call('HGET', P .. 'h', rid)
       if hold and string.sub(hold, 1, #mid + 1) == mid .. SEP then drop_hold(P, rid, hold) end
     end

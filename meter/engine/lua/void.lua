@@ -8,14 +8,14 @@ local key = ARGV[2]
 local given = ARGV[3] -- "" when the caller has no settlement
 
 local P = string.sub(org_key, 1, -2)
-clean_holds(P, now)
+local org = load_org(P)
+if org then clean_holds(P, org, now) end
 local done = redis.call('HGET', P .. 'v', key)
 if done then
   local reply = split(done)
   reply[1] = 'dup'
   return reply
 end
-local org = load_org(P)
 local enc = redis.call('HGET', P .. 'r', key)
 if not enc and given ~= '' then enc = given end
 if not org or not enc then return {'none'} end
