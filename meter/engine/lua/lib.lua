@@ -142,16 +142,23 @@ end
 local function bucket_less(a, b)
   if a.rank ~= b.rank then return a.rank < b.rank end
   if a.exp ~= b.exp then return a.exp < b.exp end
-  if a.gr ~= b.gr then return a.gr < b.gr end
+  if a.gr ~= b.gr then return tonumber(a.gr) < tonumber(b.gr) end
   return id_less(a.id, b.id)
 end
 
+-- A bucket's fields (gr stays a string: only a tie on kind and expiry compares it) and, in v and
+-- hl, its stored value and the length of the part before left (bucket_head).
 local function parse_bucket(id, v)
   local kind, from, exp, gr, left = string.match(v, '^(%a)\31([^\31]+)\31([^\31]+)\31([^\31]+)\31(.+)$')
   return {
-    id = id, kind = kind, rank = RANK[kind], from = tonumber(from), exp = tonumber(exp),
-    gr = tonumber(gr), left = tonumber(left), head = string.sub(v, 1, #v - #left),
+    id = id, kind = kind, rank = RANK[kind], from = tonumber(from), exp = tonumber(exp), gr = gr,
+    left = tonumber(left), v = v, hl = #v - #left,
   }
+end
+
+-- The stored value of a bucket up to its left field (the part that never changes).
+local function bucket_head(b)
+  return string.sub(b.v, 1, b.hl)
 end
 
 -- A member's config and buckets (sorted). m.known is false for a member never put.
@@ -198,7 +205,7 @@ local function save_buckets(key, buckets)
     local b = buckets[i]
     if b.dirty then
       args[n + 1] = 'b' .. b.id
-      args[n + 2] = b.head .. fmt(b.left)
+      args[n + 2] = bucket_head(b) .. fmt(b.left)
       n = n + 2
       b.dirty = false
     end
@@ -212,7 +219,21 @@ end
 local function eligible(mem, shared, t)
   local out, n = {}, 0
   local lo, hi = -math.huge, math.huge
-  local function consider(b)
+  local mb = mem.buckets
+  local nm, ns = #mb, #shared
+  local i, j = 1, 1
+  -- member buckets of rank < 2, then the shared pool, then the member's on_demand buckets
+  while true do
+    local b
+    if i <= nm and (mb[i].rank < 2 or j > ns) then
+      b = mb[i]
+      i = i + 1
+    elseif j <= ns then
+      b = shared[j]
+      j = j + 1
+    else
+      break
+    end
     local from, exp = b.from, b.exp
     if from <= t then
       if t < exp then
@@ -226,18 +247,6 @@ local function eligible(mem, shared, t)
     elseif from < hi then
       hi = from
     end
-  end
-  local mb = mem.buckets
-  local nm = #mb
-  local i = 1
-  while i <= nm and mb[i].rank < 2 do
-    consider(mb[i])
-    i = i + 1
-  end
-  for j = 1, #shared do consider(shared[j]) end
-  while i <= nm do
-    consider(mb[i])
-    i = i + 1
   end
   return out, lo, hi
 end

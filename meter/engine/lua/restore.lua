@@ -35,7 +35,7 @@ end
 for i = 3, 2 + 2 * n, 2 do
   local key, field = owner[ARGV[i]], 'b' .. ARGV[i]
   local b = parse_bucket(ARGV[i], redis.call('HGET', key, field))
-  redis.call('HSET', key, field, b.head .. ARGV[i + 1])
+  redis.call('HSET', key, field, bucket_head(b) .. ARGV[i + 1])
 end
 
 local ps, pe = period_at(org, now)

@@ -34,7 +34,7 @@ for j = 10, #s - 2, 3 do
   if v then
     local b = parse_bucket(id, v)
     if now < b.exp then
-      redis.call('HSET', hkey, 'b' .. id, b.head .. fmt(b.left + amount))
+      redis.call('HSET', hkey, 'b' .. id, bucket_head(b) .. fmt(b.left + amount))
       returned[#returned + 1] = id
       returned[#returned + 1] = kind
       returned[#returned + 1] = s[j + 2]
