@@ -39,9 +39,8 @@ async def setup(redis: aioredis.Redis) -> None:
 async def test_config_scripts(redis: aioredis.Redis) -> None:
     await setup(redis)
     assert await hash_of(redis, P + "o") == {
-        "st": "active", "pk": "monthly", "an": str(ANCHOR), "rd": "30", "lp": "all", "dl": "",
-        "gr": "0",
-    }  # fmt: skip
+        "c": SEP.join(["active", "monthly", str(ANCHOR), "30", "all", "", "0"]),
+    }
     assert await hash_of(redis, P + "g") == {"team": "500"}
     assert await hash_of(redis, P + "u:ann") == {
         "s": "1", "l": "", "g": "team", "bseat": SEP.join(["s", str(ANCHOR), str(MARCH_END),

@@ -3,8 +3,9 @@
 -- `local` line to the next top-level `local` line, so keep each one self-contained.
 -- Every key of an organization starts with the prefix P = "meter:{<org_id>}:", derived from the
 -- script's KEYS[1] (the org's config key P .. "o"), so all of them hash to KEYS[1]'s slot:
---   o           hash   org config: st pk an rd lp dl gr, ps pe (the last current period), and hm:
---                      a lower bound of the live holds' expiries, absent when there are none
+--   o           hash   c: org config status|period_kind|anchor|rolling_days|limit_policy|
+--                      default_limit|grace; ps pe: the last current period; hm: a lower bound of
+--                      the live holds' expiries, absent when there are none
 --   g           hash   billing group id -> period limit ("" = unlimited)
 --   u:<member>  hash   member config s (seated) l (limit, "" = org default) g (group) x (removed)
 --                      and its buckets "b<id>" -> kind|valid_from|expires_at|granted_at|left
@@ -21,7 +22,9 @@ local SEP = '\31'
 local DAY = 86400000
 local COUNTER_KEEP_MS = 7 * DAY
 local PRUNE_AFTER_MS = 7 * DAY -- model.PRUNE_AFTER_MS
-local RANK = {s = 0, p = 1, h = 2, o = 3}
+-- Kind code and rank of a bucket by the first byte of its value.
+local KIND_OF = {[115] = 's', [112] = 'p', [104] = 'h', [111] = 'o'}
+local RANK_OF = {[115] = 0, [112] = 1, [104] = 2, [111] = 3}
 
 -- Integers as decimal strings (%d converts through a 64-bit long: exact below 2^53, and twice
 -- as fast as tostring).
@@ -103,16 +106,17 @@ local function period_at(org, t)
 end
 
 local function load_org(P)
-  local v = redis.call('HMGET', P .. 'o', 'st', 'pk', 'an', 'rd', 'lp', 'dl', 'gr', 'ps', 'pe', 'hm')
+  local v = redis.call('HMGET', P .. 'o', 'c', 'ps', 'pe', 'hm')
   if not v[1] then return nil end
+  local st, pk, an, rd, lp, dl, gr = string.match(v[1],
+    '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31(.*)$')
   local org = {
-    key = P .. 'o', active = v[1] == 'active', monthly = v[2] == 'monthly',
-    anchor = tonumber(v[3]), len = tonumber(v[4]) * DAY, shared_policy = v[5] == 'shared',
-    grace = tonumber(v[7]),
+    key = P .. 'o', active = st == 'active', monthly = pk == 'monthly', anchor = tonumber(an),
+    len = tonumber(rd) * DAY, shared_policy = lp == 'shared', grace = tonumber(gr),
   }
-  if v[6] ~= '' then org.default_limit = tonumber(v[6]) end
-  if v[8] then org.ps, org.pe = tonumber(v[8]), tonumber(v[9]) end
-  if v[10] then org.hm = tonumber(v[10]) end
+  if dl ~= '' then org.default_limit = tonumber(dl) end
+  if v[2] then org.ps, org.pe = tonumber(v[2]), tonumber(v[3]) end
+  if v[4] then org.hm = tonumber(v[4]) end
   return org
 end
 
@@ -142,16 +146,33 @@ end
 local function bucket_less(a, b)
   if a.rank ~= b.rank then return a.rank < b.rank end
   if a.exp ~= b.exp then return a.exp < b.exp end
-  if a.gr ~= b.gr then return tonumber(a.gr) < tonumber(b.gr) end
+  local ga = tonumber(string.match(a.v, '^.\31[^\31]+\31[^\31]+\31([^\31]+)'))
+  local gb = tonumber(string.match(b.v, '^.\31[^\31]+\31[^\31]+\31([^\31]+)'))
+  if ga ~= gb then return ga < gb end
   return id_less(a.id, b.id)
 end
 
--- A bucket's fields (gr stays a string: only a tie on kind and expiry compares it) and, in v and
--- hl, its stored value and the length of the part before left (bucket_head).
+-- Sort buckets in burn-down order: insertion sort, as lists are short and mostly stored in order
+-- (table.sort costs more on them).
+local function sort_buckets(list, n)
+  for i = 2, n do
+    local b = list[i]
+    local j = i - 1
+    while j >= 1 and bucket_less(b, list[j]) do
+      list[j + 1] = list[j]
+      j = j - 1
+    end
+    list[j + 1] = b
+  end
+end
+
+-- A bucket's fields but granted_at (read from v by bucket_less on a tie of kind and expiry), and,
+-- in v and hl, its stored value and the length of the part before left (bucket_head).
 local function parse_bucket(id, v)
-  local kind, from, exp, gr, left = string.match(v, '^(%a)\31([^\31]+)\31([^\31]+)\31([^\31]+)\31(.+)$')
+  local from, exp, left = string.match(v, '^.\31([^\31]+)\31([^\31]+)\31[^\31]+\31(.+)$')
+  local c = string.byte(v, 1)
   return {
-    id = id, kind = kind, rank = RANK[kind], from = tonumber(from), exp = tonumber(exp), gr = gr,
+    id = id, kind = KIND_OF[c], rank = RANK_OF[c], from = tonumber(from), exp = tonumber(exp),
     left = tonumber(left), v = v, hl = #v - #left,
   }
 end
@@ -184,7 +205,7 @@ local function load_member(P, member_id)
       m.removed = true
     end
   end
-  if n > 1 then table.sort(m.buckets, bucket_less) end
+  if n > 1 then sort_buckets(m.buckets, n) end
   return m
 end
 
@@ -195,7 +216,7 @@ local function load_shared(P)
     n = n + 1
     out[n] = parse_bucket(string.sub(flat[i], 2), flat[i + 1])
   end
-  if n > 1 then table.sort(out, bucket_less) end
+  if n > 1 then sort_buckets(out, n) end
   return out
 end
 

@@ -8,7 +8,7 @@ local limit_policy = ARGV[5]
 local default_member_limit = ARGV[6] -- "" = unlimited
 local grace_ms = ARGV[7]
 
-redis.call('HSET', org_key, 'st', status, 'pk', period_kind, 'an', anchor_ms, 'rd', rolling_days,
-  'lp', limit_policy, 'dl', default_member_limit, 'gr', grace_ms)
+redis.call('HSET', org_key, 'c', table.concat({status, period_kind, anchor_ms, rolling_days,
+  limit_policy, default_member_limit, grace_ms}, SEP))
 redis.call('HDEL', org_key, 'ps', 'pe')
 return 1
