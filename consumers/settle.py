@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -46,7 +46,7 @@ from consumers.stages import (
 )
 from meter import alerts, metrics
 from meter.engine.model import validate_events
-from meter.engine.types import Engine, EngineInputError, Settlement, UsageEvent
+from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, Settlement, UsageEvent
 from meter.rebuild import Recovery
 from meter.settings import Settings
 from meter.store import OffsetAdvance, OffsetConflict, SettlementStore
@@ -139,6 +139,7 @@ class SettleConsumer:
         options: ConsumerOptions | None = None,
         client_id: str = "meter-consume",
         recovery: Recovery | None = None,
+        trusted: bool = False,
     ) -> None:
         self.topic = topic
         self.dlq_topic = dlq_topic
@@ -147,6 +148,9 @@ class SettleConsumer:
         self.store = store
         self.decoder = decoder
         self.options = options or ConsumerOptions()
+        self.trusted = trusted
+        """The decoder already validated every event as the engine would (`settle_batch`
+        `trusted=True`): ids, instants, and credits within the engine's range."""
         self.recovery = recovery
         """When set, settling waits for a Redis holding PostgreSQL's state (see `meter.rebuild`)."""
         self._guarded_at = 0.0
@@ -172,6 +176,7 @@ class SettleConsumer:
         self._committed_seq = 0
         self._inflight_keys: dict[int, set[str]] = {}
         self._write_task: asyncio.Task[None] | None = None
+        self._confirm_task: asyncio.Task[None] | None = None
         self.settled = 0
         """Settlements written by this consumer (new rows only)."""
         self.batches = 0
@@ -198,6 +203,7 @@ class SettleConsumer:
         finally:
             self._stopping.set()
             await self._finish_write(self.options.drain_timeout_s)
+            await self._finish_confirm()
             if self.recovery is not None:
                 with contextlib.suppress(Exception):
                     await self.recovery.close()
@@ -245,6 +251,7 @@ class SettleConsumer:
 
     async def _drain(self) -> None:
         await self._finish_write(None)
+        await self._finish_confirm()
 
     # -- rebalance ------------------------------------------------------------------------------
 
@@ -384,25 +391,22 @@ class SettleConsumer:
     ) -> tuple[dict[str, list[Settlement]], dict[str, str]]:
         """One engine call per organization. Returns the settlements per org, and the events
         the engine refused as input (`EngineInputError`), key -> why."""
-        results: dict[str, list[Settlement]] = {}
         refused: dict[str, str] = {}
+        limit = asyncio.Semaphore(self.options.org_concurrency)
+
+        async def one(org_id: str) -> list[Settlement]:
+            async with limit:
+                return await self._settle_org(org_id, by_org[org_id], at_ms, refused)
+
         orgs = list(by_org)
-        step = self.options.org_concurrency
-        for i in range(0, len(orgs), step):
-            chunk = orgs[i : i + step]
-            settled = await asyncio.gather(
-                *(self._settle_org(org, by_org[org], at_ms, refused) for org in chunk)
-            )
-            results.update(zip(chunk, settled, strict=True))
-        return results, refused
+        settled = await asyncio.gather(*(one(org) for org in orgs))
+        return dict(zip(orgs, settled, strict=True)), refused
 
     async def _settle_org(
         self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[str, str]
     ) -> list[Settlement]:
         try:
-            return await self._retry(
-                "settle_batch", self.engine.settle_batch, org_id, events, at_ms
-            )
+            return await self._retry("settle_batch", self._engine_settle, org_id, events, at_ms)
         except EngineInputError:
             pass
         # The engine refuses a whole call for one bad event, before touching any state: settle
@@ -418,11 +422,16 @@ class SettleConsumer:
         if not kept:
             return []
         try:
-            return await self._retry("settle_batch", self.engine.settle_batch, org_id, kept, at_ms)
+            return await self._retry("settle_batch", self._engine_settle, org_id, kept, at_ms)
         except EngineInputError as exc:
             for ev in kept:
                 refused.setdefault(ev.key, str(exc))
             return []
+
+    async def _engine_settle(
+        self, org_id: str, events: list[UsageEvent], at_ms: int
+    ) -> list[Settlement]:
+        return await self.engine.settle_batch(org_id, events, at_ms, trusted=self.trusted)
 
     async def _write(self, batch: Batch) -> None:
         t0 = time.perf_counter()
@@ -444,20 +453,31 @@ class SettleConsumer:
             return
         self._committed_seq = batch.seq
         t_write = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        try:
-            items = list(batch.keys_by_org.items())
-            step = self.options.org_concurrency
-            for i in range(0, len(items), step):
-                await asyncio.gather(
-                    *(self.engine.confirm(org, keys) for org, keys in items[i : i + step])
-                )
-        except TRANSIENT as exc:
-            # Unconfirmed results only cost Redis memory: PostgreSQL catches the duplicates.
-            log.warning("confirm_failed", error=repr(exc), seq=batch.seq)
         self.settled += inserted
         metrics.batch_written(inserted, t_write)
         self.batches += 1
+        # Confirming only frees Redis memory: it runs while the next batch is written, one batch
+        # at a time.
+        previous = self._confirm_task
+        self._confirm_task = asyncio.create_task(self._confirm(batch, previous, inserted, t_write))
+
+    async def _confirm(
+        self, batch: Batch, previous: asyncio.Task[None] | None, inserted: int, t_write: float
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
+        t0 = time.perf_counter()
+        limit = asyncio.Semaphore(self.options.org_concurrency)
+
+        async def one(org_id: str, keys: list[str]) -> None:
+            async with limit:
+                await self.engine.confirm(org_id, keys)
+
+        try:
+            await asyncio.gather(*(one(org, keys) for org, keys in batch.keys_by_org.items()))
+        except Exception as exc:
+            # Unconfirmed results only cost Redis memory: PostgreSQL catches the duplicates.
+            log.warning("confirm_failed", error=repr(exc), seq=batch.seq)
         log.info(
             "batch",
             seq=batch.seq,
@@ -473,6 +493,11 @@ class SettleConsumer:
             confirm_ms=round((time.perf_counter() - t0) * 1000, 2),
             total_ms=round((time.perf_counter() - batch.polled_at) * 1000, 2),
         )
+
+    async def _finish_confirm(self) -> None:
+        task, self._confirm_task = self._confirm_task, None
+        if task is not None:
+            await asyncio.wait({task})
 
     async def _finish_write(self, timeout_s: float | None) -> None:
         """Wait for the batch being written; after `timeout_s` abandon it (cancel)."""
@@ -552,12 +577,18 @@ def build_consumer(
         store=SettlementStore(settings.postgres_dsn),
         decoder=decoder,
         options=options,
+        # decode_event checks ids and instants as the engine does, and credits up to
+        # `max_event_credits`: the engine may skip its own checks when that is within its range.
+        trusted=settings.max_event_credits <= MAX_AMOUNT,
     )
 
 
-async def consume(settings: Settings, *, options: ConsumerOptions | None = None) -> None:
-    """Run one settlement consumer against the configured servers until stopped or cancelled
-    (SIGTERM, SIGINT): the batch in flight is finished or abandoned and the group left."""
+@contextlib.asynccontextmanager
+async def settling(
+    settings: Settings, *, options: ConsumerOptions | None = None
+) -> AsyncIterator[SettleConsumer]:
+    """The consumer `meter consume` runs: the Redis engine of `settings.redis_url`, guarded by
+    `Recovery` (it rebuilds a Redis that lost its data before settling). Not yet running."""
     import redis.asyncio as aioredis
 
     from meter.engine.redis import RedisEngine
@@ -570,10 +601,16 @@ async def consume(settings: Settings, *, options: ConsumerOptions | None = None)
     try:
         engine = RedisEngine(client)
         recovery = Recovery(settings.postgres_dsn, client, engine)
-        consumer = build_consumer(settings, engine, options=options, recovery=recovery)
-        await consumer.run()
+        yield build_consumer(settings, engine, options=options, recovery=recovery)
     finally:
         await client.aclose()
+
+
+async def consume(settings: Settings, *, options: ConsumerOptions | None = None) -> None:
+    """Run one settlement consumer against the configured servers until stopped or cancelled
+    (SIGTERM, SIGINT): the batch in flight is finished or abandoned and the group left."""
+    async with settling(settings, options=options) as consumer:
+        await consumer.run()
 
 
 async def run_component(settings: Settings, services: Services) -> None:

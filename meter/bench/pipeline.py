@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import resource
 import sys
 import time
@@ -25,10 +26,13 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumers.settle import ConsumerOptions, build_consumer
+from consumers.settle import ConsumerOptions, settling
+from meter import alerts, metrics
 from meter.engine.redis import RedisEngine
 from meter.engine.types import MICRO, Grant, Kind, MemberConfig, OrgConfig, OrgStatus, PeriodKind
+from meter.rebuild import new_epoch
 from meter.settings import Settings
+from meter.store import ms_to_datetime
 from schemas.events import encode_event
 
 if TYPE_CHECKING:
@@ -46,41 +50,90 @@ def _rss_mb() -> float:
 
 
 class _World:
+    """Organizations with a shared pool and members with a seat bucket each, in PostgreSQL (so
+    the alert triggers join real rows and a rebuild finds them) and in Redis."""
+
     def __init__(self, orgs: int, members: int) -> None:
         self.run = uuid.uuid4().hex[:6]
         self.orgs = [f"b{self.run}-{o}" for o in range(orgs)]
         self.members = members
+        self.plan = f"bench-{self.run}"
+        self.member_limit = 100 * MICRO
 
-    async def apply(self, engine: RedisEngine, t: int) -> None:
+    def _grants(self, org: str, t: int) -> list[Grant]:
+        grants = [
+            Grant(org, f"{org}-pool", Kind.SHARED, 10**9 * MICRO, t - DAY_MS, t + 90 * DAY_MS,
+                  t - DAY_MS)
+        ]  # fmt: skip
+        for m in range(self.members):
+            grants.append(
+                Grant(org, f"{org}-m{m}-seat", Kind.SEAT, 3000 * MICRO, t - DAY_MS,
+                      t + 30 * DAY_MS, t - DAY_MS, f"m{m}")
+            )  # fmt: skip
+        return grants
+
+    async def apply(self, conn: asyncpg.Connection, engine: RedisEngine, t: int) -> None:
+        anchor = ms_to_datetime(t - DAY_MS)
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO plans (plan_id, name, period_kind, seat_credits,"
+                " default_member_limit) VALUES ($1, $1, 'monthly', 0, $2)",
+                self.plan,
+                self.member_limit,
+            )
+            await conn.copy_records_to_table(
+                "organizations",
+                records=[(org, org, self.plan, anchor) for org in self.orgs],
+                columns=("org_id", "name", "plan_id", "billing_anchor"),
+            )
+            await conn.copy_records_to_table(
+                "members",
+                records=[(org, f"m{m}", anchor) for org in self.orgs for m in range(self.members)],
+                columns=("org_id", "member_id", "seated_since"),
+            )
+            await conn.copy_records_to_table(
+                "credit_grants",
+                records=[
+                    (
+                        g.org_id,
+                        g.bucket_id,
+                        g.kind.value,
+                        g.member_id,
+                        g.amount,
+                        ms_to_datetime(g.valid_from_ms),
+                        ms_to_datetime(g.expires_at_ms),
+                        ms_to_datetime(g.granted_at_ms),
+                    )
+                    for org in self.orgs
+                    for g in self._grants(org, t)
+                ],
+                columns=(
+                    "org_id",
+                    "bucket_id",
+                    "kind",
+                    "member_id",
+                    "amount",
+                    "valid_from",
+                    "expires_at",
+                    "granted_at",
+                ),
+            )
         for org in self.orgs:
             await engine.put_org(
-                OrgConfig(org, OrgStatus.ACTIVE, PeriodKind.MONTHLY, anchor_ms=t - DAY_MS)
-            )
-            await engine.apply_grant(
-                Grant(
+                OrgConfig(
                     org,
-                    f"{org}-pool",
-                    Kind.SHARED,
-                    10**9 * MICRO,
-                    t - DAY_MS,
-                    t + 90 * DAY_MS,
-                    t - DAY_MS,
+                    OrgStatus.ACTIVE,
+                    PeriodKind.MONTHLY,
+                    anchor_ms=t - DAY_MS,
+                    default_member_limit=self.member_limit,
                 )
             )
             for m in range(self.members):
                 await engine.put_member(MemberConfig(org, f"m{m}"))
-                await engine.apply_grant(
-                    Grant(
-                        org,
-                        f"{org}-m{m}-seat",
-                        Kind.SEAT,
-                        3000 * MICRO,
-                        t - DAY_MS,
-                        t + 30 * DAY_MS,
-                        t - DAY_MS,
-                        f"m{m}",
-                    )
-                )
+            for grant in self._grants(org, t):
+                await engine.apply_grant(grant)
+        # Redis holds PostgreSQL's state, as after `meter rebuild`.
+        await engine.set_epoch(new_epoch(t))
 
     def events(
         self, n: int, prefix: str, time_ms: int | None = None
@@ -188,13 +241,21 @@ async def bench(settings: Settings, events: int, rate: int, lag_seconds: float) 
     engine = RedisEngine(client)
     world = _World(orgs=100, members=40)
     t = _now_ms()
-    await world.apply(engine, t)
+    setup = await asyncpg.connect(dsn)
+    try:
+        await world.apply(setup, engine, t)
+    finally:
+        await setup.close()
     print(f"producing {events} events ...", file=sys.stderr, flush=True)
     await _produce(bootstrap, topic, world.events(events, "pre", t))
     raw_rate = await _raw_consume(bootstrap, topic, events)
     print(f"raw consume: {raw_rate:,.0f} events/s", file=sys.stderr, flush=True)
 
-    consumer = build_consumer(run, engine, options=ConsumerOptions(batch_max_records=5000))
+    # The consumer exactly as `meter consume` runs it: epoch guard, metrics, alert publisher.
+    stack = contextlib.AsyncExitStack()
+    consumer = await stack.enter_async_context(settling(run, options=ConsumerOptions()))
+    await stack.enter_async_context(metrics.metrics_server(run))
+    await stack.enter_async_context(alerts.publishing(run))
     task = asyncio.create_task(consumer.run())
     conn = await asyncpg.connect(dsn)
     try:
@@ -238,6 +299,7 @@ async def bench(settings: Settings, events: int, rate: int, lag_seconds: float) 
     finally:
         consumer.stop()
         await task
+        await stack.aclose()
         await conn.close()
         await client.aclose()
     return {
