@@ -5,9 +5,14 @@
 1. advance the consumer offsets of the batch's partitions, each only from the offset the writer
    expects (a stale group member finds a different value and gets `OffsetConflict`, which rolls
    the whole transaction back);
-2. COPY the settlements and their lines into session-local staging tables;
-3. one statement moves them into `settlements` / `settlement_lines` (keys already present are
-   skipped) and adds exactly the inserted rows to every total with INSERT ... ON CONFLICT DO UPDATE.
+2. COPY the settlements and their lines straight into `settlements` / `settlement_lines`, and
+   the batch's totals, summed per member, billing group, period and day, into a session-local
+   staging table; one statement adds the staged totals to every total table with
+   INSERT ... ON CONFLICT DO UPDATE, so each total row is touched once per batch;
+3. when a key is already present (the COPY fails with a unique violation: a duplicate the
+   consumer could not see coming), the transaction is rolled back and written again the careful
+   way: COPY into staging tables, move them with ON CONFLICT DO NOTHING, and add exactly the
+   inserted rows to every total.
 
 `record_void` records a void and takes its settlement back out of every total.
 
@@ -76,6 +81,23 @@ _STAGE_COLUMNS = (
     "on_demand",
 )
 _LINE_COLUMNS = ("key", "org_id", "bucket_id", "kind", "amount")
+_SETTLEMENT_COLUMNS = _STAGE_COLUMNS[:14]
+"""The columns of `settlements` a batch writes (`settled_at` is the server's clock)."""
+_TOTAL_COLUMNS = (
+    "org_id",
+    "member_id",
+    "billing_group",
+    "period_start",
+    "period_end",
+    "day",
+    "events",
+    "credits",
+    "seat",
+    "personal",
+    "shared",
+    "on_demand",
+    "unfunded",
+)
 
 CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS stage_settlements (
@@ -88,6 +110,12 @@ CREATE TEMP TABLE IF NOT EXISTS stage_settlements (
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_lines (
     key text, org_id text, bucket_id text, kind text, amount bigint
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_totals (
+    org_id text, member_id text, billing_group text,
+    period_start timestamptz, period_end timestamptz, day date,
+    events bigint, credits bigint, seat bigint, personal bigint, shared bigint,
+    on_demand bigint, unfunded bigint
 ) ON COMMIT DELETE ROWS;
 """
 
@@ -174,6 +202,47 @@ SELECT count(*) FROM ins
 """
 
 
+_STAGED_SUMS = """sum(events), sum(credits), sum(seat), sum(personal), sum(shared),
+           sum(on_demand), sum(unfunded)"""
+
+# The staged totals (one row per member, billing group, period start and day of the batch) added
+# to every total table: each total row is touched once per batch.
+ADD_STAGED_TOTALS = f"""
+WITH member_totals AS (
+    INSERT INTO member_period_totals AS t (org_id, member_id, period_start, period_end, {_TOTALS})
+    SELECT org_id, member_id, period_start, max(period_end), {_STAGED_SUMS}
+    FROM stage_totals GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (org_id, member_id, period_start) DO UPDATE SET {_ADD}
+), group_totals AS (
+    INSERT INTO group_period_totals AS t
+        (org_id, billing_group, period_start, period_end, {_TOTALS})
+    SELECT org_id, billing_group, period_start, max(period_end), {_STAGED_SUMS}
+    FROM stage_totals GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (org_id, billing_group, period_start) DO UPDATE SET {_ADD}
+), org_totals AS (
+    INSERT INTO org_period_totals AS t (org_id, period_start, period_end, {_TOTALS})
+    SELECT org_id, period_start, max(period_end), {_STAGED_SUMS}
+    FROM stage_totals GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (org_id, period_start) DO UPDATE SET {_ADD}
+), daily_totals AS (
+    INSERT INTO member_daily_totals AS t (org_id, member_id, day, {_TOTALS})
+    SELECT org_id, member_id, day, {_STAGED_SUMS}
+    FROM stage_totals GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (org_id, member_id, day) DO UPDATE SET {_ADD}
+), member_group_totals AS (
+    INSERT INTO member_group_period_totals AS t
+        (org_id, period_start, billing_group, member_id, period_end, {_TOTALS})
+    SELECT org_id, period_start, billing_group, member_id, max(period_end), {_STAGED_SUMS}
+    FROM stage_totals GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (org_id, period_start, billing_group, member_id) DO UPDATE SET {_ADD}
+)
+INSERT INTO org_daily_totals AS t (org_id, day, {_TOTALS})
+SELECT org_id, day, {_STAGED_SUMS}
+FROM stage_totals GROUP BY 1, 2 ORDER BY 1, 2
+ON CONFLICT (org_id, day) DO UPDATE SET {_ADD}
+"""
+
+
 # -- rows ---------------------------------------------------------------------------------------
 
 _KIND_SLOT = {Kind.SEAT: 0, Kind.PERSONAL: 1, Kind.SHARED: 2, Kind.ON_DEMAND: 3}
@@ -222,6 +291,90 @@ def stage_rows(
             )
         )
     return rows, lines
+
+
+DAY_MS = 86_400_000
+
+
+@dataclass(slots=True)
+class BatchRows:
+    """A batch as COPY records: settlements (sorted by key), lines, and totals summed per
+    (org, member, billing group, period start, UTC day of the event time)."""
+
+    settlements: list[tuple[Any, ...]]
+    lines: list[tuple[Any, ...]]
+    totals: list[tuple[Any, ...]]
+
+
+def batch_rows(settlements: Iterable[tuple[Settlement, str | None]]) -> BatchRows:
+    """COPY records of a batch for the direct write. Each settlement comes with its attributes
+    as JSON text (or None). Settlements without a period are not storable."""
+    rows: list[tuple[Any, ...]] = []
+    lines: list[tuple[Any, ...]] = []
+    sums: dict[tuple[str, str, str, int, int], list[int]] = {}
+    ends: dict[tuple[str, int], int] = {}
+    instants: dict[int, dt.datetime] = {}
+    days: dict[int, dt.date] = {}
+    seat_kind, personal_kind, shared_kind = Kind.SEAT, Kind.PERSONAL, Kind.SHARED
+
+    def instant(ms: int) -> dt.datetime:
+        value = instants.get(ms)
+        if value is None:
+            value = instants[ms] = ms_to_datetime(ms)
+        return value
+
+    for s, attributes in settlements:
+        period = s.period
+        if period is None:
+            raise ValueError(f"settlement {s.key!r} has no period")
+        key, org_id, time_ms = s.key, s.org_id, s.time_ms
+        start = period.start_ms
+        group_key = (org_id, s.member_id, s.billing_group, start, time_ms // DAY_MS)
+        total = sums.get(group_key)
+        if total is None:
+            total = sums[group_key] = [0, 0, 0, 0, 0, 0, 0]
+        end = ends.get((org_id, start))
+        if end is None or end < period.end_ms:
+            ends[org_id, start] = period.end_ms
+        total[0] += 1
+        total[1] += s.credits
+        total[6] += s.unfunded
+        for line in s.lines:
+            kind = line.kind
+            slot = (
+                2 if kind is seat_kind else 3 if kind is personal_kind else
+                4 if kind is shared_kind else 5
+            )  # fmt: skip
+            total[slot] += line.amount
+            lines.append((key, org_id, line.bucket_id, kind.value, line.amount))
+        rows.append(
+            (
+                key,
+                org_id,
+                s.member_id,
+                s.billing_group,
+                instant(start),
+                instant(period.end_ms),
+                instant(time_ms),
+                s.credits,
+                s.unfunded,
+                s.member_limited,
+                s.group_limited,
+                s.late,
+                s.reservation_id,
+                attributes,
+            )
+        )
+    rows.sort()
+    totals: list[tuple[Any, ...]] = []
+    for (org_id, member_id, group, start, day), t in sums.items():
+        date = days.get(day)
+        if date is None:
+            date = days[day] = ms_to_datetime(day * DAY_MS).date()
+        totals.append(
+            (org_id, member_id, group, instant(start), instant(ends[org_id, start]), date, *t)
+        )
+    return BatchRows(rows, lines, totals)
 
 
 # -- the store ----------------------------------------------------------------------------------
@@ -302,26 +455,35 @@ class SettlementStore:
     ) -> int:
         """Write settlements and advance offsets in one transaction. Returns how many
         settlements were new. Raises `OffsetConflict` (nothing written) when fenced."""
-        rows, lines = stage_rows(settlements)
         await self.open()
-        async with self.pool.acquire() as conn, conn.transaction():
-            if offsets:
-                moved = await conn.fetch(
-                    ADVANCE_OFFSETS,
-                    group_id,
-                    topic,
-                    [o.partition for o in offsets],
-                    [o.expected for o in offsets],
-                    [o.next_offset for o in offsets],
+        if not settlements:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await _advance(conn, group_id, topic, offsets)
+            return 0
+        rows = batch_rows(settlements)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await _advance(conn, group_id, topic, offsets)
+                await conn.copy_records_to_table(
+                    "settlements", records=rows.settlements, columns=_SETTLEMENT_COLUMNS
                 )
-                done = {int(r[0]) for r in moved}
-                missing = [o.partition for o in offsets if o.partition not in done]
-                if missing:
-                    raise OffsetConflict(missing)
-            if not rows:
-                return 0
+                if rows.lines:
+                    await conn.copy_records_to_table(
+                        "settlement_lines", records=rows.lines, columns=_LINE_COLUMNS
+                    )
+                await conn.copy_records_to_table(
+                    "stage_totals", records=rows.totals, columns=_TOTAL_COLUMNS
+                )
+                await conn.execute(ADD_STAGED_TOTALS)
+                await conn.execute(APPLY_PENDING_VOIDS)
+                return len(rows.settlements)
+        except asyncpg.UniqueViolationError:
+            pass  # some keys are settled already: write again, skipping them
+        staged, lines = stage_rows(settlements)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _advance(conn, group_id, topic, offsets)
             await conn.copy_records_to_table(
-                "stage_settlements", records=rows, columns=_STAGE_COLUMNS
+                "stage_settlements", records=staged, columns=_STAGE_COLUMNS
             )
             if lines:
                 await conn.copy_records_to_table(
@@ -331,6 +493,26 @@ class SettlementStore:
             if inserted:
                 await conn.execute(APPLY_PENDING_VOIDS)
             return inserted
+
+
+async def _advance(
+    conn: asyncpg.Connection, group_id: str, topic: str, offsets: Sequence[OffsetAdvance]
+) -> None:
+    """Advance the stored offsets; `OffsetConflict` when one moved since the writer read it."""
+    if not offsets:
+        return
+    moved = await conn.fetch(
+        ADVANCE_OFFSETS,
+        group_id,
+        topic,
+        [o.partition for o in offsets],
+        [o.expected for o in offsets],
+        [o.next_offset for o in offsets],
+    )
+    done = {int(r[0]) for r in moved}
+    missing = [o.partition for o in offsets if o.partition not in done]
+    if missing:
+        raise OffsetConflict(missing)
 
 
 # -- voids --------------------------------------------------------------------------------------

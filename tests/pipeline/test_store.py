@@ -1,0 +1,119 @@
+"""The settlement store's batch write: the direct COPY path and the careful path it falls back to
+when some keys are settled already, both leaving every total equal to a recomputation from the
+settlements and their lines."""
+
+from __future__ import annotations
+
+import random
+
+import asyncpg  # type: ignore[import-untyped]
+
+from meter.engine.types import Kind, Line, Period, Settlement
+from meter.store import DAY_MS, OffsetAdvance, OffsetConflict, SettlementStore
+
+T0 = 1_780_000_000_000 - 1_780_000_000_000 % DAY_MS
+PERIODS = (Period(T0 - 20 * DAY_MS, T0 + 10 * DAY_MS), Period(T0 + 10 * DAY_MS, T0 + 40 * DAY_MS))
+KINDS = (Kind.SEAT, Kind.PERSONAL, Kind.SHARED, Kind.ON_DEMAND)
+
+_SUMS = (
+    "count(*), sum(credits), sum(seat), sum(personal), sum(shared), sum(on_demand), sum(unfunded)"
+)
+_PER_KEY = """
+    SELECT s.*, (s.event_time AT TIME ZONE 'UTC')::date AS day, k.* FROM settlements s
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(amount) FILTER (WHERE kind = 'seat'), 0) AS seat,
+               coalesce(sum(amount) FILTER (WHERE kind = 'personal'), 0) AS personal,
+               coalesce(sum(amount) FILTER (WHERE kind = 'shared'), 0) AS shared,
+               coalesce(sum(amount) FILTER (WHERE kind = 'on_demand'), 0) AS on_demand
+        FROM settlement_lines l WHERE l.key = s.key
+    ) AS k
+"""
+TOTALS = {
+    "member_period_totals": ("org_id", "member_id", "period_start"),
+    "group_period_totals": ("org_id", "billing_group", "period_start"),
+    "org_period_totals": ("org_id", "period_start"),
+    "member_daily_totals": ("org_id", "member_id", "day"),
+    "member_group_period_totals": ("org_id", "period_start", "billing_group", "member_id"),
+    "org_daily_totals": ("org_id", "day"),
+}
+COLUMNS = "events, credits, seat, personal, shared, on_demand, unfunded"
+
+
+def settlement(rng: random.Random, i: int) -> Settlement:
+    org = f"org-{i % 2}"
+    period = PERIODS[rng.randrange(2)]
+    time_ms = period.start_ms + rng.randrange(3) * DAY_MS + rng.randrange(DAY_MS)
+    lines = tuple(
+        Line(f"{org}-b{j}", KINDS[j], rng.randrange(1, 5_000_000))
+        for j in sorted(rng.sample(range(4), rng.randrange(4)))
+    )
+    unfunded = rng.choice((0, 0, 700_000))
+    return Settlement(
+        key=f"//s e{i}",
+        org_id=org,
+        member_id=f"m{rng.randrange(4)}",
+        credits=sum(line.amount for line in lines) + unfunded,
+        time_ms=time_ms,
+        period=period,
+        billing_group=rng.choice(("", "g1", "g2")),
+        lines=lines,
+        unfunded=unfunded,
+        member_limited=rng.random() < 0.2,
+        reservation_id=rng.choice((None, f"r{i}")),
+    )
+
+
+async def assert_totals_recomputed(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for table, by in TOTALS.items():
+            cols = ", ".join(by)
+            stored = await conn.fetch(f"SELECT {cols}, {COLUMNS} FROM {table} ORDER BY {cols}")
+            fresh = await conn.fetch(
+                f"SELECT {cols}, {_SUMS} FROM ({_PER_KEY}) AS x GROUP BY {cols} ORDER BY {cols}"
+            )
+            assert [tuple(r) for r in stored] == [tuple(r) for r in fresh], table
+            assert stored, table
+    finally:
+        await conn.close()
+
+
+async def test_direct_and_careful_writes_keep_totals(migrated_dsn: str) -> None:
+    rng = random.Random(11)
+    batch = [settlement(rng, i) for i in range(400)]
+    store = SettlementStore(migrated_dsn)
+    try:
+        await store.load_offsets("g", "t", {0: 0})
+        # All new: the direct path.
+        first = [(s, '{"model": "m"}' if s.member_limited else None) for s in batch[:250]]
+        assert await store.write_batch("g", "t", first, [OffsetAdvance(0, 0, 250)]) == 250
+        await assert_totals_recomputed(migrated_dsn)
+        # Half of it settled already: only the new ones count, once.
+        mixed = [(s, None) for s in batch[150:]]
+        assert await store.write_batch("g", "t", mixed, [OffsetAdvance(0, 250, 500)]) == 150
+        await assert_totals_recomputed(migrated_dsn)
+        # Nothing new: offsets still advance, no total moves.
+        assert await store.write_batch("g", "t", mixed[:10], [OffsetAdvance(0, 500, 510)]) == 0
+        await assert_totals_recomputed(migrated_dsn)
+        # A writer expecting an old offset is fenced and writes nothing.
+        extra = [(settlement(rng, 1000), None)]
+        try:
+            await store.write_batch("g", "t", extra, [OffsetAdvance(0, 250, 600)])
+        except OffsetConflict as exc:
+            assert exc.partitions == (0,)
+        else:
+            raise AssertionError("a stale offset must be fenced")
+        assert await store.load_offsets("g", "t", {0: 0}) == {0: 510}
+        pool = await asyncpg.connect(migrated_dsn)
+        try:
+            count = await pool.fetchval("SELECT count(*) FROM settlements")
+            attributes = await pool.fetchval(
+                "SELECT count(*) FROM settlements WHERE attributes ->> 'model' = 'm'"
+            )
+        finally:
+            await pool.close()
+        assert count == 400
+        assert attributes == sum(1 for s, a in first if a is not None) > 0
+        await assert_totals_recomputed(migrated_dsn)
+    finally:
+        await store.close()
