@@ -42,7 +42,7 @@ from meter.engine.types import (
     UsageEvent,
 )
 
-KEY_SUFFIXES = ("o", "g", "sh", "ms", "r", "v", "h", "hx", "ha")
+KEY_SUFFIXES = ("o", "g", "m", "l", "sh", "r", "v", "h", "hx", "ha")
 
 
 async def _redis_usec(client: aioredis.Redis) -> int:
@@ -76,9 +76,9 @@ async def _setup(engine: RedisEngine, org: OrgConfig, members: int) -> list[str]
     return ids
 
 
-async def _org_keys(client: aioredis.Redis, org_id: str, members: Sequence[str]) -> list[str]:
+async def _org_keys(client: aioredis.Redis, org_id: str) -> list[str]:
     prefix = org_key(org_id)[:-1]
-    keys = [prefix + s for s in KEY_SUFFIXES] + [f"{prefix}u:{m}" for m in members]
+    keys = [prefix + s for s in KEY_SUFFIXES]
     keys += [k.decode() async for k in client.scan_iter(match=f"{prefix}c:*", count=1000)]
     return keys
 
@@ -159,7 +159,7 @@ async def bench_engine(
             await engine.release(org.org_id, f"bench-{i}", now)
         used = 0
         for org in configs:
-            for key in await _org_keys(client, org.org_id, member_ids[org.org_id]):
+            for key in await _org_keys(client, org.org_id):
                 if not key.endswith(":r"):
                     used += await client.memory_usage(key) or 0
         first = by_batch[str(min(batch_sizes))]
@@ -175,7 +175,7 @@ async def bench_engine(
         }
     finally:
         for org in configs:
-            keys = await _org_keys(client, org.org_id, [f"m{i:04d}" for i in range(members)])
+            keys = await _org_keys(client, org.org_id)
             for at in range(0, len(keys), 500):
                 await client.delete(*keys[at : at + 500])
         await client.aclose()

@@ -42,20 +42,34 @@ async def test_config_scripts(redis: aioredis.Redis) -> None:
         "c": SEP.join(["active", "monthly", str(ANCHOR), "30", "all", "", "0"]),
     }
     assert await hash_of(redis, P + "g") == {"team": "500"}
-    assert await hash_of(redis, P + "u:ann") == {
-        "s": "1", "l": "", "g": "team", "bseat": SEP.join(["s", str(ANCHOR), str(MARCH_END),
-                                                           str(ANCHOR), "100"]),
-    }  # fmt: skip
-    assert await redis.smembers(P + "ms") == {b"ann"}
+    seat = "\x1es" + SEP.join([str(ANCHOR), str(MARCH_END), str(ANCHOR), "seat"])
+    assert await hash_of(redis, P + "m") == {"ann": SEP.join(["1", "", "team", ""]) + seat}
+    assert (
+        await redis.get(P + "sh")
+        == ("\x1eh" + SEP.join([str(ANCHOR), str(MARCH_END + 1), str(ANCHOR), "pool"])).encode()
+    )
+    assert await hash_of(redis, P + "l") == {"ann" + SEP + "seat": "100", SEP + "pool": "1000"}
     assert await run(redis, "apply_grant", "ann", "seat", "s", 0, 1, 0, 5) == 0  # idempotent
+    # Buckets are kept in burn-down order: kind, expiry, grant, id.
+    await run(redis, "apply_grant", "ann", "early", "s", ANCHOR, MARCH_END - 1, ANCHOR, 1)
+    await run(redis, "apply_grant", "ann", "addon", "p", ANCHOR, MARCH_END - 2, ANCHOR, 1)
+    await run(redis, "apply_grant", "ann", "older", "s", ANCHOR, MARCH_END, ANCHOR - 1, 1)
+    await run(redis, "apply_grant", "ann", "seas", "s", ANCHOR, MARCH_END, ANCHOR, 1)
+    value = (await hash_of(redis, P + "m"))["ann"]
+    assert [b.rsplit(SEP, 1)[1] for b in value.split("\x1e")[1:]] == [
+        "early", "older", "seas", "seat", "addon",
+    ]  # fmt: skip
     assert await run(redis, "remove_member", "ann") == 1
-    assert (await hash_of(redis, P + "u:ann"))["x"] == "1"
+    assert (await hash_of(redis, P + "m"))["ann"].startswith(SEP.join(["1", "", "team", "1"]))
     await run(redis, "put_member", "ann", "0", "7", "")
-    assert "x" not in await hash_of(redis, P + "u:ann")
+    assert (await hash_of(redis, P + "m"))["ann"] == SEP.join(["0", "7", "", ""]) + value[
+        value.index("\x1e") :
+    ]
+    assert await run(redis, "remove_member", "bob") == 0
     assert await run(redis, "delete_billing_group", "team") == 1
     assert await redis.exists(P + "g") == 0
     assert sorted(await redis.keys("*")) == sorted(
-        k.encode() for k in [P + "o", P + "u:ann", P + "ms", P + "sh"]
+        k.encode() for k in [P + "o", P + "m", P + "l", P + "sh"]
     )
 
 
@@ -75,8 +89,7 @@ async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
     }  # fmt: skip
     ttl = await redis.pttl(counters)
     assert MARCH_END + 7 * 86_400_000 - NOW - 5000 < ttl <= MARCH_END + 7 * 86_400_000 - NOW
-    assert (await hash_of(redis, P + "u:ann"))["bseat"].endswith(SEP + "0")
-    assert (await hash_of(redis, P + "sh"))["bpool"].endswith(SEP + "950")
+    assert await hash_of(redis, P + "l") == {"ann" + SEP + "seat": "0", SEP + "pool": "950"}
 
     assert await run(redis, "void", MARCH_END, "e1", "") == [
         b"new",
@@ -86,7 +99,7 @@ async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
     ]  # fmt: skip  (the seat bucket expired at MARCH_END)
     assert await hash_of(redis, P + "v") == {"e1": SEP.join(["new", "pool", "h", "50"])}
     assert await hash_of(redis, counters) == {"aann": "0", "sann": "0", "gteam": "0", "d": "0"}
-    assert (await hash_of(redis, P + "sh"))["bpool"].endswith(SEP + "1000")
+    assert (await hash_of(redis, P + "l"))[SEP + "pool"] == "1000"
     assert (await run(redis, "void", MARCH_END, "e1", ""))[0] == b"dup"
 
     assert await run(redis, "confirm", "e1", "nope") == 1

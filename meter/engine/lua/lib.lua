@@ -7,10 +7,13 @@
 --                      default_limit|grace; ps pe: the last current period; hm: a lower bound of
 --                      the live holds' expiries, absent when there are none
 --   g           hash   billing group id -> period limit ("" = unlimited)
---   u:<member>  hash   member config s (seated) l (limit, "" = org default) g (group) x (removed)
---                      and its buckets "b<id>" -> kind|valid_from|expires_at|granted_at|left
---   sh          hash   the shared pool's buckets, same encoding
---   ms          set    ids of members with a u:<member> hash
+--   m           hash   member id -> its config and buckets, one string:
+--                      seated|limit|group|removed then, per bucket in burn-down order,
+--                       kind valid_from|expires_at|granted_at|bucket_id (kind: one letter,
+--                      seated "1"/"0", limit "" = org default, removed "1"/""); a member with
+--                      grants but never put has no config part (the value starts with )
+--   sh          string the shared pool's buckets, same encoding
+--   l           hash   <owner>|<bucket_id> -> credits left (owner: member id, "" = shared pool)
 --   c:<start>   hash   counters of the period starting at <start>: a<m> s<m> g<group> d u
 --   r           hash   settlement key -> stored result, until confirmed
 --   v           hash   settlement key -> void result
@@ -22,8 +25,7 @@ local SEP = '\31'
 local DAY = 86400000
 local COUNTER_KEEP_MS = 7 * DAY
 local PRUNE_AFTER_MS = 7 * DAY -- model.PRUNE_AFTER_MS
--- Kind code and rank of a bucket by the first byte of its value.
-local KIND_OF = {[115] = 's', [112] = 'p', [104] = 'h', [111] = 'o'}
+-- Rank of a bucket by the byte of its kind code (seat, personal, shared, on_demand).
 local RANK_OF = {[115] = 0, [112] = 1, [104] = 2, [111] = 3}
 
 -- Integers as decimal strings (%d converts through a 64-bit long: exact below 2^53, and twice
@@ -142,96 +144,79 @@ local function id_less(a, b)
   return la < lb
 end
 
--- Burn-down order: kind, sooner expiry, older grant, bucket id.
-local function bucket_less(a, b)
-  if a.rank ~= b.rank then return a.rank < b.rank end
-  if a.exp ~= b.exp then return a.exp < b.exp end
-  local ga = tonumber(string.match(a.v, '^.\31[^\31]+\31[^\31]+\31([^\31]+)'))
-  local gb = tonumber(string.match(b.v, '^.\31[^\31]+\31[^\31]+\31([^\31]+)'))
-  if ga ~= gb then return ga < gb end
-  return id_less(a.id, b.id)
-end
-
--- Sort buckets in burn-down order: insertion sort, as lists are short and mostly stored in order
--- (table.sort costs more on them).
-local function sort_buckets(list, n)
-  for i = 2, n do
-    local b = list[i]
-    local j = i - 1
-    while j >= 1 and bucket_less(b, list[j]) do
-      list[j + 1] = list[j]
-      j = j - 1
-    end
-    list[j + 1] = b
-  end
-end
-
--- A bucket's fields but granted_at (read from v by bucket_less on a tie of kind and expiry), and,
--- in v and hl, its stored value and the length of the part before left (bucket_head).
-local function parse_bucket(id, v)
-  local from, exp, left = string.match(v, '^.\31([^\31]+)\31([^\31]+)\31[^\31]+\31(.+)$')
-  local c = string.byte(v, 1)
-  return {
-    id = id, kind = KIND_OF[c], rank = RANK_OF[c], from = tonumber(from), exp = tonumber(exp),
-    left = tonumber(left), v = v, hl = #v - #left,
-  }
-end
-
--- The stored value of a bucket up to its left field (the part that never changes).
-local function bucket_head(b)
-  return string.sub(b.v, 1, b.hl)
-end
-
--- A member's config and buckets (sorted). m.known is false for a member never put.
-local function load_member(P, member_id)
-  local key = P .. 'u:' .. member_id
-  local flat = redis.call('HGETALL', key)
-  local m = {key = key, id = member_id, buckets = {}, known = false, group = '',
-             fa = 'a' .. member_id, fs = 's' .. member_id}
-  local n = 0
-  for i = 1, #flat, 2 do
-    local f = flat[i]
-    if #f > 1 then
-      n = n + 1
-      m.buckets[n] = parse_bucket(string.sub(f, 2), flat[i + 1])
-    elseif f == 's' then
-      m.known = true
-      m.seated = flat[i + 1] == '1'
-    elseif f == 'l' then
-      if flat[i + 1] ~= '' then m.limit = tonumber(flat[i + 1]) end
-    elseif f == 'g' then
-      m.group = flat[i + 1]
-    elseif f == 'x' then
-      m.removed = true
-    end
-  end
-  if n > 1 then sort_buckets(m.buckets, n) end
-  return m
-end
-
-local function load_shared(P)
-  local flat = redis.call('HGETALL', P .. 'sh')
+-- The buckets of an owner's value (see the layout above), in stored order, which is burn-down
+-- order: {id, kind, rank, from, exp, f (the field of its credits left in l)}; left is filled in
+-- by load_left.
+local function decode_buckets(v, owner)
   local out, n = {}, 0
-  for i = 1, #flat, 2 do
+  for kind, from, exp, id in string.gmatch(v, '\30(%a)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30]*)') do
     n = n + 1
-    out[n] = parse_bucket(string.sub(flat[i], 2), flat[i + 1])
+    out[n] = {id = id, kind = kind, rank = RANK_OF[string.byte(kind)], from = tonumber(from),
+              exp = tonumber(exp), f = owner .. SEP .. id}
   end
-  if n > 1 then sort_buckets(out, n) end
   return out
 end
 
-local function save_buckets(key, buckets)
+-- A member from its value in m (nil when absent): config and buckets. m.known is false for a
+-- member never put (grants may come first).
+local function decode_member(member_id, v)
+  local m = {id = member_id, known = false, group = '', fa = 'a' .. member_id,
+             fs = 's' .. member_id}
+  if not v then
+    m.buckets = {}
+    return m
+  end
+  local seated, limit, group, removed = string.match(v, '^([01])\31([^\31]*)\31([^\31]*)\31([^\30]*)')
+  if seated then
+    m.known = true
+    m.seated = seated == '1'
+    if limit ~= '' then m.limit = tonumber(limit) end
+    m.group = group
+    m.removed = removed ~= ''
+  end
+  m.buckets = decode_buckets(v, member_id)
+  return m
+end
+
+local function load_member(P, member_id)
+  return decode_member(member_id, redis.call('HGET', P .. 'm', member_id))
+end
+
+local function load_shared(P)
+  local v = redis.call('GET', P .. 'sh')
+  if not v then return {} end
+  return decode_buckets(v, '')
+end
+
+-- Fill in b.left for buckets list[1..n] with one HMGET of l.
+local function load_left(P, list, n)
+  local fields = {}
+  for i = 1, n do fields[i] = list[i].f end
+  for first = 1, n, 500 do
+    local last = first + 499
+    if last > n then last = n end
+    local got = redis.call('HMGET', P .. 'l', unpack(fields, first, last))
+    for k = 1, #got do list[first + k - 1].left = tonumber(got[k]) or 0 end
+  end
+end
+
+-- Write back the credits left of the buckets drawn from (b.dirty), one HSET.
+local function save_left(P, list)
   local args, n = {}, 0
-  for i = 1, #buckets do
-    local b = buckets[i]
+  for i = 1, #list do
+    local b = list[i]
     if b.dirty then
-      args[n + 1] = 'b' .. b.id
-      args[n + 2] = bucket_head(b) .. fmt(b.left)
+      args[n + 1] = b.f
+      args[n + 2] = fmt(b.left)
       n = n + 2
       b.dirty = false
     end
   end
-  if n > 0 then redis.call('HSET', key, unpack(args)) end
+  for first = 1, n, 1000 do
+    local last = first + 999
+    if last > n then last = n end
+    redis.call('HSET', P .. 'l', unpack(args, first, last))
+  end
 end
 
 -- The member's and the shared pool's buckets usable at t, in burn-down order, and the interval
@@ -377,6 +362,7 @@ local function check_core(P, org, mid, credits, now)
     if glimit then group = mem.group end
   end
   local list = eligible(mem, load_shared(P), now)
+  load_left(P, list, #list)
   local held = {}
   if org.hm then
     local fields = {'a' .. mid, 's' .. mid, 'g' .. group}

@@ -6,8 +6,10 @@ local member_limit = ARGV[3] -- "" = the org's default
 local billing_group = ARGV[4] -- "" = Unassigned
 
 local P = string.sub(org_key, 1, -2)
-local key = P .. 'u:' .. member_id
-redis.call('HSET', key, 's', seated, 'l', member_limit, 'g', billing_group)
-redis.call('HDEL', key, 'x')
-redis.call('SADD', P .. 'ms', member_id)
+local v = redis.call('HGET', P .. 'm', member_id) or ''
+local buckets = ''
+local first = string.find(v, '\30', 1, true)
+if first then buckets = string.sub(v, first) end
+redis.call('HSET', P .. 'm', member_id,
+  seated .. SEP .. member_limit .. SEP .. billing_group .. SEP .. buckets)
 return 1

@@ -3,7 +3,9 @@ local org_key = KEYS[1]
 local member_id = ARGV[1]
 
 local P = string.sub(org_key, 1, -2)
-local key = P .. 'u:' .. member_id
-if redis.call('HEXISTS', key, 's') == 0 then return 0 end
-redis.call('HSET', key, 'x', '1')
+local v = redis.call('HGET', P .. 'm', member_id)
+if not v then return 0 end
+local config, rest = string.match(v, '^([01]\31[^\31]*\31[^\31]*\31)[^\30]*(.*)$')
+if not config then return 0 end
+redis.call('HSET', P .. 'm', member_id, config .. '1' .. rest)
 return 1

@@ -11,31 +11,22 @@ local P = string.sub(org_key, 1, -2)
 local org = load_org(P)
 if not org then return {'unknown_org', ''} end
 
--- Where each bucket id lives; false when more than one owner has it.
-local owner = {}
-local function index(key)
-  local fields = redis.call('HKEYS', key)
-  for i = 1, #fields do
-    local f = fields[i]
-    if #f > 1 and string.byte(f, 1) == 98 then -- 'b'
-      local id = string.sub(f, 2)
-      if owner[id] == nil then owner[id] = key else owner[id] = false end
-    end
-  end
+-- The field in l of each bucket id; false when more than one owner has it.
+local field = {}
+local fields = redis.call('HKEYS', P .. 'l')
+for i = 1, #fields do
+  local f = fields[i]
+  local id = string.match(f, '\31(.*)$')
+  if field[id] == nil then field[id] = f else field[id] = false end
 end
-local members = redis.call('SMEMBERS', P .. 'ms')
-for i = 1, #members do index(P .. 'u:' .. members[i]) end
-index(P .. 'sh')
 
 for i = 3, 2 + 2 * n, 2 do
-  local where = owner[ARGV[i]]
+  local where = field[ARGV[i]]
   if where == nil then return {'unknown_bucket', ARGV[i]} end
   if where == false then return {'ambiguous_bucket', ARGV[i]} end
 end
 for i = 3, 2 + 2 * n, 2 do
-  local key, field = owner[ARGV[i]], 'b' .. ARGV[i]
-  local b = parse_bucket(ARGV[i], redis.call('HGET', key, field))
-  redis.call('HSET', key, field, bucket_head(b) .. ARGV[i + 1])
+  redis.call('HSET', P .. 'l', field[ARGV[i]], ARGV[i + 1])
 end
 
 local ps, pe = period_at(org, now)

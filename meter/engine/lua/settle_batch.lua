@@ -40,7 +40,42 @@ if not org then
 end
 
 local groups = load_groups(P)
+local shared, all_buckets = nil, nil
+
+-- The members of the events not settled yet: one HMGET; their buckets' and the shared pool's
+-- credits left: one more (only when the org is active, else nothing is drawn).
 local members = {}
+do
+  local ids, nid = {}, 0
+  for i = 1, n do
+    if not stored[i] and not members[mids[i]] then
+      members[mids[i]] = true
+      nid = nid + 1
+      ids[nid] = mids[i]
+    end
+  end
+  local buckets, nb = {}, 0
+  for first = 1, nid, 500 do
+    local last = math.min(first + 499, nid)
+    local got = redis.call('HMGET', P .. 'm', unpack(ids, first, last))
+    for j = 1, #got do
+      local mem = decode_member(ids[first + j - 1], got[j] or nil)
+      members[mem.id] = mem
+      if mem.known then
+        local mb = mem.buckets
+        for k = 1, #mb do buckets[nb + k] = mb[k] end
+        nb = nb + #mb
+      end
+    end
+  end
+  if org.active then
+    shared = load_shared(P)
+    for k = 1, #shared do buckets[nb + k] = shared[k] end
+    nb = nb + #shared
+    load_left(P, buckets, nb)
+    all_buckets = buckets
+  end
+end
 local FLAGS = {[0] = '0', '1', '2', '3', '4', '5', '6', '7'}
 
 -- Pass 1: member, period and group of each event not already settled; which counters it reads.
@@ -53,10 +88,6 @@ for i = 1, n do
   if not stored[i] then
     local mid = mids[i]
     local mem = members[mid]
-    if not mem then
-      mem = load_member(P, mid)
-      members[mid] = mem
-    end
     if mem.known then
       local t = tonumber(times[i])
       if not (cache_ps and cache_ps <= t and t < cache_pe) then
@@ -100,7 +131,6 @@ for _, c in pairs(periods) do
 end
 
 -- Pass 2: settle in order.
-local shared = nil
 local fresh = {}
 local new_results, nr = {}, 0
 for i = 1, n do
@@ -126,7 +156,6 @@ for i = 1, n do
     local vals, dirty = c.vals, c.dirty
     local lines, unfunded, mflag, gflag = nil, credits, false, false
     if org.active then
-      if not shared then shared = load_shared(P) end
       local at = e.at
       if not (mem.elig and mem.elig_lo <= at and at < mem.elig_hi) then
         mem.elig, mem.elig_lo, mem.elig_hi = eligible(mem, shared, at)
@@ -189,8 +218,7 @@ for i = 1, n do
   end
 end
 
-for _, mem in pairs(members) do save_buckets(mem.key, mem.buckets) end
-if shared then save_buckets(P .. 'sh', shared) end
+if all_buckets then save_left(P, all_buckets) end
 for _, c in pairs(periods) do
   local args, na = {}, 0
   for field in pairs(c.dirty) do

@@ -24,21 +24,33 @@ local s = split(enc)
 local mid, ps, pe, group, unfunded = s[1], s[4], tonumber(s[5]), s[6], tonumber(s[7])
 local returned = {'new'}
 local drawn, drawn_shared = 0, 0
-local member_key = P .. 'u:' .. mid
+local owners = {} -- owner -> {bucket id -> expires_at}
+local function expiry(owner, id)
+  local exps = owners[owner]
+  if not exps then
+    local v
+    if owner == '' then
+      v = redis.call('GET', P .. 'sh')
+    else
+      v = redis.call('HGET', P .. 'm', owner)
+    end
+    exps = {}
+    for _, b in ipairs(decode_buckets(v or '', owner)) do exps[b.id] = b.exp end
+    owners[owner] = exps
+  end
+  return exps[id]
+end
 for j = 10, #s - 2, 3 do
   local id, kind, amount = s[j], s[j + 1], tonumber(s[j + 2])
   drawn = drawn + amount
   if kind == 'h' then drawn_shared = drawn_shared + amount end
-  local hkey = kind == 'h' and (P .. 'sh') or member_key
-  local v = redis.call('HGET', hkey, 'b' .. id)
-  if v then
-    local b = parse_bucket(id, v)
-    if now < b.exp then
-      redis.call('HSET', hkey, 'b' .. id, bucket_head(b) .. fmt(b.left + amount))
-      returned[#returned + 1] = id
-      returned[#returned + 1] = kind
-      returned[#returned + 1] = s[j + 2]
-    end
+  local owner = kind == 'h' and '' or mid
+  local exp = expiry(owner, id)
+  if exp and now < exp then
+    redis.call('HINCRBY', P .. 'l', owner .. SEP .. id, s[j + 2])
+    returned[#returned + 1] = id
+    returned[#returned + 1] = kind
+    returned[#returned + 1] = s[j + 2]
   end
 end
 if now <= pe + org.grace then
