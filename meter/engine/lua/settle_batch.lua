@@ -78,74 +78,82 @@ do
 end
 local FLAGS = {[0] = '0', '1', '2', '3', '4', '5', '6', '7'}
 
--- Pass 1: member, period and group of each event not already settled; which counters it reads.
-local plan = {}
-local periods = {} -- period start -> {key, expire_at, fields, vals, dirty}
-local cache_ps, cache_pe = org.ps, org.pe
-local cache_ss, cache_es
-if cache_ps then cache_ss, cache_es = fmt(cache_ps), fmt(cache_pe) end
+-- Pass 1: period (a record shared by its events) and whether it is late, for each event not
+-- already settled; group of each member; which counters the batch reads.
+local ev_c, ev_at, ev_late = {}, {}, {}
+local periods = {} -- period start -> {ps, pe, ss, es, key, expire_at, fields, seen, vals, dirty}
+local function period_record(ps, pe)
+  local c = periods[ps]
+  if not c then
+    local ss = fmt(ps)
+    c = {ps = ps, pe = pe, ss = ss, es = fmt(pe), key = P .. 'c:' .. ss,
+         expire_at = pe + org.grace + COUNTER_KEEP_MS, fields = {'d', 'u'}, nf = 2, seen = {},
+         vals = {}, dirty = {}}
+    periods[ps] = c
+  end
+  return c
+end
+local cur = nil
+if org.ps then cur = period_record(org.ps, org.pe) end
+local grace = org.grace
 for i = 1, n do
   if not stored[i] then
-    local mid = mids[i]
-    local mem = members[mid]
+    local mem = members[mids[i]]
     if mem.known then
       local t = tonumber(times[i])
-      if not (cache_ps and cache_ps <= t and t < cache_pe) then
-        cache_ps, cache_pe = period_at(org, t)
-        cache_ss, cache_es = fmt(cache_ps), fmt(cache_pe)
+      if not (cur and cur.ps <= t and t < cur.pe) then cur = period_record(period_at(org, t)) end
+      local c = cur
+      if now > c.pe + grace then
+        ev_late[i] = true
+        c = period_record(current_period(org, now))
+        t = now
       end
-      local e = {mem = mem, ps = cache_ps, pe = cache_pe, ss = cache_ss, es = cache_es, at = t,
-                 late = now > cache_pe + org.grace, group = group_of(groups, mem)}
-      if e.late then
-        e.ps, e.pe = current_period(org, now)
-        e.ss, e.es, e.at = fmt(e.ps), fmt(e.pe), now
+      ev_c[i], ev_at[i] = c, t
+      if not c.seen[mem] then
+        c.seen[mem] = true
+        if not mem.gf then
+          mem.gid = group_of(groups, mem)
+          mem.gf = 'g' .. mem.gid
+        end
+        local fields, nf = c.fields, c.nf
+        fields[nf + 1], fields[nf + 2] = mem.fa, mem.fs
+        nf = nf + 2
+        if not c.seen[mem.gf] then
+          c.seen[mem.gf] = true
+          nf = nf + 1
+          fields[nf] = mem.gf
+        end
+        c.nf = nf
       end
-      local c = periods[e.ps]
-      if not c then
-        c = {key = P .. 'c:' .. e.ss, expire_at = e.pe + org.grace + COUNTER_KEEP_MS,
-             fields = {'d', 'u'}, seen = {}, vals = {}, dirty = {}}
-        periods[e.ps] = c
-      end
-      if not c.seen[mid] then
-        c.seen[mid] = true
-        c.fields[#c.fields + 1] = mem.fa
-        c.fields[#c.fields + 1] = mem.fs
-      end
-      local gf = 'g' .. e.group
-      if not c.seen[gf] then
-        c.seen[gf] = true
-        c.fields[#c.fields + 1] = gf
-      end
-      e.c, e.gf = c, gf
-      plan[i] = e
     end
   end
 end
 for _, c in pairs(periods) do
-  local fields = c.fields
-  for first = 1, #fields, 500 do
-    local last = math.min(first + 499, #fields)
+  local fields, vals = c.fields, c.vals
+  for first = 1, c.nf, 500 do
+    local last = math.min(first + 499, c.nf)
     local got = redis.call('HMGET', c.key, unpack(fields, first, last))
-    for j = 1, #got do c.vals[fields[first + j - 1]] = num(got[j]) end
+    for j = 1, #got do vals[fields[first + j - 1]] = num(got[j]) end
   end
 end
 
 -- Pass 2: settle in order.
 local fresh = {}
 local new_results, nr = {}, 0
+local active, shared_policy, default_limit = org.active, org.shared_policy, org.default_limit
 for i = 1, n do
   local key = keys[i]
   local prior = stored[i] or fresh[key]
-  local e = plan[i]
+  local c = ev_c[i]
   if prior then
     status[i] = 'd'
     out[i + 1] = prior
-  elseif not e then
+  elseif not c then
     status[i] = 'x'
     out[i + 1] = 'unknown_member'
   else
-    local mem, c = e.mem, e.c
-    local mid = mem.id
+    local mid = mids[i]
+    local mem = members[mid]
     local credits = tonumber(amounts[i])
     local rid = rids[i]
     if rid ~= '' and org.hm then
@@ -154,31 +162,33 @@ for i = 1, n do
     end
 
     local vals, dirty = c.vals, c.dirty
+    local group, gf = mem.gid, mem.gf
     local lines, unfunded, mflag, gflag = nil, credits, false, false
-    if org.active then
-      local at = e.at
+    if active then
+      local at = ev_at[i]
       if not (mem.elig and mem.elig_lo <= at and at < mem.elig_hi) then
         mem.elig, mem.elig_lo, mem.elig_hi = eligible(mem, shared, at)
       end
       local limit = mem.limit
-      if limit == nil then limit = org.default_limit end
+      if limit == nil then limit = default_limit end
       local mroom, groom
       if limit then
-        mroom = limit - vals[org.shared_policy and mem.fs or mem.fa]
+        mroom = limit - vals[shared_policy and mem.fs or mem.fa]
         if mroom < 0 then mroom = 0 end
       end
-      local glimit = groups[e.group]
-      if e.group ~= '' and glimit ~= '' then
-        groom = tonumber(glimit) - vals[e.gf]
-        if groom < 0 then groom = 0 end
+      if group ~= '' then
+        local glimit = groups[group]
+        if glimit ~= '' then
+          groom = tonumber(glimit) - vals[gf]
+          if groom < 0 then groom = 0 end
+        end
       end
-      lines, unfunded, mflag, gflag = draw(mem.elig, nil, credits, org.shared_policy, mroom, groom)
+      lines, unfunded, mflag, gflag = draw(mem.elig, nil, credits, shared_policy, mroom, groom)
     end
 
-    local parts = {mid, amounts[i], times[i], e.ss, e.es, e.group,
-                   unfunded == 0 and '0' or fmt(unfunded),
-                   FLAGS[(mflag and 1 or 0) + (gflag and 2 or 0) + (e.late and 4 or 0)], rid}
-    local np = 9
+    local result = mid .. SEP .. amounts[i] .. SEP .. times[i] .. SEP .. c.ss .. SEP .. c.es .. SEP
+      .. group .. SEP .. (unfunded == 0 and '0' or fmt(unfunded)) .. SEP
+      .. FLAGS[(mflag and 1 or 0) + (gflag and 2 or 0) + (ev_late[i] and 4 or 0)] .. SEP .. rid
     local drawn, drawn_shared = 0, 0
     if lines then
       for j = 1, #lines - 1, 2 do
@@ -187,17 +197,15 @@ for i = 1, n do
         b.dirty = true
         drawn = drawn + amount
         if b.rank == 2 then drawn_shared = drawn_shared + amount end
-        parts[np + 1] = b.id
-        parts[np + 2] = b.kind
-        parts[np + 3] = fmt(amount)
-        np = np + 3
+        result = result .. SEP .. b.id .. SEP .. b.kind .. SEP .. fmt(amount)
       end
     end
     if drawn ~= 0 then
-      vals[mem.fa] = vals[mem.fa] + drawn
-      vals[e.gf] = vals[e.gf] + drawn
+      local fa = mem.fa
+      vals[fa] = vals[fa] + drawn
+      vals[gf] = vals[gf] + drawn
       vals.d = vals.d + drawn
-      dirty[mem.fa], dirty[e.gf], dirty.d = true, true, true
+      dirty[fa], dirty[gf], dirty.d = true, true, true
       if drawn_shared ~= 0 then
         vals[mem.fs] = vals[mem.fs] + drawn_shared
         dirty[mem.fs] = true
@@ -208,7 +216,6 @@ for i = 1, n do
       dirty.u = true
     end
 
-    local result = table.concat(parts, SEP)
     fresh[key] = result
     new_results[nr + 1] = key
     new_results[nr + 2] = result
