@@ -84,8 +84,12 @@ class Stopping(Exception):
 class ConsumerOptions:
     batch_max_records: int = 5000
     batch_max_wait_ms: int = 50
-    org_concurrency: int = 8
+    org_concurrency: int = 16
     """Engine calls in flight at once within a batch."""
+    confirm_max_keys: int = 20_000
+    confirm_interval_s: float = 0.5
+    """Written results are confirmed to the engine (freeing them in Redis) in one call per
+    organization once this many are waiting or this long after the last confirm."""
     retry_initial_s: float = 0.05
     retry_max_s: float = 5.0
     drain_timeout_s: float = 10.0
@@ -177,6 +181,10 @@ class SettleConsumer:
         self._inflight_keys: dict[int, set[str]] = {}
         self._write_task: asyncio.Task[None] | None = None
         self._confirm_task: asyncio.Task[None] | None = None
+        self._unconfirmed: dict[str, list[str]] = {}
+        """Keys written to PostgreSQL and not yet confirmed to the engine, per organization."""
+        self._unconfirmed_keys = 0
+        self._confirmed_at = time.monotonic()
         self.settled = 0
         """Settlements written by this consumer (new rows only)."""
         self.batches = 0
@@ -226,6 +234,8 @@ class SettleConsumer:
             )
             metrics.consumer_positions(self.consumer, self.topic, self._expected)
             if not polled:
+                if self._unconfirmed and (self._write_task is None or self._write_task.done()):
+                    self._start_confirm()
                 if time.monotonic() - self._guarded_at > opts.idle_guard_s:
                     await self._guard()
                 continue
@@ -456,28 +466,6 @@ class SettleConsumer:
         self.settled += inserted
         metrics.batch_written(inserted, t_write)
         self.batches += 1
-        # Confirming only frees Redis memory: it runs while the next batch is written, one batch
-        # at a time.
-        previous = self._confirm_task
-        self._confirm_task = asyncio.create_task(self._confirm(batch, previous, inserted, t_write))
-
-    async def _confirm(
-        self, batch: Batch, previous: asyncio.Task[None] | None, inserted: int, t_write: float
-    ) -> None:
-        if previous is not None:
-            await asyncio.wait({previous})
-        t0 = time.perf_counter()
-        limit = asyncio.Semaphore(self.options.org_concurrency)
-
-        async def one(org_id: str, keys: list[str]) -> None:
-            async with limit:
-                await self.engine.confirm(org_id, keys)
-
-        try:
-            await asyncio.gather(*(one(org, keys) for org, keys in batch.keys_by_org.items()))
-        except Exception as exc:
-            # Unconfirmed results only cost Redis memory: PostgreSQL catches the duplicates.
-            log.warning("confirm_failed", error=repr(exc), seq=batch.seq)
         log.info(
             "batch",
             seq=batch.seq,
@@ -490,11 +478,61 @@ class SettleConsumer:
             partitions={str(o.partition): o.next_offset for o in batch.offsets},
             **{k: round(v, 2) for k, v in batch.timings.items()},
             write_ms=round(t_write * 1000, 2),
-            confirm_ms=round((time.perf_counter() - t0) * 1000, 2),
             total_ms=round((time.perf_counter() - batch.polled_at) * 1000, 2),
+        )
+        for org_id, keys in batch.keys_by_org.items():
+            pending = self._unconfirmed.get(org_id)
+            if pending is None:
+                self._unconfirmed[org_id] = keys
+            else:
+                pending.extend(keys)
+        self._unconfirmed_keys += len(batch.store)
+        if (
+            self._unconfirmed_keys >= self.options.confirm_max_keys
+            or time.monotonic() - self._confirmed_at >= self.options.confirm_interval_s
+        ):
+            self._start_confirm()
+
+    def _start_confirm(self) -> None:
+        """Confirm the results written since the last confirm, in a task of its own (one at a
+        time): confirming only frees Redis memory, so it runs beside the next batches, and many
+        batches' keys go in one call per organization."""
+        if not self._unconfirmed:
+            return
+        keys_by_org, self._unconfirmed = self._unconfirmed, {}
+        self._unconfirmed_keys = 0
+        self._confirmed_at = time.monotonic()
+        previous = self._confirm_task
+        self._confirm_task = asyncio.create_task(self._confirm(keys_by_org, previous))
+
+    async def _confirm(
+        self, keys_by_org: dict[str, list[str]], previous: asyncio.Task[None] | None
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
+        t0 = time.perf_counter()
+        limit = asyncio.Semaphore(self.options.org_concurrency)
+
+        async def one(org_id: str, keys: list[str]) -> None:
+            async with limit:
+                await self.engine.confirm(org_id, keys)
+
+        try:
+            await asyncio.gather(*(one(org, keys) for org, keys in keys_by_org.items()))
+        except Exception as exc:
+            # Unconfirmed results only cost Redis memory: PostgreSQL catches the duplicates.
+            log.warning("confirm_failed", error=repr(exc))
+            return
+        log.debug(
+            "confirmed",
+            orgs=len(keys_by_org),
+            keys=sum(len(k) for k in keys_by_org.values()),
+            confirm_ms=round((time.perf_counter() - t0) * 1000, 2),
         )
 
     async def _finish_confirm(self) -> None:
+        """Confirm everything written so far and wait for it."""
+        self._start_confirm()
         task, self._confirm_task = self._confirm_task, None
         if task is not None:
             await asyncio.wait({task})

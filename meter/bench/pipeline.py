@@ -49,6 +49,11 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 class _World:
     """Organizations with a shared pool and members with a seat bucket each, in PostgreSQL (so
     the alert triggers join real rows and a rebuild finds them) and in Redis."""
@@ -262,10 +267,12 @@ async def bench(settings: Settings, events: int, rate: int, lag_seconds: float) 
         started: float | None = None
         while (done := await _settled_count(conn, run.consumer_group, topic)) < events:
             if started is None and done > 0:
-                started, first = time.perf_counter(), done
+                started, first, cpu = time.perf_counter(), done, _cpu_s()
             await asyncio.sleep(0.05)
         assert started is not None
-        rate_full = (events - first) / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        rate_full = (events - first) / elapsed
+        cpu_share = (_cpu_s() - cpu) / elapsed
         print(f"pipeline: {rate_full:,.0f} events/s", file=sys.stderr, flush=True)
 
         # Lag at a fixed offered rate.
@@ -311,6 +318,7 @@ async def bench(settings: Settings, events: int, rate: int, lag_seconds: float) 
         "lag_p50_ms": round(p50, 1),
         "lag_p99_ms": round(p99, 1),
         "peak_rss_mb": round(_rss_mb(), 1),
+        "consumer_cpu_share": round(cpu_share, 2),
     }
 
 
