@@ -42,7 +42,7 @@ from meter.engine.types import (
     UsageEvent,
 )
 
-KEY_SUFFIXES = ("o", "g", "m", "l", "sh", "r", "v", "h", "hx", "ha")
+KEY_SUFFIXES = ("o", "g", "m", "sh", "r", "v", "h", "hx", "ha")
 
 
 async def _redis_usec(client: aioredis.Redis) -> int:

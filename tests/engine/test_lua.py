@@ -43,22 +43,23 @@ async def test_config_scripts(redis: aioredis.Redis) -> None:
     }
     assert await hash_of(redis, P + "g") == {"team": "500"}
     seat = "\x1es" + SEP.join([str(ANCHOR), str(MARCH_END), str(ANCHOR), "seat"])
-    assert await hash_of(redis, P + "m") == {"ann": SEP.join(["1", "", "team", ""]) + seat}
-    assert (
-        await redis.get(P + "sh")
-        == ("\x1eh" + SEP.join([str(ANCHOR), str(MARCH_END + 1), str(ANCHOR), "pool"])).encode()
-    )
-    assert await hash_of(redis, P + "l") == {"ann" + SEP + "seat": "100", SEP + "pool": "1000"}
+    assert await hash_of(redis, P + "m") == {
+        "ann": SEP.join(["1", "", "team", ""]) + seat + "\x1d100"
+    }  # fmt: skip
+    pool = "\x1eh" + SEP.join([str(ANCHOR), str(MARCH_END + 1), str(ANCHOR), "pool"])
+    assert await redis.get(P + "sh") == (pool + "\x1d1000").encode()
     assert await run(redis, "apply_grant", "ann", "seat", "s", 0, 1, 0, 5) == 0  # idempotent
-    # Buckets are kept in burn-down order: kind, expiry, grant, id.
+    # Buckets are kept in burn-down order (kind, expiry, grant, id), credits left in that order.
     await run(redis, "apply_grant", "ann", "early", "s", ANCHOR, MARCH_END - 1, ANCHOR, 1)
-    await run(redis, "apply_grant", "ann", "addon", "p", ANCHOR, MARCH_END - 2, ANCHOR, 1)
-    await run(redis, "apply_grant", "ann", "older", "s", ANCHOR, MARCH_END, ANCHOR - 1, 1)
-    await run(redis, "apply_grant", "ann", "seas", "s", ANCHOR, MARCH_END, ANCHOR, 1)
+    await run(redis, "apply_grant", "ann", "addon", "p", ANCHOR, MARCH_END - 2, ANCHOR, 2)
+    await run(redis, "apply_grant", "ann", "older", "s", ANCHOR, MARCH_END, ANCHOR - 1, 3)
+    await run(redis, "apply_grant", "ann", "seas", "s", ANCHOR, MARCH_END, ANCHOR, 4)
     value = (await hash_of(redis, P + "m"))["ann"]
-    assert [b.rsplit(SEP, 1)[1] for b in value.split("\x1e")[1:]] == [
+    static, lefts = value.split("\x1d")
+    assert [b.rsplit(SEP, 1)[1] for b in static.split("\x1e")[1:]] == [
         "early", "older", "seas", "seat", "addon",
     ]  # fmt: skip
+    assert lefts == SEP.join(["1", "3", "4", "100", "2"])
     assert await run(redis, "remove_member", "ann") == 1
     assert (await hash_of(redis, P + "m"))["ann"].startswith(SEP.join(["1", "", "team", "1"]))
     await run(redis, "put_member", "ann", "0", "7", "")
@@ -68,9 +69,7 @@ async def test_config_scripts(redis: aioredis.Redis) -> None:
     assert await run(redis, "remove_member", "bob") == 0
     assert await run(redis, "delete_billing_group", "team") == 1
     assert await redis.exists(P + "g") == 0
-    assert sorted(await redis.keys("*")) == sorted(
-        k.encode() for k in [P + "o", P + "m", P + "l", P + "sh"]
-    )
+    assert sorted(await redis.keys("*")) == sorted(k.encode() for k in [P + "o", P + "m", P + "sh"])
 
 
 async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
@@ -89,7 +88,8 @@ async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
     }  # fmt: skip
     ttl = await redis.pttl(counters)
     assert MARCH_END + 7 * 86_400_000 - NOW - 5000 < ttl <= MARCH_END + 7 * 86_400_000 - NOW
-    assert await hash_of(redis, P + "l") == {"ann" + SEP + "seat": "0", SEP + "pool": "950"}
+    assert (await hash_of(redis, P + "m"))["ann"].endswith("\x1d0")
+    assert (await redis.get(P + "sh")).endswith(b"\x1d950")
 
     assert await run(redis, "void", MARCH_END, "e1", "") == [
         b"new",
@@ -99,7 +99,7 @@ async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
     ]  # fmt: skip  (the seat bucket expired at MARCH_END)
     assert await hash_of(redis, P + "v") == {"e1": SEP.join(["new", "pool", "h", "50"])}
     assert await hash_of(redis, counters) == {"aann": "0", "sann": "0", "gteam": "0", "d": "0"}
-    assert (await hash_of(redis, P + "l"))[SEP + "pool"] == "1000"
+    assert (await redis.get(P + "sh")).endswith(b"\x1d1000")
     assert (await run(redis, "void", MARCH_END, "e1", ""))[0] == b"dup"
 
     assert await run(redis, "confirm", "e1", "nope") == 1

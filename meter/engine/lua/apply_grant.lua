@@ -13,9 +13,9 @@ local amount = ARGV[7]
 local P = string.sub(org_key, 1, -2)
 local v
 if member_id == '' then
-  v = redis.call('GET', P .. 'sh') or ''
+  v = redis.call('GET', P .. 'sh') or '\29'
 else
-  v = redis.call('HGET', P .. 'm', member_id) or ''
+  v = redis.call('HGET', P .. 'm', member_id) or '\29'
 end
 
 local rank, exp, gr = RANK_OF[string.byte(kind)], tonumber(expires_at), tonumber(granted_at)
@@ -30,27 +30,28 @@ local function before(k, e, g, id)
   return id_less(bucket_id, id)
 end
 
-local at = nil -- byte offset of the first stored bucket the new one goes before
-local first = string.find(v, '\30', 1, true)
-if first then
-  local pos = first
-  while pos do
-    local k, e, g, id = string.match(v, '^\30(%a)[^\31]*\31([^\31]*)\31([^\31]*)\31([^\30]*)', pos)
-    if id == bucket_id then return 0 end
-    if not at and before(k, e, g, id) then at = pos end
-    pos = string.find(v, '\30', pos + 1, true)
-  end
+local p = string.find(v, '\29', 1, true)
+local head = string.sub(v, 1, p - 1)
+local lefts = {}
+for left in string.gmatch(string.sub(v, p + 1), '[^\31]+') do lefts[#lefts + 1] = left end
+local parts, n, at = {}, 0, nil
+for enc, k, e, g, id in string.gmatch(head, '(\30(%a)[^\31]*\31([^\31]*)\31([^\31]*)\31([^\30]*))') do
+  if id == bucket_id then return 0 end
+  n = n + 1
+  parts[n] = enc
+  if not at and before(k, e, g, id) then at = n end
 end
-local enc = '\30' .. kind .. valid_from .. SEP .. expires_at .. SEP .. granted_at .. SEP .. bucket_id
-if at then
-  v = string.sub(v, 1, at - 1) .. enc .. string.sub(v, at)
-else
-  v = v .. enc
-end
+local config = head
+local first = string.find(head, '\30', 1, true)
+if first then config = string.sub(head, 1, first - 1) end
+at = at or n + 1
+table.insert(parts, at, '\30' .. kind .. valid_from .. SEP .. expires_at .. SEP .. granted_at .. SEP
+  .. bucket_id)
+table.insert(lefts, at, amount)
+v = config .. table.concat(parts) .. '\29' .. table.concat(lefts, SEP)
 if member_id == '' then
   redis.call('SET', P .. 'sh', v)
 else
   redis.call('HSET', P .. 'm', member_id, v)
 end
-redis.call('HSET', P .. 'l', member_id .. SEP .. bucket_id, amount)
 return 1

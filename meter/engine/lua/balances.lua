@@ -2,6 +2,17 @@
 local org_key = KEYS[1]
 
 local P = string.sub(org_key, 1, -2)
-local flat = redis.call('HGETALL', P .. 'l')
-for i = 1, #flat, 2 do flat[i] = string.match(flat[i], '\31(.*)$') end
-return flat
+local out, n = {}, 0
+local function collect(v)
+  local buckets = decode_buckets(v, {})
+  for i = 1, #buckets do
+    out[n + 1] = buckets[i].id
+    out[n + 2] = fmt(buckets[i].left)
+    n = n + 2
+  end
+end
+local flat = redis.call('HGETALL', P .. 'm')
+for i = 2, #flat, 2 do collect(flat[i]) end
+local sh = redis.call('GET', P .. 'sh')
+if sh then collect(sh) end
+return out

@@ -8,12 +8,12 @@
 --                      the live holds' expiries, absent when there are none
 --   g           hash   billing group id -> period limit ("" = unlimited)
 --   m           hash   member id -> its config and buckets, one string:
---                      seated|limit|group|removed then, per bucket in burn-down order,
---                       kind valid_from|expires_at|granted_at|bucket_id (kind: one letter,
+--                      seated|limit|group|removed, then per bucket in burn-down order
+--                      \30 kind valid_from|expires_at|granted_at|bucket_id, then \29 and the
+--                      buckets' credits left in the same order, |-separated (kind: one letter;
 --                      seated "1"/"0", limit "" = org default, removed "1"/""); a member with
---                      grants but never put has no config part (the value starts with )
---   sh          string the shared pool's buckets, same encoding
---   l           hash   <owner>|<bucket_id> -> credits left (owner: member id, "" = shared pool)
+--                      grants but never put has no config part (the value starts with \30)
+--   sh          string the shared pool's buckets, same encoding without the config part
 --   c:<start>   hash   counters of the period starting at <start>: a<m> s<m> g<group> d u
 --   r           hash   settlement key -> stored result, until confirmed
 --   v           hash   settlement key -> void result
@@ -145,16 +145,32 @@ local function id_less(a, b)
 end
 
 -- The buckets of an owner's value (see the layout above), in stored order, which is burn-down
--- order: {id, kind, rank, from, exp, f (the field of its credits left in l)}; left is filled in
--- by load_left.
+-- order: {id, kind, rank, from, exp, left, owner}. owner is the table of the owner (a member, or
+-- {id = ''} for the shared pool); it gets v, the value, p, the offset of its \29, and buckets.
 local function decode_buckets(v, owner)
   local out, n = {}, 0
-  for kind, from, exp, id in string.gmatch(v, '\30(%a)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30]*)') do
+  for kind, from, exp, id in string.gmatch(v, '\30(%a)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)') do
     n = n + 1
     out[n] = {id = id, kind = kind, rank = RANK_OF[string.byte(kind)], from = tonumber(from),
-              exp = tonumber(exp), f = owner .. SEP .. id}
+              exp = tonumber(exp), owner = owner}
   end
+  local p = string.find(v, '\29', 1, true)
+  if n > 0 then
+    local i = 0
+    for left in string.gmatch(string.sub(v, p + 1), '[^\31]+') do
+      i = i + 1
+      out[i].left = tonumber(left)
+    end
+  end
+  owner.v, owner.p, owner.buckets = v, p, out
   return out
+end
+
+-- An owner's value with the credits left of its buckets as they are now.
+local function encode_owner(o)
+  local lefts, b = {}, o.buckets
+  for i = 1, #b do lefts[i] = fmt(b[i].left) end
+  return string.sub(o.v, 1, o.p) .. table.concat(lefts, SEP)
 end
 
 -- A member from its value in m (nil when absent): config and buckets. m.known is false for a
@@ -166,7 +182,7 @@ local function decode_member(member_id, v)
     m.buckets = {}
     return m
   end
-  local seated, limit, group, removed = string.match(v, '^([01])\31([^\31]*)\31([^\31]*)\31([^\30]*)')
+  local seated, limit, group, removed = string.match(v, '^([01])\31([^\31]*)\31([^\31]*)\31([^\30\29]*)')
   if seated then
     m.known = true
     m.seated = seated == '1'
@@ -174,7 +190,7 @@ local function decode_member(member_id, v)
     m.group = group
     m.removed = removed ~= ''
   end
-  m.buckets = decode_buckets(v, member_id)
+  decode_buckets(v, m)
   return m
 end
 
@@ -182,41 +198,11 @@ local function load_member(P, member_id)
   return decode_member(member_id, redis.call('HGET', P .. 'm', member_id))
 end
 
+-- The shared pool's buckets (their owner: {id = ''}).
 local function load_shared(P)
   local v = redis.call('GET', P .. 'sh')
   if not v then return {} end
-  return decode_buckets(v, '')
-end
-
--- Fill in b.left for buckets list[1..n] with one HMGET of l.
-local function load_left(P, list, n)
-  local fields = {}
-  for i = 1, n do fields[i] = list[i].f end
-  for first = 1, n, 500 do
-    local last = first + 499
-    if last > n then last = n end
-    local got = redis.call('HMGET', P .. 'l', unpack(fields, first, last))
-    for k = 1, #got do list[first + k - 1].left = tonumber(got[k]) or 0 end
-  end
-end
-
--- Write back the credits left of the buckets drawn from (b.dirty), one HSET.
-local function save_left(P, list)
-  local args, n = {}, 0
-  for i = 1, #list do
-    local b = list[i]
-    if b.dirty then
-      args[n + 1] = b.f
-      args[n + 2] = fmt(b.left)
-      n = n + 2
-      b.dirty = false
-    end
-  end
-  for first = 1, n, 1000 do
-    local last = first + 999
-    if last > n then last = n end
-    redis.call('HSET', P .. 'l', unpack(args, first, last))
-  end
+  return decode_buckets(v, {id = ''})
 end
 
 -- The member's and the shared pool's buckets usable at t, in burn-down order, and the interval
@@ -362,7 +348,6 @@ local function check_core(P, org, mid, credits, now)
     if glimit then group = mem.group end
   end
   local list = eligible(mem, load_shared(P), now)
-  load_left(P, list, #list)
   local held = {}
   if org.hm then
     local fields = {'a' .. mid, 's' .. mid, 'g' .. group}

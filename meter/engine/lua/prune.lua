@@ -9,46 +9,46 @@ local org = load_org(P)
 if not org then return 0 end
 
 local dropped = 0
-local gone, n = {}, 0
 -- The owner's value without its prunable buckets (nil when nothing goes).
-local function prune(v, owner)
-  local kept, nk, changed = {}, 0, false
-  local first = string.find(v, '\30', 1, true)
+local function prune(v)
+  local p = string.find(v, '\29', 1, true)
+  local head = string.sub(v, 1, p - 1)
+  local first = string.find(head, '\30', 1, true)
   if not first then return nil end
-  local head = string.sub(v, 1, first - 1)
-  for enc in string.gmatch(v, '\30[^\30]*') do
-    local exp, id = string.match(enc, '^\30%a[^\31]*\31([^\31]*)\31[^\31]*\31(.*)$')
+  local lefts, i = {}, 0
+  for left in string.gmatch(string.sub(v, p + 1), '[^\31]+') do
+    i = i + 1
+    lefts[i] = left
+  end
+  local kept, kept_lefts, nk = {}, {}, 0
+  i = 0
+  for enc, exp in string.gmatch(head, '(\30%a[^\31]*\31([^\31]*)\31[^\30]*)') do
+    i = i + 1
     exp = tonumber(exp)
     local drop = false
     if exp <= now then
       local _, pe = period_at(org, exp - 1)
       drop = now > pe + org.grace + PRUNE_AFTER_MS
     end
-    if drop then
-      changed = true
-      n = n + 1
-      gone[n] = owner .. SEP .. id
-    else
+    if not drop then
       nk = nk + 1
-      kept[nk] = enc
+      kept[nk], kept_lefts[nk] = enc, lefts[i]
     end
   end
-  if not changed then return nil end
-  return head .. table.concat(kept)
+  if nk == i then return nil end
+  dropped = dropped + i - nk
+  return string.sub(head, 1, first - 1) .. table.concat(kept) .. '\29'
+    .. table.concat(kept_lefts, SEP)
 end
 
 local flat = redis.call('HGETALL', P .. 'm')
 for i = 1, #flat, 2 do
-  local v = prune(flat[i + 1], flat[i])
+  local v = prune(flat[i + 1])
   if v then redis.call('HSET', P .. 'm', flat[i], v) end
 end
 local sh = redis.call('GET', P .. 'sh')
 if sh then
-  local v = prune(sh, '')
+  local v = prune(sh)
   if v then redis.call('SET', P .. 'sh', v) end
 end
-for first = 1, n, 1000 do
-  redis.call('HDEL', P .. 'l', unpack(gone, first, math.min(first + 999, n)))
-end
-dropped = n
 return dropped

@@ -6,10 +6,8 @@ local member_limit = ARGV[3] -- "" = the org's default
 local billing_group = ARGV[4] -- "" = Unassigned
 
 local P = string.sub(org_key, 1, -2)
-local v = redis.call('HGET', P .. 'm', member_id) or ''
-local buckets = ''
-local first = string.find(v, '\30', 1, true)
-if first then buckets = string.sub(v, first) end
+local v = redis.call('HGET', P .. 'm', member_id) or '\29'
+local buckets = string.sub(v, (string.find(v, '[\30\29]')))
 redis.call('HSET', P .. 'm', member_id,
   seated .. SEP .. member_limit .. SEP .. billing_group .. SEP .. buckets)
 return 1

@@ -11,22 +11,40 @@ local P = string.sub(org_key, 1, -2)
 local org = load_org(P)
 if not org then return {'unknown_org', ''} end
 
--- The field in l of each bucket id; false when more than one owner has it.
-local field = {}
-local fields = redis.call('HKEYS', P .. 'l')
-for i = 1, #fields do
-  local f = fields[i]
-  local id = string.match(f, '\31(.*)$')
-  if field[id] == nil then field[id] = f else field[id] = false end
+-- Each bucket id's bucket; false when more than one owner has it.
+local where = {}
+local owners = {}
+local function index(owner, v)
+  local buckets = decode_buckets(v, owner)
+  owners[#owners + 1] = owner
+  for i = 1, #buckets do
+    local id = buckets[i].id
+    if where[id] == nil then where[id] = buckets[i] else where[id] = false end
+  end
 end
+local flat = redis.call('HGETALL', P .. 'm')
+for i = 1, #flat, 2 do index({id = flat[i]}, flat[i + 1]) end
+local sh = redis.call('GET', P .. 'sh')
+if sh then index({id = ''}, sh) end
 
 for i = 3, 2 + 2 * n, 2 do
-  local where = field[ARGV[i]]
-  if where == nil then return {'unknown_bucket', ARGV[i]} end
-  if where == false then return {'ambiguous_bucket', ARGV[i]} end
+  local b = where[ARGV[i]]
+  if b == nil then return {'unknown_bucket', ARGV[i]} end
+  if b == false then return {'ambiguous_bucket', ARGV[i]} end
 end
 for i = 3, 2 + 2 * n, 2 do
-  redis.call('HSET', P .. 'l', field[ARGV[i]], ARGV[i + 1])
+  local b = where[ARGV[i]]
+  b.left = tonumber(ARGV[i + 1])
+  b.owner.dirty = true
+end
+for _, o in ipairs(owners) do
+  if o.dirty then
+    if o.id == '' then
+      redis.call('SET', P .. 'sh', encode_owner(o))
+    else
+      redis.call('HSET', P .. 'm', o.id, encode_owner(o))
+    end
+  end
 end
 
 local ps, pe = period_at(org, now)

@@ -40,10 +40,10 @@ if not org then
 end
 
 local groups = load_groups(P)
-local shared, all_buckets = nil, nil
+local shared = nil
 
--- The members of the events not settled yet: one HMGET; their buckets' and the shared pool's
--- credits left: one more (only when the org is active, else nothing is drawn).
+-- The members of the events not settled yet: one HMGET (and the shared pool when the org is
+-- active, else nothing is drawn).
 local members = {}
 do
   local ids, nid = {}, 0
@@ -54,27 +54,15 @@ do
       ids[nid] = mids[i]
     end
   end
-  local buckets, nb = {}, 0
   for first = 1, nid, 500 do
     local last = math.min(first + 499, nid)
     local got = redis.call('HMGET', P .. 'm', unpack(ids, first, last))
     for j = 1, #got do
       local mem = decode_member(ids[first + j - 1], got[j] or nil)
       members[mem.id] = mem
-      if mem.known then
-        local mb = mem.buckets
-        for k = 1, #mb do buckets[nb + k] = mb[k] end
-        nb = nb + #mb
-      end
     end
   end
-  if org.active then
-    shared = load_shared(P)
-    for k = 1, #shared do buckets[nb + k] = shared[k] end
-    nb = nb + #shared
-    load_left(P, buckets, nb)
-    all_buckets = buckets
-  end
+  if org.active then shared = load_shared(P) end
 end
 local FLAGS = {[0] = '0', '1', '2', '3', '4', '5', '6', '7'}
 
@@ -194,7 +182,7 @@ for i = 1, n do
       for j = 1, #lines - 1, 2 do
         local b, amount = lines[j], lines[j + 1]
         b.left = b.left - amount
-        b.dirty = true
+        b.owner.dirty = true
         drawn = drawn + amount
         if b.rank == 2 then drawn_shared = drawn_shared + amount end
         result = result .. SEP .. b.id .. SEP .. b.kind .. SEP .. fmt(amount)
@@ -225,7 +213,22 @@ for i = 1, n do
   end
 end
 
-if all_buckets then save_left(P, all_buckets) end
+do
+  local args, na = {}, 0
+  for id, mem in pairs(members) do
+    if mem.dirty then
+      args[na + 1] = id
+      args[na + 2] = encode_owner(mem)
+      na = na + 2
+    end
+  end
+  for first = 1, na, 1000 do
+    redis.call('HSET', P .. 'm', unpack(args, first, math.min(first + 999, na)))
+  end
+  if shared and shared[1] and shared[1].owner.dirty then
+    redis.call('SET', P .. 'sh', encode_owner(shared[1].owner))
+  end
+end
 for _, c in pairs(periods) do
   local args, na = {}, 0
   for field in pairs(c.dirty) do

@@ -24,33 +24,44 @@ local s = split(enc)
 local mid, ps, pe, group, unfunded = s[1], s[4], tonumber(s[5]), s[6], tonumber(s[7])
 local returned = {'new'}
 local drawn, drawn_shared = 0, 0
-local owners = {} -- owner -> {bucket id -> expires_at}
-local function expiry(owner, id)
-  local exps = owners[owner]
-  if not exps then
+local owners = {} -- owner id ("" = shared pool) -> owner, with a bucket index by id
+local function bucket(owner_id, id)
+  local o = owners[owner_id]
+  if not o then
     local v
-    if owner == '' then
+    if owner_id == '' then
       v = redis.call('GET', P .. 'sh')
     else
-      v = redis.call('HGET', P .. 'm', owner)
+      v = redis.call('HGET', P .. 'm', owner_id)
     end
-    exps = {}
-    for _, b in ipairs(decode_buckets(v or '', owner)) do exps[b.id] = b.exp end
-    owners[owner] = exps
+    o = {id = owner_id, by_id = {}}
+    if v then
+      for _, b in ipairs(decode_buckets(v, o)) do o.by_id[b.id] = b end
+    end
+    owners[owner_id] = o
   end
-  return exps[id]
+  return o.by_id[id]
 end
 for j = 10, #s - 2, 3 do
   local id, kind, amount = s[j], s[j + 1], tonumber(s[j + 2])
   drawn = drawn + amount
   if kind == 'h' then drawn_shared = drawn_shared + amount end
-  local owner = kind == 'h' and '' or mid
-  local exp = expiry(owner, id)
-  if exp and now < exp then
-    redis.call('HINCRBY', P .. 'l', owner .. SEP .. id, s[j + 2])
+  local b = bucket(kind == 'h' and '' or mid, id)
+  if b and now < b.exp then
+    b.left = b.left + amount
+    b.owner.dirty = true
     returned[#returned + 1] = id
     returned[#returned + 1] = kind
     returned[#returned + 1] = s[j + 2]
+  end
+end
+for owner_id, o in pairs(owners) do
+  if o.dirty then
+    if owner_id == '' then
+      redis.call('SET', P .. 'sh', encode_owner(o))
+    else
+      redis.call('HSET', P .. 'm', owner_id, encode_owner(o))
+    end
   end
 end
 if now <= pe + org.grace then
