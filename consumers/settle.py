@@ -82,7 +82,7 @@ class Stopping(Exception):
 
 @dataclass(frozen=True)
 class ConsumerOptions:
-    batch_max_records: int = 5000
+    batch_max_records: int = 10_000
     batch_max_wait_ms: int = 50
     org_concurrency: int = 16
     """Engine calls in flight at once within a batch."""
@@ -211,7 +211,7 @@ class SettleConsumer:
         finally:
             self._stopping.set()
             await self._finish_write(self.options.drain_timeout_s)
-            await self._finish_confirm()
+            await self._finish_confirm(self.options.drain_timeout_s)
             if self.recovery is not None:
                 with contextlib.suppress(Exception):
                     await self.recovery.close()
@@ -530,12 +530,16 @@ class SettleConsumer:
             confirm_ms=round((time.perf_counter() - t0) * 1000, 2),
         )
 
-    async def _finish_confirm(self) -> None:
-        """Confirm everything written so far and wait for it."""
+    async def _finish_confirm(self, timeout_s: float | None = None) -> None:
+        """Confirm everything written so far and wait for it (after `timeout_s`, give up: the
+        results stay in Redis, which costs only memory)."""
         self._start_confirm()
         task, self._confirm_task = self._confirm_task, None
         if task is not None:
-            await asyncio.wait({task})
+            done, _ = await asyncio.wait({task}, timeout=timeout_s)
+            if not done:
+                task.cancel()
+                await asyncio.wait({task})
 
     async def _finish_write(self, timeout_s: float | None) -> None:
         """Wait for the batch being written; after `timeout_s` abandon it (cancel)."""
