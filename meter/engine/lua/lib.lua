@@ -48,63 +48,59 @@ local function split(s)
   end
 end
 
--- Calendar: days since 1970-01-01 <-> proleptic Gregorian date (same as periods.py).
-local floor = math.floor
-
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = floor(y / 400)
-  local yoe = y - era * 400
-  local mp = m > 2 and m - 3 or m + 9
-  local doy = floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-
-local function civil_from_days(z)
-  z = z + 719468
-  local era = floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
-  local mp = floor((5 * doy + 2) / 153)
-  local d = doy - floor((153 * mp + 2) / 5) + 1
-  local m = mp < 10 and mp + 3 or mp - 9
-  local y = yoe + era * 400
-  if m <= 2 then y = y + 1 end
-  return y, m, d
-end
-
-local function add_months(t, k)
-  local days = floor(t / DAY)
-  local tod = t - days * DAY
-  local y, m, d = civil_from_days(days)
-  local months = y * 12 + (m - 1) + k
-  local ty = floor(months / 12)
-  local tm = months - ty * 12 + 1
-  local dim = 31
-  if tm ~= 12 then dim = days_from_civil(ty, tm + 1, 1) - days_from_civil(ty, tm, 1) end
-  if d > dim then d = dim end
-  return days_from_civil(ty, tm, d) * DAY + tod
-end
-
-local function period_start(org, k)
-  if org.monthly then return add_months(org.anchor, k) end
-  return org.anchor + k * org.len
-end
-
--- The period containing t: start <= t < end.
+-- The period containing t: start <= t < end. The calendar helpers are local to it, so a script
+-- pays for them only when it computes a period.
 local function period_at(org, t)
+  local floor = math.floor
+  -- days since 1970-01-01 <-> proleptic Gregorian date (same as periods.py)
+  local function days_from_civil(y, m, d)
+    if m <= 2 then y = y - 1 end
+    local era = floor(y / 400)
+    local yoe = y - era * 400
+    local mp = m > 2 and m - 3 or m + 9
+    local doy = floor((153 * mp + 2) / 5) + d - 1
+    local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+    return era * 146097 + doe - 719468
+  end
+  local function civil_from_days(z)
+    z = z + 719468
+    local era = floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+    local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+    local mp = floor((5 * doy + 2) / 153)
+    local d = doy - floor((153 * mp + 2) / 5) + 1
+    local m = mp < 10 and mp + 3 or mp - 9
+    local y = yoe + era * 400
+    if m <= 2 then y = y + 1 end
+    return y, m, d
+  end
+  local function add_months(t0, k)
+    local days = floor(t0 / DAY)
+    local tod = t0 - days * DAY
+    local y, m, d = civil_from_days(days)
+    local months = y * 12 + (m - 1) + k
+    local ty = floor(months / 12)
+    local tm = months - ty * 12 + 1
+    local dim = 31
+    if tm ~= 12 then dim = days_from_civil(ty, tm + 1, 1) - days_from_civil(ty, tm, 1) end
+    if d > dim then d = dim end
+    return days_from_civil(ty, tm, d) * DAY + tod
+  end
+  local function period_start(k)
+    if org.monthly then return add_months(org.anchor, k) end
+    return org.anchor + k * org.len
+  end
   local k
   if org.monthly then
     local ay, am = civil_from_days(floor(org.anchor / DAY))
     local ty, tm = civil_from_days(floor(t / DAY))
     k = (ty * 12 + tm) - (ay * 12 + am)
-    if period_start(org, k) > t then k = k - 1 end
+    if period_start(k) > t then k = k - 1 end
   else
     k = floor((t - org.anchor) / org.len)
   end
-  return period_start(org, k), period_start(org, k + 1)
+  return period_start(k), period_start(k + 1)
 end
 
 local function load_org(P)
@@ -117,20 +113,22 @@ local function load_org(P)
     len = tonumber(rd) * DAY, shared_policy = lp == 'shared', grace = tonumber(gr),
   }
   if dl ~= '' then org.default_limit = tonumber(dl) end
-  if v[2] then org.ps, org.pe = tonumber(v[2]), tonumber(v[3]) end
+  if v[2] then org.ps, org.pe, org.ss, org.es = tonumber(v[2]), tonumber(v[3]), v[2], v[3] end
   if v[4] then org.hm = tonumber(v[4]) end
   return org
 end
 
 -- period_at for instants near now: the org hash remembers the last period computed this way
 -- (fields ps pe, dropped by put_org), which saves the calendar arithmetic on most calls.
+-- Also returns them as strings.
 local function current_period(org, t)
   local ps, pe = org.ps, org.pe
-  if ps and ps <= t and t < pe then return ps, pe end
+  if ps and ps <= t and t < pe then return ps, pe, org.ss, org.es end
   ps, pe = period_at(org, t)
-  org.ps, org.pe = ps, pe
-  redis.call('HSET', org.key, 'ps', fmt(ps), 'pe', fmt(pe))
-  return ps, pe
+  local ss, es = fmt(ps), fmt(pe)
+  org.ps, org.pe, org.ss, org.es = ps, pe, ss, es
+  redis.call('HSET', org.key, 'ps', ss, 'pe', es)
+  return ps, pe, ss, es
 end
 
 -- Bytewise string order (Lua's own < follows the server's collation locale).
@@ -176,8 +174,7 @@ end
 -- A member from its value in m (nil when absent): config and buckets. m.known is false for a
 -- member never put (grants may come first).
 local function decode_member(member_id, v)
-  local m = {id = member_id, known = false, group = '', fa = 'a' .. member_id,
-             fs = 's' .. member_id}
+  local m = {id = member_id, known = false, group = ''}
   if not v then
     m.buckets = {}
     return m
@@ -332,7 +329,7 @@ local function num(v)
 end
 
 -- The check of README "Checks and reservations" at now (org: load_org's, or nil). Returns a
--- table: reason (or nil), and for a simulated draw: avail per kind, mroom, groom, pend, lines,
+-- table: reason (or nil), and for a simulated draw: avail per kind, mroom, groom, pend_s, lines,
 -- unfunded, group.
 local function check_core(P, org, mid, credits, now)
   if not org then return {reason = 'unknown_org'} end
@@ -341,7 +338,7 @@ local function check_core(P, org, mid, credits, now)
   if not org.active then return {reason = 'org_inactive'} end
   if not mem.seated then return {reason = 'no_seat'} end
 
-  local ps, pe = current_period(org, now)
+  local _, _, ss, es = current_period(org, now)
   local group, glimit = '', nil
   if mem.group ~= '' then
     glimit = redis.call('HGET', P .. 'g', mem.group)
@@ -354,7 +351,7 @@ local function check_core(P, org, mid, credits, now)
     for i = 1, #list do fields[i + 3] = 'b' .. list[i].id end
     held = redis.call('HMGET', P .. 'ha', unpack(fields))
   end
-  local used = redis.call('HMGET', P .. 'c:' .. fmt(ps), 'a' .. mid, 's' .. mid, 'g' .. group)
+  local used = redis.call('HMGET', P .. 'c:' .. ss, 'a' .. mid, 's' .. mid, 'g' .. group)
 
   local limit = mem.limit
   if limit == nil then limit = org.default_limit end
@@ -388,8 +385,8 @@ local function check_core(P, org, mid, credits, now)
     end
   end
   return {
-    reason = reason, drawn = true, per_kind = per_kind, mroom = mroom, groom = groom, pend = pe,
-    lines = lines, group = group,
+    reason = reason, drawn = true, per_kind = per_kind, mroom = mroom, groom = groom,
+    lines = lines, group = group, pend_s = es,
   }
 end
 
@@ -398,7 +395,8 @@ local function check_reply(c)
   if not c.drawn then return {c.reason} end
   local k = c.per_kind
   return {
-    c.reason or '', fmt(k.s), fmt(k.p), fmt(k.h), fmt(k.o),
-    c.mroom and fmt(c.mroom) or '', c.groom and fmt(c.groom) or '', fmt(c.pend),
+    c.reason or '', k.s == 0 and '0' or fmt(k.s), k.p == 0 and '0' or fmt(k.p),
+    k.h == 0 and '0' or fmt(k.h), k.o == 0 and '0' or fmt(k.o),
+    c.mroom and fmt(c.mroom) or '', c.groom and fmt(c.groom) or '', c.pend_s,
   }
 end

@@ -101,7 +101,7 @@ for i = 1, n do
         c.seen[mem] = true
         if not mem.gf then
           mem.gid = group_of(groups, mem)
-          mem.gf = 'g' .. mem.gid
+          mem.gf, mem.fa, mem.fs = 'g' .. mem.gid, 'a' .. mem.id, 's' .. mem.id
         end
         local fields, nf = c.fields, c.nf
         fields[nf + 1], fields[nf + 2] = mem.fa, mem.fs
