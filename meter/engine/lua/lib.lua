@@ -330,7 +330,8 @@ end
 
 -- The check of README "Checks and reservations" at now (org: load_org's, or nil). Returns a
 -- table: reason (or nil), and for a simulated draw: avail per kind, mroom, groom, pend_s, lines,
--- unfunded, group.
+-- unfunded, group, and list and held: the eligible buckets and the held sums read (HMGET of ha:
+-- a<member> s<member> g<group> then b<bucket> per bucket of list; {} when there are no holds).
 local function check_core(P, org, mid, credits, now)
   if not org then return {reason = 'unknown_org'} end
   local mem = load_member(P, mid)
@@ -386,7 +387,7 @@ local function check_core(P, org, mid, credits, now)
   end
   return {
     reason = reason, drawn = true, per_kind = per_kind, mroom = mroom, groom = groom,
-    lines = lines, group = group, pend_s = es,
+    lines = lines, group = group, pend_s = es, list = list, held = held,
   }
 end
 

@@ -26,22 +26,35 @@ local expires = now + ttl
 local lines = c.lines
 local drawn, drawn_shared = 0, 0
 local parts = {member_id, fmt(expires), c.group, '', ''}
-local ha = P .. 'ha'
+-- The new held sums, from those check_core read: one HSET.
+local held, at = c.held, {}
+for i = 1, #c.list do at[c.list[i]] = i + 3 end
+local sums = {}
+local function add(field, k, amount)
+  sums[field] = (sums[field] or num(held[k])) + amount
+end
 for j = 1, #lines - 1, 2 do
   local b, amount = lines[j], lines[j + 1]
   drawn = drawn + amount
   if b.rank == 2 then drawn_shared = drawn_shared + amount end
   parts[#parts + 1] = b.id
   parts[#parts + 1] = fmt(amount)
-  redis.call('HINCRBY', ha, 'b' .. b.id, fmt(amount))
+  add('b' .. b.id, at[b], amount)
 end
 parts[4] = fmt(drawn)
 parts[5] = fmt(drawn_shared)
 if drawn > 0 then
-  redis.call('HINCRBY', ha, 'a' .. member_id, fmt(drawn))
-  redis.call('HINCRBY', ha, 'g' .. c.group, fmt(drawn))
+  add('a' .. member_id, 1, drawn)
+  add('g' .. c.group, 3, drawn)
 end
-if drawn_shared > 0 then redis.call('HINCRBY', ha, 's' .. member_id, fmt(drawn_shared)) end
+if drawn_shared > 0 then add('s' .. member_id, 2, drawn_shared) end
+local args, n = {}, 0
+for field, value in pairs(sums) do
+  args[n + 1] = field
+  args[n + 2] = fmt(value)
+  n = n + 2
+end
+if n > 0 then redis.call('HSET', P .. 'ha', unpack(args)) end
 redis.call('HSET', P .. 'h', reservation_id, table.concat(parts, SEP))
 redis.call('ZADD', P .. 'hx', fmt(expires), reservation_id)
 if not org.hm or expires < org.hm then redis.call('HSET', org.key, 'hm', fmt(expires)) end
