@@ -312,15 +312,31 @@ async def _offer_lags(offer: _Offer) -> list[float]:
 
 
 async def bench(settings: Settings, events: int, rate: int, lag_seconds: float) -> dict[str, Any]:
-    """Run the benchmark against the servers of `settings` (filled in); returns the results."""
-    from meter.migrate import migrate
-    from meter.services import create_database, ensure_topics, with_database
+    """Run the benchmark against the servers of `settings` (filled in), in a database of its own
+    (dropped afterwards); returns the results."""
+    from meter.services import create_database, drop_database, with_database
 
     assert settings.kafka_bootstrap and settings.redis_url and settings.postgres_dsn
-    bootstrap = settings.kafka_bootstrap
     name = f"meter_bench_{uuid.uuid4().hex[:8]}"
-    await create_database(with_database(settings.postgres_dsn, "postgres"), name)
-    dsn = with_database(settings.postgres_dsn, name)
+    admin_dsn = with_database(settings.postgres_dsn, "postgres")
+    await create_database(admin_dsn, name)
+    try:
+        return await _bench(
+            settings, with_database(settings.postgres_dsn, name), events, rate, lag_seconds
+        )
+    finally:
+        await drop_database(admin_dsn, name)
+
+
+async def _bench(
+    settings: Settings, dsn: str, events: int, rate: int, lag_seconds: float
+) -> dict[str, Any]:
+    """The benchmark over the fresh database `dsn`."""
+    from meter.migrate import migrate
+    from meter.services import ensure_topics
+
+    assert settings.kafka_bootstrap and settings.redis_url
+    bootstrap = settings.kafka_bootstrap
     await migrate(dsn)
     topic = f"bench.usage.{uuid.uuid4().hex[:8]}"
     await ensure_topics(bootstrap, {topic: settings.topic_partitions, f"{topic}.dlq": 1})
