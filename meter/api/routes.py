@@ -13,10 +13,11 @@ import functools
 import secrets
 from typing import Any
 
+import orjson
 import structlog
 
 from meter import metrics
-from meter.api import ingest, reports
+from meter.api import bodies, ingest, reports
 from meter.api import plans as plan_routes
 from meter.api.http import (
     NO_CONTENT,
@@ -129,33 +130,36 @@ def check_payload(result: CheckResult) -> dict[str, Any]:
 
 
 async def check(call: Call) -> Response:
-    body = parse_body(api.CheckRequest, call.body)
-    call.who.require_org(body.org_id, *QUOTA)
+    org_id, member_id, credits = bodies.check_body(call.body)
+    call.who.require_org(org_id, *QUOTA)
     app = call.app
-    result = await app.engine.check(body.org_id, body.member_id, body.credits, app.clock())
+    result = await app.engine.check(org_id, member_id, credits, app.clock())
     metrics.count_check("check", result)
-    return json_response(check_payload(result))
+    return Response(200, orjson.dumps(check_payload(result)))
 
 
 async def reserve(call: Call) -> Response:
-    body = parse_body(api.ReserveRequest, call.body)
-    call.who.require_org(body.org_id, *QUOTA)
+    org_id, member_id, credits, ttl_ms, reservation_id = bodies.reserve_body(call.body)
+    call.who.require_org(org_id, *QUOTA)
     app = call.app
-    reservation_id = body.reservation_id or "res_" + secrets.token_hex(12)
+    reservation_id = reservation_id or "res_" + secrets.token_hex(12)
     result = await app.engine.reserve(
-        body.org_id, body.member_id, body.credits, app.clock(), reservation_id, body.ttl_ms
+        org_id, member_id, credits, app.clock(), reservation_id, ttl_ms
     )
     metrics.count_check("reserve", result)
-    return json_response(check_payload(result))
+    return Response(200, orjson.dumps(check_payload(result)))
+
+
+_RELEASED = {True: b'{"released":true}', False: b'{"released":false}'}
 
 
 async def release(call: Call) -> Response:
-    body = parse_body(api.ReleaseRequest, call.body)
-    call.who.require_org(body.org_id, *QUOTA)
+    org_id, reservation_id = bodies.release_body(call.body)
+    call.who.require_org(org_id, *QUOTA)
     app = call.app
-    released = await app.engine.release(body.org_id, body.reservation_id, app.clock())
+    released = await app.engine.release(org_id, reservation_id, app.clock())
     metrics.count_release(released)
-    return json_response({"released": released})
+    return Response(200, _RELEASED[released])
 
 
 # -- plans and organizations --------------------------------------------------------------------

@@ -328,6 +328,7 @@ def _serve() -> None:
     import uvicorn
 
     from meter.api import build_app
+    from meter.api.server import uvicorn_config
     from meter.settings import load_settings
 
     settings = load_settings()
@@ -344,10 +345,8 @@ def _serve() -> None:
         Addresses(settings.redis_url, settings.postgres_dsn, settings.kafka_bootstrap),
         reconcile_interval_s=3600.0,
     )
-    uvicorn.run(
-        app, host="127.0.0.1", port=settings.api_port, loop="uvloop", http="httptools",
-        access_log=False, log_level="warning", server_header=False, date_header=False,
-    )  # fmt: skip
+    config = uvicorn_config(app, "127.0.0.1", settings.api_port, loop="uvloop", log_level="warning")
+    uvicorn.Server(config).run()
 
 
 def report(numbers: dict[str, float]) -> str:
