@@ -150,6 +150,10 @@ def encode_settlement(s: Settlement) -> str:
     return SEP.join(parts)
 
 
+EncodedResults = tuple[str, list[str]]
+"""Results of `RedisEngine.settle_encoded`: one status letter per event and one body per event."""
+
+
 def decode_settlement(key: str, org_id: str, enc: str, *, duplicate: bool) -> Settlement:
     f = enc.split(SEP)
     flags = int(f[7])
@@ -287,29 +291,13 @@ class RedisEngine:
         *,
         trusted: bool = False,
     ) -> list[Settlement]:
-        if trusted:
-            check_org_id(org_id)
-            check_instant("now_ms", now_ms)
-        else:
-            validate_events(org_id, events, now_ms)
+        status, bodies = await settle_encoded(self, org_id, events, now_ms, trusted=trusted)
         out: list[Settlement] = []
-        for first in range(0, len(events), MAX_BATCH):
-            part = events[first : first + MAX_BATCH]
-            packed = "".join(
-                [
-                    f"{ev.key}\x1f{ev.member_id}\x1f{ev.credits}\x1f{ev.time_ms}\x1f"
-                    f"{ev.reservation_id or ''}\x1e"
-                    for ev in part
-                ]
-            )
-            replies = await self._call("settle_batch", org_id, now_ms, packed)
-            status = _str(replies[0])
-            for ev, tag, raw in zip(part, status, replies[1:], strict=True):
-                body = _str(raw)
-                if tag == "x":
-                    out.append(refused(ev, Reason(body)))
-                else:
-                    out.append(decode_settlement(ev.key, org_id, body, duplicate=tag == "d"))
+        for ev, tag, body in zip(events, status, bodies, strict=True):
+            if tag == "x":
+                out.append(refused(ev, Reason(body)))
+            else:
+                out.append(decode_settlement(ev.key, org_id, body, duplicate=tag == "d"))
         return out
 
     async def confirm(self, org_id: str, keys: Sequence[str]) -> None:
@@ -433,4 +421,47 @@ def counter_field(name: str) -> str:
     return COUNTER_FIELDS[prefix + ":"] + rest
 
 
-__all__ = ["UNASSIGNED", "RedisEngine", "decode_settlement", "encode_settlement", "org_key"]
+async def settle_encoded(
+    engine: RedisEngine,
+    org_id: str,
+    events: Sequence[UsageEvent],
+    now_ms: int,
+    *,
+    trusted: bool = False,
+) -> EncodedResults:
+    """`engine.settle_batch` with the results left as the engine stores them: a status letter per
+    event ("n" settled now, "d" the stored result of an earlier settlement, "x" refused) and
+    a body per event (the reason for "x", else the `encode_settlement` text)."""
+    if trusted:
+        check_org_id(org_id)
+        check_instant("now_ms", now_ms)
+    else:
+        validate_events(org_id, events, now_ms)
+    statuses: list[str] = []
+    bodies: list[str] = []
+    for first in range(0, len(events), MAX_BATCH):
+        part = events[first : first + MAX_BATCH]
+        packed = "".join(
+            [
+                f"{ev.key}\x1f{ev.member_id}\x1f{ev.credits}\x1f{ev.time_ms}\x1f"
+                f"{ev.reservation_id or ''}\x1e"
+                for ev in part
+            ]
+        )
+        replies = await engine._call("settle_batch", org_id, now_ms, packed)
+        statuses.append(_str(replies[0]))
+        bodies += [b.decode() if type(b) is bytes else str(b) for b in replies[1:]]
+    status = "".join(statuses)
+    if len(status) != len(events) or len(bodies) != len(events):
+        raise RuntimeError("settle_batch answered for a different number of events")
+    return status, bodies
+
+
+__all__ = [
+    "UNASSIGNED",
+    "RedisEngine",
+    "decode_settlement",
+    "encode_settlement",
+    "org_key",
+    "settle_encoded",
+]
