@@ -39,17 +39,20 @@ from consumers.stages import (
     Decoded,
     Decoder,
     Record,
+    Settled,
     decode_batch,
     drop_keys,
+    encode_results,
     refused_letters,
     sort_results,
 )
 from meter import alerts, metrics
 from meter.engine.model import validate_events
-from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, Settlement, UsageEvent
+from meter.engine.redis import EncodedResults, RedisEngine, settle_encoded
+from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, UsageEvent
 from meter.rebuild import Recovery
 from meter.settings import Settings
-from meter.store import OffsetAdvance, OffsetConflict, SettlementStore
+from meter.store import Encoded, OffsetAdvance, OffsetConflict, SettlementStore
 from schemas.events import DecodedEvent, EventError, decode_event
 
 if TYPE_CHECKING:
@@ -59,6 +62,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("consumers.settle")
 
 T = TypeVar("T")
+
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
@@ -106,7 +110,8 @@ class Batch:
     seq: int
     generation: int
     offsets: list[OffsetAdvance]
-    store: list[tuple[Settlement, str | None]]
+    store: list[Encoded]
+    """Settlements to write: key, organization, engine encoding, attributes."""
     keys_by_org: dict[str, list[str]]
     records: int
     duplicates: int
@@ -158,6 +163,9 @@ class SettleConsumer:
         self.recovery = recovery
         """When set, settling waits for a Redis holding PostgreSQL's state (see `meter.rebuild`)."""
         self._guarded_at = 0.0
+        self._redis_engine = engine if isinstance(engine, RedisEngine) else None
+        """Set for the Redis engine, whose results stay in its own encoding (`settle_encoded`),
+        which the store writes from."""
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group_id,
@@ -248,7 +256,7 @@ class SettleConsumer:
             await self._finish_write(None)
             if batch.generation != self._generation or self._resync:
                 continue  # a rebalance happened meanwhile; resync re-reads from PostgreSQL
-            self._inflight_keys[batch.seq] = {s.key for s, _ in batch.store}
+            self._inflight_keys[batch.seq] = {item[0] for item in batch.store}
             self._write_task = asyncio.create_task(self._write(batch))
 
     async def _guard(self) -> None:
@@ -398,13 +406,13 @@ class SettleConsumer:
 
     async def _settle(
         self, by_org: dict[str, list[UsageEvent]], at_ms: int
-    ) -> tuple[dict[str, list[Settlement]], dict[str, str]]:
-        """One engine call per organization. Returns the settlements per org, and the events
-        the engine refused as input (`EngineInputError`), key -> why."""
+    ) -> tuple[dict[str, Settled], dict[str, str]]:
+        """One engine call per organization. Returns what settled per org, and the events the
+        engine refused as input (`EngineInputError`), key -> why."""
         refused: dict[str, str] = {}
         limit = asyncio.Semaphore(self.options.org_concurrency)
 
-        async def one(org_id: str) -> list[Settlement]:
+        async def one(org_id: str) -> Settled:
             async with limit:
                 return await self._settle_org(org_id, by_org[org_id], at_ms, refused)
 
@@ -414,9 +422,11 @@ class SettleConsumer:
 
     async def _settle_org(
         self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[str, str]
-    ) -> list[Settlement]:
+    ) -> Settled:
         try:
-            return await self._retry("settle_batch", self._engine_settle, org_id, events, at_ms)
+            return events, await self._retry(
+                "settle_batch", self._engine_settle, org_id, events, at_ms
+            )
         except EngineInputError:
             pass
         # The engine refuses a whole call for one bad event, before touching any state: settle
@@ -430,25 +440,30 @@ class SettleConsumer:
             else:
                 kept.append(ev)
         if not kept:
-            return []
+            return [], ("", [])
         try:
-            return await self._retry("settle_batch", self._engine_settle, org_id, kept, at_ms)
+            return kept, await self._retry("settle_batch", self._engine_settle, org_id, kept, at_ms)
         except EngineInputError as exc:
             for ev in kept:
                 refused.setdefault(ev.key, str(exc))
-            return []
+            return [], ("", [])
 
     async def _engine_settle(
         self, org_id: str, events: list[UsageEvent], at_ms: int
-    ) -> list[Settlement]:
-        return await self.engine.settle_batch(org_id, events, at_ms, trusted=self.trusted)
+    ) -> EncodedResults:
+        if self._redis_engine is not None:
+            return await settle_encoded(
+                self._redis_engine, org_id, events, at_ms, trusted=self.trusted
+            )
+        settled = await self.engine.settle_batch(org_id, events, at_ms, trusted=self.trusted)
+        return encode_results(settled)
 
     async def _write(self, batch: Batch) -> None:
         t0 = time.perf_counter()
         try:
             inserted = await self._retry(
                 "write_batch",
-                self.store.write_batch,
+                self.store.write_encoded,
                 self.group_id,
                 self.topic,
                 batch.store,
@@ -632,8 +647,6 @@ async def settling(
     """The consumer `meter consume` runs: the Redis engine of `settings.redis_url`, guarded by
     `Recovery` (it rebuilds a Redis that lost its data before settling). Not yet running."""
     import redis.asyncio as aioredis
-
-    from meter.engine.redis import RedisEngine
 
     if settings.redis_url is None:
         raise ValueError("settings need redis_url")

@@ -13,7 +13,9 @@ from typing import Any, Protocol
 import orjson
 
 from consumers.dlq import DeadLetter
+from meter.engine.redis import EncodedResults, encode_settlement
 from meter.engine.types import Settlement, UsageEvent
+from meter.store import Encoded
 from schemas.events import DecodedEvent, EventError
 
 Decoder = Callable[[bytes, int], "DecodedEvent | EventError"]
@@ -113,9 +115,22 @@ def drop_keys(decoded: Decoded, keys: set[str]) -> int:
     return dropped
 
 
+Settled = tuple[list[UsageEvent], EncodedResults]
+"""What one engine call settled: the events sent, and the engine's status and body per event."""
+
+
+def encode_results(settlements: Sequence[Settlement]) -> EncodedResults:
+    """Results of `Engine.settle_batch` in the form of `RedisEngine.settle_encoded`."""
+    status = "".join(
+        ["x" if s.reason is not None else "d" if s.duplicate else "n" for s in settlements]
+    )
+    bodies = [s.reason.value if s.reason is not None else encode_settlement(s) for s in settlements]
+    return status, bodies
+
+
 @dataclass
 class Sorted:
-    store: list[tuple[Settlement, str | None]] = field(default_factory=list)
+    store: list[Encoded] = field(default_factory=list)
     keys_by_org: dict[str, list[str]] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     replayed: int = 0
@@ -123,28 +138,30 @@ class Sorted:
 
 
 def sort_results(
-    results: Mapping[str, Sequence[Settlement]],
+    results: Mapping[str, Settled],
     records: Mapping[str, Record],
     attributes: Mapping[str, str | None],
 ) -> Sorted:
-    """Settlements to store (one per key) and dead letters for those with a `reason`."""
+    """Settlements to store (one per key) and dead letters for those that did not settle."""
     out = Sorted()
+    store = out.store
     seen: set[str] = set()
-    for org_id, settlements in results.items():
+    for org_id, (events, (status, bodies)) in results.items():
         keys: list[str] = []
-        for s in settlements:
-            if s.reason is not None:
-                if s.key not in seen:
-                    seen.add(s.key)
-                    out.dead.append(dead_letter(records[s.key], s.reason.value, _reason_message(s)))
+        for ev, tag, body in zip(events, status, bodies, strict=True):
+            key = ev.key
+            if key in seen:
                 continue
-            if s.key in seen:
+            seen.add(key)
+            if tag == "x":
+                out.dead.append(
+                    dead_letter(records[key], body, _reason_message(body, org_id, ev.member_id))
+                )
                 continue
-            seen.add(s.key)
-            if s.duplicate:
+            if tag == "d":
                 out.replayed += 1
-            out.store.append((s, attributes.get(s.key)))
-            keys.append(s.key)
+            store.append((key, org_id, body, attributes.get(key)))
+            keys.append(key)
         if keys:
             out.keys_by_org[org_id] = keys
     return out
@@ -159,12 +176,12 @@ def refused_letters(refused: Mapping[str, str], records: Mapping[str, Record]) -
     return [dead_letter(records[key], ENGINE_INPUT, why) for key, why in refused.items()]
 
 
-def _reason_message(s: Settlement) -> str:
-    if s.reason is not None and s.reason.value == "unknown_org":
-        return f"organization {s.org_id!r} is not known"
-    if s.reason is not None and s.reason.value == "unknown_member":
-        return f"member {s.member_id!r} of organization {s.org_id!r} is not known"
-    return f"cannot settle: {s.reason}"
+def _reason_message(reason: str, org_id: str, member_id: str) -> str:
+    if reason == "unknown_org":
+        return f"organization {org_id!r} is not known"
+    if reason == "unknown_member":
+        return f"member {member_id!r} of organization {org_id!r} is not known"
+    return f"cannot settle: {reason}"
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

@@ -30,6 +30,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 
+from meter.engine.redis import KIND_CODE, SEP, encode_settlement
 from meter.engine.types import Kind, Line, Settlement, VoidResult
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -245,51 +246,54 @@ ON CONFLICT (org_id, day) DO UPDATE SET {_ADD}
 
 # -- rows ---------------------------------------------------------------------------------------
 
-_KIND_SLOT = {Kind.SEAT: 0, Kind.PERSONAL: 1, Kind.SHARED: 2, Kind.ON_DEMAND: 3}
+Encoded = tuple[str, str, str, str | None]
+"""A settlement to write: key, organization, the engine's encoding of the rest
+(`meter.engine.redis.encode_settlement`, as `settle_encoded` answers it) and the free attributes
+as JSON text (or None)."""
+
+# Line kinds by their letter in the encoding: the `kind` column, and the slot of a totals row.
+_CODE_KIND = {code: kind.value for kind, code in KIND_CODE.items()}
+_CODE_SLOT = {"s": 2, "p": 3, "h": 4, "o": 5}
+_FLAGS = {str(f): (bool(f & 1), bool(f & 2), bool(f & 4)) for f in range(8)}
 
 
-def stage_rows(
-    settlements: Iterable[tuple[Settlement, str | None]],
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Settlement and line records for the staging tables. Each settlement comes with its
-    attributes as JSON text (or None). Settlements without a period are not storable."""
+def encoded(settlements: Iterable[tuple[Settlement, str | None]]) -> list[Encoded]:
+    """Settlements (each with its attributes) in the form the store writes. Settlements that did
+    not settle (no period, or a reason) are not storable."""
+    out: list[Encoded] = []
+    for s, attributes in settlements:
+        enc = encode_settlement(s)
+        if not enc:
+            raise ValueError(f"settlement {s.key!r} did not settle")
+        out.append((s.key, s.org_id, enc, attributes))
+    return out
+
+
+def stage_rows(items: Iterable[Encoded]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Settlement and line records for the staging tables."""
     rows: list[tuple[Any, ...]] = []
     lines: list[tuple[Any, ...]] = []
-    instants: dict[int, dt.datetime] = {}
+    instants: dict[str, dt.datetime] = {}
 
-    def instant(ms: int) -> dt.datetime:
+    def instant(ms: str) -> dt.datetime:
         value = instants.get(ms)
         if value is None:
-            value = instants[ms] = ms_to_datetime(ms)
+            value = instants[ms] = ms_to_datetime(int(ms))
         return value
 
-    for s, attributes in settlements:
-        period = s.period
-        if period is None:
-            raise ValueError(f"settlement {s.key!r} has no period")
-        by_kind = [0, 0, 0, 0]
-        for line in s.lines:
-            by_kind[_KIND_SLOT[line.kind]] += line.amount
-            lines.append((s.key, s.org_id, line.bucket_id, line.kind.value, line.amount))
+    for key, org_id, enc, attributes in items:
+        f = enc.split(SEP)
+        by_kind = [0, 0, 0, 0, 0, 0]
+        for i in range(9, len(f) - 2, 3):
+            code, amount = f[i + 1], int(f[i + 2])
+            by_kind[_CODE_SLOT[code]] += amount
+            lines.append((key, org_id, f[i], _CODE_KIND[code], amount))
         rows.append(
             (
-                s.key,
-                s.org_id,
-                s.member_id,
-                s.billing_group,
-                instant(period.start_ms),
-                instant(period.end_ms),
-                ms_to_datetime(s.time_ms),
-                s.credits,
-                s.unfunded,
-                s.member_limited,
-                s.group_limited,
-                s.late,
-                s.reservation_id,
-                attributes,
-                *by_kind,
+                key, org_id, f[0], f[5], instant(f[3]), instant(f[4]), instant(f[2]), int(f[1]),
+                int(f[6]), *_FLAGS[f[7]], f[8] or None, attributes, *by_kind[2:],
             )
-        )
+        )  # fmt: skip
     return rows, lines
 
 
@@ -306,74 +310,57 @@ class BatchRows:
     totals: list[tuple[Any, ...]]
 
 
-def batch_rows(settlements: Iterable[tuple[Settlement, str | None]]) -> BatchRows:
-    """COPY records of a batch for the direct write. Each settlement comes with its attributes
-    as JSON text (or None). Settlements without a period are not storable."""
+def batch_rows(items: Iterable[Encoded]) -> BatchRows:
+    """COPY records of a batch for the direct write, built straight from the encoded results."""
     rows: list[tuple[Any, ...]] = []
     lines: list[tuple[Any, ...]] = []
-    sums: dict[tuple[str, str, str, int, int], list[int]] = {}
-    ends: dict[tuple[str, int], int] = {}
-    instants: dict[int, dt.datetime] = {}
+    sums: dict[tuple[str, str, str, str, int], list[int]] = {}
+    ends: dict[tuple[str, str], tuple[int, str]] = {}
+    instants: dict[str, dt.datetime] = {}
     days: dict[int, dt.date] = {}
-    seat_kind, personal_kind, shared_kind = Kind.SEAT, Kind.PERSONAL, Kind.SHARED
+    code_kind, code_slot, flag_bits = _CODE_KIND, _CODE_SLOT, _FLAGS
 
-    def instant(ms: int) -> dt.datetime:
+    def instant(ms: str) -> dt.datetime:
         value = instants.get(ms)
         if value is None:
-            value = instants[ms] = ms_to_datetime(ms)
+            value = instants[ms] = ms_to_datetime(int(ms))
         return value
 
-    for s, attributes in settlements:
-        period = s.period
-        if period is None:
-            raise ValueError(f"settlement {s.key!r} has no period")
-        key, org_id, time_ms = s.key, s.org_id, s.time_ms
-        start = period.start_ms
-        group_key = (org_id, s.member_id, s.billing_group, start, time_ms // DAY_MS)
+    for key, org_id, enc, attributes in items:
+        f = enc.split(SEP)
+        member_id, start, end_text, group = f[0], f[3], f[4], f[5]
+        credits, unfunded = int(f[1]), int(f[6])
+        time_text = f[2]
+        group_key = (org_id, member_id, group, start, int(time_text) // DAY_MS)
         total = sums.get(group_key)
         if total is None:
             total = sums[group_key] = [0, 0, 0, 0, 0, 0, 0]
-        end = ends.get((org_id, start))
-        if end is None or end < period.end_ms:
-            ends[org_id, start] = period.end_ms
+        end = int(end_text)
+        known = ends.get((org_id, start))
+        if known is None or known[0] < end:
+            ends[org_id, start] = (end, end_text)
         total[0] += 1
-        total[1] += s.credits
-        total[6] += s.unfunded
-        for line in s.lines:
-            kind = line.kind
-            slot = (
-                2 if kind is seat_kind else 3 if kind is personal_kind else
-                4 if kind is shared_kind else 5
-            )  # fmt: skip
-            total[slot] += line.amount
-            lines.append((key, org_id, line.bucket_id, kind.value, line.amount))
+        total[1] += credits
+        total[6] += unfunded
+        for i in range(9, len(f) - 2, 3):
+            code, amount = f[i + 1], int(f[i + 2])
+            total[code_slot[code]] += amount
+            lines.append((key, org_id, f[i], code_kind[code], amount))
         rows.append(
             (
-                key,
-                org_id,
-                s.member_id,
-                s.billing_group,
-                instant(start),
-                instant(period.end_ms),
-                instant(time_ms),
-                s.credits,
-                s.unfunded,
-                s.member_limited,
-                s.group_limited,
-                s.late,
-                s.reservation_id,
+                key, org_id, member_id, group, instant(start), instant(end_text),
+                instant(time_text), credits, unfunded, *flag_bits[f[7]], f[8] or None,
                 attributes,
             )
-        )
+        )  # fmt: skip
     rows.sort()
     totals: list[tuple[Any, ...]] = []
     for (org_id, member_id, group, start, day), t in sums.items():
         date = days.get(day)
         if date is None:
             date = days[day] = ms_to_datetime(day * DAY_MS).date()
-        totals.append(
-            (org_id, member_id, group, instant(start), instant(ends[org_id, start]), date, *t)
-        )
+        end_text = ends[org_id, start][1]
+        totals.append((org_id, member_id, group, instant(start), instant(end_text), date, *t))
     return BatchRows(rows, lines, totals)
 
 
@@ -453,14 +440,25 @@ class SettlementStore:
         settlements: Sequence[tuple[Settlement, str | None]],
         offsets: Sequence[OffsetAdvance],
     ) -> int:
-        """Write settlements and advance offsets in one transaction. Returns how many
-        settlements were new. Raises `OffsetConflict` (nothing written) when fenced."""
+        """Write settlements (each with its attributes as JSON text, or None) and advance offsets
+        in one transaction. Returns how many settlements were new. Raises `OffsetConflict`
+        (nothing written) when fenced."""
+        return await self.write_encoded(group_id, topic, encoded(settlements), offsets)
+
+    async def write_encoded(
+        self,
+        group_id: str,
+        topic: str,
+        items: Sequence[Encoded],
+        offsets: Sequence[OffsetAdvance],
+    ) -> int:
+        """`write_batch` of settlements in the engine's encoding (what the consumer holds)."""
         await self.open()
-        if not settlements:
+        if not items:
             async with self.pool.acquire() as conn, conn.transaction():
                 await _advance(conn, group_id, topic, offsets)
             return 0
-        rows = batch_rows(settlements)
+        rows = batch_rows(items)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 await _advance(conn, group_id, topic, offsets)
@@ -479,7 +477,7 @@ class SettlementStore:
                 return len(rows.settlements)
         except asyncpg.UniqueViolationError:
             pass  # some keys are settled already: write again, skipping them
-        staged, lines = stage_rows(settlements)
+        staged, lines = stage_rows(items)
         async with self.pool.acquire() as conn, conn.transaction():
             await _advance(conn, group_id, topic, offsets)
             await conn.copy_records_to_table(
