@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, cast
@@ -162,6 +163,9 @@ class App:
         self._tasks.append(
             asyncio.create_task(run_reconciler(self._admin, self.reconcile_interval_s))
         )
+        # What exists now lives as long as the process: out of the collector's way, so a full
+        # collection under load does not walk it (a pause of several ms otherwise).
+        gc.freeze()
 
     async def shutdown(self) -> None:
         for task in self._tasks:

@@ -2,11 +2,11 @@
 
 The engine talks to Redis only through `EVALSHA` and `SCRIPT LOAD`. redis-py's asyncio client
 checks a connection out of its pool for every command, which costs more than the Lua script
-itself; this client keeps one connection and writes each command the moment it is issued, so
-concurrent requests pipeline on the wire (the commands issued in one event-loop iteration leave
-in one write) and replies are matched to callers in order (RESP replies come back in command
-order). Replies are parsed by hiredis. Errors are redis-py's
-exception classes, so the engine's `NoScriptError` handling works unchanged.
+itself; this client keeps one connection. A command issued while none is in flight is written at
+once; others pipeline on the wire (the commands issued in one event-loop iteration leave in one
+write), and replies are matched to callers in order (RESP replies come back in command order).
+Replies are parsed by hiredis. Errors are redis-py's exception classes, so the engine's
+`NoScriptError` handling works unchanged.
 
 Only plain `redis://` and `unix://` URLs are handled (`supports`); others use redis-py.
 """
@@ -63,7 +63,12 @@ class _Protocol(asyncio.Protocol):
         self.outgoing: list[bytes] = []
 
     def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
-        """Queue a command; everything queued in one loop iteration goes out in one write."""
+        """Write a command at once when no other is in flight; else queue it, and everything
+        queued in one loop iteration goes out in one write."""
+        if not self.waiting and self.transport is not None:
+            self.waiting.append(future)
+            self.transport.write(command)
+            return
         self.waiting.append(future)
         if not self.outgoing:
             self.loop.call_soon(self.flush)

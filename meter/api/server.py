@@ -2,8 +2,7 @@
 
 uvicorn writes a response's head and its body to the socket separately: two `send` system calls
 per answer, which on the quota path cost more than the handler. `HttpProtocol` gives uvicorn a
-transport that holds writes until the response is complete (or, for a streamed body, the loop's
-next turn) and sends them in one call.
+transport that holds the head and sends it with the body in one call.
 """
 
 from __future__ import annotations
@@ -33,27 +32,32 @@ class _Server(uvicorn.Server):
 
 
 class _HeldWrites:
-    """A transport whose writes are joined, sent by `flush` or at the loop's next turn."""
+    """A transport that holds a response head until the next write (the body, or its first
+    chunk) and sends both in one call; `flush` sends a head still held. Interim (1xx) responses
+    and everything else go out at once."""
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_held", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
+        self._held: bytes | None = None
 
     def write(self, data: bytes) -> None:
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(data)
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data.startswith(b"HTTP/1.1 ") and data[9:10] != b"1":
+            self._held = data
+        else:
+            self._transport.write(data)
 
     def flush(self) -> None:
-        pending = self._pending
-        if pending:
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
-            pending.clear()
+        held = self._held
+        if held is not None:
+            self._held = None
             if not self._transport.is_closing():
-                self._transport.write(data)
+                self._transport.write(held)
 
     def close(self) -> None:
         self.flush()
@@ -68,7 +72,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.transport = _HeldWrites(transport, self.loop)  # type: ignore[assignment]
+        self.transport = _HeldWrites(transport)  # type: ignore[assignment]
 
     def on_response_complete(self) -> None:
         self.transport.flush()  # type: ignore[attr-defined]

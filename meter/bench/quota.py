@@ -6,7 +6,9 @@ protocols, far cheaper per request than the server. Measured, each for `--second
 
 - checks/s at saturation (`--connections` connections, each sending its next request as soon as
   the previous answer arrives), and check latency p50/p99 at a fixed 1,000 requests/s (requests
-  are sent on schedule whatever the previous answers did: an open loop);
+  are sent on schedule whatever the previous answers did: an open loop; each latency runs from
+  the request's scheduled send instant, so a late send counts against it, and the generator's
+  own lag is reported beside it);
 - the same for reserve+release pairs: saturation in pairs/s, latency of the reserve requests at a
   fixed 1,000 requests/s (500 pairs/s).
 
@@ -19,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import os
+import selectors
 import sys
 import time
 import uuid
@@ -49,17 +54,18 @@ class _Conn(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
+        buffer = self.buffer + data if self.buffer else data
+        end = buffer.find(b"\r\n\r\n")
         if end < 0:
+            self.buffer = buffer
             return
-        head = self.buffer[:end].lower()
-        at = head.find(b"content-length:")
-        length = int(head[at + 15 : head.find(b"\r\n", at) if b"\r\n" in head[at:] else None])
-        if len(self.buffer) < end + 4 + length:
+        at = buffer.find(b"content-length:", 0, end)
+        length = int(buffer[at + 15 : buffer.find(b"\r\n", at)]) if at >= 0 else 0
+        if len(buffer) < end + 4 + length:
+            self.buffer = buffer
             return
-        status = int(self.buffer[9:12])
-        self.buffer = self.buffer[end + 4 + length :]
+        status = int(buffer[9:12])
+        self.buffer = buffer[end + 4 + length :]
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(status)
@@ -82,16 +88,35 @@ def http_post(path: str, body: bytes, token: str) -> bytes:
     ).encode() + body
 
 
-Op = Callable[[_Conn, int], Awaitable[float]]
-"""Sends request number n on a connection; returns the latency (s) of the measured request."""
+Op = Callable[[_Conn, int, float], Awaitable[float]]
+"""Sends request number n on a connection; returns the latency (s) of the measured request,
+counted from the given instant (`time.perf_counter`)."""
+
+
+SPIN_S = 100e-6
+"""A fixed-rate sender wakes this much before a request is due and spins the rest: a wake-up on
+this machine comes 80-120 us late even with fine timers."""
+PR_SET_TIMERSLACK = 29
+
+
+def precise_loop() -> asyncio.AbstractEventLoop:
+    """An event loop whose timers wake to the microsecond: `select` takes its timeout in
+    microseconds, where epoll (and libuv's timers) round to whole milliseconds, which would send
+    a fixed-rate load in bursts. On Linux the calling thread's timer slack (50 us by default) is
+    set to 1 ns."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    return asyncio.SelectorEventLoop(selectors.SelectSelector())
 
 
 @dataclass
-class Result:
-    per_s: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
+class Latencies:
+    """Of a fixed-rate phase: each measured request's latency from its scheduled send instant,
+    and how late each request left (the generator's own lag, part of the latency)."""
+
+    latency: list[float]
+    send_lag: list[float]
 
 
 class Load:
@@ -100,6 +125,15 @@ class Load:
         self.token = token
         self.org_id = org_id
         self.errors = 0
+        self._checks = [
+            http_post(
+                "/v1/check",
+                orjson.dumps({"org_id": org_id, "member_id": f"m{i}", "credits": "0.5"}),
+                token,
+            )
+            for i in range(MEMBERS)
+        ]
+        self._run = uuid.uuid4().hex[:6]
 
     async def connect(self, n: int) -> list[_Conn]:
         loop = asyncio.get_running_loop()
@@ -109,27 +143,25 @@ class Load:
             conns.append(proto)
         return conns
 
-    def _send(self, conn: _Conn, path: str, doc: dict[str, Any]) -> Awaitable[int]:
-        return conn.request(http_post(path, orjson.dumps(doc), self.token))
-
-    async def check(self, conn: _Conn, n: int) -> float:
-        doc = {"org_id": self.org_id, "member_id": f"m{n % MEMBERS}", "credits": "0.5"}
-        started = time.perf_counter()
-        status = await self._send(conn, "/v1/check", doc)
-        elapsed = time.perf_counter() - started
+    async def check(self, conn: _Conn, n: int, since: float) -> float:
+        status = await conn.request(self._checks[n % MEMBERS])
+        elapsed = time.perf_counter() - since
         if status != 200:
             self.errors += 1
         return elapsed
 
-    async def reserve_release(self, conn: _Conn, n: int) -> float:
-        rid = f"r{n}-{uuid.uuid4().hex[:6]}"
+    async def reserve_release(self, conn: _Conn, n: int, since: float) -> float:
+        rid = f"r{n}-{self._run}"
         doc = {"org_id": self.org_id, "member_id": f"m{n % MEMBERS}", "credits": "0.5",
                "reservation_id": rid}  # fmt: skip
-        started = time.perf_counter()
-        status = await self._send(conn, "/v1/reserve", doc)
-        elapsed = time.perf_counter() - started
-        release = await self._send(
-            conn, "/v1/release", {"org_id": self.org_id, "reservation_id": rid}
+        status = await conn.request(http_post("/v1/reserve", orjson.dumps(doc), self.token))
+        elapsed = time.perf_counter() - since
+        release = await conn.request(
+            http_post(
+                "/v1/release",
+                orjson.dumps({"org_id": self.org_id, "reservation_id": rid}),
+                self.token,
+            )
         )
         if status != 200 or release != 200:
             self.errors += 1
@@ -145,7 +177,7 @@ class Load:
             nonlocal done
             n = first
             while time.perf_counter() < end:
-                await op(conn, n)
+                await op(conn, n, time.perf_counter())
                 n += connections
                 done += 1
 
@@ -157,33 +189,67 @@ class Load:
             c.transport.close()
         return done / elapsed
 
-    async def fixed_rate(self, op: Op, per_s: int, seconds: float) -> list[float]:
-        """Latencies of operations started on a fixed schedule of `per_s` per second."""
-        conns = await self.connect(32)
-        idle: asyncio.Queue[_Conn] = asyncio.Queue()
-        for conn in conns:
-            idle.put_nowait(conn)
-        latencies: list[float] = []
+    async def fixed_rate(self, op: Op, per_s: int, seconds: float) -> Latencies:
+        """Operations started on a fixed schedule of `per_s` per second whatever the answers do
+        (an open loop), run on a `precise_loop` in a thread of its own."""
+
+        def in_thread() -> Latencies:
+            loop = precise_loop()
+            try:
+                return loop.run_until_complete(self._fixed_rate(op, per_s, seconds))
+            finally:
+                loop.close()
+
+        return await asyncio.to_thread(in_thread)
+
+    async def _fixed_rate(self, op: Op, per_s: int, seconds: float) -> Latencies:
+        idle = await self.connect(32)
+        out = Latencies([], [])
         pending: set[asyncio.Task[None]] = set()
+        all_conns = list(idle)
 
-        async def one(conn: _Conn, n: int) -> None:
-            latencies.append(await op(conn, n))
-            idle.put_nowait(conn)
+        async def one(conn: _Conn, n: int, scheduled: float) -> None:
+            out.latency.append(await op(conn, n, scheduled))
+            idle.append(conn)
 
-        started = time.perf_counter()
-        total = int(per_s * seconds)
-        for n in range(total):
-            delay = started + n / per_s - time.perf_counter()
+        started = time.perf_counter() + 0.01
+        for n in range(int(per_s * seconds)):
+            scheduled = started + n / per_s
+            delay = scheduled - SPIN_S - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(one(await idle.get(), n))
+            while time.perf_counter() < scheduled:
+                pass
+            if not idle:
+                # Every connection is waiting on an answer: open another rather than wait, so
+                # a slow answer never delays the requests scheduled after it.
+                idle.extend(await self.connect(1))
+                all_conns.append(idle[-1])
+            out.send_lag.append(time.perf_counter() - scheduled)
+            task = asyncio.create_task(one(idle.pop(), n, scheduled))
             pending.add(task)
             task.add_done_callback(pending.discard)
         await asyncio.gather(*pending)
-        for c in conns:
+        for c in all_conns:
             assert c.transport is not None
             c.transport.close()
-        return latencies
+        return out
+
+
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by process `pid` (Linux: from /proc; 0 elsewhere) and by this one."""
+    own = os.times()
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        server = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        server = 0.0
+    return server, own.user + own.system
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1e3, 3)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -301,17 +367,26 @@ async def run(seconds: float, connections: int, settings: Any) -> dict[str, floa
             org, token = await _setup(port)
             load = Load(port, token, org)
             await load.saturate(load.check, connections, min(1.0, seconds))  # warm up
+            cpu_before = _cpu_s(proc.pid)
             check_per_s = await load.saturate(load.check, connections, seconds)
+            (server_cpu, load_cpu) = (
+                a - b for a, b in zip(_cpu_s(proc.pid), cpu_before, strict=True)
+            )
             check_lat = await load.fixed_rate(load.check, FIXED_RATE, seconds)
             pairs_per_s = await load.saturate(load.reserve_release, connections, seconds)
             reserve_lat = await load.fixed_rate(load.reserve_release, FIXED_RATE // 2, seconds)
+            lag = check_lat.send_lag + reserve_lat.send_lag
             return {
                 "check_per_s": round(check_per_s, 1),
-                "check_p50_ms": round(percentile(check_lat, 0.50) * 1e3, 3),
-                "check_p99_ms": round(percentile(check_lat, 0.99) * 1e3, 3),
+                "check_p50_ms": _ms(percentile(check_lat.latency, 0.50)),
+                "check_p99_ms": _ms(percentile(check_lat.latency, 0.99)),
                 "reserve_release_per_s": round(pairs_per_s, 1),
-                "reserve_p50_ms": round(percentile(reserve_lat, 0.50) * 1e3, 3),
-                "reserve_p99_ms": round(percentile(reserve_lat, 0.99) * 1e3, 3),
+                "reserve_p50_ms": _ms(percentile(reserve_lat.latency, 0.50)),
+                "reserve_p99_ms": _ms(percentile(reserve_lat.latency, 0.99)),
+                "server_cpu_per_s": round(server_cpu / seconds, 2),
+                "load_cpu_per_s": round(load_cpu / seconds, 2),
+                "send_lag_p50_ms": _ms(percentile(lag, 0.50)),
+                "send_lag_p99_ms": _ms(percentile(lag, 0.99)),
                 "errors": load.errors,
             }
         finally:
@@ -354,11 +429,15 @@ def report(numbers: dict[str, float]) -> str:
         [
             f"check:           {numbers['check_per_s']:>9,.0f} checks/s at saturation "
             "(target >= 5,000)",
+            f"  CPU cores used at saturation: API {numbers['server_cpu_per_s']:.2f}, "
+            f"load generator {numbers['load_cpu_per_s']:.2f}",
             f"  at {FIXED_RATE}/s:       p50 {numbers['check_p50_ms']:.3f} ms (target <= 0.5), "
             f"p99 {numbers['check_p99_ms']:.3f} ms (target <= 2)",
             f"reserve+release: {numbers['reserve_release_per_s']:>9,.0f} pairs/s at saturation",
             f"  at {FIXED_RATE}/s:       reserve p50 {numbers['reserve_p50_ms']:.3f} ms, "
             f"p99 {numbers['reserve_p99_ms']:.3f} ms",
+            f"  (latencies from each request's scheduled send; the generator sent late by "
+            f"p50 {numbers['send_lag_p50_ms']:.3f} ms, p99 {numbers['send_lag_p99_ms']:.3f} ms)",
             f"errors: {numbers['errors']:.0f}",
         ]
     )
