@@ -253,9 +253,12 @@ _EXTENSION_NAME = re.compile(EXTENSION_NAME_PATTERN[1:-1]).fullmatch
 _CREDITS_VALUE = re.compile(rb"[ \t\n\r]*:[ \t\n\r]*(-?[0-9][0-9.eE+-]*)")
 
 
-# Valid values seen before: producers use few sources and few attribute names.
+# Valid values seen before: producers use few sources and few attribute names, and a stream
+# repeats its organizations, members and credit amounts.
 _known_sources: set[str] = set()
 _known_names: set[str] = set()
+_known_ids: set[str] = set()
+_known_credits: dict[str, int] = {}
 
 
 def _remember(known: set[str], value: str) -> None:
@@ -380,8 +383,12 @@ def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEv
             raise _schema("source must be a URI-reference of 1 to 256 characters")
         _remember(_known_sources, source)
     subject = doc.get("subject")
-    if type(subject) is not str or _ID(subject) is None:
+    if type(subject) is not str:
         _bad_id("subject")
+    if subject not in _known_ids:
+        if _ID(subject) is None:
+            _bad_id("subject")
+        _remember(_known_ids, subject)
     time_text = doc.get("time")
     if type(time_text) is not str:
         raise _schema("time must be a string")
@@ -392,8 +399,12 @@ def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEv
         unknown = sorted(set(data) - DATA_KEYS)[0]
         raise _schema(f"data: unknown key {unknown[:40]!r}")
     org_id = data.get("org_id")
-    if type(org_id) is not str or _ID(org_id) is None:
+    if type(org_id) is not str:
         _bad_id("data.org_id")
+    if org_id not in _known_ids:
+        if _ID(org_id) is None:
+            _bad_id("data.org_id")
+        _remember(_known_ids, org_id)
     member_id = data.get("member_id")
     if member_id != subject and (type(member_id) is not str or _ID(member_id) is None):
         _bad_id("data.member_id")
@@ -412,13 +423,19 @@ def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEv
         time_ms = parse_time_ms(time_text)
     except TimeError as exc:
         raise _Invalid(exc.code, f"time: {exc.message}") from None
-    try:
-        micro = parse_credits(
-            _credits_literal(raw) if kind is float else credits,
-            maximum=limits.max_event_credits,
-        )
-    except CreditsError as exc:
-        raise _Invalid("invalid_credits", f"data.credits: {exc.code}: {exc.message}") from None
+    maximum = limits.max_event_credits
+    micro = _known_credits.get(credits) if kind is str else None
+    if micro is None or micro > maximum:
+        try:
+            micro = parse_credits(
+                _credits_literal(raw) if kind is float else credits, maximum=maximum
+            )
+        except CreditsError as exc:
+            raise _Invalid("invalid_credits", f"data.credits: {exc.code}: {exc.message}") from None
+        if kind is str:
+            if len(_known_credits) >= _CACHE_SIZE:
+                _known_credits.clear()
+            _known_credits[credits] = micro
     if subject != member_id:
         raise _Invalid("subject_mismatch", "subject must equal data.member_id")
     if time_ms > now_ms + limits.max_future_skew_s * 1000:
