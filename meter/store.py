@@ -150,6 +150,39 @@ _ADD = """events = t.events + excluded.events, credits = t.credits + excluded.cr
         unfunded = t.unfunded + excluded.unfunded"""
 _TOTALS = "events, credits, seat, personal, shared, on_demand, unfunded"
 
+
+def _add_totals(source: str, sums: str, day: str) -> str:
+    """Data-modifying CTEs adding the rows of `source`, summed by `sums`, to every totals table;
+    `day` is the UTC day of a source row."""
+    upserts = {
+        "member_totals": ("member_period_totals", "org_id, member_id, period_start", True),
+        "group_totals": ("group_period_totals", "org_id, billing_group, period_start", True),
+        "org_totals": ("org_period_totals", "org_id, period_start", True),
+        "daily_totals": ("member_daily_totals", "org_id, member_id, day", False),
+        "member_group_totals": (
+            "member_group_period_totals",
+            "org_id, period_start, billing_group, member_id",
+            True,
+        ),
+        "org_daily_totals": ("org_daily_totals", "org_id, day", False),
+    }
+    ctes = []
+    for name, (table, keys, by_period) in upserts.items():
+        width = keys.count(",") + 1
+        positions = ", ".join(str(i) for i in range(1, width + 1))
+        select = keys.replace("day", f"{day} AS day") if "day" in keys else keys
+        end_column, end_value = (", period_end", ", max(period_end)") if by_period else ("", "")
+        ctes.append(
+            f"""{name} AS (
+    INSERT INTO {table} AS t ({keys}{end_column}, {_TOTALS})
+    SELECT {select}{end_value}, {sums}
+    FROM {source} GROUP BY {positions} ORDER BY {positions}
+    ON CONFLICT ({keys}) DO UPDATE SET {_ADD}
+)"""
+        )
+    return ", ".join(ctes)
+
+
 MOVE_STAGED = f"""
 WITH ins AS (
     INSERT INTO settlements (key, org_id, member_id, billing_group, period_start, period_end,
@@ -166,39 +199,7 @@ WITH ins AS (
 ), lines AS (
     INSERT INTO settlement_lines (key, org_id, bucket_id, kind, amount)
     SELECT l.key, l.org_id, l.bucket_id, l.kind, l.amount FROM stage_lines l JOIN ins USING (key)
-), member_totals AS (
-    INSERT INTO member_period_totals AS t (org_id, member_id, period_start, period_end, {_TOTALS})
-    SELECT org_id, member_id, period_start, max(period_end), {_SUMS}
-    FROM fresh GROUP BY org_id, member_id, period_start ORDER BY 1, 2, 3
-    ON CONFLICT (org_id, member_id, period_start) DO UPDATE SET {_ADD}
-), group_totals AS (
-    INSERT INTO group_period_totals AS t
-        (org_id, billing_group, period_start, period_end, {_TOTALS})
-    SELECT org_id, billing_group, period_start, max(period_end), {_SUMS}
-    FROM fresh GROUP BY org_id, billing_group, period_start ORDER BY 1, 2, 3
-    ON CONFLICT (org_id, billing_group, period_start) DO UPDATE SET {_ADD}
-), org_totals AS (
-    INSERT INTO org_period_totals AS t (org_id, period_start, period_end, {_TOTALS})
-    SELECT org_id, period_start, max(period_end), {_SUMS}
-    FROM fresh GROUP BY org_id, period_start ORDER BY 1, 2
-    ON CONFLICT (org_id, period_start) DO UPDATE SET {_ADD}
-), daily_totals AS (
-    INSERT INTO member_daily_totals AS t (org_id, member_id, day, {_TOTALS})
-    SELECT org_id, member_id, (event_time AT TIME ZONE 'UTC')::date, {_SUMS}
-    FROM fresh GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (org_id, member_id, day) DO UPDATE SET {_ADD}
-), member_group_totals AS (
-    INSERT INTO member_group_period_totals AS t
-        (org_id, period_start, billing_group, member_id, period_end, {_TOTALS})
-    SELECT org_id, period_start, billing_group, member_id, max(period_end), {_SUMS}
-    FROM fresh GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    ON CONFLICT (org_id, period_start, billing_group, member_id) DO UPDATE SET {_ADD}
-), org_daily_totals AS (
-    INSERT INTO org_daily_totals AS t (org_id, day, {_TOTALS})
-    SELECT org_id, (event_time AT TIME ZONE 'UTC')::date, {_SUMS}
-    FROM fresh GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (org_id, day) DO UPDATE SET {_ADD}
-)
+), {_add_totals("fresh", _SUMS, "(event_time AT TIME ZONE 'UTC')::date")}
 SELECT count(*) FROM ins
 """
 
@@ -209,38 +210,8 @@ _STAGED_SUMS = """sum(events), sum(credits), sum(seat), sum(personal), sum(share
 # The staged totals (one row per member, billing group, period start and day of the batch) added
 # to every total table: each total row is touched once per batch.
 ADD_STAGED_TOTALS = f"""
-WITH member_totals AS (
-    INSERT INTO member_period_totals AS t (org_id, member_id, period_start, period_end, {_TOTALS})
-    SELECT org_id, member_id, period_start, max(period_end), {_STAGED_SUMS}
-    FROM stage_totals GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (org_id, member_id, period_start) DO UPDATE SET {_ADD}
-), group_totals AS (
-    INSERT INTO group_period_totals AS t
-        (org_id, billing_group, period_start, period_end, {_TOTALS})
-    SELECT org_id, billing_group, period_start, max(period_end), {_STAGED_SUMS}
-    FROM stage_totals GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (org_id, billing_group, period_start) DO UPDATE SET {_ADD}
-), org_totals AS (
-    INSERT INTO org_period_totals AS t (org_id, period_start, period_end, {_TOTALS})
-    SELECT org_id, period_start, max(period_end), {_STAGED_SUMS}
-    FROM stage_totals GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (org_id, period_start) DO UPDATE SET {_ADD}
-), daily_totals AS (
-    INSERT INTO member_daily_totals AS t (org_id, member_id, day, {_TOTALS})
-    SELECT org_id, member_id, day, {_STAGED_SUMS}
-    FROM stage_totals GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (org_id, member_id, day) DO UPDATE SET {_ADD}
-), member_group_totals AS (
-    INSERT INTO member_group_period_totals AS t
-        (org_id, period_start, billing_group, member_id, period_end, {_TOTALS})
-    SELECT org_id, period_start, billing_group, member_id, max(period_end), {_STAGED_SUMS}
-    FROM stage_totals GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    ON CONFLICT (org_id, period_start, billing_group, member_id) DO UPDATE SET {_ADD}
-)
-INSERT INTO org_daily_totals AS t (org_id, day, {_TOTALS})
-SELECT org_id, day, {_STAGED_SUMS}
-FROM stage_totals GROUP BY 1, 2 ORDER BY 1, 2
-ON CONFLICT (org_id, day) DO UPDATE SET {_ADD}
+WITH {_add_totals("stage_totals", _STAGED_SUMS, "day")}
+SELECT 1
 """
 
 
