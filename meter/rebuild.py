@@ -39,10 +39,11 @@ import structlog
 from meter.admin import queries as q
 from meter.admin.clock import from_ms
 from meter.admin.reconcile import reconcile_org
-from meter.admin.service import AdminService, grant_of, org_config
+from meter.admin.service import AdminService, org_config
 from meter.engine.periods import period_at
 from meter.engine.redis import EPOCH_KEY
 from meter.engine.types import Engine, OrgConfig, Period
+from meter.plans.store import grant_of
 
 if TYPE_CHECKING:
     from meter.cli import Handler

@@ -17,8 +17,9 @@ import structlog
 
 from meter.admin import queries as q
 from meter.admin.clock import from_ms
-from meter.admin.service import AdminService, grant_of, member_config, org_config
+from meter.admin.service import AdminService, member_config, org_config
 from meter.engine.types import BillingGroupConfig
+from meter.plans.store import grant_of
 
 log = structlog.get_logger("meter.admin.reconcile")
 

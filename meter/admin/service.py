@@ -47,7 +47,7 @@ from meter.plans.charges import ChargeDue
 from meter.plans.presets import PlanSettings, preset, presets
 from meter.plans.redemption import CodeKind
 from meter.plans.seats import SeatBilling, SeatIssue
-from meter.plans.store import PeriodIssue, PlansStore
+from meter.plans.store import PeriodIssue, PlansStore, grant_of
 from meter.store import record_void, recorded_void
 from schemas import api
 
@@ -94,19 +94,6 @@ def member_config(row: asyncpg.Record) -> MemberConfig:
         seated=row["seated"],
         member_limit=row["member_limit"],
         billing_group=row["billing_group_id"] or UNASSIGNED,
-    )
-
-
-def grant_of(row: asyncpg.Record) -> Grant:
-    return Grant(
-        org_id=row["org_id"],
-        bucket_id=row["bucket_id"],
-        kind=Kind(row["kind"]),
-        amount=row["amount"],
-        valid_from_ms=to_ms(row["valid_from"]),
-        expires_at_ms=to_ms(row["expires_at"]),
-        granted_at_ms=to_ms(row["granted_at"]),
-        member_id=row["member_id"],
     )
 
 
