@@ -89,6 +89,12 @@ def lua_file(name: str) -> str:
 
 _DEFINITION = re.compile(r"^local (?:function )?([A-Za-z_][\w, ]*?)\s*(?:=|\()", re.MULTILINE)
 _WORD = re.compile(r"[A-Za-z_]\w*")
+_COMMENT = re.compile(r"--[^\n]*")
+
+
+def _words(text: str) -> set[str]:
+    """The identifiers of Lua `text`, comments left out (no string of ours holds "--")."""
+    return set(_WORD.findall(_COMMENT.sub("", text)))
 
 
 def lib_definitions() -> list[tuple[frozenset[str], str]]:
@@ -110,7 +116,7 @@ def script_source(name: str) -> str:
     """The text loaded for script `name`: the definitions of `lib` it needs, then the script."""
     body = lua_file(name)
     defs = lib_definitions()
-    wanted = set(_WORD.findall(body))
+    wanted = _words(body)
     used = [False] * len(defs)
     changed = True
     while changed:
@@ -118,7 +124,7 @@ def script_source(name: str) -> str:
         for i, (names, text) in enumerate(defs):
             if not used[i] and names & wanted:
                 used[i] = changed = True
-                wanted.update(_WORD.findall(text))
+                wanted.update(_words(text))
     parts = [text for (_, text), needed in zip(defs, used, strict=True) if needed]
     return "".join(parts) + "\n" + body
 

@@ -84,8 +84,9 @@ async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
     assert await hash_of(redis, P + "r") == {"e1": result}
     counters = P + f"c:{ANCHOR}"
     assert await hash_of(redis, counters) == {
-        "aann": "150", "sann": "50", "gteam": "150", "d": "150",
+        "aann": "150", "sann": "50", "gteam": "150", "d": "150", "_": "_" * 72,
     }  # fmt: skip
+    assert await redis.object("encoding", counters) == b"hashtable"
     ttl = await redis.pttl(counters)
     assert MARCH_END + 7 * 86_400_000 - NOW - 5000 < ttl <= MARCH_END + 7 * 86_400_000 - NOW
     assert (await hash_of(redis, P + "m"))["ann"].endswith("\x1d0")
@@ -98,7 +99,9 @@ async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
         b"50",
     ]  # fmt: skip  (the seat bucket expired at MARCH_END)
     assert await hash_of(redis, P + "v") == {"e1": SEP.join(["new", "pool", "h", "50"])}
-    assert await hash_of(redis, counters) == {"aann": "0", "sann": "0", "gteam": "0", "d": "0"}
+    assert await hash_of(redis, counters) == {
+        "aann": "0", "sann": "0", "gteam": "0", "d": "0", "_": "_" * 72,
+    }  # fmt: skip
     assert (await redis.get(P + "sh")).endswith(b"\x1d1000")
     assert (await run(redis, "void", MARCH_END, "e1", ""))[0] == b"dup"
 

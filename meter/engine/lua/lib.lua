@@ -14,7 +14,8 @@
 --                      seated "1"/"0", limit "" = org default, removed "1"/""); a member with
 --                      grants but never put has no config part (the value starts with \30)
 --   sh          string the shared pool's buckets, same encoding without the config part
---   c:<start>   hash   counters of the period starting at <start>: a<m> s<m> g<group> d u
+--   c:<start>   hash   counters of the period starting at <start>: a<m> s<m> g<group> d u, and
+--                      the field _ (COUNTER_PAD), which keeps the hash in hashtable encoding
 --   r           hash   settlement key -> stored result, until confirmed
 --   v           hash   settlement key -> void result
 --   h / hx / ha hash / zset / hash: live holds by id, their expiry, and the sums they hold
@@ -25,6 +26,11 @@ local SEP = '\31'
 local DAY = 86400000
 local COUNTER_KEEP_MS = 7 * DAY
 local PRUNE_AFTER_MS = 7 * DAY -- model.PRUNE_AFTER_MS
+-- A value longer than the server's hash-max-listpack-value (64 bytes by default), stored under
+-- the field _ of every counters hash: a hash holding one is a hashtable for good. As a listpack (up
+-- to 512 fields by default) each field read or written is a scan of the whole hash, and a batch
+-- reads and writes two fields per member it settles.
+local COUNTER_PAD = string.rep('_', 72)
 -- Rank of a bucket by the byte of its kind code (seat, personal, shared, on_demand).
 local RANK_OF = {[115] = 0, [112] = 1, [104] = 2, [111] = 3}
 
@@ -189,6 +195,90 @@ local function decode_member(member_id, v)
   end
   decode_buckets(v, m)
   return m
+end
+
+-- A member for settling (member_id, its value in m or nil): config and credits left decoded now,
+-- each bucket's head only when a draw walks to it, since most events are covered by the first
+-- eligible bucket. The member fields of a full decode, but buckets fill up in order; lefts holds
+-- the credits left as stored (strings), nb the number of buckets.
+local function lazy_member(member_id, v)
+  local m = {id = member_id, known = false, group = '', buckets = {}, nb = 0}
+  if not v then return m end
+  local seated, limit, group, removed, pos = string.match(v, '^([01])\31([^\31]*)\31([^\31]*)\31([^\30\29]*)()')
+  if seated then
+    m.known = true
+    m.seated = seated == '1'
+    if limit ~= '' then m.limit = tonumber(limit) end
+    m.group = group
+    m.removed = removed ~= ''
+  else
+    pos = 1
+  end
+  local p = string.find(v, '\29', pos, true)
+  local lefts, n = {}, 0
+  for left in string.gmatch(string.sub(v, p + 1), '[^\31]+') do
+    n = n + 1
+    lefts[n] = left
+  end
+  m.v, m.p, m.pos, m.lefts, m.nb = v, p, pos, lefts, n
+  return m
+end
+
+-- The k-th bucket of a lazy_member (nil past the last), decoding the heads up to it.
+local function member_bucket(m, k)
+  local bs = m.buckets
+  local b = bs[k]
+  if b or k > m.nb then return b end
+  for i = #bs + 1, k do
+    local kind, from, exp, id, nxt = string.match(m.v, '^\30(.)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)()', m.pos)
+    b = {id = id, kind = kind, rank = RANK_OF[string.byte(kind)], from = tonumber(from),
+         exp = tonumber(exp), left = tonumber(m.lefts[i]), owner = m, i = i}
+    bs[i] = b
+    m.pos = nxt
+  end
+  return b
+end
+
+-- A lazy_member's value with the credits left of its decoded buckets as they are now.
+local function encode_member(m)
+  local lefts, bs = m.lefts, m.buckets
+  for i = 1, #bs do lefts[i] = fmt(bs[i].left) end
+  return string.sub(m.v, 1, m.p) .. table.concat(lefts, SEP)
+end
+
+-- The greedy draw of README "Limits" over the buckets usable at t, walked in burn-down order
+-- straight from a lazy_member and the shared pool (the member's seat and personal buckets, the
+-- pool, then the member's on_demand buckets): flat {bucket, amount, ...}, unfunded, flags.
+local function draw_at(m, shared, t, need, shared_policy, mroom, groom)
+  local lines, nl, mflag, gflag = {}, 0, false, false
+  local i, j, ns = 1, 1, #shared
+  while need > 0 do
+    local b = member_bucket(m, i)
+    if b and (b.rank < 2 or j > ns) then
+      i = i + 1
+    elseif j <= ns then
+      b = shared[j]
+      j = j + 1
+    else
+      break
+    end
+    local a = b.left
+    if a > 0 and b.from <= t and t < b.exp then
+      local counted = (not shared_policy) or b.rank == 2
+      local take = need < a and need or a
+      if counted and mroom and mroom < take then take = mroom; mflag = true end
+      if groom and groom < take then take = groom; gflag = true end
+      if take > 0 then
+        lines[nl + 1] = b
+        lines[nl + 2] = take
+        nl = nl + 2
+        need = need - take
+        if counted and mroom then mroom = mroom - take end
+        if groom then groom = groom - take end
+      end
+    end
+  end
+  return lines, need, mflag, gflag
 end
 
 local function load_member(P, member_id)

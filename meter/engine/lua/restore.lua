@@ -52,7 +52,7 @@ local ckey = P .. 'c:' .. fmt(ps)
 redis.call('DEL', ckey, P .. 'h', P .. 'hx', P .. 'ha', P .. 'r')
 redis.call('HDEL', org.key, 'hm')
 if #ARGV > 2 + 2 * n then
-  redis.call('HSET', ckey, unpack(ARGV, 3 + 2 * n))
+  redis.call('HSET', ckey, '_', COUNTER_PAD, unpack(ARGV, 3 + 2 * n))
   redis.call('PEXPIRE', ckey, fmt(pe + org.grace + COUNTER_KEEP_MS - now))
 end
 return {}

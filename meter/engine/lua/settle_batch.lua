@@ -58,7 +58,7 @@ do
     local last = math.min(first + 499, nid)
     local got = redis.call('HMGET', P .. 'm', unpack(ids, first, last))
     for j = 1, #got do
-      local mem = decode_member(ids[first + j - 1], got[j] or nil)
+      local mem = lazy_member(ids[first + j - 1], got[j] or nil)
       members[mem.id] = mem
     end
   end
@@ -75,7 +75,7 @@ local function period_record(ps, pe)
   if not c then
     local ss = fmt(ps)
     c = {ps = ps, pe = pe, ss = ss, es = fmt(pe), key = P .. 'c:' .. ss,
-         expire_at = pe + org.grace + COUNTER_KEEP_MS, fields = {'d', 'u'}, nf = 2, seen = {},
+         expire_at = pe + org.grace + COUNTER_KEEP_MS, fields = {'d', 'u', '_'}, nf = 3, seen = {},
          vals = {}, dirty = {}}
     periods[ps] = c
   end
@@ -121,6 +121,10 @@ for _, c in pairs(periods) do
   for first = 1, c.nf, 500 do
     local last = math.min(first + 499, c.nf)
     local got = redis.call('HMGET', c.key, unpack(fields, first, last))
+    if first == 1 then
+      c.padded = got[3]
+      got[3] = false
+    end
     for j = 1, #got do vals[fields[first + j - 1]] = num(got[j]) end
   end
 end
@@ -153,10 +157,6 @@ for i = 1, n do
     local group, gf = mem.gid, mem.gf
     local lines, unfunded, mflag, gflag = nil, credits, false, false
     if active then
-      local at = ev_at[i]
-      if not (mem.elig and mem.elig_lo <= at and at < mem.elig_hi) then
-        mem.elig, mem.elig_lo, mem.elig_hi = eligible(mem, shared, at)
-      end
       local limit = mem.limit
       if limit == nil then limit = default_limit end
       local mroom, groom
@@ -171,7 +171,8 @@ for i = 1, n do
           if groom < 0 then groom = 0 end
         end
       end
-      lines, unfunded, mflag, gflag = draw(mem.elig, nil, credits, shared_policy, mroom, groom)
+      lines, unfunded, mflag, gflag = draw_at(mem, shared, ev_at[i], credits, shared_policy, mroom,
+        groom)
     end
 
     local result = mid .. SEP .. amounts[i] .. SEP .. times[i] .. SEP .. c.ss .. SEP .. c.es .. SEP
@@ -218,7 +219,7 @@ do
   for id, mem in pairs(members) do
     if mem.dirty then
       args[na + 1] = id
-      args[na + 2] = encode_owner(mem)
+      args[na + 2] = encode_member(mem)
       na = na + 2
     end
   end
@@ -237,6 +238,10 @@ for _, c in pairs(periods) do
     na = na + 2
   end
   if na > 0 then
+    if not c.padded then
+      args[na + 1] = '_'
+      args[na + 2] = COUNTER_PAD
+    end
     redis.call('HSET', c.key, unpack(args))
     -- relative to the caller's clock, which is the engine's time
     redis.call('PEXPIRE', c.key, fmt(c.expire_at - now))
