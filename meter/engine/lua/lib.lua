@@ -197,63 +197,64 @@ local function decode_member(member_id, v)
   return m
 end
 
--- A member for settling (member_id, its value in m or nil): config and credits left decoded now,
--- each bucket's head only when a draw walks to it, since most events are covered by the first
--- eligible bucket. The member fields of a full decode, but buckets fill up in order; lefts holds
--- the credits left as stored (strings), nb the number of buckets.
+-- A member for settling (member_id, its value in m or nil): its config decoded now, each bucket
+-- (head and credits left) only when a draw walks to it, since most events are covered by the
+-- first eligible bucket. The member fields of a full decode, but buckets fill up in order, as
+-- member_bucket reads them: pos is where the next head starts, lpos its credits left. The fields
+-- settling adds later are created here too, so the table is allocated once.
 local function lazy_member(member_id, v)
-  local m = {id = member_id, known = false, group = '', buckets = {}, nb = 0}
-  if not v then return m end
+  if not v then
+    return {id = member_id, known = false, group = '', buckets = {}, v = '\29', p = 1, pos = 1,
+            lpos = 2}
+  end
   local seated, limit, group, removed, pos = string.match(v, '^([01])\31([^\31]*)\31([^\31]*)\31([^\30\29]*)()')
-  if seated then
-    m.known = true
-    m.seated = seated == '1'
-    if limit ~= '' then m.limit = tonumber(limit) end
-    m.group = group
-    m.removed = removed ~= ''
-  else
-    pos = 1
+  local p = string.find(v, '\29', pos or 1, true)
+  if not seated then
+    return {id = member_id, known = false, group = '', buckets = {}, v = v, p = p, pos = 1,
+            lpos = p + 1}
   end
-  local p = string.find(v, '\29', pos, true)
-  local lefts, n = {}, 0
-  for left in string.gmatch(string.sub(v, p + 1), '[^\31]+') do
-    n = n + 1
-    lefts[n] = left
-  end
-  m.v, m.p, m.pos, m.lefts, m.nb = v, p, pos, lefts, n
-  return m
+  return {id = member_id, known = true, seated = seated == '1',
+          limit = limit ~= '' and tonumber(limit) or nil, group = group, removed = removed ~= '',
+          buckets = {}, v = v, p = p, pos = pos, lpos = p + 1, dirty = false, gid = false,
+          gf = false, fa = false, fs = false, glimit = false}
 end
 
--- The k-th bucket of a lazy_member (nil past the last), decoding the heads up to it.
+-- The k-th bucket of a lazy_member (nil past the last), decoding the buckets up to it.
 local function member_bucket(m, k)
   local bs = m.buckets
   local b = bs[k]
-  if b or k > m.nb then return b end
+  if b then return b end
+  local v = m.v
   for i = #bs + 1, k do
-    local kind, from, exp, id, nxt = string.match(m.v, '^\30(.)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)()', m.pos)
+    local kind, from, exp, id, nxt = string.match(v, '^\30(.)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)()', m.pos)
+    if not kind then return nil end
+    local left, lnxt = string.match(v, '^([^\31]*)()', m.lpos)
     b = {id = id, kind = kind, rank = RANK_OF[string.byte(kind)], from = tonumber(from),
-         exp = tonumber(exp), left = tonumber(m.lefts[i]), owner = m, i = i}
+         exp = tonumber(exp), left = tonumber(left), owner = m}
     bs[i] = b
-    m.pos = nxt
+    m.pos, m.lpos = nxt, lnxt + 1
   end
   return b
 end
 
 -- A lazy_member's value with the credits left of its decoded buckets as they are now.
 local function encode_member(m)
-  local lefts, bs = m.lefts, m.buckets
+  local lefts, bs, v = {}, m.buckets, m.v
   for i = 1, #bs do lefts[i] = fmt(bs[i].left) end
-  return string.sub(m.v, 1, m.p) .. table.concat(lefts, SEP)
+  local out = string.sub(v, 1, m.p) .. table.concat(lefts, SEP)
+  if m.lpos <= #v then out = out .. SEP .. string.sub(v, m.lpos) end
+  return out
 end
 
 -- The greedy draw of README "Limits" over the buckets usable at t, walked in burn-down order
 -- straight from a lazy_member and the shared pool (the member's seat and personal buckets, the
--- pool, then the member's on_demand buckets): flat {bucket, amount, ...}, unfunded, flags.
+-- pool, then the member's on_demand buckets): flat {bucket, amount, ...} and its length,
+-- unfunded, flags.
 local function draw_at(m, shared, t, need, shared_policy, mroom, groom)
-  local lines, nl, mflag, gflag = {}, 0, false, false
+  local lines, nl, mflag, gflag = {false, false}, 0, false, false
   local i, j, ns = 1, 1, #shared
   while need > 0 do
-    local b = member_bucket(m, i)
+    local b = m.buckets[i] or member_bucket(m, i)
     if b and (b.rank < 2 or j > ns) then
       i = i + 1
     elseif j <= ns then
@@ -278,7 +279,7 @@ local function draw_at(m, shared, t, need, shared_policy, mroom, groom)
       end
     end
   end
-  return lines, need, mflag, gflag
+  return lines, nl, need, mflag, gflag
 end
 
 local function load_member(P, member_id)

@@ -100,8 +100,10 @@ for i = 1, n do
       if not c.seen[mem] then
         c.seen[mem] = true
         if not mem.gf then
-          mem.gid = group_of(groups, mem)
-          mem.gf, mem.fa, mem.fs = 'g' .. mem.gid, 'a' .. mem.id, 's' .. mem.id
+          local gid = group_of(groups, mem)
+          local glimit = groups[gid]
+          mem.gid, mem.gf, mem.fa, mem.fs = gid, 'g' .. gid, 'a' .. mem.id, 's' .. mem.id
+          if glimit and glimit ~= '' then mem.glimit = tonumber(glimit) end
         end
         local fields, nf = c.fields, c.nf
         fields[nf + 1], fields[nf + 2] = mem.fa, mem.fs
@@ -155,7 +157,7 @@ for i = 1, n do
 
     local vals, dirty = c.vals, c.dirty
     local group, gf = mem.gid, mem.gf
-    local lines, unfunded, mflag, gflag = nil, credits, false, false
+    local lines, nl, unfunded, mflag, gflag = nil, 0, credits, false, false
     if active then
       local limit = mem.limit
       if limit == nil then limit = default_limit end
@@ -164,30 +166,26 @@ for i = 1, n do
         mroom = limit - vals[shared_policy and mem.fs or mem.fa]
         if mroom < 0 then mroom = 0 end
       end
-      if group ~= '' then
-        local glimit = groups[group]
-        if glimit ~= '' then
-          groom = tonumber(glimit) - vals[gf]
-          if groom < 0 then groom = 0 end
-        end
+      local glimit = mem.glimit
+      if glimit then
+        groom = glimit - vals[gf]
+        if groom < 0 then groom = 0 end
       end
-      lines, unfunded, mflag, gflag = draw_at(mem, shared, ev_at[i], credits, shared_policy, mroom,
-        groom)
+      lines, nl, unfunded, mflag, gflag = draw_at(mem, shared, ev_at[i], credits, shared_policy,
+        mroom, groom)
     end
 
     local result = mid .. SEP .. amounts[i] .. SEP .. times[i] .. SEP .. c.ss .. SEP .. c.es .. SEP
       .. group .. SEP .. (unfunded == 0 and '0' or fmt(unfunded)) .. SEP
       .. FLAGS[(mflag and 1 or 0) + (gflag and 2 or 0) + (ev_late[i] and 4 or 0)] .. SEP .. rid
     local drawn, drawn_shared = 0, 0
-    if lines then
-      for j = 1, #lines - 1, 2 do
-        local b, amount = lines[j], lines[j + 1]
-        b.left = b.left - amount
-        b.owner.dirty = true
-        drawn = drawn + amount
-        if b.rank == 2 then drawn_shared = drawn_shared + amount end
-        result = result .. SEP .. b.id .. SEP .. b.kind .. SEP .. fmt(amount)
-      end
+    for j = 1, nl - 1, 2 do
+      local b, amount = lines[j], lines[j + 1]
+      b.left = b.left - amount
+      b.owner.dirty = true
+      drawn = drawn + amount
+      if b.rank == 2 then drawn_shared = drawn_shared + amount end
+      result = result .. SEP .. b.id .. SEP .. b.kind .. SEP .. fmt(amount)
     end
     if drawn ~= 0 then
       local fa = mem.fa
