@@ -177,26 +177,6 @@ local function encode_owner(o)
   return string.sub(o.v, 1, o.p) .. table.concat(lefts, SEP)
 end
 
--- A member from its value in m (nil when absent): config and buckets. m.known is false for a
--- member never put (grants may come first).
-local function decode_member(member_id, v)
-  local m = {id = member_id, known = false, group = ''}
-  if not v then
-    m.buckets = {}
-    return m
-  end
-  local seated, limit, group, removed = string.match(v, '^([01])\31([^\31]*)\31([^\31]*)\31([^\30\29]*)')
-  if seated then
-    m.known = true
-    m.seated = seated == '1'
-    if limit ~= '' then m.limit = tonumber(limit) end
-    m.group = group
-    m.removed = removed ~= ''
-  end
-  decode_buckets(v, m)
-  return m
-end
-
 -- A member for settling (member_id, its value in m or nil): its config decoded now, each bucket
 -- (head and credits left) only when a draw walks to it, since most events are covered by the
 -- first eligible bucket. The member fields of a full decode, but buckets fill up in order, as
@@ -246,25 +226,27 @@ local function encode_member(m)
   return out
 end
 
+-- The bucket at positions i (member) and j (shared pool) of the burn-down order of a
+-- lazy_member and the shared pool: the member's seat and personal buckets, the pool, then the
+-- member's on_demand buckets. Returns it (nil past the end) and the positions after it.
+local function next_bucket(m, shared, i, j)
+  local b = m.buckets[i] or member_bucket(m, i)
+  if b and (b.rank < 2 or j > #shared) then return b, i + 1, j end
+  if j <= #shared then return shared[j], i, j + 1 end
+  return nil, i, j
+end
+
 -- The greedy draw of README "Limits" over the buckets usable at t, walked in burn-down order
--- straight from a lazy_member and the shared pool (the member's seat and personal buckets, the
--- pool, then the member's on_demand buckets): flat {bucket, amount, ...} and its length,
--- unfunded, flags.
-local function draw_at(m, shared, t, need, shared_policy, mroom, groom)
+-- straight from a lazy_member and the shared pool, taking at most the bucket's field `field` (left,
+-- or what a check found available): flat {bucket, amount, ...} and its length, unfunded, flags.
+local function draw_at(m, shared, t, need, shared_policy, mroom, groom, field)
   local lines, nl, mflag, gflag = {false, false}, 0, false, false
-  local i, j, ns = 1, 1, #shared
+  local i, j, b = 1, 1, nil
   while need > 0 do
-    local b = m.buckets[i] or member_bucket(m, i)
-    if b and (b.rank < 2 or j > ns) then
-      i = i + 1
-    elseif j <= ns then
-      b = shared[j]
-      j = j + 1
-    else
-      break
-    end
-    local a = b.left
-    if a > 0 and b.from <= t and t < b.exp then
+    b, i, j = next_bucket(m, shared, i, j)
+    if not b then break end
+    local a = b.from <= t and t < b.exp and b[field]
+    if a and a > 0 then
       local counted = (not shared_policy) or b.rank == 2
       local take = need < a and need or a
       if counted and mroom and mroom < take then take = mroom; mflag = true end
@@ -283,7 +265,7 @@ local function draw_at(m, shared, t, need, shared_policy, mroom, groom)
 end
 
 local function load_member(P, member_id)
-  return decode_member(member_id, redis.call('HGET', P .. 'm', member_id))
+  return lazy_member(member_id, redis.call('HGET', P .. 'm', member_id))
 end
 
 -- The shared pool's buckets (their owner: {id = ''}).
@@ -293,67 +275,17 @@ local function load_shared(P)
   return decode_buckets(v, {id = ''})
 end
 
--- The member's and the shared pool's buckets usable at t, in burn-down order, and the interval
--- [lo, hi) around t in which that list stays the same. Member buckets are seat/personal
--- (rank < 2) or on_demand (rank 3); the shared pool sits between them.
-local function eligible(mem, shared, t)
-  local out, n = {}, 0
-  local lo, hi = -math.huge, math.huge
-  local mb = mem.buckets
-  local nm, ns = #mb, #shared
-  local i, j = 1, 1
-  -- member buckets of rank < 2, then the shared pool, then the member's on_demand buckets
+-- The buckets of a lazy_member and the shared pool usable at t, in burn-down order.
+local function eligible(m, shared, t)
+  local out, n, i, j, b = {}, 0, 1, 1, nil
   while true do
-    local b
-    if i <= nm and (mb[i].rank < 2 or j > ns) then
-      b = mb[i]
-      i = i + 1
-    elseif j <= ns then
-      b = shared[j]
-      j = j + 1
-    else
-      break
-    end
-    local from, exp = b.from, b.exp
-    if from <= t then
-      if t < exp then
-        n = n + 1
-        out[n] = b
-        if from > lo then lo = from end
-        if exp < hi then hi = exp end
-      elseif exp > lo then
-        lo = exp
-      end
-    elseif from < hi then
-      hi = from
+    b, i, j = next_bucket(m, shared, i, j)
+    if not b then return out end
+    if b.from <= t and t < b.exp then
+      n = n + 1
+      out[n] = b
     end
   end
-  return out, lo, hi
-end
-
--- Greedy draw (README "Limits"): returns flat {bucket, amount, ...}, unfunded, flags.
-local function draw(list, avail, need, shared_policy, mroom, groom)
-  local lines, nl, mflag, gflag = {}, 0, false, false
-  for i = 1, #list do
-    if need == 0 then break end
-    local b = list[i]
-    local a = avail and avail[i] or b.left
-    if a > 0 then
-      local counted = (not shared_policy) or b.rank == 2
-      local take = need < a and need or a
-      if counted and mroom and mroom < take then take = mroom; mflag = true end
-      if groom and groom < take then take = groom; gflag = true end
-      if take > 0 then
-        lines[nl + 1] = b
-        lines[nl + 2] = take
-        nl = nl + 2
-        need = need - take
-        if counted and mroom then mroom = mroom - take end
-        if groom then groom = groom - take end
-      end
-    end
-  end
-  return lines, need, mflag, gflag
 end
 
 -- The member's billing group if it exists, else Unassigned ("").
@@ -420,9 +352,10 @@ local function num(v)
 end
 
 -- The check of README "Checks and reservations" at now (org: load_org's, or nil). Returns a
--- table: reason (or nil), and for a simulated draw: avail per kind, mroom, groom, pend_s, lines,
--- unfunded, group, and list and held: the eligible buckets and the held sums read (HMGET of ha:
--- a<member> s<member> g<group> then b<bucket> per bucket of list; {} when there are no holds).
+-- table: reason (or nil), and for a simulated draw: avail per kind, mroom, groom, pend_s, lines
+-- and nl (draw_at's), unfunded, group, and list and held: the eligible buckets and the held sums
+-- read (HMGET of ha: a<member> s<member> g<group> then b<bucket> per bucket of list; {} when
+-- there are no holds).
 local function check_core(P, org, mid, credits, now)
   if not org then return {reason = 'unknown_org'} end
   local mem = load_member(P, mid)
@@ -436,7 +369,8 @@ local function check_core(P, org, mid, credits, now)
     glimit = redis.call('HGET', P .. 'g', mem.group)
     if glimit then group = mem.group end
   end
-  local list = eligible(mem, load_shared(P), now)
+  local shared = load_shared(P)
+  local list = eligible(mem, shared, now)
   local held = {}
   if org.hm then
     local fields = {'a' .. mid, 's' .. mid, 'g' .. group}
@@ -458,15 +392,16 @@ local function check_core(P, org, mid, credits, now)
     if groom < 0 then groom = 0 end
   end
 
-  local avail = {}
   local per_kind = {s = 0, p = 0, h = 0, o = 0}
   for i = 1, #list do
-    local a = list[i].left - num(held[i + 3])
+    local b = list[i]
+    local a = b.left - num(held[i + 3])
     if a < 0 then a = 0 end
-    avail[i] = a
-    per_kind[list[i].kind] = per_kind[list[i].kind] + a
+    b.avail = a
+    per_kind[b.kind] = per_kind[b.kind] + a
   end
-  local lines, unfunded, mflag, gflag = draw(list, avail, credits, org.shared_policy, mroom, groom)
+  local lines, nl, unfunded, mflag, gflag = draw_at(mem, shared, now, credits, org.shared_policy,
+    mroom, groom, 'avail')
   local reason
   if unfunded > 0 then
     reason = 'insufficient_credits'
@@ -478,7 +413,7 @@ local function check_core(P, org, mid, credits, now)
   end
   return {
     reason = reason, drawn = true, per_kind = per_kind, mroom = mroom, groom = groom,
-    lines = lines, group = group, pend_s = es, list = list, held = held,
+    lines = lines, nl = nl, group = group, pend_s = es, list = list, held = held,
   }
 end
 

@@ -33,7 +33,7 @@ local sums = {}
 local function add(field, k, amount)
   sums[field] = (sums[field] or num(held[k])) + amount
 end
-for j = 1, #lines - 1, 2 do
+for j = 1, c.nl - 1, 2 do
   local b, amount = lines[j], lines[j + 1]
   drawn = drawn + amount
   if b.rank == 2 then drawn_shared = drawn_shared + amount end

@@ -172,7 +172,7 @@ for i = 1, n do
         if groom < 0 then groom = 0 end
       end
       lines, nl, unfunded, mflag, gflag = draw_at(mem, shared, ev_at[i], credits, shared_policy,
-        mroom, groom)
+        mroom, groom, 'left')
     end
 
     local result = mid .. SEP .. amounts[i] .. SEP .. times[i] .. SEP .. c.ss .. SEP .. c.es .. SEP
