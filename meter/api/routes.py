@@ -17,6 +17,7 @@ import orjson
 import structlog
 
 from meter import metrics
+from meter.admin import alert_thresholds
 from meter.api import bodies, ingest, reports
 from meter.api import plans as plan_routes
 from meter.api.http import (
@@ -319,6 +320,18 @@ async def void(call: Call) -> Response:
     return model_response(result)
 
 
+# -- alert thresholds -----------------------------------------------------------------------------
+
+
+async def get_alert_thresholds(call: Call) -> Response:
+    return model_response(await alert_thresholds.get(call.app.pool, call.params["org_id"]))
+
+
+async def put_alert_thresholds(call: Call) -> Response:
+    body = parse_body(alert_thresholds.AlertThresholdsUpdate, call.body)
+    return model_response(await alert_thresholds.put(call.app.pool, call.params["org_id"], body))
+
+
 # -- keys -----------------------------------------------------------------------------------------
 
 
@@ -461,6 +474,13 @@ ROUTES: list[Route] = [
           response=api.Balances, tag="credits"),
     Route("POST", ORG_PATH + "/voids", void, "Void a settled event by its key", OA, ORG,
           api.VoidRequest, api.VoidOut, tag="credits"),
+    # alerts
+    Route("GET", ORG_PATH + "/alert-thresholds", get_alert_thresholds,
+          "Alert thresholds that apply to the organization (its own or the defaults)", OA, ORG,
+          response=alert_thresholds.AlertThresholds, tag="alerts"),
+    Route("PUT", ORG_PATH + "/alert-thresholds", put_alert_thresholds,
+          "Set the organization's alert thresholds (kinds left out use the defaults)", OA, ORG,
+          alert_thresholds.AlertThresholdsUpdate, alert_thresholds.AlertThresholds, tag="alerts"),
     # keys
     Route("POST", "/v1/keys", create_admin_key, "Create an admin key", A, (), api.KeyCreate,
           api.KeyCreated, 201, tag="keys"),
