@@ -1,10 +1,16 @@
 """Alerts on the alerts topic: limits crossed and shared pools running low.
 
 Crossings are found by PostgreSQL itself, in the settlement transaction that changes the totals
-(triggers of schemas/migrations/0007_alerts.sql), and recorded in the `alerts` outbox with a
-UNIQUE (organization, subject kind, subject id, period start, threshold): each fires once per
-period and threshold, whatever is retried, replayed or restarted. Thresholds are rows of
-`alert_thresholds` (80% and 100% of member and billing-group limits, shared pool at 20% left).
+(triggers of schemas/migrations/0007_alerts.sql, replaced in 0010), and recorded in the `alerts`
+outbox with a UNIQUE (organization, subject kind, subject id, period start, threshold): each
+fires once per period and threshold, whatever is retried, replayed or restarted. Thresholds are
+rows of `alert_thresholds` (80% and 100% of member and billing-group limits, shared pool at 20%
+left), or an organization's own lists (`org_alert_thresholds`, 0010, set through the API).
+
+A shared pool also runs low when a bucket expires, which no settlement sees: the period scheduler
+calls `shared_pool_after_expiry` on each tick for the organizations whose shared buckets expired
+since its previous tick (all of them on its first tick), through the same SQL function the
+settlement trigger uses, so each crossing still fires once per period and threshold.
 
 `AlertPublisher` sends unpublished rows to Kafka (key = org id) and marks them published. It
 wakes on the triggers' `NOTIFY meter_alerts` and polls every few seconds as well. Publishing is
@@ -66,11 +72,50 @@ FOR UPDATE SKIP LOCKED
 """
 MARK_PUBLISHED = "UPDATE alerts SET published_at = now() WHERE alert_id = ANY($1::bigint[])"
 
+SHARED_POOL_AFTER_EXPIRY = """
+SELECT alerts_shared_pool(
+    coalesce(array_agg(o.org_id), '{}'), coalesce(array_agg(o.period_start), '{}'),
+    coalesce(array_agg(o.period_end), '{}'), $4)
+FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS o(org_id, period_start, period_end)
+WHERE $5::timestamptz IS NULL OR EXISTS (
+    SELECT 1 FROM credit_grants g
+    WHERE g.org_id = o.org_id AND g.expires_at > $5 AND g.expires_at <= $4 AND g.kind = 'shared'
+)
+"""
+
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _ms(value: dt.datetime) -> int:
     return (value - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def _instant(ms: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(milliseconds=ms)
+
+
+async def shared_pool_after_expiry(
+    pool: asyncpg.Pool,
+    periods: list[tuple[str, int, int]],
+    now_ms: int,
+    since_ms: int | None,
+) -> int:
+    """Evaluate the shared pool of the organizations of `periods` (org id, current period start
+    and end, ms) whose shared buckets expired in `(since_ms, now_ms]` (all of them when
+    `since_ms` is None) at `now_ms`; record the crossings in the outbox. Returns how many were
+    new."""
+    if not periods:
+        return 0
+    orgs, starts, ends = zip(*periods, strict=True)
+    crossed: int = await pool.fetchval(
+        SHARED_POOL_AFTER_EXPIRY,
+        list(orgs),
+        [_instant(ms) for ms in starts],
+        [_instant(ms) for ms in ends],
+        _instant(now_ms),
+        None if since_ms is None else _instant(since_ms),
+    )
+    return crossed
 
 
 def alert_event(row: asyncpg.Record | dict[str, Any]) -> bytes:

@@ -8,7 +8,11 @@
    remainders of the period(s) that ended (`record_expiries`, from the engine's balances);
 2. on plans with on-demand usage: record the charges now due (threshold crossed, or a period
    ended), then publish every unpublished charge on the billing topic (`meter.billing.v1`) as a
-   CloudEvent keyed by organization, and mark it published.
+   CloudEvent keyed by organization, and mark it published;
+3. for the organizations whose shared buckets expired since the previous tick (every
+   organization on the first tick): evaluate the shared pool's level now and record a
+   `shared_pool` crossing in the alerts outbox (`meter.alerts.shared_pool_after_expiry`), once
+   per period and threshold as at a draw; the alert publisher sends it.
 
 Every step is idempotent, so a restart, a second scheduler or a missed wake-up only repeats work.
 `run()` ticks at each organization's next period start and at least every `poll_s` seconds (for
@@ -31,6 +35,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from meter import alerts
 from meter.admin import queries as q
 from meter.admin.service import AdminService
 from meter.engine.periods import period_index, period_start
@@ -87,6 +92,8 @@ class TickReport:
     charges: list[ChargeDue] = field(default_factory=list)
     """Charges that became due in this tick."""
     published: int = 0
+    pool_alerts: int = 0
+    """Shared-pool crossings recorded after expiries in this tick."""
     next_wake_ms: int | None = None
     """The soonest next period start of all organizations."""
 
@@ -101,19 +108,38 @@ class PeriodScheduler:
         self.poll_s = poll_s
         self.started: dict[str, int] = {}
         """Organization -> index of the last period this scheduler started."""
+        self.pools_checked_ms: int | None = None
+        """When shared pools were last evaluated after expiries (None: not yet)."""
 
     async def tick(self) -> TickReport:
         report = TickReport()
+        now = self.admin.clock()
+        periods: list[tuple[str, int, int]] = []
+        failed = False
         for row in await self.admin.pool.fetch(q.SELECT_ORG_IDS):
             org_id: str = row["org_id"]
             try:
-                await self._org(org_id, report)
+                start, end = await self._org(org_id, report)
             except Exception:
+                failed = True
                 log.warning("period work failed", org_id=org_id, exc_info=True)
+                continue
+            periods.append((org_id, start, end))
+        try:
+            report.pool_alerts = await alerts.shared_pool_after_expiry(
+                self.admin.pool, periods, now, self.pools_checked_ms
+            )
+        except Exception:
+            log.warning("shared pool evaluation failed", exc_info=True)
+        else:
+            if not failed:
+                # An organization that failed is looked at again, over the longer interval.
+                self.pools_checked_ms = now
         report.published = await self.publish_charges()
         return report
 
-    async def _org(self, org_id: str, report: TickReport) -> None:
+    async def _org(self, org_id: str, report: TickReport) -> tuple[int, int]:
+        """The organization's period work; returns its current period (start, end ms)."""
         admin, plans = self.admin, self.admin.plans
         now = admin.clock()
         op = await plans.org_plan(org_id)
@@ -134,6 +160,7 @@ class PeriodScheduler:
         wake = period_start(op.org, k + 1)
         if report.next_wake_ms is None or wake < report.next_wake_ms:
             report.next_wake_ms = wake
+        return period_start(op.org, k), wake
 
     async def publish_charges(self, batch: int = 100) -> int:
         """Send every unpublished charge to the billing topic; returns how many were sent."""
