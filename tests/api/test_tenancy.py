@@ -54,6 +54,7 @@ def sample_request(
             "CodeCreate": {"code": "CODE-X", "kind": "shared_credits", "credits": "1"},
             "RedemptionCreate": {"code": "CODE-X"},
             "OnDemandCapUpdate": {"cap": "10"},
+            "AlertThresholdsUpdate": {"shared_pool": [10]},
         }
         body = samples[route.request.__name__]
     return path, body, headers
