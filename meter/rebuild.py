@@ -19,13 +19,16 @@ Redis is new or lost its data.
 
 Fencing: a settling consumer holds a shared PostgreSQL advisory lock (`Recovery`); a rebuild
 holds it exclusively. So no event is settled into a half-rebuilt Redis, and no batch settled
-before a rebuild is still being written while it reads PostgreSQL.
+before a rebuild is still being written while it reads PostgreSQL. A void holds it shared too,
+from its Redis apply until its record commits (`AdminService.void`), so a rebuild never reads
+PostgreSQL without a void that Redis already has. A consumer checks that its lock session is
+still there before each batch, and has Redis rebuilt again when a rebuild ran while it was not.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,7 +42,7 @@ import structlog
 from meter.admin import queries as q
 from meter.admin.clock import from_ms
 from meter.admin.reconcile import reconcile_org
-from meter.admin.service import AdminService, org_config
+from meter.admin.service import REBUILD_LOCK_KEY, AdminService, org_config
 from meter.engine.periods import period_at
 from meter.engine.redis import EPOCH_KEY
 from meter.engine.types import Engine, OrgConfig, Period
@@ -51,8 +54,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("meter.rebuild")
 
-LOCK_KEY = int.from_bytes(hashlib.sha256(b"meter.rebuild").digest()[:8], "big", signed=True)
-"""pg_advisory_lock key: settling holds it shared, rebuilding exclusively."""
+LOCK_KEY = REBUILD_LOCK_KEY
+"""pg_advisory_lock key: settling and voids hold it shared, rebuilding exclusively."""
+
+LOCK_PROBE_TIMEOUT_S = 5.0
+"""How long `Recovery` waits for its lock connection to answer before taking it for lost."""
 
 # -- SQL ----------------------------------------------------------------------------------------
 
@@ -90,6 +96,12 @@ WHERE org_id = $1 AND period_start = $2
 SELECT_ORG_USAGE = f"""
 SELECT {_DRAWN} AS drawn, unfunded FROM org_period_totals
 WHERE org_id = $1 AND period_start = $2
+"""
+
+# Delete the epoch marker if it still says ARGV[1].
+FORGET_EPOCH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -263,52 +275,110 @@ class Recovery:
     finishes the batch it is writing), rebuilds under the exclusive lock unless another process
     already did, and starts over. `still_valid()` after settling: False when the epoch changed
     meanwhile (Redis restarted empty while settling): the batch must be dropped, not written.
+
+    The lock lives as long as its PostgreSQL session, which a restart or a terminated backend
+    ends without the client necessarily knowing (`is_closed()` stays False until something is
+    sent). So `guard()` has the session answer a query: one round trip per batch, bounded by
+    `LOCK_PROBE_TIMEOUT_S` (a session that answers holds the lock: it is let go only with it).
+    A lost lock is taken again on a new connection. While it was not held a rebuild may have
+    run, and what this consumer settled since its last guard may have reached PostgreSQL after
+    that rebuild read it: if the epoch changed, the consumer deletes the marker, drains and has
+    Redis rebuilt again before settling. The marker being the same proves no rebuild touched
+    Redis meanwhile: each one ends with a new marker, and one in progress keeps the lock from
+    being taken again until it has.
     """
 
-    def __init__(self, dsn: str, redis: aioredis.Redis, engine: Engine) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        redis: aioredis.Redis,
+        engine: Engine,
+        *,
+        probe_timeout_s: float = LOCK_PROBE_TIMEOUT_S,
+    ) -> None:
         self._dsn = dsn
         self._redis = redis
         self._engine = engine
+        self._probe_timeout_s = probe_timeout_s
         self._conn: asyncpg.Connection | None = None
         self._epoch: str | None = None
+        self._lost = False
+        """The lock was found lost since Redis was last known to hold what this consumer wrote."""
         self.rebuilds = 0
+        self.locks_lost = 0
 
     @property
     def held(self) -> bool:
+        """The lock connection is open, as far as the client knows (no round trip)."""
         return self._conn is not None and not self._conn.is_closed()
 
+    async def _answers(self, conn: asyncpg.Connection) -> bool:
+        """Whether the lock connection's session is still there, which is whether the lock is
+        still held: it is taken once per session and let go only with it."""
+        if conn.is_closed():
+            return False
+        try:
+            await conn.fetchval("SELECT 1", timeout=self._probe_timeout_s)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("rebuild_lock_lost", error=repr(exc))
+            return False
+        return True
+
     async def _hold(self) -> None:
-        if self.held:
-            return
-        await self._drop()
+        conn = self._conn
+        if conn is not None:
+            if await self._answers(conn):
+                return
+            self._conn = None
+            self._lost = True
+            self.locks_lost += 1
+            conn.terminate()  # whatever the session's state, this client is done with it
         conn = await asyncpg.connect(self._dsn)
         try:
             await conn.execute("SELECT pg_advisory_lock_shared($1)", LOCK_KEY)
         except BaseException:
-            await conn.close()
+            conn.terminate()
             raise
         self._conn = conn
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
-            await conn.close()  # the session ends: its advisory locks go with it
+            # The session ends: its advisory locks go with it. A server that does not answer
+            # gets the connection aborted (asyncpg does it when the close fails).
+            with contextlib.suppress(
+                OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError
+            ):
+                await conn.close(timeout=self._probe_timeout_s)
+
+    async def _forget_epoch(self, epoch: str) -> None:
+        await self._redis.eval(FORGET_EPOCH, 1, EPOCH_KEY, epoch)
 
     async def guard(self, drain: Callable[[], Awaitable[None]]) -> None:
         while True:
             await self._hold()
             epoch = await self._engine.epoch()
-            if epoch is not None:
+            if epoch is not None and (not self._lost or self._epoch in (None, epoch)):
                 self._epoch = epoch
+                self._lost = False
                 return
-            log.warning("redis_lost_data", action="rebuild")
+            if epoch is None:
+                log.warning("redis_lost_data", action="rebuild")
+            else:
+                log.warning("rebuilt_while_lock_lost", action="rebuild", epoch=epoch)
+                # Every consumer lets go of the lock on seeing no marker, so the rebuild can run.
+                await self._forget_epoch(epoch)
             await drain()
             await self._drop()
             report = await exclusive_rebuild(self._dsn, self._redis, self._engine)
+            self._lost = False  # drained first: whatever rebuilt Redis read what was written
             if report is not None:
                 self.rebuilds += 1
 
     async def still_valid(self) -> bool:
+        """No round trip on the lock connection: dropping a batch only matters when Redis changed
+        under it, which a changed (or absent) epoch shows; a lock lost meanwhile is found by the
+        next `guard()`, before that batch's successor settles."""
         return self.held and await self._engine.epoch() == self._epoch
 
     async def close(self) -> None:

@@ -13,9 +13,10 @@ import asyncio
 import dataclasses
 import datetime as dt
 import functools
+import hashlib
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -54,6 +55,28 @@ from schemas import api
 log = structlog.get_logger("meter.admin")
 
 UNASSIGNED_NAME = "Unassigned"
+
+REBUILD_LOCK_KEY = int.from_bytes(hashlib.sha256(b"meter.rebuild").digest()[:8], "big", signed=True)
+"""pg_advisory_lock key of `meter.rebuild`: settling consumers and voids hold it shared, a
+rebuild exclusively."""
+
+LOCK_REBUILD_SHARED = "SELECT pg_advisory_xact_lock_shared($1)"
+
+
+class _OneConnection:
+    """One connection in the shape of the pool the store's functions take (`acquire`, `fetch`,
+    `fetchrow`, `fetchval`): what they run goes to this connection, their transactions become
+    savepoints of the one open on it."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.fetch = conn.fetch
+        self.fetchrow = conn.fetchrow
+        self.fetchval = conn.fetchval
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        yield self.conn
 
 
 def _credits(micro: int | None) -> str | None:
@@ -686,14 +709,24 @@ class AdminService:
     # -- voids ----------------------------------------------------------------------------
 
     async def void(self, org_id: str, key: str, requested_by: str) -> api.VoidOut:
-        """Void a settled event: the engine returns its credits; the request is recorded."""
+        """Void a settled event: the engine returns its credits; the request is recorded.
+
+        Runs under the rebuild lock held shared (as settling consumers hold it, so voids wait
+        neither for them nor for each other), taken in a transaction of its own connection from
+        before the Redis apply until the record commits: a rebuild, which holds the lock
+        exclusively, reads PostgreSQL either before the void touched Redis or after PostgreSQL
+        has it. Every statement runs on that connection, so a void holding the lock never waits
+        for a second one."""
         await self.org_exists(org_id)
-        # PostgreSQL keeps void records that a Redis which lost its data no longer has.
-        result = await recorded_void(self.pool, org_id, key)
-        if result is None:
-            stored = await self.stored_settlement(org_id, key)
-            result = await self.engine.void(org_id, key, self.clock(), stored)
-            await record_void(self.pool, org_id, key, result, self.clock(), requested_by)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_REBUILD_SHARED, REBUILD_LOCK_KEY)
+            db = _OneConnection(conn)
+            # PostgreSQL keeps void records that a Redis which lost its data no longer has.
+            result = await recorded_void(db, org_id, key)
+            if result is None:
+                stored = await self.stored_settlement(org_id, key, db)
+                result = await self.engine.void(org_id, key, self.clock(), stored)
+                await record_void(db, org_id, key, result, self.clock(), requested_by)
         lines = [
             api.VoidLine(
                 bucket_id=ln.bucket_id, kind=ln.kind.value, amount=format_credits(ln.amount)
@@ -704,12 +737,14 @@ class AdminService:
             key=key, voided=result.voided, returned=lines, duplicate=result.duplicate
         )
 
-    async def stored_settlement(self, org_id: str, key: str) -> Settlement | None:
-        """The settlement PostgreSQL holds for `key` (Redis forgets results once confirmed)."""
-        row = await self.pool.fetchrow(q.SELECT_SETTLEMENT, key, org_id)
+    async def stored_settlement(self, org_id: str, key: str, db: Any = None) -> Settlement | None:
+        """The settlement PostgreSQL holds for `key` (Redis forgets results once confirmed), read
+        through `db` (a pool or a connection; default: the service's pool)."""
+        db = self.pool if db is None else db
+        row = await db.fetchrow(q.SELECT_SETTLEMENT, key, org_id)
         if row is None:
             return None
-        lines = await self.pool.fetch(q.SELECT_SETTLEMENT_LINES, key)
+        lines = await db.fetch(q.SELECT_SETTLEMENT_LINES, key)
         return Settlement(
             key=key,
             org_id=org_id,
