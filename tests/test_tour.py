@@ -115,7 +115,9 @@ async def test_readme_tour(settings: Settings, pg_dsn_clean: str, tmp_path: Path
         deadline = time.monotonic() + 60
         while True:
             out = await asyncio.to_thread(run_block, prelude, settled)
-            if expected_export() in out or time.monotonic() > deadline:
+            # The block reads balances, totals, then the export: all of them must show the event.
+            seen = expected_export() in out and '"credits":"3001.25"' in out
+            if (seen and '"pack-1":"2000"' not in out) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
         assert expected_export() in out, out
