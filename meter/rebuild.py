@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -216,10 +217,18 @@ async def rebuild(
     *,
     org_ids: Sequence[str] | None = None,
     at_ms: int | None = None,
+    still_locked: Callable[[], Awaitable[bool]] | None = None,
 ) -> RebuildReport:
     """Rebuild the Redis state of `org_ids` (default: every organization, after deleting every
     organization's keys, known to PostgreSQL or not) and set a new epoch. The caller holds the
-    rebuild lock exclusively (`exclusive_rebuild`), or knows nothing settles meanwhile."""
+    rebuild lock exclusively (`exclusive_rebuild`, which passes `still_locked`: asked before
+    each organization and before the epoch, False raises `RebuildLockLost`), or knows nothing
+    settles meanwhile."""
+
+    async def check_lock() -> None:
+        if still_locked is not None and not await still_locked():
+            raise RebuildLockLost("the rebuild lock's session ended; rebuild abandoned")
+
     at = now_ms() if at_ms is None else at_ms
     admin = AdminService(pool, engine, clock=lambda: at)
     cleared = org_ids is None
@@ -228,13 +237,43 @@ async def rebuild(
         org_ids = [r["org_id"] for r in await pool.fetch(q.SELECT_ORG_IDS)]
     buckets = counters = 0
     for org_id in org_ids:
+        await check_lock()
         b, c = await rebuild_org(admin, redis, org_id, at, clear=not cleared)
         buckets += b
         counters += c
+    await check_lock()
     epoch = new_epoch(at)
     await engine.set_epoch(epoch)
     log.info("rebuilt", orgs=len(org_ids), buckets=buckets, counters=counters, epoch=epoch)
     return RebuildReport(len(org_ids), buckets, counters, epoch)
+
+
+class RebuildLockLost(RuntimeError):
+    """The session holding the rebuild lock ended before the rebuild was done: settling may have
+    started again, so the rebuild stops without setting an epoch."""
+
+
+async def session_answers(conn: asyncpg.Connection, timeout_s: float) -> bool:
+    """Whether `conn`'s session is still there, which is whether a lock it took is still held
+    (advisory locks are let go only with their session). A server that does not answer within
+    `timeout_s` counts as gone: a half-open connection never answers."""
+    if conn.is_closed():
+        return False
+    try:
+        await conn.fetchval("SELECT 1", timeout=timeout_s)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("rebuild_lock_lost", error=repr(exc))
+        return False
+    return True
+
+
+async def end_session(conn: asyncpg.Connection, timeout_s: float) -> None:
+    """Close `conn`, ending its session and the advisory locks it holds; a server that does not
+    answer gets the connection aborted (asyncpg does it when the close fails)."""
+    if conn.is_closed():
+        return
+    with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        await conn.close(timeout=timeout_s)
 
 
 async def exclusive_rebuild(
@@ -244,24 +283,30 @@ async def exclusive_rebuild(
     *,
     org_ids: Sequence[str] | None = None,
     force: bool = False,
+    probe_timeout_s: float = LOCK_PROBE_TIMEOUT_S,
 ) -> RebuildReport | None:
     """Take the rebuild lock exclusively (waiting for settling consumers to let go of it), then
-    rebuild if `force` or the epoch marker is absent. None when there was nothing to do."""
+    rebuild if `force` or the epoch marker is absent. None when there was nothing to do.
+
+    The lock's session is asked whether it is still there before each organization and before
+    the new epoch is set; when it is gone (`RebuildLockLost`) consumers may be settling or
+    rebuilding again, so this rebuild stops and leaves the epoch unset for them."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+        if not force and await engine.epoch() is not None:
+            return None
+
+        async def still_locked() -> bool:
+            return await session_answers(conn, probe_timeout_s)
+
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         try:
-            if not force and await engine.epoch() is not None:
-                return None
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-            try:
-                return await rebuild(pool, redis, engine, org_ids=org_ids)
-            finally:
-                await pool.close()
+            return await rebuild(pool, redis, engine, org_ids=org_ids, still_locked=still_locked)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+            await pool.close()
     finally:
-        await conn.close()
+        await end_session(conn, probe_timeout_s)
 
 
 # -- the consumer's guard -----------------------------------------------------------------------
@@ -312,22 +357,10 @@ class Recovery:
         """The lock connection is open, as far as the client knows (no round trip)."""
         return self._conn is not None and not self._conn.is_closed()
 
-    async def _answers(self, conn: asyncpg.Connection) -> bool:
-        """Whether the lock connection's session is still there, which is whether the lock is
-        still held: it is taken once per session and let go only with it."""
-        if conn.is_closed():
-            return False
-        try:
-            await conn.fetchval("SELECT 1", timeout=self._probe_timeout_s)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("rebuild_lock_lost", error=repr(exc))
-            return False
-        return True
-
     async def _hold(self) -> None:
         conn = self._conn
         if conn is not None:
-            if await self._answers(conn):
+            if await session_answers(conn, self._probe_timeout_s):
                 return
             self._conn = None
             self._lost = True
@@ -343,13 +376,8 @@ class Recovery:
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            # The session ends: its advisory locks go with it. A server that does not answer
-            # gets the connection aborted (asyncpg does it when the close fails).
-            with contextlib.suppress(
-                OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError
-            ):
-                await conn.close(timeout=self._probe_timeout_s)
+        if conn is not None:
+            await end_session(conn, self._probe_timeout_s)
 
     async def _forget_epoch(self, epoch: str) -> None:
         await self._redis.eval(FORGET_EPOCH, 1, EPOCH_KEY, epoch)
@@ -370,7 +398,10 @@ class Recovery:
                 await self._forget_epoch(epoch)
             await drain()
             await self._drop()
-            report = await exclusive_rebuild(self._dsn, self._redis, self._engine)
+            try:
+                report = await exclusive_rebuild(self._dsn, self._redis, self._engine)
+            except RebuildLockLost:
+                continue  # the epoch stays unset: rebuilt again, by this process or another
             self._lost = False  # drained first: whatever rebuilt Redis read what was written
             if report is not None:
                 self.rebuilds += 1
@@ -409,6 +440,10 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
                 report = await exclusive_rebuild(
                     services.postgres_dsn, client, engine, org_ids=args.orgs, force=True
                 )
+            except RebuildLockLost as exc:
+                # Settling consumers rebuild on their own when they find no marker.
+                print(f"meter rebuild: {exc}; run it again", file=sys.stderr)
+                return 1
             finally:
                 await client.aclose()
         assert report is not None

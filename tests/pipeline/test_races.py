@@ -17,10 +17,17 @@ import redis.asyncio as aioredis
 from pipeline_support import World, wait_for
 
 from meter.admin import AdminService
-from meter.engine.redis import RedisEngine
+from meter.engine.redis import EPOCH_KEY, RedisEngine
 from meter.engine.types import UsageEvent
 from meter.migrate import migrate
-from meter.rebuild import LOCK_KEY, Recovery, exclusive_rebuild, open_periods, period_usage
+from meter.rebuild import (
+    LOCK_KEY,
+    RebuildLockLost,
+    Recovery,
+    exclusive_rebuild,
+    open_periods,
+    period_usage,
+)
 from meter.services import PostgresServer, create_database, with_database
 from meter.store import SettlementStore
 
@@ -135,6 +142,32 @@ async def test_void_during_rebuild_is_kept(
         usage = await period_usage(conn, org_id, period)
     assert usage["drawn"] == sum(s.credits for s in settlements) - voided.credits
     assert await engine.usage(org_id, now) == usage
+
+
+async def test_rebuild_whose_lock_session_ends_sets_no_epoch(
+    migrated_dsn: str, redis: aioredis.Redis, engine: RedisEngine
+) -> None:
+    dsn = migrated_dsn
+    world = World.build(n_orgs=1, members_per_org=2, seed=62)
+    await world.store(dsn)
+    await world.apply(engine)
+    await redis.delete(EPOCH_KEY)
+    rebuilding = PausedRestore(redis)
+    rebuild = asyncio.create_task(exclusive_rebuild(dsn, redis, rebuilding, force=True))
+    await asyncio.wait_for(rebuilding.reached.wait(), 30)
+    # The rebuild's lock session ends (a restart, a lost host): consumers may settle again.
+    holders = [r["pid"] for r in await lock_rows(dsn) if r["granted"]]
+    assert len(holders) == 1
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", holders[0])
+    finally:
+        await conn.close()
+    rebuilding.resume.set()
+    with pytest.raises(RebuildLockLost):
+        await asyncio.wait_for(rebuild, 30)
+    assert await engine.epoch() is None
+    assert await lock_rows(dsn) == []
 
 
 # -- the consumer's lock session -----------------------------------------------------------------
