@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest_asyncio
 import redis.asyncio as aioredis
 
@@ -30,6 +31,15 @@ async def pipe_settings(
             "postgres_dsn": migrated_dsn,
         }
     )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pool(migrated_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await asyncpg.create_pool(migrated_dsn, min_size=1, max_size=2)
+    try:
+        yield p
+    finally:
+        await p.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

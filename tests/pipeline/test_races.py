@@ -8,11 +8,10 @@ import asyncio
 import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 from pipeline_support import World, wait_for
 
@@ -51,15 +50,6 @@ async def lock_rows(dsn: str) -> list[asyncpg.Record]:
 
 async def held_shared(dsn: str) -> bool:
     return any(r["granted"] and r["mode"] == "ShareLock" for r in await lock_rows(dsn))
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def pool(migrated_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await asyncpg.create_pool(migrated_dsn, min_size=1, max_size=2)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 # -- a void while a rebuild runs -----------------------------------------------------------------

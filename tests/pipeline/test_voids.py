@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 
 import asyncpg  # type: ignore[import-untyped]
-import pytest_asyncio
 import redis.asyncio as aioredis
 from conftest import Running
 from pipeline_support import (
@@ -30,15 +28,6 @@ from meter.engine.types import UsageEvent
 from meter.settings import Settings
 from meter.store import SettlementStore
 from schemas.events import encode_event
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def pool(migrated_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await asyncpg.create_pool(migrated_dsn, min_size=1, max_size=2)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 async def _rebuild_command(settings: Settings) -> None:
