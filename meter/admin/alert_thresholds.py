@@ -1,11 +1,14 @@
-"""Alert thresholds per organization (`org_alert_thresholds`, schemas/migrations/0010).
+"""Alert thresholds: the global defaults (`alert_thresholds`, schemas/migrations/0007) and each
+organization's own lists (`org_alert_thresholds`, schemas/migrations/0010).
 
 For each subject kind (`member`, `billing_group`, `shared_pool`) an organization either has a
-list of percents of its own or uses the global rows of `alert_thresholds`. A `PUT` replaces the
-organization's lists: kinds given (an empty list included: that kind never alerts) become its
-own, kinds left out or null go back to the global defaults. The settlement triggers read the
-table in the transaction that changes the totals, so a change applies from the next settled
-batch (and, for the shared pool, the period scheduler's next tick after an expiry).
+list of percents of its own or uses the global default list. A `PUT` of an organization replaces
+its lists: kinds given (an empty list included: that kind never alerts) become its own, kinds left
+out or null go back to the global defaults. A `PUT` of the defaults replaces the default list of
+each kind given (an empty list: that kind never alerts by default) and keeps the others. The
+settlement triggers read both tables in the transaction that changes the totals, so a change
+applies from the next settled batch (and, for the shared pool, the period scheduler's next tick
+after an expiry).
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ class AlertThresholdsUpdate(Model):
         return sorted(values)
 
 
+class DefaultAlertThresholdsUpdate(AlertThresholdsUpdate):
+    """Each kind given (an empty list included: that kind never alerts by default) becomes the
+    global default list; kinds left out or null keep theirs. Organizations with a list of their
+    own for a kind keep it."""
+
+
 class AlertThresholdList(Model):
     percents: list[int]
     """Ascending."""
@@ -75,6 +84,20 @@ LOCK_ORG = "SELECT 1 FROM organizations WHERE org_id = $1 FOR KEY SHARE"
 DELETE = "DELETE FROM org_alert_thresholds WHERE org_id = $1"
 INSERT = """
 INSERT INTO org_alert_thresholds (org_id, subject_kind, percents) VALUES ($1, $2, $3::integer[])
+"""
+
+
+DEFAULTS = """
+SELECT k.kind, (SELECT coalesce(array_agg(d.percent ORDER BY d.percent), '{}')
+                FROM alert_thresholds d WHERE d.subject_kind = k.kind) AS defaults
+FROM unnest($1::text[]) AS k(kind)
+"""
+LOCK_DEFAULTS = "LOCK TABLE alert_thresholds IN SHARE ROW EXCLUSIVE MODE"
+"""Serialises writers of the defaults; the settlement triggers' reads go on."""
+DELETE_DEFAULTS = "DELETE FROM alert_thresholds WHERE subject_kind = ANY($1::text[])"
+INSERT_DEFAULTS = """
+INSERT INTO alert_thresholds (subject_kind, percent)
+SELECT $1, p FROM unnest($2::integer[]) AS p
 """
 
 
@@ -113,3 +136,28 @@ async def put(pool: asyncpg.Pool, org_id: str, body: AlertThresholdsUpdate) -> A
             INSERT, [(org_id, kind, percents) for kind, percents in own if percents is not None]
         )
         return await _read(conn, org_id)
+
+
+async def _read_defaults(conn: asyncpg.Connection) -> AlertThresholds:
+    rows = await conn.fetch(DEFAULTS, list(KINDS))
+    lists = {
+        r["kind"]: AlertThresholdList(percents=sorted(r["defaults"]), source="default")
+        for r in rows
+    }
+    return AlertThresholds(**lists)
+
+
+async def get_defaults(pool: asyncpg.Pool) -> AlertThresholds:
+    """The global default thresholds (what an organization without lists of its own uses)."""
+    async with pool.acquire() as conn:
+        return await _read_defaults(conn)
+
+
+async def put_defaults(pool: asyncpg.Pool, body: DefaultAlertThresholdsUpdate) -> AlertThresholds:
+    """Replace the default list of each kind given in `body`, in one transaction."""
+    given = [(kind, getattr(body, kind)) for kind in KINDS if getattr(body, kind) is not None]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(LOCK_DEFAULTS)
+        await conn.execute(DELETE_DEFAULTS, [kind for kind, _ in given])
+        await conn.executemany(INSERT_DEFAULTS, given)
+        return await _read_defaults(conn)

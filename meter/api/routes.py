@@ -332,6 +332,15 @@ async def put_alert_thresholds(call: Call) -> Response:
     return model_response(await alert_thresholds.put(call.app.pool, call.params["org_id"], body))
 
 
+async def get_default_alert_thresholds(call: Call) -> Response:
+    return model_response(await alert_thresholds.get_defaults(call.app.pool))
+
+
+async def put_default_alert_thresholds(call: Call) -> Response:
+    body = parse_body(alert_thresholds.DefaultAlertThresholdsUpdate, call.body)
+    return model_response(await alert_thresholds.put_defaults(call.app.pool, body))
+
+
 # -- keys -----------------------------------------------------------------------------------------
 
 
@@ -475,6 +484,13 @@ ROUTES: list[Route] = [
     Route("POST", ORG_PATH + "/voids", void, "Void a settled event by its key", OA, ORG,
           api.VoidRequest, api.VoidOut, tag="credits"),
     # alerts
+    Route("GET", "/v1/alert-thresholds", get_default_alert_thresholds,
+          "Global default alert thresholds (for organizations without lists of their own)", A,
+          response=alert_thresholds.AlertThresholds, tag="alerts"),
+    Route("PUT", "/v1/alert-thresholds", put_default_alert_thresholds,
+          "Set the global default alert thresholds (kinds left out keep theirs)", A, (),
+          alert_thresholds.DefaultAlertThresholdsUpdate, alert_thresholds.AlertThresholds,
+          tag="alerts"),
     Route("GET", ORG_PATH + "/alert-thresholds", get_alert_thresholds,
           "Alert thresholds that apply to the organization (its own or the defaults)", OA, ORG,
           response=alert_thresholds.AlertThresholds, tag="alerts"),

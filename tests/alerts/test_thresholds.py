@@ -1,5 +1,5 @@
-"""Alert thresholds per organization, set through the API, used by the settlement triggers; and
-the shared pool evaluated by the period scheduler after a bucket expired.
+"""Alert thresholds per organization and the global defaults, set through the API, used by the
+settlement triggers; and the shared pool evaluated by the period scheduler after a bucket expired.
 
 Organizations are created through the real API; settlements are written into the same database
 by the real settlement store; the scheduler runs on the app's admin service with a moved clock."""
@@ -22,11 +22,35 @@ from meter.store import SettlementStore
 NOW = real_now()
 PERIOD = Period(NOW - DAY, NOW + DAY)
 PATH = "/v1/orgs/{}/alert-thresholds"
+DEFAULTS_PATH = "/v1/alert-thresholds"
 DEFAULTS = {
     "member": {"percents": [80, 100], "source": "default"},
     "billing_group": {"percents": [80, 100], "source": "default"},
     "shared_pool": {"percents": [20], "source": "default"},
 }
+BAD_BODIES: list[Any] = [
+    {"member": [80, 80]},
+    {"member": [0]},
+    {"billing_group": [1001]},
+    {"shared_pool": [101]},
+    {"shared_pool": [-1]},
+    {"member": [80.5]},
+    {"member": ["80"]},
+    {"member": [True]},
+    {"member": 80},
+    {"member": list(range(1, 12))},
+    {"members": [80]},
+    {"member": [None]},
+]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def restore_defaults(admin: httpx.AsyncClient) -> AsyncIterator[None]:
+    """Puts the global defaults back to 80/100, 80/100 and 20 after the test."""
+    yield
+    body = {kind: value["percents"] for kind, value in DEFAULTS.items()}
+    r = await admin.put(DEFAULTS_PATH, json=body)
+    assert r.status_code == 200 and r.json() == DEFAULTS, r.text
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -164,21 +188,7 @@ async def test_scopes_and_tenancy(app: App, admin: httpx.AsyncClient) -> None:
 
 async def test_invalid_bodies_get_422(app: App, admin: httpx.AsyncClient) -> None:
     org = await make_org(admin)
-    bad: list[Any] = [
-        {"member": [80, 80]},
-        {"member": [0]},
-        {"billing_group": [1001]},
-        {"shared_pool": [101]},
-        {"shared_pool": [-1]},
-        {"member": [80.5]},
-        {"member": ["80"]},
-        {"member": [True]},
-        {"member": 80},
-        {"member": list(range(1, 12))},
-        {"members": [80]},
-        {"member": [None]},
-    ]
-    for body in bad:
+    for body in BAD_BODIES:
         r = await admin.put(PATH.format(org), json=body)
         assert r.status_code == 422, (body, r.text)
         assert r.json()["error"]["code"] == "invalid_input"
@@ -188,6 +198,84 @@ async def test_invalid_bodies_get_422(app: App, admin: httpx.AsyncClient) -> Non
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
     # Nothing was stored.
     assert (await admin.get(PATH.format(org))).json() == DEFAULTS
+
+
+async def test_default_thresholds_apply_to_organizations_without_their_own(
+    app: App, admin: httpx.AsyncClient, store: SettlementStore, restore_defaults: None
+) -> None:
+    plain, own = await org_with_limits(admin), await org_with_limits(admin)
+    r = await admin.put(PATH.format(own), json={"member": [90], "shared_pool": [20]})
+    assert r.status_code == 200, r.text
+    assert (await admin.get(DEFAULTS_PATH)).json() == DEFAULTS
+
+    # A new member list, billing groups keep theirs (null), the shared pool is off by default.
+    body = {"member": [60, 50], "billing_group": None, "shared_pool": []}
+    r = await admin.put(DEFAULTS_PATH, json=body)
+    assert r.status_code == 200, r.text
+    changed = {
+        **DEFAULTS,
+        "member": {"percents": [50, 60], "source": "default"},
+        "shared_pool": {"percents": [], "source": "default"},
+    }
+    assert r.json() == changed
+    assert (await admin.get(DEFAULTS_PATH)).json() == changed
+    assert (await admin.get(PATH.format(plain))).json() == changed
+    assert (await admin.get(PATH.format(own))).json() == {
+        **changed,
+        "member": {"percents": [90], "source": "organization"},
+        "shared_pool": {"percents": [20], "source": "organization"},
+    }
+    # Kinds left out keep their default list.
+    r = await admin.put(DEFAULTS_PATH, json={})
+    assert r.status_code == 200 and r.json() == changed
+
+    for org in (plain, own):
+        # alice at 5 of 10 (50%); eng at 5 of 20 (25%).
+        await write(store, usage(org, "k1", "alice", 5, Kind.PERSONAL))
+        # The pool has 1 of 10 left (10%); eng at 14 of 20 (70%).
+        await write(store, usage(org, "k2", "bob", 9, Kind.SHARED))
+        # alice at 8 of 10 (80%, the old default); eng at 17 of 20 (85%).
+        await write(store, usage(org, "k3", "alice", 3, Kind.PERSONAL))
+
+    # The new member default, not the old one; no pool alert; billing groups at the kept 80.
+    assert await recorded(app, plain) == [
+        ("billing_group", "eng", 80, 17, 20),
+        ("member", "alice", 50, 5, 10),
+        ("member", "alice", 60, 8, 10),
+    ]
+    # The organization's own lists are unaffected.
+    assert await recorded(app, own) == [
+        ("billing_group", "eng", 80, 17, 20),
+        ("shared_pool", "", 20, 1, 10),
+    ]
+
+
+async def test_default_thresholds_are_admin_only(
+    app: App, admin: httpx.AsyncClient, restore_defaults: None
+) -> None:
+    org = await make_org(admin)
+    for scope in ("org_admin", "product"):
+        async with client_for(app, await make_key(admin, org, scope)) as client:
+            for r in (await client.get(DEFAULTS_PATH),
+                      await client.put(DEFAULTS_PATH, json={"member": [50]})):  # fmt: skip
+                assert r.status_code == 403, (scope, r.text)
+                assert r.json()["error"]["code"] == "forbidden"
+    assert (await admin.get(DEFAULTS_PATH)).json() == DEFAULTS
+
+
+async def test_invalid_default_bodies_get_422(
+    app: App, admin: httpx.AsyncClient, restore_defaults: None
+) -> None:
+    for body in BAD_BODIES:
+        r = await admin.put(DEFAULTS_PATH, json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["error"]["code"] == "invalid_input"
+    r = await admin.put(
+        DEFAULTS_PATH, content=b"[80]", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
+    # Nothing was stored.
+    assert (await admin.get(DEFAULTS_PATH)).json() == DEFAULTS
 
 
 async def test_pool_low_after_expiry_alerts_on_the_next_tick(

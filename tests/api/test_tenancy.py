@@ -55,6 +55,7 @@ def sample_request(
             "RedemptionCreate": {"code": "CODE-X"},
             "OnDemandCapUpdate": {"cap": "10"},
             "AlertThresholdsUpdate": {"shared_pool": [10]},
+            "DefaultAlertThresholdsUpdate": {"shared_pool": [10]},
         }
         body = samples[route.request.__name__]
     return path, body, headers
