@@ -4,8 +4,10 @@ Crossings are found by PostgreSQL itself, in the settlement transaction that cha
 (triggers of schemas/migrations/0007_alerts.sql, replaced in 0010), and recorded in the `alerts`
 outbox with a UNIQUE (organization, subject kind, subject id, period start, threshold): each
 fires once per period and threshold, whatever is retried, replayed or restarted. Thresholds are
-rows of `alert_thresholds` (80% and 100% of member and billing-group limits, shared pool at 20%
-left), or an organization's own lists (`org_alert_thresholds`, 0010, set through the API).
+the defaults in `alert_thresholds` (80% and 100% of member and billing-group limits, shared pool
+at 20% left; `GET`/`PUT /v1/alert-thresholds`), or an organization's own lists
+(`org_alert_thresholds`, 0010; `/v1/orgs/{org}/alert-thresholds`), both in
+`meter.admin.alert_thresholds`.
 
 A shared pool also runs low when a bucket expires, which no settlement sees: the period scheduler
 calls `shared_pool_after_expiry` on each tick for the organizations whose shared buckets expired
