@@ -581,7 +581,7 @@ def _returned_json(lines: Iterable[Line]) -> str:
 
 
 async def record_void(
-    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
     org_id: str,
     key: str,
     result: VoidResult,
@@ -590,8 +590,9 @@ async def record_void(
 ) -> bool:
     """Record what `engine.void` returned for `key`, and take the voided settlement out of every
     total, in one transaction. Idempotent: True only when this call recorded the void (a second
-    void of the same key, or one that voided nothing, changes no total)."""
-    async with pool.acquire() as conn, conn.transaction():
+    void of the same key, or one that voided nothing, changes no total). On `conn`, inside the
+    caller's transaction when it has one (this one is then a savepoint)."""
+    async with conn.transaction():
         exists = await conn.fetchval(SETTLEMENT_EXISTS, key, org_id) is not None
         if result.voided and not exists:
             await conn.execute(LOCK_SETTLEMENTS)
@@ -613,10 +614,10 @@ async def record_void(
         return True
 
 
-async def recorded_void(pool: asyncpg.Pool, org_id: str, key: str) -> VoidResult | None:
+async def recorded_void(conn: asyncpg.Connection, org_id: str, key: str) -> VoidResult | None:
     """The void PostgreSQL holds for `key` (as a duplicate), or None when it was never voided.
     Redis forgets void records when it loses its data; PostgreSQL keeps them."""
-    returned = await pool.fetchval(SELECT_VOID, org_id, key)
+    returned = await conn.fetchval(SELECT_VOID, org_id, key)
     if returned is None:
         return None
     items = orjson.loads(returned) if isinstance(returned, str | bytes) else returned

@@ -87,11 +87,6 @@ INSERT INTO org_alert_thresholds (org_id, subject_kind, percents) VALUES ($1, $2
 """
 
 
-DEFAULTS = """
-SELECT k.kind, (SELECT coalesce(array_agg(d.percent ORDER BY d.percent), '{}')
-                FROM alert_thresholds d WHERE d.subject_kind = k.kind) AS defaults
-FROM unnest($1::text[]) AS k(kind)
-"""
 LOCK_DEFAULTS = "LOCK TABLE alert_thresholds IN SHARE ROW EXCLUSIVE MODE"
 """Serialises writers of the defaults; the settlement triggers' reads go on."""
 DELETE_DEFAULTS = "DELETE FROM alert_thresholds WHERE subject_kind = ANY($1::text[])"
@@ -105,7 +100,8 @@ def _not_found() -> NotFound:
     return NotFound("organization not found", code="org_not_found")
 
 
-async def _read(conn: asyncpg.Connection, org_id: str) -> AlertThresholds:
+async def _read(conn: asyncpg.Connection, org_id: str | None) -> AlertThresholds:
+    """The thresholds that apply to `org_id`; the global defaults when it is None."""
     rows = await conn.fetch(SELECT, org_id, list(KINDS))
     lists = {
         r["kind"]: AlertThresholdList(
@@ -138,19 +134,10 @@ async def put(pool: asyncpg.Pool, org_id: str, body: AlertThresholdsUpdate) -> A
         return await _read(conn, org_id)
 
 
-async def _read_defaults(conn: asyncpg.Connection) -> AlertThresholds:
-    rows = await conn.fetch(DEFAULTS, list(KINDS))
-    lists = {
-        r["kind"]: AlertThresholdList(percents=sorted(r["defaults"]), source="default")
-        for r in rows
-    }
-    return AlertThresholds(**lists)
-
-
 async def get_defaults(pool: asyncpg.Pool) -> AlertThresholds:
     """The global default thresholds (what an organization without lists of its own uses)."""
     async with pool.acquire() as conn:
-        return await _read_defaults(conn)
+        return await _read(conn, None)
 
 
 async def put_defaults(pool: asyncpg.Pool, body: DefaultAlertThresholdsUpdate) -> AlertThresholds:
@@ -160,4 +147,4 @@ async def put_defaults(pool: asyncpg.Pool, body: DefaultAlertThresholdsUpdate) -
         await conn.execute(LOCK_DEFAULTS)
         await conn.execute(DELETE_DEFAULTS, [kind for kind, _ in given])
         await conn.executemany(INSERT_DEFAULTS, given)
-        return await _read_defaults(conn)
+        return await _read(conn, None)

@@ -15,8 +15,8 @@ import datetime as dt
 import functools
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -61,22 +61,6 @@ REBUILD_LOCK_KEY = int.from_bytes(hashlib.sha256(b"meter.rebuild").digest()[:8],
 rebuild exclusively."""
 
 LOCK_REBUILD_SHARED = "SELECT pg_advisory_xact_lock_shared($1)"
-
-
-class _OneConnection:
-    """One connection in the shape of the pool the store's functions take (`acquire`, `fetch`,
-    `fetchrow`, `fetchval`): what they run goes to this connection, their transactions become
-    savepoints of the one open on it."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self.conn = conn
-        self.fetch = conn.fetch
-        self.fetchrow = conn.fetchrow
-        self.fetchval = conn.fetchval
-
-    @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
-        yield self.conn
 
 
 def _credits(micro: int | None) -> str | None:
@@ -720,13 +704,12 @@ class AdminService:
         await self.org_exists(org_id)
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(LOCK_REBUILD_SHARED, REBUILD_LOCK_KEY)
-            db = _OneConnection(conn)
             # PostgreSQL keeps void records that a Redis which lost its data no longer has.
-            result = await recorded_void(db, org_id, key)
+            result = await recorded_void(conn, org_id, key)
             if result is None:
-                stored = await self.stored_settlement(org_id, key, db)
+                stored = await self.stored_settlement(org_id, key, conn)
                 result = await self.engine.void(org_id, key, self.clock(), stored)
-                await record_void(db, org_id, key, result, self.clock(), requested_by)
+                await record_void(conn, org_id, key, result, self.clock(), requested_by)
         lines = [
             api.VoidLine(
                 bucket_id=ln.bucket_id, kind=ln.kind.value, amount=format_credits(ln.amount)
@@ -737,9 +720,11 @@ class AdminService:
             key=key, voided=result.voided, returned=lines, duplicate=result.duplicate
         )
 
-    async def stored_settlement(self, org_id: str, key: str, db: Any = None) -> Settlement | None:
+    async def stored_settlement(
+        self, org_id: str, key: str, db: asyncpg.Connection | asyncpg.Pool | None = None
+    ) -> Settlement | None:
         """The settlement PostgreSQL holds for `key` (Redis forgets results once confirmed), read
-        through `db` (a pool or a connection; default: the service's pool)."""
+        on `db` (default: the service's pool)."""
         db = self.pool if db is None else db
         row = await db.fetchrow(q.SELECT_SETTLEMENT, key, org_id)
         if row is None:
