@@ -33,6 +33,7 @@ from meter.api.http import (
 from meter.auth import Scope
 from meter.engine.types import CheckResult
 from meter.errors import InvalidInput, NotFound
+from meter.health import HEALTH
 from meter.money import format_credits
 from schemas import api
 from schemas.events import format_time
@@ -74,6 +75,7 @@ async def readyz(call: Call) -> Response:
             _probe("kafka", kafka()),
         )
     )
+    checks.update(HEALTH.problems())
     ok = all(v == "ok" for v in checks.values())
     return json_response(
         {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503
