@@ -52,6 +52,11 @@ COMMANDS: dict[str, Command] = {
         "meter.cli:configure_services",
         "provision Kafka, Redis and PostgreSQL, print where they are, wait until Ctrl-C",
     ),
+    "api": Command("meter.roles:configure_api", "serve the HTTP API (stateless, any replicas)"),
+    "scheduler": Command(
+        "meter.roles:configure_scheduler",
+        "period scheduler and publishers; one active replica by lease, the others stand by",
+    ),
     "consume": Command(
         "consumers.settle:configure_consume", "run a settlement consumer (Kafka -> PostgreSQL)"
     ),
@@ -64,8 +69,7 @@ COMMANDS: dict[str, Command] = {
 RUN_COMPONENTS: list[str] = [
     "consumers.settle:run_component",
     "meter.api.server:serve",
-    "meter.admin.scheduler:run_component",
-    "meter.alerts:run_component",
+    "meter.roles:scheduler_component",
 ]
 """The components `meter run` starts, as `module:function` (see `Component`)."""
 
@@ -82,6 +86,9 @@ def build_parser(chosen: str | None) -> tuple[argparse.ArgumentParser, dict[str,
     parser = argparse.ArgumentParser(
         prog="meter", description="Usage metering for AI products that sell seats and credits."
     )
+    from meter import __version__
+
+    parser.add_argument("--version", action="version", version=f"meter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     handlers: dict[str, Handler] = {}
     for name, command in COMMANDS.items():
