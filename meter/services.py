@@ -44,7 +44,7 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from meter.settings import Settings
+from meter.settings import Settings, require_servers
 
 log = structlog.get_logger("meter.services")
 
@@ -722,11 +722,13 @@ async def provision(
     without fsync (tests). `only` limits the work to some of `kafka`, `redis`, `postgres`: a
     service left out is neither checked nor started, its address is the configured one or "".
     Raises `ServiceError` when a configured server does not answer within
-    `settings.connect_timeout_s`.
+    `settings.connect_timeout_s`, and `SettingsError` in production when a server it needs is
+    not configured (production never starts a local server).
     """
     unknown = set(only) - ALL_SERVICES
     if unknown:
         raise ValueError(f"unknown services {sorted(unknown)}")
+    require_servers(settings, set(only))
     timeout = settings.connect_timeout_s
     topics = settings_topics(settings) if ensure_topics_exist and "kafka" in only else {}
     configured = {
