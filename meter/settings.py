@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     consumer_group: str = "meter-settle"
 
     redis_url: str | None = None
+    redis_timeout_s: float = Field(default=0.5, gt=0, le=60)
+    """Deadline of the API's Redis calls (connect, and each command): a frozen Redis answers a
+    check with 503 `unavailable` this fast."""
     postgres_dsn: str | None = None
 
     api_host: str = "127.0.0.1"
