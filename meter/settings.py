@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +38,9 @@ class Settings(BaseSettings):
     consumer_group: str = "meter-settle"
 
     redis_url: str | None = None
+    redis_timeout_s: float = Field(default=0.5, gt=0, le=60)
+    """Deadline of the API's Redis calls (connect, and each command): a frozen Redis answers a
+    check with 503 `unavailable` this fast."""
     postgres_dsn: str | None = None
 
     api_host: str = "127.0.0.1"
@@ -87,8 +94,38 @@ class Settings(BaseSettings):
         return v
 
 
+PREFIX = "METER_"
+OTHER_VARIABLES = frozenset({"METER_CHROMIUM"})
+"""`METER_*` names read by something other than `Settings` (the test tools)."""
+PLACEHOLDER_MARK = "change-me"
+"""Shipped example secrets contain this; production refuses them."""
+
+
+def unknown_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """`METER_*` variables that no setting reads, each with the closest known name (or None)."""
+    known = {PREFIX + name.upper() for name in Settings.model_fields}
+    unknown: dict[str, str | None] = {}
+    for name in environ:
+        if name.startswith(PREFIX) and name not in known and name not in OTHER_VARIABLES:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+            unknown[name] = close[0] if close else None
+    return unknown
+
+
+def _describe_unknown(unknown: Mapping[str, str | None]) -> str:
+    return "; ".join(
+        f"{name}: unknown variable" + (f" (did you mean {close}?)" if close else "")
+        for name, close in sorted(unknown.items())
+    )
+
+
 def load_settings() -> Settings:
-    """Read settings, turning validation errors into one message naming each variable."""
+    """Read settings, turning validation errors into one message naming each variable.
+
+    A `METER_*` variable that no setting reads is an error in production and a warning on
+    standard error locally; so is, in production, the placeholder admin token of `deploy/`.
+    """
+    unknown = unknown_variables(os.environ)
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -97,6 +134,34 @@ def load_settings() -> Settings:
             field = str(err["loc"][0]) if err["loc"] else "?"
             problems.append(f"METER_{field.upper()}: {err['msg']}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
-    if settings.env == "production" and settings.admin_token is None:
-        raise SettingsError("invalid configuration: METER_ADMIN_TOKEN: required in production")
+    if settings.env == "production":
+        if unknown:
+            raise SettingsError("invalid configuration: " + _describe_unknown(unknown))
+        if settings.admin_token is None:
+            raise SettingsError("invalid configuration: METER_ADMIN_TOKEN: required in production")
+        if PLACEHOLDER_MARK in settings.admin_token:
+            raise SettingsError(
+                "invalid configuration: METER_ADMIN_TOKEN: still the example placeholder; "
+                "set a long random secret"
+            )
+    elif unknown:
+        print(f"meter: warning: {_describe_unknown(unknown)} (ignored)", file=sys.stderr)
     return settings
+
+
+def require_servers(settings: Settings, services: frozenset[str] | set[str]) -> None:
+    """In production every server a command uses must be configured: no local server is ever
+    started there. Raises `SettingsError` naming each missing variable."""
+    if settings.env != "production":
+        return
+    variables = {
+        "kafka": ("METER_KAFKA_BOOTSTRAP", settings.kafka_bootstrap),
+        "redis": ("METER_REDIS_URL", settings.redis_url),
+        "postgres": ("METER_POSTGRES_DSN", settings.postgres_dsn),
+    }
+    missing = [variables[name][0] for name in sorted(services) if variables[name][1] is None]
+    if missing:
+        raise SettingsError(
+            "invalid configuration: "
+            + "; ".join(f"{name}: required in production" for name in missing)
+        )

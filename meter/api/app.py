@@ -147,12 +147,15 @@ class App:
         return self._producer
 
     async def startup(self) -> None:
-        self._redis = aioredis.Redis.from_url(self.services.redis_url)
+        timeout = self.settings.redis_timeout_s
+        self._redis = aioredis.Redis.from_url(
+            self.services.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
         self._pool = await asyncpg.create_pool(self.services.postgres_dsn, min_size=1, max_size=8)
         url = self.services.redis_url
         if supports(url):
             # The engine only sends EVALSHA / SCRIPT LOAD: pipelined on one connection.
-            self._fast_redis = PipelinedRedis(url)
+            self._fast_redis = PipelinedRedis(url, timeout_s=timeout, connect_timeout_s=timeout)
             self._engine = RedisEngine(cast(aioredis.Redis, self._fast_redis))
         else:
             self._engine = RedisEngine(self._redis)

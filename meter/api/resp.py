@@ -9,18 +9,29 @@ Replies are parsed by hiredis. Errors are redis-py's exception classes, so the e
 `NoScriptError` handling works unchanged.
 
 Only plain `redis://` and `unix://` URLs are handled (`supports`); others use redis-py.
+
+Deadlines: connecting has `connect_timeout_s`; a command has `timeout_s` from when it is sent.
+Replies come back in order, so one watchdog timer looks at the oldest command in flight only:
+when it is overdue, Redis is frozen or the network is, and every command in flight fails with
+redis-py's `TimeoutError` and the connection is dropped (the next command reconnects). That costs
+the hot path one monotonic clock read per command, not a timer each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+TIMEOUT_S = 0.5
+"""Default deadline of a command, and of connecting: a frozen Redis fails a check this fast."""
 
 
 def supports(url: str) -> bool:
@@ -54,9 +65,12 @@ def _error(reply: hiredis.ReplyError) -> ResponseError:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = TIMEOUT_S) -> None:
         self.reader = hiredis.Reader()
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.sent_at: collections.deque[float] = collections.deque()
+        self.timeout_s = timeout_s
+        self.watchdog: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.closed = self.loop.create_future()
@@ -65,6 +79,9 @@ class _Protocol(asyncio.Protocol):
     def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
         """Write a command at once when no other is in flight; else queue it, and everything
         queued in one loop iteration goes out in one write."""
+        self.sent_at.append(time.monotonic())
+        if self.watchdog is None:
+            self.watchdog = self.loop.call_later(self.timeout_s, self.watch)
         if not self.waiting and self.transport is not None:
             self.waiting.append(future)
             self.transport.write(command)
@@ -79,6 +96,28 @@ class _Protocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
+    def watch(self) -> None:
+        """Fail everything in flight when the oldest command is overdue; else look again when
+        it would be."""
+        self.watchdog = None
+        if not self.sent_at:
+            return
+        overdue_in = self.sent_at[0] + self.timeout_s - time.monotonic()
+        if overdue_in > 0:
+            self.watchdog = self.loop.call_later(overdue_in, self.watch)
+            return
+        error = RedisTimeoutError(f"Redis did not answer within {self.timeout_s:g} s")
+        self.fail_all(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def fail_all(self, error: Exception) -> None:
+        self.sent_at.clear()
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
@@ -89,6 +128,7 @@ class _Protocol(asyncio.Protocol):
             if reply is False:
                 return
             future = self.waiting.popleft()
+            self.sent_at.popleft()
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -98,11 +138,10 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        error = RedisConnectionError(f"connection to Redis lost: {exc}")
-        while self.waiting:
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_exception(error)
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+        self.fail_all(RedisConnectionError(f"connection to Redis lost: {exc}"))
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -110,7 +149,9 @@ class _Protocol(asyncio.Protocol):
 class PipelinedRedis:
     """`evalsha`, `script_load` and `execute` over one auto-pipelined connection."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float = TIMEOUT_S, connect_timeout_s: float = TIMEOUT_S
+    ) -> None:
         if not supports(url):
             raise ValueError("only redis:// and unix:// URLs")
         parsed = urlparse(url)
@@ -122,16 +163,27 @@ class PipelinedRedis:
         self._db = int(db_text or "0")
         self._username = unquote(parsed.username) if parsed.username else None
         self._password = unquote(parsed.password) if parsed.password else None
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
         self._proto: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
+
+        def protocol() -> _Protocol:
+            return _Protocol(self._timeout_s)
+
         try:
-            if self._unix is not None:
-                _, proto = await loop.create_unix_connection(_Protocol, self._unix)
-            else:
-                _, proto = await loop.create_connection(_Protocol, self._host, self._port)
+            async with asyncio.timeout(self._connect_timeout_s):
+                if self._unix is not None:
+                    _, proto = await loop.create_unix_connection(protocol, self._unix)
+                else:
+                    _, proto = await loop.create_connection(protocol, self._host, self._port)
+        except TimeoutError as exc:
+            raise RedisTimeoutError(
+                f"cannot connect to Redis within {self._connect_timeout_s:g} s"
+            ) from exc
         except OSError as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
         self._proto = proto

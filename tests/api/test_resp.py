@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meter.api.resp import PipelinedRedis
+from meter.services import RedisServer
 
 
 async def test_concurrent_commands_get_their_own_replies(
@@ -41,5 +46,54 @@ async def test_reconnects_after_the_connection_drops(redis: aioredis.Redis, redi
         with pytest.raises(RedisConnectionError):
             await pending
         assert await client.execute("PING") == b"PONG"
+    finally:
+        await client.aclose()
+
+
+async def test_a_frozen_redis_fails_commands_within_the_deadline(
+    private_redis: RedisServer,
+) -> None:
+    """SIGSTOP of the server: commands in flight and new ones fail with TimeoutError near the
+    deadline (never hang), and the client works again once the server is thawed."""
+    client = PipelinedRedis(private_redis.address, timeout_s=0.2, connect_timeout_s=0.2)
+    pid = private_redis.pid
+    assert pid is not None
+    try:
+        assert await client.execute("PING") == b"PONG"
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                results = await asyncio.gather(
+                    *(client.execute("PING") for _ in range(20)), return_exceptions=True
+                )
+                took = time.monotonic() - started
+                assert all(isinstance(r, RedisTimeoutError) for r in results), results
+                assert took < 1.0, took
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert await client.execute("PING") == b"PONG"
+                break
+            except (RedisTimeoutError, RedisConnectionError):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+async def test_a_dead_redis_fails_fast(private_redis: RedisServer) -> None:
+    client = PipelinedRedis(private_redis.address)
+    try:
+        assert await client.execute("PING") == b"PONG"
+        await private_redis.kill()
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError):
+            await client.execute("PING")
+        with pytest.raises(RedisConnectionError):
+            await client.execute("PING")
+        assert time.monotonic() - started < 1.0
     finally:
         await client.aclose()
