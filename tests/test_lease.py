@@ -160,9 +160,13 @@ async def test_standby_takes_over(
         if fault == "freeze":
             # The frozen replica wakes up, finds its lease gone, and stands by: one holder.
             os.kill(active.pid, signal.SIGCONT)
-            await asyncio.sleep(3)
+            woken_log = tmp_path / f"s{procs.index(active)}.log"
+
+            async def stood_down() -> bool:
+                return b"lease lost" in woken_log.read_bytes()
+
+            await wait_for(stood_down, 20, "the thawed replica stands by")
             assert f":{standby.pid}:" in ((await lease_state(pool, SCHEDULER_LEASE)).holder or "")
-            assert b"lease lost" in (tmp_path / f"s{procs.index(active)}.log").read_bytes()
     finally:
         for proc in procs:
             if proc.poll() is None:
