@@ -157,7 +157,9 @@ class App:
         else:
             self._engine = RedisEngine(self._redis)
         await self._engine.load_scripts()
-        self._admin = AdminService(self._pool, self._engine, clock=lambda: self.clock())
+        self._admin = AdminService(
+            self._pool, self._engine, clock=lambda: self.clock(), redis=self._redis
+        )
         await self._admin.install_presets()
         self._keys = KeyVerifier(self._pool, self.settings.admin_token, self.key_cache_ttl_s)
         self._tasks.append(
