@@ -571,6 +571,8 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
             f"rebuilt {report.orgs} organizations: {report.buckets} buckets, "
             f"{report.counters} counters; epoch {report.epoch}"
         )
+        for org_id, why in sorted(report.quarantined.items()):
+            print(f"meter rebuild: {org_id} left out, quarantined: {why}", file=sys.stderr)
         return 0
 
     return handle
