@@ -50,7 +50,8 @@ from meter import alerts, metrics
 from meter.engine.model import validate_events
 from meter.engine.redis import EncodedResults, RedisEngine, settle_encoded
 from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, UsageEvent
-from meter.rebuild import Recovery
+from meter.quarantine import ORG_QUARANTINED
+from meter.rebuild import Recovery, quarantine_org
 from meter.settings import Settings
 from meter.store import Encoded, OffsetAdvance, OffsetConflict, SettlementStore
 from schemas.events import DecodedEvent, EventError, decode_event
@@ -421,6 +422,28 @@ class SettleConsumer:
         return dict(zip(orgs, settled, strict=True)), refused
 
     async def _settle_org(
+        self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[str, str]
+    ) -> Settled:
+        try:
+            return await self._settle_valid(org_id, events, at_ms, refused)
+        except (Stopping, OffsetConflict):
+            raise
+        except Exception as exc:
+            # Not transient (`_retry` retries those): this organization's state is what fails.
+            # Set it aside rather than stop every organization's settling.
+            if self._redis_engine is None:
+                raise
+            await self._retry(
+                "quarantine",
+                quarantine_org,
+                self.store.pool,
+                self._redis_engine.client,
+                org_id,
+                exc,
+            )
+            return events, ("x" * len(events), [ORG_QUARANTINED] * len(events))
+
+    async def _settle_valid(
         self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[str, str]
     ) -> Settled:
         try:

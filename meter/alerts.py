@@ -55,6 +55,7 @@ KINDS = {
     "member": "member_limit",
     "billing_group": "billing_group_limit",
     "shared_pool": "shared_pool_low",
+    "quarantine": "org_quarantined",
 }
 """Subject kind in the outbox -> `data.kind` of the event (its `type` is `meter.alert.<kind>`)."""
 
@@ -67,7 +68,7 @@ PUBLISHED = Counter(
 
 CLAIM = """
 SELECT alert_id, org_id, subject_kind, subject_id, period_start, period_end, threshold, amount,
-       reference, created_at
+       reference, created_at, detail
 FROM alerts WHERE published_at IS NULL
 ORDER BY alert_id LIMIT $1
 FOR UPDATE SKIP LOCKED
@@ -124,6 +125,8 @@ def alert_event(row: asyncpg.Record | dict[str, Any]) -> bytes:
     """The CloudEvent of one `alerts` row."""
     kind = KINDS[row["subject_kind"]]
     start_ms = _ms(row["period_start"])
+    if row["subject_kind"] == "quarantine":
+        return _quarantine_event(row, kind, start_ms)
     data: dict[str, Any] = {
         "org_id": row["org_id"],
         "kind": kind,
@@ -152,6 +155,29 @@ def alert_event(row: asyncpg.Record | dict[str, Any]) -> bytes:
         "time": format_time(_ms(row["created_at"])),
         "datacontenttype": "application/json",
         "data": data,
+    }
+    return orjson.dumps(event)
+
+
+def _quarantine_event(row: asyncpg.Record | dict[str, Any], kind: str, since_ms: int) -> bytes:
+    """An organization was quarantined (`meter.quarantine`): its id, reason code and since when
+    (the `period_start` of its row). Its `id` names the quarantine's start, so a later
+    quarantine of the same organization alerts again."""
+    org_id = row["org_id"]
+    event = {
+        "specversion": "1.0",
+        "id": f"{org_id}/{kind}//{since_ms}/0",
+        "source": SOURCE,
+        "type": f"meter.alert.{kind}",
+        "subject": org_id,
+        "time": format_time(_ms(row["created_at"])),
+        "datacontenttype": "application/json",
+        "data": {
+            "org_id": org_id,
+            "kind": kind,
+            "reason": row["detail"],
+            "since": format_time(since_ms),
+        },
     }
     return orjson.dumps(event)
 

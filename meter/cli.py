@@ -62,6 +62,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "dlq": Command("consumers.dlq:configure_dlq", "dead-letter topic tools (replay)"),
     "rebuild": Command("meter.rebuild:configure", "rebuild Redis state from PostgreSQL"),
+    "quarantine": Command(
+        "meter.quarantine:configure", "organizations set aside: list, show, release"
+    ),
     "export": Command("meter.reports.cli:configure_export", "CSV export of a period's usage"),
     "bench": Command("meter.bench.command:configure", "benchmarks (engine, pipeline, ...)"),
 }

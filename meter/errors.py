@@ -77,3 +77,10 @@ class Unavailable(MeterError):
     """A dependency (Kafka, PostgreSQL, Redis) did not answer in time; the caller may retry."""
 
     code = "unavailable"
+
+
+class OrgQuarantined(Unavailable):
+    """The organization exists but its state could not be applied; it is set aside until an
+    operator releases it (`meter quarantine`)."""
+
+    code = "org_quarantined"

@@ -17,6 +17,13 @@ Per organization (`rebuild_org`):
 A full rebuild ends by setting the epoch marker (`engine.set_epoch`); an absent marker means the
 Redis is new or lost its data.
 
+Quarantine (`meter.quarantine`): an organization whose state cannot be applied (the engine
+refuses a value, PostgreSQL a cast, a script fails: anything but a server being away) is
+quarantined instead of failing the rebuild, which goes on with the next one and sets the epoch
+with it left out. Organizations already quarantined are left out without trying (their marker is
+set again) until `release` rebuilds them. Transient errors still fail the rebuild, which is
+retried.
+
 Fencing: a settling consumer holds a shared PostgreSQL advisory lock (`Recovery`); a rebuild
 holds it exclusively. So no event is settled into a half-rebuilt Redis, and no batch settled
 before a rebuild is still being written while it reads PostgreSQL. A void holds it shared too,
@@ -33,16 +40,17 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
 import structlog
 
+from meter import quarantine
 from meter.admin import queries as q
 from meter.admin.clock import from_ms
-from meter.admin.reconcile import reconcile_org
+from meter.admin.reconcile import apply_org
 from meter.admin.service import REBUILD_LOCK_KEY, AdminService, org_config
 from meter.engine.periods import period_at
 from meter.engine.redis import EPOCH_KEY
@@ -124,6 +132,8 @@ class RebuildReport:
     buckets: int
     counters: int
     epoch: str | None
+    quarantined: dict[str, str] = field(default_factory=dict)
+    """Organizations left out, each with why: this rebuild's failure, or an earlier quarantine."""
 
 
 # -- reading PostgreSQL -------------------------------------------------------------------------
@@ -187,7 +197,7 @@ async def rebuild_org(
     engine = admin.engine
     if clear:
         await clear_org(redis, org_id)
-    if not await reconcile_org(admin, org_id):
+    if not await apply_org(admin, org_id):
         return 0, 0
     async with admin.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         row = await conn.fetchrow(q.SELECT_ORG_CONFIG, org_id)
@@ -210,6 +220,19 @@ async def rebuild_org(
     return len(left), counters
 
 
+async def quarantine_org(
+    pool: asyncpg.Pool, redis: aioredis.Redis, org_id: str, exc: BaseException
+) -> str:
+    """Quarantine an organization whose state could not be applied: record it (and its alert),
+    delete its Redis keys and set its marker. Returns the details recorded."""
+    reason, details = quarantine.reason_of(exc), quarantine.details_of(exc)
+    if await quarantine.record(pool, org_id, reason, details):
+        log.error("org_quarantined", org_id=org_id, reason=reason, details=details)
+    await clear_org(redis, org_id)
+    await quarantine.mark(redis, org_id, reason)
+    return details
+
+
 async def rebuild(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
@@ -218,12 +241,17 @@ async def rebuild(
     org_ids: Sequence[str] | None = None,
     at_ms: int | None = None,
     still_locked: Callable[[], Awaitable[bool]] | None = None,
+    releasing: bool = False,
 ) -> RebuildReport:
     """Rebuild the Redis state of `org_ids` (default: every organization, after deleting every
     organization's keys, known to PostgreSQL or not) and set a new epoch. The caller holds the
     rebuild lock exclusively (`exclusive_rebuild`, which passes `still_locked`: asked before
     each organization and before the epoch, False raises `RebuildLockLost`), or knows nothing
-    settles meanwhile."""
+    settles meanwhile.
+
+    An organization that cannot be applied is quarantined and left out; quarantined ones are
+    left out without trying unless `releasing`, which tries them and ends the quarantine of
+    those that rebuild."""
 
     async def check_lock() -> None:
         if still_locked is not None and not await still_locked():
@@ -235,17 +263,41 @@ async def rebuild(
     if org_ids is None:
         await delete_matching(redis, "meter:{*")
         org_ids = [r["org_id"] for r in await pool.fetch(q.SELECT_ORG_IDS)]
+    held = {x.org_id: x for x in await quarantine.listing(pool)}
+    left_out: dict[str, str] = {}
     buckets = counters = 0
     for org_id in org_ids:
         await check_lock()
-        b, c = await rebuild_org(admin, redis, org_id, at, clear=not cleared)
+        earlier = held.get(org_id)
+        if earlier is not None and not releasing:
+            if not cleared:
+                await clear_org(redis, org_id)
+            await quarantine.mark(redis, org_id, earlier.reason)
+            left_out[org_id] = f"quarantined since {earlier.since.isoformat()}: {earlier.details}"
+            continue
+        try:
+            b, c = await rebuild_org(admin, redis, org_id, at, clear=not cleared)
+        except Exception as exc:
+            if isinstance(exc, RebuildLockLost) or quarantine.is_transient(exc):
+                raise
+            left_out[org_id] = await quarantine_org(pool, redis, org_id, exc)
+            continue
+        if earlier is not None and await quarantine.remove(pool, org_id):
+            log.warning("org_released", org_id=org_id)
         buckets += b
         counters += c
     await check_lock()
     epoch = new_epoch(at)
     await engine.set_epoch(epoch)
-    log.info("rebuilt", orgs=len(org_ids), buckets=buckets, counters=counters, epoch=epoch)
-    return RebuildReport(len(org_ids), buckets, counters, epoch)
+    log.info(
+        "rebuilt",
+        orgs=len(org_ids),
+        buckets=buckets,
+        counters=counters,
+        quarantined=len(left_out),
+        epoch=epoch,
+    )
+    return RebuildReport(len(org_ids), buckets, counters, epoch, left_out)
 
 
 class RebuildLockLost(RuntimeError):
@@ -284,6 +336,7 @@ async def exclusive_rebuild(
     org_ids: Sequence[str] | None = None,
     force: bool = False,
     probe_timeout_s: float = LOCK_PROBE_TIMEOUT_S,
+    releasing: bool = False,
 ) -> RebuildReport | None:
     """Take the rebuild lock exclusively (waiting for settling consumers to let go of it), then
     rebuild if `force` or the epoch marker is absent. None when there was nothing to do.
@@ -302,11 +355,78 @@ async def exclusive_rebuild(
 
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         try:
-            return await rebuild(pool, redis, engine, org_ids=org_ids, still_locked=still_locked)
+            return await rebuild(
+                pool,
+                redis,
+                engine,
+                org_ids=org_ids,
+                still_locked=still_locked,
+                releasing=releasing,
+            )
         finally:
             await pool.close()
     finally:
         await end_session(conn, probe_timeout_s)
+
+
+async def release(dsn: str, redis: aioredis.Redis, engine: Engine, org_id: str) -> str | None:
+    """End an organization's quarantine: rebuild it now under the rebuild lock (the epoch marker
+    is deleted first so that settling consumers let go of the lock, as `meter rebuild` does)
+    and, when it rebuilds, delete its quarantine. None on success, else why it stays
+    quarantined."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        held = await quarantine.get(conn, org_id)
+    finally:
+        await conn.close()
+    if held is None:
+        return f"{org_id!r} is not quarantined"
+    await redis.delete(EPOCH_KEY)
+    try:
+        report = await exclusive_rebuild(
+            dsn, redis, engine, org_ids=[org_id], force=True, releasing=True
+        )
+    except RebuildLockLost as exc:
+        return f"{exc}; run it again"
+    assert report is not None
+    return report.quarantined.get(org_id)
+
+
+async def repair(
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    engine: Engine,
+    *,
+    probe_timeout_s: float = LOCK_PROBE_TIMEOUT_S,
+) -> RebuildReport | None:
+    """Rebuild what Redis lost, for a process that finds it out (the admin reconciler) while no
+    consumer may be running to do it: everything when the epoch marker is gone (as `Recovery`
+    does), else the organizations PostgreSQL knows that have no state in Redis (keys lost one
+    by one, an apply that failed), with the marker deleted first so that settling consumers let
+    go of the rebuild lock. Under the lock taken exclusively on a connection of `pool`; None
+    when another process rebuilt meanwhile."""
+    everything = await engine.epoch() is None
+    if not everything:
+        await redis.delete(EPOCH_KEY)
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+        try:
+            if await engine.epoch() is not None:
+                return None
+
+            async def still_locked() -> bool:
+                return await session_answers(conn, probe_timeout_s)
+
+            org_ids: list[str] | None = None
+            if not everything:
+                known = [r["org_id"] for r in await pool.fetch(q.SELECT_ORG_IDS)]
+                org_ids = [o for o in known if not await engine.has_org(o)]
+            return await rebuild(pool, redis, engine, org_ids=org_ids, still_locked=still_locked)
+        finally:
+            with contextlib.suppress(
+                OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError
+            ):
+                await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
 
 
 # -- the consumer's guard -----------------------------------------------------------------------
@@ -451,6 +571,8 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
             f"rebuilt {report.orgs} organizations: {report.buckets} buckets, "
             f"{report.counters} counters; epoch {report.epoch}"
         )
+        for org_id, why in sorted(report.quarantined.items()):
+            print(f"meter rebuild: {org_id} left out, quarantined: {why}", file=sys.stderr)
         return 0
 
     return handle

@@ -5,6 +5,12 @@ bucket only if its id is new, `delete_billing_group` of a deleted group changes 
 reconciling an organization that is already right changes nothing. It first issues the current
 period's seats (`PlansStore.start_period`, idempotent): members whose seat could not be paid from
 the seat-month balance are put to the engine unseated, so their checks say `no_seat`.
+
+Only an organization whose state the engine holds is reconciled. One without state (Redis lost
+it, or it was never applied) is not: `apply_grant` would add each bucket at its full amount and
+give back the credits already drawn. It is rebuilt from PostgreSQL instead, under the rebuild
+lock (`meter.rebuild.repair`), as is everything when the epoch marker is gone and no consumer
+rebuilt yet. Quarantined organizations (`meter.quarantine`) are left alone.
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import replace
+from enum import StrEnum
 
 import structlog
 
+from meter import quarantine
 from meter.admin import queries as q
 from meter.admin.clock import from_ms
 from meter.admin.service import AdminService, member_config, org_config
+from meter.engine.redis import RedisEngine
 from meter.engine.types import BillingGroupConfig
 from meter.plans.store import grant_of
 
@@ -26,8 +35,20 @@ log = structlog.get_logger("meter.admin.reconcile")
 RECONCILE_INTERVAL_S = 60.0
 
 
-async def reconcile_org(admin: AdminService, org_id: str) -> bool:
-    """Apply one organization's full state to the engine. False when the org does not exist."""
+class Reconciled(StrEnum):
+    """What `reconcile_org` did."""
+
+    APPLIED = "applied"
+    UNKNOWN = "unknown"
+    """Not an organization of PostgreSQL."""
+    QUARANTINED = "quarantined"
+    ABSENT = "absent"
+    """The engine holds no state of it: left to `repair`."""
+
+
+async def apply_org(admin: AdminService, org_id: str) -> bool:
+    """Apply one organization's full configuration and live grants to the engine, whatever it
+    holds (a rebuild does this on a cleared organization). False when the org does not exist."""
     if await admin.pool.fetchval(q.SELECT_ORG_EXISTS, org_id) is None:
         return False
     unpaid = set((await admin.plans.start_period(org_id, admin.clock())).unpaid)
@@ -60,17 +81,63 @@ async def reconcile_org(admin: AdminService, org_id: str) -> bool:
     return True
 
 
+async def reconcile_org(admin: AdminService, org_id: str) -> Reconciled:
+    """Re-apply one organization's state when the engine holds it; see the module docstring
+    for the others."""
+    if await admin.pool.fetchval(q.SELECT_ORG_EXISTS, org_id) is None:
+        return Reconciled.UNKNOWN
+    if await quarantine.get(admin.pool, org_id) is not None:
+        admin.dirty.discard(org_id)
+        return Reconciled.QUARANTINED
+    state = state_engine(admin)
+    if state is not None and not await state.has_org(org_id):
+        return Reconciled.ABSENT
+    return Reconciled.APPLIED if await apply_org(admin, org_id) else Reconciled.UNKNOWN
+
+
+def state_engine(admin: AdminService) -> RedisEngine | None:
+    """The engine on a full Redis client (`AdminService.redis`, else the engine's own); None
+    for an engine that is not on Redis."""
+    if admin.redis is not None:
+        return RedisEngine(admin.redis)
+    return admin.engine if isinstance(admin.engine, RedisEngine) else None
+
+
+async def repair(admin: AdminService) -> bool:
+    """Rebuild what the engine lost (`meter.rebuild.repair`). False when it failed."""
+    from meter.rebuild import repair as rebuild_lost  # meter.rebuild builds on this module
+
+    engine = state_engine(admin)
+    if engine is None:
+        return False
+    try:
+        await rebuild_lost(admin.pool, engine.client, engine)
+    except Exception:
+        log.warning("repair failed", exc_info=True)
+        return False
+    return True
+
+
 async def reconcile_all(admin: AdminService) -> int:
-    """Reconcile every organization; returns how many failed (they stay dirty)."""
+    """Reconcile every organization; returns how many failed (they stay dirty). Organizations
+    without state, or all when the epoch marker is gone, are rebuilt (`repair`)."""
+    state = state_engine(admin)
+    if state is not None and await state.epoch() is None:
+        return 0 if await repair(admin) else 1
     failed = 0
+    absent: list[str] = []
     for row in await admin.pool.fetch(q.SELECT_ORG_IDS):
         org_id = row["org_id"]
         try:
-            await reconcile_org(admin, org_id)
+            if await reconcile_org(admin, org_id) is Reconciled.ABSENT:
+                absent.append(org_id)
         except Exception:
             failed += 1
             admin.dirty.add(org_id)
             log.warning("reconcile failed", org_id=org_id, exc_info=True)
+    if absent and not await repair(admin):
+        failed += len(absent)
+        admin.dirty.update(absent)
     return failed
 
 
@@ -87,11 +154,14 @@ async def run_reconciler(admin: AdminService, interval_s: float = RECONCILE_INTE
             await reconcile_all(admin)
             next_full = loop.time() + interval_s
             continue
+        absent = False
         for org_id in sorted(admin.dirty):
             try:
-                await reconcile_org(admin, org_id)
+                absent |= await reconcile_org(admin, org_id) is Reconciled.ABSENT
             except Exception:
                 log.warning("reconcile failed", org_id=org_id, exc_info=True)
+        if absent:
+            await repair(admin)
         if admin.dirty:
             # Still failing (Redis down?): retry after a pause, not in a tight loop.
             await asyncio.sleep(1.0)

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+import redis.asyncio as aioredis
 import structlog
 
 from meter.admin import queries as q
@@ -229,11 +230,19 @@ class AdminService:
     redemption codes, keys. `clock` gives "now" in epoch ms: inject one to move time."""
 
     def __init__(
-        self, pool: asyncpg.Pool, engine: Engine, clock: Callable[[], int] = now_ms
+        self,
+        pool: asyncpg.Pool,
+        engine: Engine,
+        clock: Callable[[], int] = now_ms,
+        *,
+        redis: aioredis.Redis | None = None,
     ) -> None:
         self.pool = pool
         self.engine = engine
         self.clock = clock
+        self.redis = redis
+        """A full Redis client, for the reconciler's repairs when the engine's client speaks
+        only EVALSHA (the API's); None: the engine's own."""
         self.plans = PlansStore(pool)
         self.dirty: set[str] = set()
         """Organizations whose last Redis apply failed; the reconciler repairs them."""

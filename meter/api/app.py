@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from meter import metrics
 from meter.admin import AdminService, run_reconciler
 from meter.admin.clock import now_ms
+from meter.admin.reconcile import repair
 from meter.api.http import (
     Access,
     Call,
@@ -37,7 +38,7 @@ from meter.api.http import (
 )
 from meter.api.resp import PipelinedRedis, supports
 from meter.auth import KeyVerifier
-from meter.engine.redis import RedisEngine
+from meter.engine.redis import EPOCH_KEY, RedisEngine
 from meter.engine.types import EngineInputError
 from meter.errors import (
     InvalidInput,
@@ -160,9 +161,15 @@ class App:
         else:
             self._engine = RedisEngine(self._redis)
         await self._engine.load_scripts()
-        self._admin = AdminService(self._pool, self._engine, clock=lambda: self.clock())
+        self._admin = AdminService(
+            self._pool, self._engine, clock=lambda: self.clock(), redis=self._redis
+        )
         await self._admin.install_presets()
         self._keys = KeyVerifier(self._pool, self.settings.admin_token, self.key_cache_ttl_s)
+        if await self._redis.get(EPOCH_KEY) is None:
+            # Redis is new or lost its data: rebuild it (or wait for whoever does) before
+            # serving, rather than answer 503 to checks until the reconciler's first pass.
+            await repair(self._admin)
         self._tasks.append(
             asyncio.create_task(run_reconciler(self._admin, self.reconcile_interval_s))
         )

@@ -31,8 +31,9 @@ from meter.api.http import (
     parse_body,
 )
 from meter.auth import Scope
-from meter.engine.types import CheckResult
-from meter.errors import InvalidInput, NotFound
+from meter.engine.redis import EPOCH_KEY
+from meter.engine.types import CheckResult, Reason
+from meter.errors import InvalidInput, NotFound, OrgQuarantined, Unavailable
 from meter.health import HEALTH
 from meter.money import format_credits
 from schemas import api
@@ -132,12 +133,26 @@ def check_payload(result: CheckResult) -> dict[str, Any]:
     }
 
 
+async def absent_org(call: Call, org_id: str, reason: Reason) -> None:
+    """An organization without state in Redis: 503 when it exists (quarantined, or Redis being
+    rebuilt), so that no caller takes `unknown_org` for an answer about a real organization. An
+    organization-bound key proves its organization exists; for an admin key an absent epoch
+    marker says Redis is not rebuilt yet. Only denied answers get here: checks of known
+    organizations pay nothing for it."""
+    if reason is Reason.ORG_QUARANTINED:
+        raise OrgQuarantined(f"organization {org_id!r} is quarantined; an operator must release it")
+    if call.who.org_id == org_id or await call.app.redis.get(EPOCH_KEY) is None:
+        raise Unavailable("quota state is being rebuilt; retry shortly")
+
+
 async def check(call: Call) -> Response:
     org_id, member_id, credits = bodies.check_body(call.body)
     call.who.require_org(org_id, *QUOTA)
     app = call.app
     result = await app.engine.check(org_id, member_id, credits, app.clock())
     metrics.count_check("check", result)
+    if result.reason is Reason.UNKNOWN_ORG or result.reason is Reason.ORG_QUARANTINED:
+        await absent_org(call, org_id, result.reason)
     return Response(200, orjson.dumps(check_payload(result)))
 
 
@@ -150,6 +165,8 @@ async def reserve(call: Call) -> Response:
         org_id, member_id, credits, app.clock(), reservation_id, ttl_ms
     )
     metrics.count_check("reserve", result)
+    if result.reason is Reason.UNKNOWN_ORG or result.reason is Reason.ORG_QUARANTINED:
+        await absent_org(call, org_id, result.reason)
     return Response(200, orjson.dumps(check_payload(result)))
 
 

@@ -468,6 +468,9 @@ class Ledger:
         check_id("epoch", value)
         self.epoch_marker = value
 
+    def has_org(self, org_id: str) -> bool:
+        return org_id in self.orgs
+
     # -- reading -------------------------------------------------------------------------------
 
     def balances(self, org_id: str, now_ms: int) -> dict[str, int]:

@@ -394,6 +394,15 @@ class RedisEngine:
         check_id("epoch", value)
         await self._redis.set(EPOCH_KEY, value)
 
+    async def has_org(self, org_id: str) -> bool:
+        check_org_id(org_id)
+        return bool(await self._redis.exists(org_key(org_id)))
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The Redis client the engine calls through."""
+        return self._redis
+
     # -- reading -------------------------------------------------------------------------------
 
     async def balances(self, org_id: str, now_ms: int) -> dict[str, int]:

@@ -60,6 +60,8 @@ class Reason(StrEnum):
     MEMBER_LIMIT_REACHED = "member_limit_reached"
     GROUP_LIMIT_REACHED = "group_limit_reached"
     INSUFFICIENT_CREDITS = "insufficient_credits"
+    ORG_QUARANTINED = "org_quarantined"
+    """The organization exists but its state could not be applied (`meter.quarantine`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +321,10 @@ class Engine(Protocol):
 
     async def set_epoch(self, value: str) -> None:
         """Set the epoch marker (after a rebuild, or on a new store)."""
+
+    async def has_org(self, org_id: str) -> bool:
+        """Whether the store holds the organization's state (False: never applied, lost, or
+        quarantined)."""
 
 
 def check_org_id(value: str) -> str:

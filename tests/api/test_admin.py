@@ -165,7 +165,8 @@ async def test_reconciler_repairs_redis(app: App, admin: httpx.AsyncClient) -> N
     before = (await admin.post("/v1/check", json=check)).json()
     # Lose Redis entirely.
     await app.redis.flushdb()
-    assert (await admin.post("/v1/check", json=check)).json()["reason"] == "unknown_org"
+    lost = await admin.post("/v1/check", json=check)
+    assert lost.status_code == 503 and lost.json()["error"]["code"] == "unavailable"
     assert await reconcile_all(app.admin) == 0
     assert (await admin.post("/v1/check", json=check)).json() == before
     # Drift in one organization, repaired over HTTP.

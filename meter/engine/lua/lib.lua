@@ -19,6 +19,8 @@
 --   r           hash   settlement key -> stored result, until confirmed
 --   v           hash   settlement key -> void result
 --   h / hx / ha hash / zset / hash: live holds by id, their expiry, and the sums they hold
+--   q           string set while the organization is quarantined (meter/quarantine.py): it then
+--                      has no other key, and its checks and events answer org_quarantined
 -- Amounts and instants are integers below 2^53, exact in Lua's doubles; they cross the
 -- boundary as decimal strings, never through cjson.
 
@@ -351,13 +353,20 @@ local function num(v)
   return 0
 end
 
+-- Why an organization has no config: quarantined (its marker q) or not known. Read only when
+-- the config is missing, so known organizations pay nothing for it.
+local function missing_org(P)
+  if redis.call('EXISTS', P .. 'q') == 1 then return 'org_quarantined' end
+  return 'unknown_org'
+end
+
 -- The check of README "Checks and reservations" at now (org: load_org's, or nil). Returns a
 -- table: reason (or nil), and for a simulated draw: avail per kind, mroom, groom, pend_s, lines
 -- and nl (draw_at's), unfunded, group, and list and held: the eligible buckets and the held sums
 -- read (HMGET of ha: a<member> s<member> g<group> then b<bucket> per bucket of list; {} when
 -- there are no holds).
 local function check_core(P, org, mid, credits, now)
-  if not org then return {reason = 'unknown_org'} end
+  if not org then return {reason = missing_org(P)} end
   local mem = load_member(P, mid)
   if not mem.known or mem.removed then return {reason = 'unknown_member'} end
   if not org.active then return {reason = 'org_inactive'} end

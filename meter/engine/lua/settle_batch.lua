@@ -31,9 +31,10 @@ for first = 1, n, 500 do
 end
 
 if not org then
+  local why = missing_org(P)
   for i = 1, n do
     status[i] = stored[i] and 'd' or 'x'
-    out[i + 1] = stored[i] or 'unknown_org'
+    out[i + 1] = stored[i] or why
   end
   out[1] = table.concat(status)
   return out

@@ -1,0 +1,38 @@
+"""Checks of an organization that exists but has no state in Redis answer 503, never
+`unknown_org`: while Redis is rebuilt (no epoch marker) and while it is quarantined."""
+
+from __future__ import annotations
+
+import httpx
+
+from api.support import make_org
+from meter import quarantine
+from meter.api import App
+from meter.engine.redis import EPOCH_KEY
+from meter.rebuild import clear_org
+
+
+async def test_checks_of_an_org_without_state(app: App, admin: httpx.AsyncClient) -> None:
+    org = await make_org(admin)
+    r = await admin.post(f"/v1/orgs/{org}/members", json={"member_id": "a"})
+    assert r.status_code == 201, r.text
+    check = {"org_id": org, "member_id": "a", "credits": 1}
+    reserve = check | {"reservation_id": "r1"}
+    assert (await admin.post("/v1/check", json=check)).status_code == 200
+
+    # A rebuild is running: the epoch marker is gone and the org's keys not back yet.
+    await app.redis.delete(EPOCH_KEY)
+    await clear_org(app.redis, org)
+    for path, body in (("/v1/check", check), ("/v1/reserve", reserve)):
+        r = await admin.post(path, json=body)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+    # An organization that does not exist is still unknown once Redis is rebuilt.
+    await app.redis.set(EPOCH_KEY, "test")
+    nobody = await admin.post("/v1/check", json=check | {"org_id": "nobody"})
+    assert nobody.status_code == 200 and nobody.json()["reason"] == "unknown_org"
+
+    # Quarantined: its own code, for the check and the reservation.
+    await quarantine.mark(app.redis, org, "engine_input")
+    for path, body in (("/v1/check", check), ("/v1/reserve", reserve)):
+        r = await admin.post(path, json=body)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "org_quarantined", r.text
