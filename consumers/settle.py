@@ -38,6 +38,7 @@ from consumers.dlq import DeadLetter, send_dead_letters
 from consumers.stages import (
     Decoded,
     Decoder,
+    Identity,
     Record,
     Settled,
     decode_batch,
@@ -186,7 +187,7 @@ class SettleConsumer:
         """Per assigned partition: the offset the next batch starts from."""
         self._seq = 0
         self._committed_seq = 0
-        self._inflight_keys: dict[int, set[str]] = {}
+        self._inflight_keys: dict[int, set[Identity]] = {}
         self._write_task: asyncio.Task[None] | None = None
         self._confirm_task: asyncio.Task[None] | None = None
         self._unconfirmed: dict[str, list[str]] = {}
@@ -256,7 +257,7 @@ class SettleConsumer:
             await self._finish_write(None)
             if batch.generation != self._generation or self._resync:
                 continue  # a rebalance happened meanwhile; resync re-reads from PostgreSQL
-            self._inflight_keys[batch.seq] = {item[0] for item in batch.store}
+            self._inflight_keys[batch.seq] = {(item[1], item[0]) for item in batch.store}
             self._write_task = asyncio.create_task(self._write(batch))
 
     async def _guard(self) -> None:
@@ -406,10 +407,10 @@ class SettleConsumer:
 
     async def _settle(
         self, by_org: dict[str, list[UsageEvent]], at_ms: int
-    ) -> tuple[dict[str, Settled], dict[str, str]]:
+    ) -> tuple[dict[str, Settled], dict[Identity, str]]:
         """One engine call per organization. Returns what settled per org, and the events the
-        engine refused as input (`EngineInputError`), key -> why."""
-        refused: dict[str, str] = {}
+        engine refused as input (`EngineInputError`), (organization, key) -> why."""
+        refused: dict[Identity, str] = {}
         limit = asyncio.Semaphore(self.options.org_concurrency)
 
         async def one(org_id: str) -> Settled:
@@ -421,7 +422,7 @@ class SettleConsumer:
         return dict(zip(orgs, settled, strict=True)), refused
 
     async def _settle_org(
-        self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[str, str]
+        self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[Identity, str]
     ) -> Settled:
         try:
             return events, await self._retry(
@@ -436,7 +437,7 @@ class SettleConsumer:
             try:
                 validate_events(org_id, [ev], at_ms)
             except EngineInputError as exc:
-                refused.setdefault(ev.key, str(exc))
+                refused.setdefault((org_id, ev.key), str(exc))
             else:
                 kept.append(ev)
         if not kept:
@@ -445,7 +446,7 @@ class SettleConsumer:
             return kept, await self._retry("settle_batch", self._engine_settle, org_id, kept, at_ms)
         except EngineInputError as exc:
             for ev in kept:
-                refused.setdefault(ev.key, str(exc))
+                refused.setdefault((org_id, ev.key), str(exc))
             return [], ("", [])
 
     async def _engine_settle(
