@@ -369,7 +369,10 @@ class SettleConsumer:
         metrics.batch_settled(len(records), t_engine, (d.reason for d in dead))
         t0 = time.perf_counter()
         if dead:
-            await self._retry("dead_letter", send_dead_letters, self.producer, self.dlq_topic, dead)
+            truncated = await self._retry(
+                "dead_letter", send_dead_letters, self.producer, self.dlq_topic, dead
+            )
+            metrics.dead_letters_truncated(truncated)
         t_dlq = time.perf_counter() - t0
 
         self._seq += 1

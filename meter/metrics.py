@@ -174,6 +174,11 @@ DEAD_LETTERED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+DEAD_LETTERS_TRUNCATED = Counter(
+    "meter_dead_letters_truncated_total",
+    "Dead letters sent truncated because the producer refused the record as it is (too large)",
+    registry=REGISTRY,
+)
 BATCH_SIZE = Histogram(
     "meter_consumer_batch_records",
     "Records per consumer batch",
@@ -237,6 +242,12 @@ def batch_settled(records: int, engine_s: float, dead_reasons: Iterable[str]) ->
     ENGINE_SECONDS.observe(engine_s)
     for reason in dead_reasons:
         DEAD_LETTERED.labels(reason).inc()
+
+
+def dead_letters_truncated(n: int) -> None:
+    """`n` dead letters of a batch were sent truncated."""
+    if n:
+        DEAD_LETTERS_TRUNCATED.inc(n)
 
 
 def batch_written(settled: int, store_s: float) -> None:
