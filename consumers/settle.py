@@ -34,6 +34,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from consumers import offsets
 from consumers.dlq import DeadLetter, send_dead_letters
 from consumers.stages import (
     Decoded,
@@ -51,6 +52,7 @@ from meter import alerts, metrics
 from meter.engine.model import validate_events
 from meter.engine.redis import EncodedResults, RedisEngine, settle_encoded
 from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, UsageEvent
+from meter.health import HEALTH
 from meter.rebuild import Recovery
 from meter.settings import Settings
 from meter.store import Encoded, OffsetAdvance, OffsetConflict, SettlementStore
@@ -63,6 +65,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("consumers.settle")
 
 T = TypeVar("T")
+
+HEALTH_COMPONENT = "consumer"
+"""The settlement consumer's name in `meter.health.HEALTH`."""
 
 
 TRANSIENT: tuple[type[BaseException], ...] = (
@@ -150,7 +155,9 @@ class SettleConsumer:
         client_id: str = "meter-consume",
         recovery: Recovery | None = None,
         trusted: bool = False,
+        offset_reset: offsets.Policy = "earliest",
     ) -> None:
+        self.bootstrap = bootstrap
         self.topic = topic
         self.dlq_topic = dlq_topic
         self.group_id = group_id
@@ -159,6 +166,8 @@ class SettleConsumer:
         self.decoder = decoder
         self.options = options or ConsumerOptions()
         self.trusted = trusted
+        self.offset_reset: offsets.Policy = offset_reset
+        """What to do with a stored offset outside its partition's log (`consumers.offsets`)."""
         """The decoder already validated every event as the engine would (`settle_batch`
         `trusted=True`): ids, instants, and credits within the engine's range."""
         self.recovery = recovery
@@ -308,6 +317,9 @@ class SettleConsumer:
         )
         if generation != self._generation or self._resync:
             return  # another rebalance; the next resync will do it again
+        if not await self._apply_offset_policy(assigned, begin, stored):
+            self._resync = True
+            return
         self._expected = {}
         for tp in assigned:
             offset = stored[tp.partition]
@@ -315,6 +327,49 @@ class SettleConsumer:
             self._expected[tp.partition] = offset
         self.consumer.resume(*assigned)
         log.info("offsets_restored", offsets={str(p): o for p, o in self._expected.items()})
+
+    async def _apply_offset_policy(
+        self, assigned: list[TopicPartition], begin: dict[int, int], stored: dict[int, int]
+    ) -> bool:
+        """Move stored offsets outside their partition's log by `offset_reset` (see
+        `consumers.offsets`), updating `stored`. False when another writer moved them first."""
+        ends_tp = await self._retry("end_offsets", self.consumer.end_offsets, assigned)
+        ends = {tp.partition: int(offset) for tp, offset in ends_tp.items()}
+        suspects = offsets.suspects(stored, ends)
+        beyond: set[int] = set()
+        if suspects:
+            beyond = await self._retry(
+                "probe_offsets", offsets.missing_before, self.bootstrap, self.topic, suspects
+            )
+        moves = offsets.resets(stored, begin, ends, beyond, self.offset_reset)
+        if not moves:
+            return True
+        for move in moves:
+            log.warning(
+                "offsets_out_of_range",
+                topic=self.topic,
+                partition=move.partition,
+                stored=move.stored,
+                beginning=move.beginning,
+                end=move.end,
+                where=move.where,
+                policy=self.offset_reset,
+                reset_to=None if self.offset_reset == "fail" else move.reset_to,
+            )
+            metrics.offset_reset(self.topic, move.where, self.offset_reset)
+        if self.offset_reset == "fail":
+            error = offsets.OffsetsOutOfRange(moves)
+            HEALTH.fail(HEALTH_COMPONENT, f"{error.code}: {error}")
+            raise error
+        advances = [OffsetAdvance(m.partition, m.stored, m.reset_to) for m in moves]
+        try:
+            await self._retry(
+                "reset_offsets", self.store.move_offsets, self.group_id, self.topic, advances
+            )
+        except OffsetConflict:
+            return False
+        stored.update({m.partition: m.reset_to for m in moves})
+        return True
 
     # -- stages ---------------------------------------------------------------------------------
 
@@ -328,6 +383,17 @@ class SettleConsumer:
             expected = self._expected.get(tp.partition)
             if expected is None:
                 continue
+            if recs and recs[-1].offset < expected:
+                # The client moved back below what it was asked to read: the broker said the
+                # offset is out of range (a recreated topic). Check it against the log again.
+                log.warning(
+                    "position_reset",
+                    partition=tp.partition,
+                    expected=expected,
+                    received=recs[-1].offset,
+                )
+                self._resync = True
+                return None
             if recs and recs[0].offset < expected:
                 recs = [r for r in recs if r.offset >= expected]
             if not recs:
@@ -641,6 +707,7 @@ def build_consumer(
         # decode_event checks ids and instants as the engine does, and credits up to
         # `max_event_credits`: the engine may skip its own checks when that is within its range.
         trusted=settings.max_event_credits <= MAX_AMOUNT,
+        offset_reset=settings.offset_reset,
     )
 
 

@@ -179,6 +179,12 @@ DEAD_LETTERS_TRUNCATED = Counter(
     "Dead letters sent truncated because the producer refused the record as it is (too large)",
     registry=REGISTRY,
 )
+OFFSET_RESETS = Counter(
+    "meter_consumer_offset_resets_total",
+    "Stored offsets found outside their partition's log and handled by METER_OFFSET_RESET",
+    ["topic", "where", "policy"],
+    registry=REGISTRY,
+)
 BATCH_SIZE = Histogram(
     "meter_consumer_batch_records",
     "Records per consumer batch",
@@ -248,6 +254,11 @@ def dead_letters_truncated(n: int) -> None:
     """`n` dead letters of a batch were sent truncated."""
     if n:
         DEAD_LETTERS_TRUNCATED.inc(n)
+
+
+def offset_reset(topic: str, where: str, policy: str) -> None:
+    """A stored offset was `where` (`beyond_end`, `before_beginning`) of its partition's log."""
+    OFFSET_RESETS.labels(topic, where, policy).inc()
 
 
 def batch_written(settled: int, store_s: float) -> None:

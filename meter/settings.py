@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     alerts_topic: str = "meter.alerts.v1"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     consumer_group: str = "meter-settle"
+    offset_reset: Literal["earliest", "latest", "fail"] = "earliest"
+    """What `meter consume` does with a stored offset outside its partition's log (a recreated
+    topic, retention): start from the earliest offset, the latest, or stop (`consumers.offsets`)."""
 
     redis_url: str | None = None
     postgres_dsn: str | None = None

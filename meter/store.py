@@ -414,6 +414,15 @@ class SettlementStore:
             records = await conn.fetch(LOAD_OFFSETS, group_id, topic, partitions)
         return {int(r[0]): int(r[1]) for r in records}
 
+    async def move_offsets(
+        self, group_id: str, topic: str, offsets: Sequence[OffsetAdvance]
+    ) -> None:
+        """Move stored offsets outside the batch path (an offset outside its partition's log);
+        `OffsetConflict` when one moved since it was read."""
+        await self.open()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _advance(conn, group_id, topic, offsets)
+
     async def write_batch(
         self,
         group_id: str,
