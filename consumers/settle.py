@@ -156,6 +156,7 @@ class SettleConsumer:
         recovery: Recovery | None = None,
         trusted: bool = False,
         offset_reset: offsets.Policy = "earliest",
+        stall_after_s: float = 60.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -168,6 +169,11 @@ class SettleConsumer:
         self.trusted = trusted
         self.offset_reset: offsets.Policy = offset_reset
         """What to do with a stored offset outside its partition's log (`consumers.offsets`)."""
+        self.stall_after_s = stall_after_s
+        """With records waiting, how long without a batch written before readiness fails."""
+        self._progress_at = time.monotonic()
+        self._written: dict[int, int] = {}
+        """Per partition: the next offset after the last batch written to PostgreSQL."""
         """The decoder already validated every event as the engine would (`settle_batch`
         `trusted=True`): ids, instants, and credits within the engine's range."""
         self.recovery = recovery
@@ -219,15 +225,24 @@ class SettleConsumer:
         await self.store.open()
         await self.producer.start()
         await self.consumer.start()
+        self._progress_at = time.monotonic()
+        watchdog = asyncio.create_task(self._watch_progress())
+        failed = True
         try:
             await self._guard()
             self.consumer.subscribe([self.topic], listener=_Listener(self))
             log.info("consumer_started", topic=self.topic, group=self.group_id)
             await self._loop()
+            failed = False
         except Stopping:
-            pass
+            failed = False
         finally:
             self._stopping.set()
+            watchdog.cancel()
+            await asyncio.wait({watchdog})
+            if not failed:
+                HEALTH.ok(HEALTH_COMPONENT)
+                metrics.consumer_stalled(0.0)
             await self._finish_write(self.options.drain_timeout_s)
             await self._finish_confirm(self.options.drain_timeout_s)
             if self.recovery is not None:
@@ -268,6 +283,42 @@ class SettleConsumer:
                 continue  # a rebalance happened meanwhile; resync re-reads from PostgreSQL
             self._inflight_keys[batch.seq] = {(item[1], item[0]) for item in batch.store}
             self._write_task = asyncio.create_task(self._write(batch))
+
+    def lag(self) -> int:
+        """Records on the assigned partitions after what PostgreSQL holds (as of the last
+        fetch's high watermarks)."""
+        total = 0
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            written = self._written.get(tp.partition, self._expected.get(tp.partition))
+            if highwater is not None and written is not None:
+                total += max(0, highwater - written)
+        return total
+
+    def check_progress(self) -> float:
+        """Report in `HEALTH` (and `meter_consumer_stalled_seconds`) a consumer that wrote no
+        batch for `stall_after_s` while records wait. Returns the seconds stalled (0 if not)."""
+        now = time.monotonic()
+        lag = self.lag()
+        if lag == 0:
+            self._progress_at = now
+        stalled = now - self._progress_at if lag > 0 else 0.0
+        metrics.consumer_stalled(stalled)
+        if stalled >= self.stall_after_s:
+            HEALTH.fail(
+                HEALTH_COMPONENT,
+                f"no_progress: no batch written for {stalled:.0f} s with {lag} records waiting",
+            )
+            return stalled
+        HEALTH.ok(HEALTH_COMPONENT)
+        return 0.0
+
+    async def _watch_progress(self) -> None:
+        """`check_progress` once a second, beside the loop (which may be stuck retrying)."""
+        interval = min(1.0, self.stall_after_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            self.check_progress()
 
     async def _guard(self) -> None:
         """Before settling: make sure Redis holds PostgreSQL's state (rebuild it if it lost its
@@ -321,8 +372,10 @@ class SettleConsumer:
             self._resync = True
             return
         self._expected = {}
+        self._written = {}
         for tp in assigned:
             offset = stored[tp.partition]
+            self._written[tp.partition] = offset
             self.consumer.seek(tp, offset)
             self._expected[tp.partition] = offset
         self.consumer.resume(*assigned)
@@ -547,6 +600,9 @@ class SettleConsumer:
             log.warning("batch_abandoned", seq=batch.seq, records=batch.records)
             return
         self._committed_seq = batch.seq
+        self._progress_at = time.monotonic()
+        for advance in batch.offsets:
+            self._written[advance.partition] = advance.next_offset
         t_write = time.perf_counter() - t0
         self.settled += inserted
         metrics.batch_written(inserted, t_write)
@@ -708,6 +764,7 @@ def build_consumer(
         # `max_event_credits`: the engine may skip its own checks when that is within its range.
         trusted=settings.max_event_credits <= MAX_AMOUNT,
         offset_reset=settings.offset_reset,
+        stall_after_s=settings.consumer_stall_s,
     )
 
 
