@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
 from conftest import Running
 from pipeline_support import (
     Produced,
@@ -14,7 +19,9 @@ from pipeline_support import (
 )
 
 from meter.engine.redis import RedisEngine
+from meter.migrate import discover, migrate
 from meter.settings import Settings
+from meter.store import ms_to_datetime
 from schemas.events import encode_event
 
 
@@ -66,3 +73,38 @@ async def test_same_source_and_id_settles_once_per_organization(
     assert consumer.settled == 4
     assert await read_topic(bootstrap, pipe_settings.dlq_topic) == []
     await assert_consistent(world, engine, dsn, [*events, second])
+
+
+async def test_migration_keeps_existing_settlements(pg_dsn_clean: str, tmp_path: Path) -> None:
+    """0011 keeps the settlements written before it, and afterwards another organization may
+    settle the same key."""
+    for migration in discover():
+        if migration.version < "0011":
+            shutil.copy(migration.path, tmp_path / migration.path.name)
+    await migrate(pg_dsn_clean, tmp_path)
+    conn = await asyncpg.connect(pg_dsn_clean)
+    try:
+        t = ms_to_datetime(1_780_000_000_000)
+        insert = (
+            "INSERT INTO settlements (key, org_id, member_id, period_start, period_end,"
+            " event_time, credits, unfunded) VALUES ('//s e-1', $1, 'm', $2, $2, $2, 5, 0)"
+        )
+        line = (
+            "INSERT INTO settlement_lines (key, org_id, bucket_id, kind, amount)"
+            " VALUES ('//s e-1', $1, 'b', 'seat', 5)"
+        )
+        await conn.execute(insert, "org-a", t)
+        await conn.execute(line, "org-a")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(insert, "org-b", t)
+
+        assert await migrate(pg_dsn_clean) == ["0011"]
+        await conn.execute(insert, "org-b", t)
+        await conn.execute(line, "org-b")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(insert, "org-a", t)
+        rows = await conn.fetch("SELECT org_id, key FROM settlements ORDER BY org_id")
+        assert [tuple(r) for r in rows] == [("org-a", "//s e-1"), ("org-b", "//s e-1")]
+        assert await conn.fetchval("SELECT count(*) FROM settlement_lines") == 2
+    finally:
+        await conn.close()
