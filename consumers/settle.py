@@ -167,6 +167,8 @@ class SettleConsumer:
         self.decoder = decoder
         self.options = options or ConsumerOptions()
         self.trusted = trusted
+        """The decoder already validated every event as the engine would (`settle_batch`
+        `trusted=True`): ids, instants, and credits within the engine's range."""
         self.offset_reset: offsets.Policy = offset_reset
         """What to do with a stored offset outside its partition's log (`consumers.offsets`)."""
         self.stall_after_s = stall_after_s
@@ -174,8 +176,6 @@ class SettleConsumer:
         self._progress_at = time.monotonic()
         self._written: dict[int, int] = {}
         """Per partition: the next offset after the last batch written to PostgreSQL."""
-        """The decoder already validated every event as the engine would (`settle_batch`
-        `trusted=True`): ids, instants, and credits within the engine's range."""
         self.recovery = recovery
         """When set, settling waits for a Redis holding PostgreSQL's state (see `meter.rebuild`)."""
         self._guarded_at = 0.0
