@@ -7,9 +7,24 @@ A dead letter carries the record's original key, value and headers, plus these h
 - `meter-source-topic`, `meter-source-partition`, `meter-source-offset`: where it was read;
 - `meter-dead-at`: epoch ms when it was dead-lettered.
 
+A record the producer refuses as it is (larger than a request may be, headers it cannot encode:
+anything it rejects for the record itself rather than for the connection) is dead-lettered
+truncated instead, so that one record never stalls its partition: the first `PREFIX_BYTES` of
+its value, the first `KEY_PREFIX_BYTES` of its key, none of its own headers, the reason
+`too_large` (or `unsendable`), and these headers besides the ones above:
+
+- `meter-truncated`: `1`;
+- `meter-original-reason`: the reason it was dead-lettered for (`event_too_large`, ...);
+- `meter-original-size`, `meter-original-key-size`, `meter-original-headers-size`: bytes of
+  its value, key and headers (names and values).
+
+Only transient failures (connection, timeout, leader not available ...) are raised, and the
+consumer retries them.
+
 `replay` re-produces dead letters to the usage topic (all, or those with given reasons), e.g.
 after the admin created a missing member. Replaying is safe to repeat: settling is idempotent by
-event key, and what still cannot settle comes back to the dead-letter topic.
+event key, and what still cannot settle comes back to the dead-letter topic. Truncated letters
+cannot be replayed: `replay` skips and counts them.
 """
 
 from __future__ import annotations
@@ -24,6 +39,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import (
+    CorruptRecordException,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
 from meter.settings import Settings
 
@@ -40,8 +61,47 @@ SOURCE_OFFSET = "meter-source-offset"
 DEAD_AT = "meter-dead-at"
 REPLAYED_FROM = "meter-replayed-from"
 """Set on a replayed record: `<dlq topic>/<partition>/<offset>` it was copied from."""
+TRUNCATED = "meter-truncated"
+ORIGINAL_REASON = "meter-original-reason"
+ORIGINAL_SIZE = "meter-original-size"
+ORIGINAL_KEY_SIZE = "meter-original-key-size"
+ORIGINAL_HEADERS_SIZE = "meter-original-headers-size"
 
-_OWN_HEADERS = frozenset({REASON, MESSAGE, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, DEAD_AT})
+_OWN_HEADERS = frozenset(
+    {
+        REASON,
+        MESSAGE,
+        SOURCE_TOPIC,
+        SOURCE_PARTITION,
+        SOURCE_OFFSET,
+        DEAD_AT,
+        TRUNCATED,
+        ORIGINAL_REASON,
+        ORIGINAL_SIZE,
+        ORIGINAL_KEY_SIZE,
+        ORIGINAL_HEADERS_SIZE,
+    }
+)
+
+PREFIX_BYTES = 16 * 1024
+"""How much of a refused record's value its truncated dead letter keeps."""
+KEY_PREFIX_BYTES = 256
+"""How much of a refused record's key its truncated dead letter keeps."""
+
+TOO_LARGE = "too_large"
+"""Reason of a truncated letter whose record was too large to dead-letter as it is."""
+UNSENDABLE = "unsendable"
+"""Reason of a truncated letter whose record the producer refused for another reason."""
+
+_TOO_LARGE_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+REFUSED_RECORD: tuple[type[BaseException], ...] = (
+    *_TOO_LARGE_ERRORS,
+    CorruptRecordException,
+    ValueError,
+    TypeError,
+)
+"""What the producer raises for the record itself (never for the connection): sending it again
+cannot help."""
 
 Headers = list[tuple[str, bytes]]
 
@@ -71,21 +131,75 @@ class DeadLetter:
             (DEAD_AT, str(now_ms).encode()),
         ]
 
+    def truncated(self, now_ms: int, error: BaseException) -> tuple[bytes | None, bytes, Headers]:
+        """Key, value and headers of this letter cut down to a size any producer accepts, for a
+        record the producer refused as it is (`error`)."""
+        reason = TOO_LARGE if isinstance(error, _TOO_LARGE_ERRORS) else UNSENDABLE
+        value = self.value or b""
+        headers_size = sum(len(k.encode(errors="replace")) + len(v) for k, v in self.headers)
+        message = f"{self.message}; dead-lettered truncated: {error}"
+        return (
+            None if self.key is None else self.key[:KEY_PREFIX_BYTES],
+            value[:PREFIX_BYTES],
+            [
+                (REASON, reason.encode()),
+                (MESSAGE, message.encode(errors="replace")[:1024]),
+                (SOURCE_TOPIC, self.topic.encode(errors="replace")[:256]),
+                (SOURCE_PARTITION, str(self.partition).encode()),
+                (SOURCE_OFFSET, str(self.offset).encode()),
+                (DEAD_AT, str(now_ms).encode()),
+                (TRUNCATED, b"1"),
+                (ORIGINAL_REASON, self.reason.encode(errors="replace")[:256]),
+                (ORIGINAL_SIZE, str(len(value)).encode()),
+                (ORIGINAL_KEY_SIZE, str(len(self.key or b"")).encode()),
+                (ORIGINAL_HEADERS_SIZE, str(headers_size).encode()),
+            ],
+        )
+
 
 async def send_dead_letters(
     producer: AIOKafkaProducer, topic: str, letters: Sequence[DeadLetter]
-) -> None:
-    """Produce `letters` to `topic` and wait until the broker has every one of them."""
+) -> int:
+    """Produce `letters` to `topic` and wait until the broker has every one of them. A letter
+    the producer refuses as it is (`REFUSED_RECORD`) is sent truncated (`DeadLetter.truncated`).
+    Returns how many were truncated; raises only what is worth retrying (the whole call)."""
     if not letters:
-        return
+        return 0
     now_ms = time.time_ns() // 1_000_000
-    futures = [
-        await producer.send(
-            topic, value=letter.value, key=letter.key, headers=letter.dlq_headers(now_ms)
+    pending: list[tuple[DeadLetter, asyncio.Future[object]]] = []
+    refused: list[tuple[DeadLetter, BaseException]] = []
+    for letter in letters:
+        try:
+            future = await producer.send(
+                topic, value=letter.value, key=letter.key, headers=letter.dlq_headers(now_ms)
+            )
+        except REFUSED_RECORD as exc:
+            refused.append((letter, exc))
+        else:
+            pending.append((letter, future))
+    outcomes = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+    for (letter, _), outcome in zip(pending, outcomes, strict=True):
+        if isinstance(outcome, REFUSED_RECORD):
+            refused.append((letter, outcome))
+        elif isinstance(outcome, BaseException):
+            raise outcome
+    if not refused:
+        return 0
+    futures = []
+    for letter, error in refused:
+        key, value, headers = letter.truncated(now_ms, error)
+        log.warning(
+            "dead_letter_truncated",
+            reason=letter.reason,
+            topic=letter.topic,
+            partition=letter.partition,
+            offset=letter.offset,
+            size=len(letter.value or b""),
+            error=type(error).__name__,
         )
-        for letter in letters
-    ]
+        futures.append(await producer.send(topic, value=value, key=key, headers=headers))
     await asyncio.gather(*futures)
+    return len(refused)
 
 
 def header(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
@@ -101,6 +215,8 @@ def header(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
 class ReplayReport:
     scanned: int = 0
     replayed: int = 0
+    truncated: int = 0
+    """Truncated letters skipped: they no longer hold the record, so cannot settle."""
     by_reason: Counter[str] = field(default_factory=Counter)
 
 
@@ -160,6 +276,9 @@ async def replay(
             reason = header(record.headers, REASON) or "unknown"
             if reasons is not None and reason not in reasons:
                 continue
+            if header(record.headers, TRUNCATED) is not None:
+                report.truncated += 1
+                continue
             headers = [(k, v) for k, v in record.headers if k not in _OWN_HEADERS]
             origin = f"{dlq_topic}/{record.partition}/{record.offset}".encode()
             headers.append((REPLAYED_FROM, origin))
@@ -179,6 +298,7 @@ async def replay(
         usage_topic=usage_topic,
         scanned=report.scanned,
         replayed=report.replayed,
+        truncated=report.truncated,
         by_reason=dict(report.by_reason),
     )
     return report
@@ -210,6 +330,7 @@ def configure_dlq(parser: argparse.ArgumentParser) -> Handler:
             )
         print(
             f"scanned {report.scanned}, replayed {report.replayed}"
+            + (f", skipped {report.truncated} truncated" if report.truncated else "")
             + "".join(f", {reason}: {n}" for reason, n in sorted(report.by_reason.items())),
             flush=True,
         )

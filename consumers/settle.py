@@ -34,10 +34,12 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from consumers import offsets
 from consumers.dlq import DeadLetter, send_dead_letters
 from consumers.stages import (
     Decoded,
     Decoder,
+    Identity,
     Record,
     Settled,
     decode_batch,
@@ -50,6 +52,7 @@ from meter import alerts, metrics
 from meter.engine.model import validate_events
 from meter.engine.redis import EncodedResults, RedisEngine, settle_encoded
 from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, UsageEvent
+from meter.health import HEALTH
 from meter.quarantine import ORG_QUARANTINED
 from meter.rebuild import Recovery, quarantine_org
 from meter.settings import Settings
@@ -63,6 +66,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("consumers.settle")
 
 T = TypeVar("T")
+
+HEALTH_COMPONENT = "consumer"
+"""The settlement consumer's name in `meter.health.HEALTH`."""
 
 
 TRANSIENT: tuple[type[BaseException], ...] = (
@@ -150,7 +156,10 @@ class SettleConsumer:
         client_id: str = "meter-consume",
         recovery: Recovery | None = None,
         trusted: bool = False,
+        offset_reset: offsets.Policy = "earliest",
+        stall_after_s: float = 60.0,
     ) -> None:
+        self.bootstrap = bootstrap
         self.topic = topic
         self.dlq_topic = dlq_topic
         self.group_id = group_id
@@ -161,6 +170,13 @@ class SettleConsumer:
         self.trusted = trusted
         """The decoder already validated every event as the engine would (`settle_batch`
         `trusted=True`): ids, instants, and credits within the engine's range."""
+        self.offset_reset: offsets.Policy = offset_reset
+        """What to do with a stored offset outside its partition's log (`consumers.offsets`)."""
+        self.stall_after_s = stall_after_s
+        """With records waiting, how long without a batch written before readiness fails."""
+        self._progress_at = time.monotonic()
+        self._written: dict[int, int] = {}
+        """Per partition: the next offset after the last batch written to PostgreSQL."""
         self.recovery = recovery
         """When set, settling waits for a Redis holding PostgreSQL's state (see `meter.rebuild`)."""
         self._guarded_at = 0.0
@@ -187,7 +203,7 @@ class SettleConsumer:
         """Per assigned partition: the offset the next batch starts from."""
         self._seq = 0
         self._committed_seq = 0
-        self._inflight_keys: dict[int, set[str]] = {}
+        self._inflight_keys: dict[int, set[Identity]] = {}
         self._write_task: asyncio.Task[None] | None = None
         self._confirm_task: asyncio.Task[None] | None = None
         self._unconfirmed: dict[str, list[str]] = {}
@@ -210,15 +226,24 @@ class SettleConsumer:
         await self.store.open()
         await self.producer.start()
         await self.consumer.start()
+        self._progress_at = time.monotonic()
+        watchdog = asyncio.create_task(self._watch_progress())
+        failed = True
         try:
             await self._guard()
             self.consumer.subscribe([self.topic], listener=_Listener(self))
             log.info("consumer_started", topic=self.topic, group=self.group_id)
             await self._loop()
+            failed = False
         except Stopping:
-            pass
+            failed = False
         finally:
             self._stopping.set()
+            watchdog.cancel()
+            await asyncio.wait({watchdog})
+            if not failed:
+                HEALTH.ok(HEALTH_COMPONENT)
+                metrics.consumer_stalled(0.0)
             await self._finish_write(self.options.drain_timeout_s)
             await self._finish_confirm(self.options.drain_timeout_s)
             if self.recovery is not None:
@@ -257,8 +282,44 @@ class SettleConsumer:
             await self._finish_write(None)
             if batch.generation != self._generation or self._resync:
                 continue  # a rebalance happened meanwhile; resync re-reads from PostgreSQL
-            self._inflight_keys[batch.seq] = {item[0] for item in batch.store}
+            self._inflight_keys[batch.seq] = {(item[1], item[0]) for item in batch.store}
             self._write_task = asyncio.create_task(self._write(batch))
+
+    def lag(self) -> int:
+        """Records on the assigned partitions after what PostgreSQL holds (as of the last
+        fetch's high watermarks)."""
+        total = 0
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            written = self._written.get(tp.partition, self._expected.get(tp.partition))
+            if highwater is not None and written is not None:
+                total += max(0, highwater - written)
+        return total
+
+    def check_progress(self) -> float:
+        """Report in `HEALTH` (and `meter_consumer_stalled_seconds`) a consumer that wrote no
+        batch for `stall_after_s` while records wait. Returns the seconds stalled (0 if not)."""
+        now = time.monotonic()
+        lag = self.lag()
+        if lag == 0:
+            self._progress_at = now
+        stalled = now - self._progress_at if lag > 0 else 0.0
+        metrics.consumer_stalled(stalled)
+        if stalled >= self.stall_after_s:
+            HEALTH.fail(
+                HEALTH_COMPONENT,
+                f"no_progress: no batch written for {stalled:.0f} s with {lag} records waiting",
+            )
+            return stalled
+        HEALTH.ok(HEALTH_COMPONENT)
+        return 0.0
+
+    async def _watch_progress(self) -> None:
+        """`check_progress` once a second, beside the loop (which may be stuck retrying)."""
+        interval = min(1.0, self.stall_after_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            self.check_progress()
 
     async def _guard(self) -> None:
         """Before settling: make sure Redis holds PostgreSQL's state (rebuild it if it lost its
@@ -308,13 +369,61 @@ class SettleConsumer:
         )
         if generation != self._generation or self._resync:
             return  # another rebalance; the next resync will do it again
+        if not await self._apply_offset_policy(assigned, begin, stored):
+            self._resync = True
+            return
         self._expected = {}
+        self._written = {}
         for tp in assigned:
             offset = stored[tp.partition]
+            self._written[tp.partition] = offset
             self.consumer.seek(tp, offset)
             self._expected[tp.partition] = offset
         self.consumer.resume(*assigned)
         log.info("offsets_restored", offsets={str(p): o for p, o in self._expected.items()})
+
+    async def _apply_offset_policy(
+        self, assigned: list[TopicPartition], begin: dict[int, int], stored: dict[int, int]
+    ) -> bool:
+        """Move stored offsets outside their partition's log by `offset_reset` (see
+        `consumers.offsets`), updating `stored`. False when another writer moved them first."""
+        ends_tp = await self._retry("end_offsets", self.consumer.end_offsets, assigned)
+        ends = {tp.partition: int(offset) for tp, offset in ends_tp.items()}
+        suspects = offsets.suspects(stored, ends)
+        beyond: set[int] = set()
+        if suspects:
+            beyond = await self._retry(
+                "probe_offsets", offsets.missing_before, self.bootstrap, self.topic, suspects
+            )
+        moves = offsets.resets(stored, begin, ends, beyond, self.offset_reset)
+        if not moves:
+            return True
+        for move in moves:
+            log.warning(
+                "offsets_out_of_range",
+                topic=self.topic,
+                partition=move.partition,
+                stored=move.stored,
+                beginning=move.beginning,
+                end=move.end,
+                where=move.where,
+                policy=self.offset_reset,
+                reset_to=None if self.offset_reset == "fail" else move.reset_to,
+            )
+            metrics.offset_reset(self.topic, move.where, self.offset_reset)
+        if self.offset_reset == "fail":
+            error = offsets.OffsetsOutOfRange(moves)
+            HEALTH.fail(HEALTH_COMPONENT, f"{error.code}: {error}")
+            raise error
+        advances = [OffsetAdvance(m.partition, m.stored, m.reset_to) for m in moves]
+        try:
+            await self._retry(
+                "reset_offsets", self.store.move_offsets, self.group_id, self.topic, advances
+            )
+        except OffsetConflict:
+            return False
+        stored.update({m.partition: m.reset_to for m in moves})
+        return True
 
     # -- stages ---------------------------------------------------------------------------------
 
@@ -328,6 +437,17 @@ class SettleConsumer:
             expected = self._expected.get(tp.partition)
             if expected is None:
                 continue
+            if recs and recs[-1].offset < expected:
+                # The client moved back below what it was asked to read: the broker said the
+                # offset is out of range (a recreated topic). Check it against the log again.
+                log.warning(
+                    "position_reset",
+                    partition=tp.partition,
+                    expected=expected,
+                    received=recs[-1].offset,
+                )
+                self._resync = True
+                return None
             if recs and recs[0].offset < expected:
                 recs = [r for r in recs if r.offset >= expected]
             if not recs:
@@ -369,7 +489,10 @@ class SettleConsumer:
         metrics.batch_settled(len(records), t_engine, (d.reason for d in dead))
         t0 = time.perf_counter()
         if dead:
-            await self._retry("dead_letter", send_dead_letters, self.producer, self.dlq_topic, dead)
+            truncated = await self._retry(
+                "dead_letter", send_dead_letters, self.producer, self.dlq_topic, dead
+            )
+            metrics.dead_letters_truncated(truncated)
         t_dlq = time.perf_counter() - t0
 
         self._seq += 1
@@ -407,10 +530,10 @@ class SettleConsumer:
 
     async def _settle(
         self, by_org: dict[str, list[UsageEvent]], at_ms: int
-    ) -> tuple[dict[str, Settled], dict[str, str]]:
+    ) -> tuple[dict[str, Settled], dict[Identity, str]]:
         """One engine call per organization. Returns what settled per org, and the events the
-        engine refused as input (`EngineInputError`), key -> why."""
-        refused: dict[str, str] = {}
+        engine refused as input (`EngineInputError`), (organization, key) -> why."""
+        refused: dict[Identity, str] = {}
         limit = asyncio.Semaphore(self.options.org_concurrency)
 
         async def one(org_id: str) -> Settled:
@@ -422,7 +545,7 @@ class SettleConsumer:
         return dict(zip(orgs, settled, strict=True)), refused
 
     async def _settle_org(
-        self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[str, str]
+        self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[Identity, str]
     ) -> Settled:
         try:
             return await self._settle_valid(org_id, events, at_ms, refused)
@@ -444,7 +567,11 @@ class SettleConsumer:
             return events, ("x" * len(events), [ORG_QUARANTINED] * len(events))
 
     async def _settle_valid(
-        self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[str, str]
+        self,
+        org_id: str,
+        events: list[UsageEvent],
+        at_ms: int,
+        refused: dict[Identity, str],
     ) -> Settled:
         try:
             return events, await self._retry(
@@ -459,7 +586,7 @@ class SettleConsumer:
             try:
                 validate_events(org_id, [ev], at_ms)
             except EngineInputError as exc:
-                refused.setdefault(ev.key, str(exc))
+                refused.setdefault((org_id, ev.key), str(exc))
             else:
                 kept.append(ev)
         if not kept:
@@ -468,7 +595,7 @@ class SettleConsumer:
             return kept, await self._retry("settle_batch", self._engine_settle, org_id, kept, at_ms)
         except EngineInputError as exc:
             for ev in kept:
-                refused.setdefault(ev.key, str(exc))
+                refused.setdefault((org_id, ev.key), str(exc))
             return [], ("", [])
 
     async def _engine_settle(
@@ -500,6 +627,9 @@ class SettleConsumer:
             log.warning("batch_abandoned", seq=batch.seq, records=batch.records)
             return
         self._committed_seq = batch.seq
+        self._progress_at = time.monotonic()
+        for advance in batch.offsets:
+            self._written[advance.partition] = advance.next_offset
         t_write = time.perf_counter() - t0
         self.settled += inserted
         metrics.batch_written(inserted, t_write)
@@ -660,6 +790,8 @@ def build_consumer(
         # decode_event checks ids and instants as the engine does, and credits up to
         # `max_event_credits`: the engine may skip its own checks when that is within its range.
         trusted=settings.max_event_credits <= MAX_AMOUNT,
+        offset_reset=settings.offset_reset,
+        stall_after_s=settings.consumer_stall_s,
     )
 
 

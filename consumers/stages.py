@@ -46,6 +46,10 @@ class Record(Protocol):
 
 EMPTY_VALUE = EventError("invalid_json", "record has no value")
 
+Identity = tuple[str, str]
+"""What settles once: (organization, event key). The same source + id in two organizations is
+two events."""
+
 
 def dead_letter(record: Record, code: str, message: str) -> DeadLetter:
     return DeadLetter(
@@ -66,10 +70,10 @@ class Decoded:
     of each event, and the records that are dead already."""
 
     by_org: dict[str, list[UsageEvent]] = field(default_factory=dict)
-    records: dict[str, Record] = field(default_factory=dict)
-    """Record of each event key (the first occurrence in the batch)."""
-    attributes: dict[str, str | None] = field(default_factory=dict)
-    """Free attributes of each event key, as JSON text."""
+    records: dict[Identity, Record] = field(default_factory=dict)
+    """Record of each event (organization, key): the first occurrence in the batch."""
+    attributes: dict[Identity, str | None] = field(default_factory=dict)
+    """Free attributes of each event (organization, key), as JSON text."""
     dead: list[DeadLetter] = field(default_factory=list)
     events: int = 0
 
@@ -89,9 +93,10 @@ def decode_batch(records: Iterable[Record], decoder: Decoder, now_ms: int) -> De
             if events is None:
                 events = by_org[event.org_id] = []
             events.append(event)
-            if event.key not in keyed:
-                keyed[event.key] = record
-                attributes[event.key] = (
+            identity = (event.org_id, event.key)
+            if identity not in keyed:
+                keyed[identity] = record
+                attributes[identity] = (
                     orjson.dumps(result.attributes).decode() if result.attributes else None
                 )
         else:
@@ -99,14 +104,15 @@ def decode_batch(records: Iterable[Record], decoder: Decoder, now_ms: int) -> De
     return out
 
 
-def drop_keys(decoded: Decoded, keys: set[str]) -> int:
-    """Remove events whose key is in `keys` (already settled); returns how many."""
+def drop_keys(decoded: Decoded, keys: set[Identity]) -> int:
+    """Remove events whose (organization, key) is in `keys` (already settled); returns how
+    many."""
     if not keys:
         return 0
     dropped = 0
     for org_id in list(decoded.by_org):
         events = decoded.by_org[org_id]
-        kept = [e for e in events if e.key not in keys]
+        kept = [e for e in events if (org_id, e.key) not in keys]
         dropped += len(events) - len(kept)
         if kept:
             decoded.by_org[org_id] = kept
@@ -139,28 +145,29 @@ class Sorted:
 
 def sort_results(
     results: Mapping[str, Settled],
-    records: Mapping[str, Record],
-    attributes: Mapping[str, str | None],
+    records: Mapping[Identity, Record],
+    attributes: Mapping[Identity, str | None],
 ) -> Sorted:
-    """Settlements to store (one per key) and dead letters for those that did not settle."""
+    """Settlements to store (one per organization and key) and dead letters for those that did
+    not settle."""
     out = Sorted()
     store = out.store
-    seen: set[str] = set()
     for org_id, (events, (status, bodies)) in results.items():
         keys: list[str] = []
+        seen: set[str] = set()
         for ev, tag, body in zip(events, status, bodies, strict=True):
             key = ev.key
             if key in seen:
                 continue
             seen.add(key)
+            identity = (org_id, key)
             if tag == "x":
-                out.dead.append(
-                    dead_letter(records[key], body, _reason_message(body, org_id, ev.member_id))
-                )
+                why = _reason_message(body, org_id, ev.member_id)
+                out.dead.append(dead_letter(records[identity], body, why))
                 continue
             if tag == "d":
                 out.replayed += 1
-            store.append((key, org_id, body, attributes.get(key)))
+            store.append((key, org_id, body, attributes.get(identity)))
             keys.append(key)
         if keys:
             out.keys_by_org[org_id] = keys
@@ -171,9 +178,11 @@ ENGINE_INPUT = "engine_input"
 """Dead-letter reason of an event the engine refused as input (`EngineInputError`)."""
 
 
-def refused_letters(refused: Mapping[str, str], records: Mapping[str, Record]) -> list[DeadLetter]:
-    """Dead letters for the events the engine refused (key -> why), one per key."""
-    return [dead_letter(records[key], ENGINE_INPUT, why) for key, why in refused.items()]
+def refused_letters(
+    refused: Mapping[Identity, str], records: Mapping[Identity, Record]
+) -> list[DeadLetter]:
+    """Dead letters for the events the engine refused ((organization, key) -> why), one each."""
+    return [dead_letter(records[identity], ENGINE_INPUT, why) for identity, why in refused.items()]
 
 
 def _reason_message(reason: str, org_id: str, member_id: str) -> str:

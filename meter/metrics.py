@@ -5,7 +5,9 @@ organization, member or any other unbounded value: labels are route templates, e
 codes, topics and partitions.
 
 The API serves `REGISTRY` at `GET /metrics`; `meter consume` serves it on its own small HTTP
-server when `METER_METRICS_PORT` is set (`metrics_server`). Under `meter run` both live in one
+server when `METER_METRICS_PORT` is set (`metrics_server`), with `GET /livez` (the process
+answers) and `GET /readyz` (503 while `meter.health.HEALTH` reports a problem, such as a consumer
+that makes no progress). Under `meter run` both live in one
 process and share the registry.
 
 Hot paths only increment counters and observe histograms through children prepared in advance
@@ -20,6 +22,7 @@ import socket
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
 import structlog
 import uvicorn
 from prometheus_client import (
@@ -36,6 +39,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from meter.engine.redis import org_key
 from meter.engine.types import CheckResult, Reason
+from meter.health import HEALTH
 
 if TYPE_CHECKING:
     import asyncpg  # type: ignore[import-untyped]
@@ -174,6 +178,22 @@ DEAD_LETTERED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+DEAD_LETTERS_TRUNCATED = Counter(
+    "meter_dead_letters_truncated_total",
+    "Dead letters sent truncated because the producer refused the record as it is (too large)",
+    registry=REGISTRY,
+)
+STALLED = Gauge(
+    "meter_consumer_stalled_seconds",
+    "Seconds since the consumer last wrote a batch while records wait (0 when none wait)",
+    registry=REGISTRY,
+)
+OFFSET_RESETS = Counter(
+    "meter_consumer_offset_resets_total",
+    "Stored offsets found outside their partition's log and handled by METER_OFFSET_RESET",
+    ["topic", "where", "policy"],
+    registry=REGISTRY,
+)
 BATCH_SIZE = Histogram(
     "meter_consumer_batch_records",
     "Records per consumer batch",
@@ -239,6 +259,22 @@ def batch_settled(records: int, engine_s: float, dead_reasons: Iterable[str]) ->
         DEAD_LETTERED.labels(reason).inc()
 
 
+def dead_letters_truncated(n: int) -> None:
+    """`n` dead letters of a batch were sent truncated."""
+    if n:
+        DEAD_LETTERS_TRUNCATED.inc(n)
+
+
+def consumer_stalled(seconds: float) -> None:
+    """The consumer has written nothing for `seconds` while records wait (0: progressing)."""
+    STALLED.set(seconds)
+
+
+def offset_reset(topic: str, where: str, policy: str) -> None:
+    """A stored offset was `where` (`beyond_end`, `before_beginning`) of its partition's log."""
+    OFFSET_RESETS.labels(topic, where, policy).inc()
+
+
 def batch_written(settled: int, store_s: float) -> None:
     """A batch's PostgreSQL transaction committed with `settled` new settlements."""
     STORE_SECONDS.observe(store_s)
@@ -256,8 +292,16 @@ def exposition() -> bytes:
 async def _metrics_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
-    if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
+    path, readable = scope["path"], scope["method"] in ("GET", "HEAD")
+    if path == "/metrics" and readable:
         status, body, media = 200, exposition(), CONTENT_TYPE.encode()
+    elif path == "/livez" and readable:
+        status, body, media = 200, b'{"status":"ok"}', b"application/json"
+    elif path == "/readyz" and readable:
+        problems = HEALTH.problems()
+        status = 503 if problems else 200
+        answer = {"status": "unavailable" if problems else "ok", "checks": problems}
+        body, media = orjson.dumps(answer), b"application/json"
     else:
         status, body, media = 404, b"not found\n", b"text/plain"
     headers = [(b"content-type", media), (b"content-length", str(len(body)).encode())]
@@ -319,7 +363,8 @@ async def _serve(sock: socket.socket) -> None:
 
 @contextlib.asynccontextmanager
 async def metrics_server(settings: Settings) -> AsyncIterator[None]:
-    """While inside: `GET /metrics` on `api_host:metrics_port`, when `metrics_port` is set.
+    """While inside: `GET /metrics`, `GET /livez` and `GET /readyz` (503 while `HEALTH` reports
+    a problem) on `api_host:metrics_port`, when `metrics_port` is set.
     The port is listening when this enters (a port in use raises `OSError` here)."""
     if settings.metrics_port is None:
         yield

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     alerts_topic: str = "meter.alerts.v1"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     consumer_group: str = "meter-settle"
+    consumer_stall_s: float = Field(default=60.0, gt=0)
+    """How long `meter consume` may write no batch while records wait before its readiness
+    (`/readyz`) fails with `no_progress`."""
+    offset_reset: Literal["earliest", "latest", "fail"] = "earliest"
+    """What `meter consume` does with a stored offset outside its partition's log (a recreated
+    topic, retention): start from the earliest offset, the latest, or stop (`consumers.offsets`)."""
 
     redis_url: str | None = None
     redis_timeout_s: float = Field(default=0.5, gt=0, le=60)

@@ -9,12 +9,15 @@
    the batch's totals, summed per member, billing group, period and day, into a session-local
    staging table; one statement adds the staged totals to every total table with
    INSERT ... ON CONFLICT DO UPDATE, so each total row is touched once per batch;
-3. when a key is already present (the COPY fails with a unique violation: a duplicate the
-   consumer could not see coming), the transaction is rolled back and written again the careful
-   way: COPY into staging tables, move them with ON CONFLICT DO NOTHING, and add exactly the
-   inserted rows to every total.
+3. when an (organization, key) is already present (the COPY fails with a unique violation: a
+   duplicate the consumer could not see coming), the transaction is rolled back and written again
+   the careful way: COPY into staging tables, move them with ON CONFLICT DO NOTHING, and add
+   exactly the inserted rows to every total.
 
 `record_void` records a void and takes its settlement back out of every total.
+
+Settlements are identified by (organization, key) (0011_settlement_identity.sql): the same
+source + id in two organizations are two events.
 
 Tables: schemas/migrations/0002_settlements.sql, and the reporting totals of
 0004_reports.sql (member x billing group x period, organization x day), voids of 0006_voids.sql.
@@ -120,7 +123,11 @@ CREATE TEMP TABLE IF NOT EXISTS stage_totals (
 ) ON COMMIT DELETE ROWS;
 """
 
-EXISTING_KEYS = "SELECT key FROM settlements WHERE key = ANY($1::text[])"
+# Settlements are identified by (org_id, key): the primary key of 0011, which this join reads.
+EXISTING_KEYS = """
+SELECT s.org_id, s.key FROM unnest($1::text[], $2::text[]) AS w(org_id, key)
+JOIN settlements s ON s.org_id = w.org_id AND s.key = w.key
+"""
 
 ENSURE_OFFSETS = """
 INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
@@ -191,14 +198,15 @@ WITH ins AS (
     SELECT key, org_id, member_id, billing_group, period_start, period_end, event_time, credits,
            unfunded, member_limited, group_limited, late, reservation_id, attributes
     FROM stage_settlements
-    ORDER BY key
-    ON CONFLICT (key) DO NOTHING
-    RETURNING key
+    ORDER BY org_id, key
+    ON CONFLICT (org_id, key) DO NOTHING
+    RETURNING org_id, key
 ), fresh AS (
-    SELECT s.* FROM stage_settlements s JOIN ins USING (key)
+    SELECT s.* FROM stage_settlements s JOIN ins USING (org_id, key)
 ), lines AS (
     INSERT INTO settlement_lines (key, org_id, bucket_id, kind, amount)
-    SELECT l.key, l.org_id, l.bucket_id, l.kind, l.amount FROM stage_lines l JOIN ins USING (key)
+    SELECT l.key, l.org_id, l.bucket_id, l.kind, l.amount
+    FROM stage_lines l JOIN ins USING (org_id, key)
 ), {_add_totals("fresh", _SUMS, "(event_time AT TIME ZONE 'UTC')::date")}
 SELECT count(*) FROM ins
 """
@@ -378,13 +386,15 @@ class SettlementStore:
             raise RuntimeError("SettlementStore is not open")
         return self._pool
 
-    async def existing_keys(self, keys: Sequence[str]) -> set[str]:
-        """The keys among `keys` that are already settled."""
+    async def existing_keys(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The (organization, key) pairs among `keys` that are already settled."""
         if not keys:
             return set()
         await self.open()
-        records = await self.pool.fetch(EXISTING_KEYS, list(keys))
-        return {r[0] for r in records}
+        records = await self.pool.fetch(
+            EXISTING_KEYS, [org_id for org_id, _ in keys], [key for _, key in keys]
+        )
+        return {(r[0], r[1]) for r in records}
 
     async def load_offsets(
         self, group_id: str, topic: str, beginnings: Mapping[int, int]
@@ -403,6 +413,15 @@ class SettlementStore:
             )
             records = await conn.fetch(LOAD_OFFSETS, group_id, topic, partitions)
         return {int(r[0]): int(r[1]) for r in records}
+
+    async def move_offsets(
+        self, group_id: str, topic: str, offsets: Sequence[OffsetAdvance]
+    ) -> None:
+        """Move stored offsets outside the batch path (an offset outside its partition's log);
+        `OffsetConflict` when one moved since it was read."""
+        await self.open()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _advance(conn, group_id, topic, offsets)
 
     async def write_batch(
         self,
@@ -504,8 +523,8 @@ v AS (
            coalesce(sum(l.amount) FILTER (WHERE l.kind = 'shared'), 0) AS shared,
            coalesce(sum(l.amount) FILTER (WHERE l.kind = 'on_demand'), 0) AS on_demand
     FROM due JOIN settlements s ON s.key = due.key AND s.org_id = due.org_id
-    LEFT JOIN settlement_lines l ON l.key = s.key
-    GROUP BY s.key
+    LEFT JOIN settlement_lines l ON l.org_id = s.org_id AND l.key = s.key
+    GROUP BY s.org_id, s.key
 ), member_totals AS (
     UPDATE member_period_totals AS t SET {_SUB}
     FROM (SELECT org_id, member_id, period_start, {_SUMS} FROM v GROUP BY 1, 2, 3)

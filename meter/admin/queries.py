@@ -142,7 +142,8 @@ SELECT * FROM credit_grants WHERE org_id = $1 AND expires_at > $2 ORDER BY grant
 # Settled events are written by the settlement store (schemas/migrations/0002_settlements.sql).
 SELECT_SETTLEMENT = "SELECT * FROM settlements WHERE key = $1 AND org_id = $2"
 SELECT_SETTLEMENT_LINES = """
-SELECT bucket_id, kind, amount FROM settlement_lines WHERE key = $1 ORDER BY bucket_id
+SELECT bucket_id, kind, amount FROM settlement_lines WHERE key = $1 AND org_id = $2
+ORDER BY bucket_id
 """
 
 INSERT_VOID = """

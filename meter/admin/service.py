@@ -738,7 +738,7 @@ class AdminService:
         row = await db.fetchrow(q.SELECT_SETTLEMENT, key, org_id)
         if row is None:
             return None
-        lines = await db.fetch(q.SELECT_SETTLEMENT_LINES, key)
+        lines = await db.fetch(q.SELECT_SETTLEMENT_LINES, key, org_id)
         return Settlement(
             key=key,
             org_id=org_id,

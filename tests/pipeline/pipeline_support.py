@@ -240,16 +240,18 @@ async def caught_up(bootstrap: str, dsn: str, group: str, topic: str) -> bool:
     return all(stored.get(p, 0) >= end for p, end in ends.items() if end > 0)
 
 
-def replay_model(world: World, events: Sequence[Produced], at_ms: int) -> tuple[Ledger, set[str]]:
+def replay_model(
+    world: World, events: Sequence[Produced], at_ms: int
+) -> tuple[Ledger, set[tuple[str, str]]]:
     """The reference model after settling `events` in order (per org); returns the ledger and the
-    keys it settled (unknown org/member excluded)."""
+    (organization, key) pairs it settled (unknown org/member excluded)."""
     ledger = world.model()
-    settled: set[str] = set()
+    settled: set[tuple[str, str]] = set()
     for e in events:
         ev = UsageEvent(e.key, e.org_id, e.member_id, e.credits, e.time_ms)
         (result,) = ledger.settle_batch(e.org_id, [ev], at_ms)
         if result.reason is None:
-            settled.add(e.key)
+            settled.add((e.org_id, e.key))
     return ledger, settled
 
 
@@ -271,7 +273,8 @@ async def assert_consistent(
         ledger = model
     conn = await asyncpg.connect(dsn)
     try:
-        keys = {r[0] for r in await conn.fetch("SELECT key FROM settlements")}
+        rows = await conn.fetch("SELECT org_id, key FROM settlements")
+        keys = {(r[0], r[1]) for r in rows}
         lines = await conn.fetch(
             "SELECT org_id, bucket_id, sum(amount) FROM settlement_lines GROUP BY 1, 2"
         )
@@ -282,7 +285,8 @@ async def assert_consistent(
         )
         per_key = await conn.fetch(
             """SELECT s.key, s.credits, s.unfunded, coalesce(sum(l.amount), 0)
-               FROM settlements s LEFT JOIN settlement_lines l USING (key) GROUP BY 1, 2, 3"""
+               FROM settlements s LEFT JOIN settlement_lines l USING (org_id, key)
+               GROUP BY s.org_id, 1, 2, 3"""
         )
         totals = {
             table: await conn.fetchrow(
@@ -306,8 +310,9 @@ async def assert_consistent(
     finally:
         await conn.close()
 
+    assert len(rows) == len(keys) == len(settled)
     assert keys == settled
-    assert not keys & set(dead_keys)
+    assert not {key for _, key in keys} & set(dead_keys)
     for key, credits, unfunded, drawn in per_key:
         assert credits == unfunded + drawn, key
     for table, row in totals.items():

@@ -15,7 +15,20 @@ from pipeline_support import (
     wait_for,
 )
 
-from consumers.dlq import MESSAGE, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, header, replay
+from consumers.dlq import (
+    MESSAGE,
+    ORIGINAL_REASON,
+    ORIGINAL_SIZE,
+    PREFIX_BYTES,
+    REASON,
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TOPIC,
+    TOO_LARGE,
+    TRUNCATED,
+    header,
+    replay,
+)
 from meter.engine.redis import RedisEngine
 from meter.engine.types import MemberConfig
 from meter.settings import Settings
@@ -117,3 +130,48 @@ async def test_event_the_engine_refuses_is_dead_lettered(
     assert "credits" in (header(dead[0].headers, MESSAGE) or "")
     assert consumer.settled == len(good)
     await assert_consistent(world, engine, dsn, good, dead_keys=["//t huge"])
+
+
+async def test_oversized_record_is_dead_lettered_truncated(
+    pipe_settings: Settings, engine: RedisEngine, running: Running
+) -> None:
+    """A record just under what a default producer sends (1 MiB) makes a dead letter over it,
+    which the producer refuses: the letter goes out truncated, with the original size and
+    position, and the records after it on its partition settle."""
+    world = World.build(n_orgs=2, members_per_org=3, seed=8)
+    await world.apply(engine)
+    good = make_events(world, 160, seed=9)
+    oversized = b'{"specversion": "1.0", "pad": "' + b"x" * (1_048_400 - 33) + b'"}'
+    assert len(oversized) == 1_048_400
+    # Key org-0: every org-0 event after it is on the same partition.
+    items = [(e.org_id.encode(), e.value) for e in good[:80]]
+    items += [(b"org-0", oversized)]
+    items += [(e.org_id.encode(), e.value) for e in good[80:]]
+    assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
+    bootstrap, dsn = pipe_settings.kafka_bootstrap, pipe_settings.postgres_dsn
+    usage, dlq = pipe_settings.usage_topic, pipe_settings.dlq_topic
+    await produce(bootstrap, usage, items)
+    consumer = running.start(pipe_settings, engine)
+
+    async def done() -> bool:
+        return await caught_up(bootstrap, dsn, pipe_settings.consumer_group, usage)
+
+    await wait_for(done, what="catch up past the oversized record")
+    await running.stop(consumer)
+    (letter,) = await read_topic(bootstrap, dlq)
+    assert header(letter.headers, REASON) == TOO_LARGE
+    assert header(letter.headers, TRUNCATED) == "1"
+    assert header(letter.headers, ORIGINAL_REASON) == "event_too_large"
+    assert header(letter.headers, ORIGINAL_SIZE) == str(len(oversized))
+    assert header(letter.headers, SOURCE_TOPIC) == usage
+    (source,) = [r for r in await read_topic(bootstrap, usage) if r.value == oversized]
+    assert header(letter.headers, SOURCE_PARTITION) == str(source.partition)
+    assert header(letter.headers, SOURCE_OFFSET) == str(source.offset)
+    assert letter.key == b"org-0"
+    assert letter.value == oversized[:PREFIX_BYTES]
+    assert consumer.settled == len(good)
+    await assert_consistent(world, engine, dsn, good)
+
+    # It cannot be replayed: replay skips it and says so.
+    report = await replay(bootstrap, dlq, usage)
+    assert (report.scanned, report.replayed, report.truncated) == (1, 0, 1)

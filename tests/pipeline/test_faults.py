@@ -17,11 +17,13 @@ from pipeline_support import (
     assert_consistent,
     caught_up,
     make_events,
+    produce,
     produce_events,
     read_topic,
     wait_for,
 )
 
+from consumers.dlq import REASON, TOO_LARGE, header
 from consumers.settle import ConsumerOptions
 from meter.engine.redis import RedisEngine
 from meter.migrate import migrate
@@ -63,8 +65,12 @@ async def test_kill_9_at_random_points(
     rnd = random.Random(13)
     log = tmp_path / "consume.log"
     chunks = [events[i : i + 600] for i in range(0, len(events), 600)]
-    for chunk in chunks:
+    # A record just under 1 MiB whose dead letter the producer refuses as it is.
+    oversized = b"{" + b" " * 1_048_398 + b"}"
+    for n, chunk in enumerate(chunks):
         await produce_events(bootstrap, topic, chunk)
+        if n == 1:
+            await produce(bootstrap, topic, [(b"org-1", oversized)])
         proc = await _spawn(pipe_settings, log)
         await asyncio.sleep(rnd.uniform(1.0, 3.0))  # a random point in the stream, not readiness
         proc.kill()
@@ -82,6 +88,8 @@ async def test_kill_9_at_random_points(
         code = await proc.wait()
     assert code == 0, log.read_text()[-3000:]
     await assert_consistent(world, engine, dsn, events)
+    dead = await read_topic(bootstrap, pipe_settings.dlq_topic)
+    assert dead and {header(r.headers, REASON) for r in dead} == {TOO_LARGE}
 
 
 async def test_postgres_down_mid_stream(

@@ -25,7 +25,7 @@ _PER_KEY = """
                coalesce(sum(amount) FILTER (WHERE kind = 'personal'), 0) AS personal,
                coalesce(sum(amount) FILTER (WHERE kind = 'shared'), 0) AS shared,
                coalesce(sum(amount) FILTER (WHERE kind = 'on_demand'), 0) AS on_demand
-        FROM settlement_lines l WHERE l.key = s.key
+        FROM settlement_lines l WHERE l.org_id = s.org_id AND l.key = s.key
     ) AS k
 """
 TOTALS = {
