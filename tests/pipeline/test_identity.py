@@ -98,7 +98,7 @@ async def test_migration_keeps_existing_settlements(pg_dsn_clean: str, tmp_path:
         with pytest.raises(asyncpg.UniqueViolationError):
             await conn.execute(insert, "org-b", t)
 
-        assert await migrate(pg_dsn_clean) == ["0011"]
+        assert "0011" in await migrate(pg_dsn_clean)
         await conn.execute(insert, "org-b", t)
         await conn.execute(line, "org-b")
         with pytest.raises(asyncpg.UniqueViolationError):
