@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from meter.logging import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, secrets=_secrets_of(settings))
     handler = handlers[args.command]
     from meter.migrate import MigrationError
     from meter.services import ServiceError
@@ -117,6 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _secrets_of(settings: Settings) -> list[str | None]:
+    """What the logs must never show: the admin token and the servers' passwords."""
+    from urllib.parse import urlsplit
+
+    secrets = [settings.admin_token]
+    for url in (settings.postgres_dsn, settings.redis_url):
+        if url is not None:
+            secrets.append(urlsplit(url).password)
+    return secrets
 
 
 async def _until_signal(work: Awaitable[int]) -> int:
