@@ -7,13 +7,15 @@ an `async (args, settings) -> exit code`. Settings are read and validated before
 
 `meter run` provisions the services, migrates, then runs every component of `RUN_COMPONENTS`
 (`"module:function"`, each an `async (settings, services) -> None` that runs until cancelled)
-until Ctrl-C or SIGTERM, and stops them and the local servers cleanly.
+until Ctrl-C or SIGTERM, and stops them and the local servers cleanly. A component that fails is
+started again after a backoff, and the process reports it unready meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import signal
 import sys
@@ -215,18 +217,23 @@ def configure_run(parser: argparse.ArgumentParser) -> Handler:
 async def _run_components(
     components: list[Component], settings: Settings, services: Services
 ) -> int:
-    """Run the components until one fails (exit code 1) or this task is cancelled."""
-    tasks = [asyncio.create_task(component(settings, services)) for component in components]
+    """Run the components until this task is cancelled. A component that fails (or returns) is
+    started again after a backoff (`meter.supervise.restart`) and reported in `HEALTH`, so the
+    API's `/readyz` answers 503 until it has run for a while again."""
+    from meter.supervise import restart
+
+    tasks = [
+        asyncio.create_task(
+            restart(component.__module__, functools.partial(component, settings, services)),
+            name=component.__module__,
+        )
+        for component in components
+    ]
     try:
         if not tasks:
             await asyncio.Event().wait()
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task.exception() is not None:
-                log.error("component failed", exc_info=task.exception())
-            else:
-                log.error("component stopped on its own", component=task.get_name())
-        return 1
+        await asyncio.gather(*tasks)
+        return 0
     finally:
         for task in tasks:
             task.cancel()
