@@ -10,13 +10,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
 from meter import cli
+from meter.admin import AdminService
+from meter.admin.scheduler import PeriodScheduler
 from meter.api import App, build_app
+from meter.engine.redis import RedisEngine
 from meter.health import HEALTH
 from meter.migrate import migrate
 from meter.services import PostgresServer
@@ -191,3 +195,49 @@ def test_backoff_is_exponential_capped_and_jittered(attempt: int) -> None:
     assert backoff.delay(attempt, rand=0.0) == base
     assert backoff.delay(attempt, rand=0.999) == pytest.approx(base * 0.5005)
     assert base * 0.5 <= backoff.delay(attempt) <= base
+
+
+async def test_scheduler_reports_an_outage_and_resumes(
+    redis: aioredis.Redis, private_postgres: PostgresServer
+) -> None:
+    dsn = private_postgres.dsn("meter")
+    await migrate(dsn)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    engine = RedisEngine(redis)
+    await engine.load_scripts()
+    admin = AdminService(pool, engine)
+    await admin.install_presets()
+    published: list[bytes] = []
+
+    async def publish(topic: str, key: bytes, value: bytes) -> None:
+        published.append(value)
+
+    scheduler = PeriodScheduler(admin, publish, "billing", poll_s=0.1)
+    run = asyncio.create_task(scheduler.run())
+    try:
+
+        async def ticked() -> bool:
+            return scheduler.pools_checked_ms is not None
+
+        await until(ticked, "a first tick", 10.0)
+        await private_postgres.stop()
+
+        async def reported() -> bool:
+            return "scheduler" in HEALTH.problems()
+
+        await until(reported, "the scheduler reports the outage", 30.0)
+        assert HEALTH.problems()["scheduler"].startswith("retrying: ")
+        before = scheduler.pools_checked_ms
+        await private_postgres.start()
+
+        async def resumed() -> bool:
+            ticked_again = scheduler.pools_checked_ms != before
+            return ticked_again and "scheduler" not in HEALTH.problems()
+
+        await until(resumed, "the scheduler ticks again", 30.0)
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        if not private_postgres.running:
+            await private_postgres.start()
+        await pool.close()
