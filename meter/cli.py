@@ -232,8 +232,12 @@ async def _run_components(
     try:
         if not tasks:
             await asyncio.Event().wait()
-        await asyncio.gather(*tasks)
-        return 0
+        # `wait`, not `gather`: cancelling this task must cancel each component once, below, so
+        # that their own shutdown (finish requests, leave the group) is not interrupted.
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # supervision ends only by a BaseException (SystemExit): re-raised
+        return 1
     finally:
         for task in tasks:
             task.cancel()
