@@ -18,7 +18,9 @@ settlement trigger uses, so each crossing still fires once per period and thresh
 wakes on the triggers' `NOTIFY meter_alerts` and polls every few seconds as well. Publishing is
 at least once (a crash between the broker's acknowledgement and the mark sends the alert again);
 an alert's CloudEvents `id` is stable, so receivers deduplicate by it. Several publishers may
-run at once: each claims rows with `FOR UPDATE SKIP LOCKED`.
+run at once: each claims rows with `FOR UPDATE SKIP LOCKED`. It runs supervised
+(`meter.supervise`): through a PostgreSQL or Kafka outage, or an unexpected error, it drops its
+connections and retries with backoff, reporting `alerts_publisher` in `HEALTH` meanwhile.
 
 The event (CloudEvents 1.0, structured JSON) is described in the README ("Metrics and alerts").
 """
@@ -35,11 +37,11 @@ import asyncpg  # type: ignore[import-untyped]
 import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
 from meter.metrics import REGISTRY
 from meter.money import format_credits
+from meter.supervise import Backoff, supervise
 from schemas.events import format_time
 
 if TYPE_CHECKING:
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("meter.alerts")
 
 CHANNEL = "meter_alerts"
+COMPONENT = "alerts_publisher"
+"""The publisher's name in `meter.health.HEALTH`."""
 SOURCE = "meter/alerts"
 
 KINDS = {
@@ -228,26 +232,23 @@ class AlertPublisher:
         return len(rows)
 
     async def run(self) -> None:
-        delay = 0.1
+        """Publish until cancelled, supervised (component `alerts_publisher` in `HEALTH` while
+        failing): after a failure the connections are dropped and opened again after a backoff
+        (from 0.1 s up to `retry_max_s`)."""
+        backoff = Backoff(initial_s=0.1, max_s=self.retry_max_s)
         try:
-            while True:
-                self._wake.clear()
-                try:
-                    await self._listen()
-                    sent = await self.publish_pending()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
-                    log.warning("alerts_retrying", error=repr(exc), delay_s=delay)
-                    await self._reset()
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.retry_max_s)
-                    continue
-                delay = 0.1
-                if sent >= self.batch:
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+            await supervise(COMPONENT, self._step, backoff=backoff, on_failure=self._reset)
         finally:
             await self._reset()
+
+    async def _step(self) -> None:
+        self._wake.clear()
+        await self._listen()
+        sent = await self.publish_pending()
+        if sent >= self.batch:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
 
     async def _open(self) -> tuple[asyncpg.Pool, AIOKafkaProducer]:
         if self._pool is None:

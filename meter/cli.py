@@ -7,13 +7,15 @@ an `async (args, settings) -> exit code`. Settings are read and validated before
 
 `meter run` provisions the services, migrates, then runs every component of `RUN_COMPONENTS`
 (`"module:function"`, each an `async (settings, services) -> None` that runs until cancelled)
-until Ctrl-C or SIGTERM, and stops them and the local servers cleanly.
+until Ctrl-C or SIGTERM, and stops them and the local servers cleanly. A component that fails is
+started again after a backoff, and the process reports it unready meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import signal
 import sys
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from meter.logging import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, secrets=_secrets_of(settings))
     handler = handlers[args.command]
     from meter.migrate import MigrationError
     from meter.services import ServiceError
@@ -130,6 +132,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _secrets_of(settings: Settings) -> list[str | None]:
+    """What the logs must never show: the admin token and the servers' passwords."""
+    from urllib.parse import urlsplit
+
+    secrets = [settings.admin_token]
+    for url in (settings.postgres_dsn, settings.redis_url):
+        if url is not None:
+            secrets.append(urlsplit(url).password)
+    return secrets
 
 
 async def _until_signal(work: Awaitable[int]) -> int:
@@ -217,17 +230,26 @@ def configure_run(parser: argparse.ArgumentParser) -> Handler:
 async def _run_components(
     components: list[Component], settings: Settings, services: Services
 ) -> int:
-    """Run the components until one fails (exit code 1) or this task is cancelled."""
-    tasks = [asyncio.create_task(component(settings, services)) for component in components]
+    """Run the components until this task is cancelled. A component that fails (or returns) is
+    started again after a backoff (`meter.supervise.restart`) and reported in `HEALTH`, so the
+    API's `/readyz` answers 503 until it has run for a while again."""
+    from meter.supervise import restart
+
+    tasks = [
+        asyncio.create_task(
+            restart(component.__module__, functools.partial(component, settings, services)),
+            name=component.__module__,
+        )
+        for component in components
+    ]
     try:
         if not tasks:
             await asyncio.Event().wait()
+        # `wait`, not `gather`: cancelling this task must cancel each component once, below, so
+        # that their own shutdown (finish requests, leave the group) is not interrupted.
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if task.exception() is not None:
-                log.error("component failed", exc_info=task.exception())
-            else:
-                log.error("component stopped on its own", component=task.get_name())
+            task.result()  # supervision ends only by a BaseException (SystemExit): re-raised
         return 1
     finally:
         for task in tasks:

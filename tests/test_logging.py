@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
+import secrets
 from collections.abc import Iterator
 
 import orjson
 import pytest
 import structlog
 
-from meter.logging import configure_logging
+from meter.logging import LogFormat, configure_logging, redact
 
 
 class Terminal(io.StringIO):
@@ -59,3 +60,71 @@ def test_format_can_be_forced() -> None:
     structlog.get_logger("t").info("hidden")
     structlog.get_logger("t").warning("shown")
     assert orjson.loads(stream.getvalue())["event"] == "shown"
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("postgresql://meter:s3cr@t-pw@db:5432/meter", "s3cr@t-pw"),
+        ("connecting to redis://:hunter2-pw@redis:6379/0 failed", "hunter2-pw"),
+        ("rediss://user:pa55word@cache/1", "pa55word"),
+        ("host=db port=5432 password=kw-secret user=meter", "kw-secret"),
+        ("Authorization: Bearer mk_Zx9-abc_DEF123", "mk_Zx9-abc_DEF123"),
+        ("Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA=="),
+        ("key mk_Zx9-abc_DEF123 not found", "Zx9-abc_DEF123"),
+    ],
+)
+def test_redact_masks_credentials(text: str, secret: str) -> None:
+    masked = redact(text)
+    assert secret not in masked
+    assert "***" in masked
+
+
+def test_registered_secrets_and_credential_keys_are_masked() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream, secrets=["the-admin-token-value"])
+    structlog.get_logger("t").warning(
+        "request",
+        note="sent the-admin-token-value",
+        headers={"Authorization": "anything at all", "accept": "*/*"},
+        password="plain",
+    )
+    record = orjson.loads(stream.getvalue())
+    assert "the-admin-token-value" not in stream.getvalue()
+    assert record["headers"] == {"Authorization": "***", "accept": "*/*"}
+    assert record["password"] == "***"
+
+
+def test_standard_library_records_are_json_and_redacted() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    try:
+        raise ConnectionError("cannot reach postgresql://u:lib-secret@db/meter")
+    except ConnectionError:
+        logging.getLogger("asyncpg.pool").warning("retrying %s", "redis://:pw-2@r", exc_info=True)
+    record = orjson.loads(stream.getvalue())
+    assert record["logger"] == "asyncpg.pool"
+    assert record["level"] == "warning"
+    assert record["event"] == "retrying redis://:***@r"
+    assert record["exception"][0]["exc_value"] == "cannot reach postgresql://u:***@db/meter"
+    assert "lib-secret" not in stream.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_tracebacks_carry_no_local_variables(fmt: LogFormat) -> None:
+    stream = io.StringIO()
+    configure_logging("info", fmt, stream)
+
+    def lookup(token: str) -> None:
+        unrelated_local = "local-value-" + token
+        raise KeyError(len(unrelated_local))
+
+    credential = "opaque-" + secrets.token_hex(8)
+    try:
+        lookup(credential)
+    except KeyError:
+        structlog.get_logger("t").error("lookup failed", exc_info=True)
+    output = stream.getvalue()
+    assert "lookup failed" in output and "KeyError" in output
+    assert credential not in output
+    assert "local-value-" not in output

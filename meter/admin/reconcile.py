@@ -11,6 +11,9 @@ it, or it was never applied) is not: `apply_grant` would add each bucket at its 
 give back the credits already drawn. It is rebuilt from PostgreSQL instead, under the rebuild
 lock (`meter.rebuild.repair`), as is everything when the epoch marker is gone and no consumer
 rebuilt yet. Quarantined organizations (`meter.quarantine`) are left alone.
+
+`run_reconciler` runs supervised (`meter.supervise`): a PostgreSQL or Redis outage during a pass
+is retried with backoff until the pass succeeds; the loop only ends when cancelled.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ from meter.admin.service import AdminService, member_config, org_config
 from meter.engine.redis import RedisEngine
 from meter.engine.types import BillingGroupConfig
 from meter.plans.store import grant_of
+from meter.supervise import TRANSIENT, supervise
 
 log = structlog.get_logger("meter.admin.reconcile")
 
 RECONCILE_INTERVAL_S = 60.0
+BROKEN_RETRY_S = 30.0
+"""How often an organization whose state fails to apply (not an outage) is tried again."""
 
 
 class Reconciled(StrEnum):
@@ -120,7 +126,8 @@ async def repair(admin: AdminService) -> bool:
 
 async def reconcile_all(admin: AdminService) -> int:
     """Reconcile every organization; returns how many failed (they stay dirty). Organizations
-    without state, or all when the epoch marker is gone, are rebuilt (`repair`)."""
+    without state, or all when the epoch marker is gone, are rebuilt (`repair`). A server that
+    cannot be reached stops the pass (raised): the other organizations would fail alike."""
     state = state_engine(admin)
     if state is not None and await state.epoch() is None:
         return 0 if await repair(admin) else 1
@@ -131,6 +138,9 @@ async def reconcile_all(admin: AdminService) -> int:
         try:
             if await reconcile_org(admin, org_id) is Reconciled.ABSENT:
                 absent.append(org_id)
+        except TRANSIENT:
+            admin.dirty.add(org_id)
+            raise
         except Exception:
             failed += 1
             admin.dirty.add(org_id)
@@ -141,28 +151,69 @@ async def reconcile_all(admin: AdminService) -> int:
     return failed
 
 
-async def run_reconciler(admin: AdminService, interval_s: float = RECONCILE_INTERVAL_S) -> None:
-    """Reconcile everything now and every `interval_s`; dirty organizations as soon as marked."""
-    await reconcile_all(admin)
-    loop = asyncio.get_running_loop()
-    next_full = loop.time() + interval_s
-    while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(admin.dirty_event.wait(), max(0.0, next_full - loop.time()))
+class Reconciler:
+    """The reconciler's loop as steps for `meter.supervise.supervise`: each step waits until an
+    organization is marked dirty or a full pass is due, then reconciles. An outage fails the
+    step and leaves its work due (the full pass, the dirty organizations), so the supervisor's
+    next step redoes it. An organization that fails on its own (its data, not a server) stays
+    dirty and is tried again every `retry_s` without holding up the others or the loop."""
+
+    def __init__(
+        self,
+        admin: AdminService,
+        interval_s: float = RECONCILE_INTERVAL_S,
+        retry_s: float = BROKEN_RETRY_S,
+    ) -> None:
+        self.admin = admin
+        self.interval_s = interval_s
+        self.retry_s = retry_s
+        self.next_full: float | None = None
+        """Loop time of the next full pass (None: now)."""
+        self.passes = 0
+        """Full passes completed."""
+        self.broken: dict[str, str] = {}
+        """Organizations whose last reconcile failed on their own -> the error's class."""
+        self._interrupted = False
+
+    async def step(self) -> None:
+        admin = self.admin
+        loop = asyncio.get_running_loop()
+        if self.next_full is not None and not self._interrupted:
+            timeout = self.next_full - loop.time()
+            if admin.dirty:
+                timeout = min(timeout, self.retry_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(admin.dirty_event.wait(), max(0.0, timeout))
         admin.dirty_event.clear()
-        if loop.time() >= next_full:
+        self._interrupted = True  # until this step ends well: the next one starts at once
+        if self.next_full is None or loop.time() >= self.next_full:
             await reconcile_all(admin)
-            next_full = loop.time() + interval_s
-            continue
+            self.passes += 1
+            self.next_full = loop.time() + self.interval_s
+            self.broken = {o: e for o, e in self.broken.items() if o in admin.dirty}
+            self._interrupted = False
+            return
         absent = False
         for org_id in sorted(admin.dirty):
             try:
                 absent |= await reconcile_org(admin, org_id) is Reconciled.ABSENT
-            except Exception:
-                log.warning("reconcile failed", org_id=org_id, exc_info=True)
+            except TRANSIENT:
+                raise
+            except Exception as exc:
+                known = self.broken.get(org_id) == type(exc).__name__
+                self.broken[org_id] = type(exc).__name__
+                log.warning(
+                    "reconcile failed", org_id=org_id, error=type(exc).__name__, exc_info=not known
+                )
+            else:
+                self.broken.pop(org_id, None)
         if absent:
             await repair(admin)
-        if admin.dirty:
-            # Still failing (Redis down?): retry after a pause, not in a tight loop.
-            await asyncio.sleep(1.0)
-            admin.dirty_event.set()
+        self._interrupted = False
+
+
+async def run_reconciler(admin: AdminService, interval_s: float = RECONCILE_INTERVAL_S) -> None:
+    """Reconcile everything now and every `interval_s`; dirty organizations as soon as marked.
+    Supervised: through an outage it retries with backoff (component `reconciler` in `HEALTH`
+    while failing) and never stops before it is cancelled."""
+    await supervise("reconciler", Reconciler(admin, interval_s).step)

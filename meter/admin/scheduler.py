@@ -16,7 +16,10 @@
 
 Every step is idempotent, so a restart, a second scheduler or a missed wake-up only repeats work.
 `run()` ticks at each organization's next period start and at least every `poll_s` seconds (for
-thresholds crossed mid-period). Time comes from `admin.clock`, so tests move it and call `tick()`.
+thresholds crossed mid-period). It runs supervised (`meter.supervise`): a tick that meets an
+outage stops and is retried with backoff (the component `scheduler` is reported in `HEALTH` while
+it fails); an organization whose own work fails is logged and tried again at the next tick.
+Time comes from `admin.clock`, so tests move it and call `tick()`.
 
 It runs as a `meter run` component (`run_component`), one per deployment, apart from the API
 processes, which scale out.
@@ -44,6 +47,7 @@ from meter.engine.types import Period
 from meter.plans.charges import ChargeDue, charge_event
 from meter.plans.expiry import ExpiryEntry
 from meter.settings import Settings
+from meter.supervise import TRANSIENT, supervise
 from schemas.events import format_time
 
 if TYPE_CHECKING:
@@ -53,6 +57,8 @@ log = structlog.get_logger("meter.admin.scheduler")
 
 CHARGE_EVENT_TYPE = "meter.charge_due.v1"
 CHARGE_SOURCE = "//meter/plans"
+COMPONENT = "scheduler"
+"""The scheduler's name in `meter.health.HEALTH`."""
 MAX_CATCH_UP = 24
 """At most this many ended periods are looked back at when an organization is first seen or the
 scheduler was away for long."""
@@ -120,6 +126,8 @@ class PeriodScheduler:
             org_id: str = row["org_id"]
             try:
                 start, end = await self._org(org_id, report)
+            except TRANSIENT:
+                raise  # a server is away: the supervisor retries the whole tick
             except Exception:
                 failed = True
                 log.warning("period work failed", org_id=org_id, exc_info=True)
@@ -129,6 +137,8 @@ class PeriodScheduler:
             report.pool_alerts = await alerts.shared_pool_after_expiry(
                 self.admin.pool, periods, now, self.pools_checked_ms
             )
+        except TRANSIENT:
+            raise
         except Exception:
             log.warning("shared pool evaluation failed", exc_info=True)
         else:
@@ -173,18 +183,17 @@ class PeriodScheduler:
         return sent
 
     async def run(self) -> None:
-        """Tick at each next period start and at least every `poll_s` seconds, until cancelled."""
-        while True:
-            try:
-                report = await self.tick()
-                wake = report.next_wake_ms
-            except Exception:
-                log.warning("scheduler tick failed", exc_info=True)
-                wake = None
-            delay = self.poll_s
-            if wake is not None:
-                delay = min(delay, max(0.0, (wake - self.admin.clock()) / 1000))
-            await asyncio.sleep(max(delay, 0.05))
+        """Tick at each next period start and at least every `poll_s` seconds, until cancelled.
+        Supervised (component `scheduler` in `HEALTH` while failing): a failed tick is retried
+        with backoff."""
+        await supervise(COMPONENT, self._step)
+
+    async def _step(self) -> None:
+        report = await self.tick()
+        delay = self.poll_s
+        if report.next_wake_ms is not None:
+            delay = min(delay, max(0.0, (report.next_wake_ms - self.admin.clock()) / 1000))
+        await asyncio.sleep(max(delay, 0.05))
 
 
 class LazyProducer:
