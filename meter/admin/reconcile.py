@@ -110,7 +110,8 @@ def state_engine(admin: AdminService) -> RedisEngine | None:
 
 
 async def repair(admin: AdminService) -> bool:
-    """Rebuild what the engine lost (`meter.rebuild.repair`). False when it failed."""
+    """Rebuild what the engine lost (`meter.rebuild.repair`). False when it failed on the data;
+    an outage is raised."""
     from meter.rebuild import repair as rebuild_lost  # meter.rebuild builds on this module
 
     engine = state_engine(admin)
@@ -118,6 +119,8 @@ async def repair(admin: AdminService) -> bool:
         return False
     try:
         await rebuild_lost(admin.pool, engine.client, engine)
+    except TRANSIENT:
+        raise  # an outage: the supervisor retries with backoff and reports it
     except Exception:
         log.warning("repair failed", exc_info=True)
         return False
