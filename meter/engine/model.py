@@ -15,6 +15,7 @@ from meter.engine.periods import DAY_MS, period_at
 from meter.engine.types import (
     DEFAULT_HOLD_MS,
     KIND_RANK,
+    MAX_AMOUNT,
     MAX_HOLD_MS,
     UNASSIGNED,
     BillingGroupConfig,
@@ -206,6 +207,24 @@ class Ledger:
         for rid in [rid for rid, h in holds.items() if h.expires_ms <= now_ms]:
             del holds[rid]
 
+    def revoke_grant(
+        self, org_id: str, member_id: str | None, bucket_id: str, now_ms: int
+    ) -> int | None:
+        """Nothing left in the bucket, and it expires at `now_ms` unless it expires sooner;
+        returns what it had left (None: no such bucket)."""
+        check_org_id(org_id)
+        if member_id is not None:
+            check_id("member_id", member_id)
+        check_id("bucket_id", bucket_id)
+        check_instant("now_ms", now_ms)
+        bucket = self.buckets[org_id].get((member_id, bucket_id))
+        if bucket is None:
+            return None
+        left, bucket.left = bucket.left, 0
+        if bucket.grant.expires_at_ms > now_ms:
+            bucket.grant = replace(bucket.grant, expires_at_ms=now_ms)
+        return left
+
     # -- settling ------------------------------------------------------------------------------
 
     def settle_batch(
@@ -237,16 +256,10 @@ class Ledger:
             period, t_ms = period_at(org, now_ms), now_ms
         group = self._group_of(member)
 
-        holds = self.holds[ev.org_id]
-        if ev.reservation_id is not None:
-            hold = holds.get(ev.reservation_id)
-            if hold is not None and hold.member_id == ev.member_id:
-                del holds[ev.reservation_id]
-
+        counters = self.counters[(ev.org_id, period.start_ms)]
         if org.status is not OrgStatus.ACTIVE:
             result = Draw((), ev.credits, False, False)
         else:
-            counters = self.counters[(ev.org_id, period.start_ms)]
             used = counters[_member_key(org, ev.member_id)]
             limit = self._member_limit(org, member)
             group_limit = self.groups[ev.org_id].get(group) if group else None
@@ -257,9 +270,17 @@ class Ledger:
                 None if limit is None else max(0, limit - used),
                 None if group_limit is None else max(0, group_limit - counters[f"group:{group}"]),
             )
-            buckets = self.buckets[ev.org_id]
-            for line in result.lines:
-                buckets[(_owner(line.kind, ev.member_id), line.bucket_id)].left -= line.amount
+        if _overflows(counters, ev.member_id, group, result):
+            return refused(ev, Reason.COUNTER_OVERFLOW)
+
+        holds = self.holds[ev.org_id]
+        if ev.reservation_id is not None:
+            hold = holds.get(ev.reservation_id)
+            if hold is not None and hold.member_id == ev.member_id:
+                del holds[ev.reservation_id]
+        buckets = self.buckets[ev.org_id]
+        for line in result.lines:
+            buckets[(_owner(line.kind, ev.member_id), line.bucket_id)].left -= line.amount
 
         settlement = Settlement(
             ev.key, ev.org_id, ev.member_id, ev.credits, ev.time_ms, period, group,
@@ -340,6 +361,8 @@ class Ledger:
         available = dict.fromkeys(Kind, 0)
         for b, amount in candidates:
             available[b.grant.kind] += amount
+        # A sum over buckets can pass the bound: reported as at least MAX_AMOUNT.
+        available = {kind: min(total, MAX_AMOUNT) for kind, total in available.items()}
         result = draw(candidates, credits, org.limit_policy, member_room, group_room)
         reason = None
         if result.unfunded:
@@ -487,6 +510,20 @@ def refused(ev: UsageEvent, reason: Reason) -> Settlement:
         ev.key, ev.org_id, ev.member_id, ev.credits, ev.time_ms, None,
         reservation_id=ev.reservation_id, reason=reason,
     )  # fmt: skip
+
+
+def _overflows(counters: Mapping[str, int], member_id: str, group: str, result: Draw) -> bool:
+    """True when adding `result` to its period's counters would take one past `MAX_AMOUNT`
+    (README "Bounds")."""
+    drawn = sum(line.amount for line in result.lines)
+    shared = sum(line.amount for line in result.lines if line.kind is Kind.SHARED)
+    return (
+        counters.get("drawn", 0) + drawn > MAX_AMOUNT
+        or counters.get("unfunded", 0) + result.unfunded > MAX_AMOUNT
+        or counters.get(f"member:{member_id}", 0) + drawn > MAX_AMOUNT
+        or counters.get(f"member_shared:{member_id}", 0) + shared > MAX_AMOUNT
+        or counters.get(f"group:{group}", 0) + drawn > MAX_AMOUNT
+    )
 
 
 def _owner(kind: Kind, member_id: str) -> str | None:

@@ -57,6 +57,7 @@ SCRIPTS = (
     "put_billing_group",
     "delete_billing_group",
     "apply_grant",
+    "revoke_grant",
     "settle_batch",
     "confirm",
     "check",
@@ -286,6 +287,17 @@ class RedisEngine:
             grant.amount,
         )  # fmt: skip
         return bool(added)
+
+    async def revoke_grant(
+        self, org_id: str, member_id: str | None, bucket_id: str, now_ms: int
+    ) -> int | None:
+        check_org_id(org_id)
+        if member_id is not None:
+            check_id("member_id", member_id)
+        check_id("bucket_id", bucket_id)
+        check_instant("now_ms", now_ms)
+        was = await self._call("revoke_grant", org_id, member_id or "", bucket_id, now_ms)
+        return None if was is None else int(_str(was))
 
     # -- settling ------------------------------------------------------------------------------
 
