@@ -140,37 +140,28 @@ class Ledger:
     # -- configuration -------------------------------------------------------------------------
 
     def put_org(self, org: OrgConfig) -> None:
-        check_org_id(org.org_id)
-        check_instant("anchor_ms", org.anchor_ms)
-        check_amount("grace_ms", org.grace_ms)
-        if org.rolling_days <= 0:
-            raise EngineInputError("rolling_days must be positive")
-        if org.default_member_limit is not None:
-            check_amount("default_member_limit", org.default_member_limit)
+        validate_org(org)
         self.orgs[org.org_id] = org
 
     def put_member(self, member: MemberConfig) -> None:
-        check_id("org_id", member.org_id)
-        check_id("member_id", member.member_id)
-        check_id("billing_group", member.billing_group, empty=True)
-        if member.member_limit is not None:
-            check_amount("member_limit", member.member_limit)
+        validate_member(member)
         self.members[(member.org_id, member.member_id)] = Member(member)
 
     def remove_member(self, org_id: str, member_id: str) -> None:
         """The member can no longer pass checks; events already in flight still settle."""
+        check_org_id(org_id)
+        check_id("member_id", member_id)
         m = self.members.get((org_id, member_id))
         if m is not None:
             m.removed = True
 
     def put_billing_group(self, group: BillingGroupConfig) -> None:
-        check_id("org_id", group.org_id)
-        check_id("group_id", group.group_id)
-        if group.limit is not None:
-            check_amount("limit", group.limit)
+        validate_billing_group(group)
         self.groups[group.org_id][group.group_id] = group.limit
 
     def delete_billing_group(self, org_id: str, group_id: str) -> None:
+        check_org_id(org_id)
+        check_id("group_id", group_id)
         self.groups[org_id].pop(group_id, None)
 
     def apply_grant(self, grant: Grant) -> bool:
@@ -304,6 +295,7 @@ class Ledger:
         counters["unfunded"] += sign * s.unfunded
 
     def confirm(self, org_id: str, keys: Sequence[str]) -> None:
+        check_org_id(org_id)
         results = self.results[org_id]
         for key in keys:
             results.pop(key, None)
@@ -311,6 +303,8 @@ class Ledger:
     # -- checks and reservations ---------------------------------------------------------------
 
     def check(self, org_id: str, member_id: str, credits: int, now_ms: int) -> CheckResult:
+        check_org_id(org_id)
+        check_id("member_id", member_id)
         check_amount("credits", credits)
         check_instant("now_ms", now_ms)
         self._drop_expired_holds(org_id, now_ms)
@@ -386,6 +380,8 @@ class Ledger:
         ttl_ms: int = DEFAULT_HOLD_MS,
     ) -> CheckResult:
         """Check, and if allowed hold the simulated draw until `now_ms + ttl_ms` (capped)."""
+        check_org_id(org_id)
+        check_id("member_id", member_id)
         check_amount("credits", credits)
         check_instant("now_ms", now_ms)
         check_id("reservation_id", reservation_id)
@@ -409,6 +405,8 @@ class Ledger:
         return replace(checked, reservation_id=reservation_id, reservation_expires_ms=expires)
 
     def release(self, org_id: str, reservation_id: str, now_ms: int) -> bool:
+        check_org_id(org_id)
+        check_id("reservation_id", reservation_id)
         check_instant("now_ms", now_ms)
         self._drop_expired_holds(org_id, now_ms)
         return self.holds[org_id].pop(reservation_id, None) is not None
@@ -420,6 +418,7 @@ class Ledger:
     ) -> VoidResult:
         """Return a settlement's credits to its unexpired buckets and take back its counters
         (while its period is open). Idempotent: a second void returns the first result."""
+        check_org_id(org_id)
         check_instant("now_ms", now_ms)
         validate_void_settlement(org_id, key, settlement)
         self._drop_expired_holds(org_id, now_ms)
@@ -494,9 +493,12 @@ class Ledger:
     # -- reading -------------------------------------------------------------------------------
 
     def balances(self, org_id: str, now_ms: int) -> dict[str, int]:
+        check_org_id(org_id)
         return {b.grant.bucket_id: b.left for b in self.buckets[org_id].values()}
 
     def usage(self, org_id: str, now_ms: int) -> dict[str, int]:
+        check_org_id(org_id)
+        check_instant("now_ms", now_ms)
         org = self.orgs.get(org_id)
         if org is None:
             return {}
@@ -544,8 +546,37 @@ def hold_ttl(ttl_ms: int) -> int:
     return min(ttl_ms, MAX_HOLD_MS)
 
 
+def validate_org(org: OrgConfig) -> None:
+    """The checks of `put_org` (both engines)."""
+    check_org_id(org.org_id)
+    check_instant("anchor_ms", org.anchor_ms)
+    check_amount("grace_ms", org.grace_ms)
+    days = org.rolling_days
+    if type(days) is not int or not 0 < days <= MAX_AMOUNT // DAY_MS:
+        raise EngineInputError(f"rolling_days must be an integer in 1..{MAX_AMOUNT // DAY_MS}")
+    if org.default_member_limit is not None:
+        check_amount("default_member_limit", org.default_member_limit)
+
+
+def validate_member(member: MemberConfig) -> None:
+    """The checks of `put_member` (both engines)."""
+    check_org_id(member.org_id)
+    check_id("member_id", member.member_id)
+    check_id("billing_group", member.billing_group, empty=True)
+    if member.member_limit is not None:
+        check_amount("member_limit", member.member_limit)
+
+
+def validate_billing_group(group: BillingGroupConfig) -> None:
+    """The checks of `put_billing_group` (both engines)."""
+    check_org_id(group.org_id)
+    check_id("group_id", group.group_id)
+    if group.limit is not None:
+        check_amount("limit", group.limit)
+
+
 def validate_grant(grant: Grant) -> None:
-    check_id("org_id", grant.org_id)
+    check_org_id(grant.org_id)
     check_id("bucket_id", grant.bucket_id)
     check_amount("amount", grant.amount)
     for name in ("valid_from_ms", "expires_at_ms", "granted_at_ms"):
@@ -592,6 +623,7 @@ def validate_restore(balances: Mapping[str, int], usage: Mapping[str, int]) -> N
         check_id("bucket_id", bucket_id)
         check_amount("left", left)
     for name, value in usage.items():
+        check_id("counter name", name)
         check_amount(name, value)
         if name in USAGE_TOTALS:
             continue
@@ -603,8 +635,18 @@ def validate_restore(balances: Mapping[str, int], usage: Mapping[str, int]) -> N
 
 def validate_void_settlement(org_id: str, key: str, settlement: Settlement | None) -> None:
     check_id("key", key)
-    if settlement is not None and (settlement.org_id != org_id or settlement.key != key):
+    if settlement is None:
+        return
+    if settlement.org_id != org_id or settlement.key != key:
         raise EngineInputError("the settlement passed to void is not the one named")
+    if settlement.period is None or settlement.reason is not None:
+        raise EngineInputError("the settlement passed to void did not settle")
+    check_id("member_id", settlement.member_id)
+    check_id("billing_group", settlement.billing_group, empty=True)
+    check_amount("unfunded", settlement.unfunded)
+    for line in settlement.lines:
+        check_id("bucket_id", line.bucket_id)
+        check_amount("amount", line.amount)
 
 
 __all__ = ["Bucket", "Draw", "Hold", "Ledger", "Period", "draw"]
