@@ -115,3 +115,11 @@ def test_empty_value_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.redis_url is None
     assert settings.topic_partitions == 4
+
+
+def test_max_event_credits_stays_within_the_engine_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METER_MAX_EVENT_CREDITS", str(2**53 - 1))
+    assert load_settings().max_event_credits == 2**53 - 1
+    monkeypatch.setenv("METER_MAX_EVENT_CREDITS", str(2**53))
+    with pytest.raises(SettingsError, match="METER_MAX_EVENT_CREDITS"):
+        load_settings()
