@@ -192,6 +192,8 @@ def _reason_message(reason: str, org_id: str, member_id: str) -> str:
         return f"member {member_id!r} of organization {org_id!r} is not known"
     if reason == "org_quarantined":
         return f"organization {org_id!r} is quarantined (meter quarantine show {org_id})"
+    if reason == "counter_overflow":
+        return f"settling it would take a counter of organization {org_id!r} past 2**53 - 1"
     return f"cannot settle: {reason}"
 
 

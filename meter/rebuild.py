@@ -86,7 +86,8 @@ WITH drawn AS (
     FROM voids v, jsonb_array_elements(v.returned) AS r(item)
     WHERE v.org_id = $1 AND v.voided GROUP BY 1
 )
-SELECT g.bucket_id, (g.amount - coalesce(d.amount, 0) + coalesce(r.amount, 0))::bigint AS left_
+SELECT g.bucket_id, (CASE WHEN g.revoked_at IS NULL
+    THEN g.amount - coalesce(d.amount, 0) + coalesce(r.amount, 0) ELSE 0 END)::bigint AS left_
 FROM credit_grants g
 LEFT JOIN drawn d USING (bucket_id)
 LEFT JOIN returned r USING (bucket_id)

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from meter.engine.types import MAX_AMOUNT
+
 
 class SettingsError(Exception):
     """Configuration that cannot be used; the message names the variable."""
@@ -64,8 +66,9 @@ class Settings(BaseSettings):
     """How long a configured server may take to answer at start-up."""
 
     max_future_skew_s: int = Field(default=300, ge=0)
-    max_event_credits: int = Field(default=10**12, gt=0)
-    """Largest credits value accepted on one event, in micro-credits (default 1,000,000 credits)."""
+    max_event_credits: int = Field(default=10**12, gt=0, le=MAX_AMOUNT)
+    """Largest credits value accepted on one event, in micro-credits (default 1,000,000 credits);
+    at most the engine's exact range, `MAX_AMOUNT` (2**53 - 1)."""
 
     @field_validator("redis_url")
     @classmethod

@@ -19,16 +19,18 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
-from meter.engine.types import MAX_HOLD_MS
-from meter.money import parse_credits
+from meter.engine.types import MAX_AMOUNT, MAX_HOLD_MS
+from meter.money import CreditsError, format_credits, parse_credits
 
 
 def _credits(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        # Floats never get here from the API's own decoder (it keeps number literals as text).
-        return parse_credits(value)
-    return parse_credits(value)
+    # Floats never get here from the API's own decoder (it keeps number literals as text).
+    try:
+        return parse_credits(value, maximum=MAX_AMOUNT)
+    except CreditsError as exc:
+        raise PydanticCustomError(exc.code, "{message}", {"message": exc.message}) from None
 
 
 Credits = Annotated[
@@ -38,14 +40,18 @@ Credits = Annotated[
         {
             "anyOf": [
                 {"type": "string", "pattern": r"^(0|[1-9][0-9]*)(\.[0-9]{1,6})?$"},
-                {"type": "number", "minimum": 0},
+                {"type": "number", "minimum": 0, "maximum": MAX_AMOUNT // 1_000_000},
             ],
-            "description": "Credits: a decimal with at most 6 fractional digits.",
+            "description": "Credits: a decimal with at most 6 fractional digits, at most "
+            f"{format_credits(MAX_AMOUNT)} (the engine's exact range).",
             "examples": ["1.5"],
         }
     ),
 ]
-"""Credits on input: parsed to integer micro-credits."""
+"""Credits on input: parsed to integer micro-credits, at most `MAX_AMOUNT` (every credits field
+reaches the engine, which keeps amounts exactly only up to there). A value out of range or not
+a credits literal is a validation error whose type is the `CreditsError` code (`too_large`,
+`too_precise`, `negative`, `not_a_number`, `inexact`)."""
 
 CreditsOut = Annotated[str, Field(pattern=r"^-?(0|[1-9][0-9]*)(\.[0-9]{1,6})?$", examples=["1500"])]
 """Credits on output: a decimal string."""
@@ -316,6 +322,9 @@ class GrantOut(Model):
     source: str
     created: bool
     """False when a grant with this bucket id already existed (nothing changed)."""
+    revoked_at: datetime | None = None
+    """When the grant was revoked (its `expires_at` is then that instant, unless it expired
+    sooner); null while it is not."""
 
 
 class GrantList(Model):

@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from meter.engine.types import UsageEvent
+from meter.engine.types import MAX_AMOUNT, UsageEvent
 from meter.money import INT64_MAX, CreditsError, format_credits, parse_credits
 from schemas.events import (
     ATTRIBUTE_NAME_PATTERN,
@@ -69,9 +69,9 @@ def _validate_time(value: object) -> int:
 
 
 def _validate_credits(value: object, info: ValidationInfo) -> int:
-    maximum = INT64_MAX
+    maximum = MAX_AMOUNT
     if isinstance(info.context, dict) and "limits" in info.context:
-        maximum = info.context["limits"].max_event_credits
+        maximum = min(info.context["limits"].max_event_credits, MAX_AMOUNT)
     if isinstance(value, Decimal):
         value = str(value)  # a JSON number read with parse_float=Decimal: every digit kept
     elif isinstance(value, bool) or not isinstance(value, str | int | float):

@@ -25,8 +25,9 @@ Rules (`EventError.code` in brackets; any rule not listed is `invalid_schema`):
   now [`time_in_future`]. Leap seconds (``:60``) are refused; fractions below a millisecond are
   truncated.
 - `data.credits` is a JSON string or number, a decimal with at most 6 fractional digits, not
-  negative, at most `max_event_credits` micro-credits [`invalid_credits`; the message names the
-  `meter.money.CreditsError` code]. See "Exact credits" below.
+  negative, at most `max_event_credits` micro-credits and never more than the engine's exact
+  range `MAX_AMOUNT` [`invalid_credits`; the message names the `meter.money.CreditsError` code].
+  See "Exact credits" below.
 - `data.attributes`, optional, holds free attributes for reporting: at most `MAX_ATTRIBUTES`
   entries, names 1 to 64 id characters, values strings of at most 256 characters, booleans or
   finite numbers. An integer outside the int64 range becomes a float. `data` allows no other key,
@@ -71,7 +72,7 @@ from typing import Any, Final, Literal, NamedTuple, NoReturn, Protocol
 
 import orjson
 
-from meter.engine.types import UsageEvent
+from meter.engine.types import MAX_AMOUNT, UsageEvent
 from meter.money import INT64_MAX, CreditsError, format_credits, parse_credits
 
 SPECVERSION: Final = "1.0"
@@ -423,7 +424,7 @@ def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEv
         time_ms = parse_time_ms(time_text)
     except TimeError as exc:
         raise _Invalid(exc.code, f"time: {exc.message}") from None
-    maximum = limits.max_event_credits
+    maximum = min(limits.max_event_credits, MAX_AMOUNT)
     micro = _known_credits.get(credits) if kind is str else None
     if micro is None or micro > maximum:
         try:

@@ -199,3 +199,11 @@ def test_version() -> None:
     result = _meter({}, "--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"meter {__version__}"
+
+
+def test_max_event_credits_stays_within_the_engine_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METER_MAX_EVENT_CREDITS", str(2**53 - 1))
+    assert load_settings().max_event_credits == 2**53 - 1
+    monkeypatch.setenv("METER_MAX_EVENT_CREDITS", str(2**53))
+    with pytest.raises(SettingsError, match="METER_MAX_EVENT_CREDITS"):
+        load_settings()

@@ -138,6 +138,15 @@ SELECT_GRANTS = "SELECT * FROM credit_grants WHERE org_id = $1 ORDER BY granted_
 SELECT_LIVE_GRANTS = """
 SELECT * FROM credit_grants WHERE org_id = $1 AND expires_at > $2 ORDER BY granted_at, bucket_id
 """
+# Revoking a grant ends it at that instant (schemas/migrations/0012_grant_revocation.sql).
+REVOKE_GRANT = """
+UPDATE credit_grants SET revoked_at = $3, expires_at = least(expires_at, $3)
+WHERE org_id = $1 AND bucket_id = $2 AND revoked_at IS NULL
+RETURNING *
+"""
+SELECT_REVOKED_GRANTS = """
+SELECT * FROM credit_grants WHERE org_id = $1 AND revoked_at IS NOT NULL ORDER BY bucket_id
+"""
 
 # Settled events are written by the settlement store (schemas/migrations/0002_settlements.sql).
 SELECT_SETTLEMENT = "SELECT * FROM settlements WHERE key = $1 AND org_id = $2"

@@ -27,7 +27,7 @@ import structlog
 
 from meter import quarantine
 from meter.admin import queries as q
-from meter.admin.clock import from_ms
+from meter.admin.clock import from_ms, to_ms
 from meter.admin.service import AdminService, member_config, org_config
 from meter.engine.redis import RedisEngine
 from meter.engine.types import BillingGroupConfig
@@ -66,6 +66,7 @@ async def apply_org(admin: AdminService, org_id: str) -> bool:
         groups = await conn.fetch(q.SELECT_BILLING_GROUPS, org_id)
         deleted = await conn.fetch(q.SELECT_DELETED_BILLING_GROUPS, org_id)
         grants = await conn.fetch(q.SELECT_LIVE_GRANTS, org_id, from_ms(admin.clock()))
+        revoked = await conn.fetch(q.SELECT_REVOKED_GRANTS, org_id)
     engine = admin.engine
     await engine.put_org(org_config(org))
     for g in groups:
@@ -83,6 +84,10 @@ async def apply_org(admin: AdminService, org_id: str) -> bool:
             await engine.remove_member(org_id, m["member_id"])
     for row in grants:
         await engine.apply_grant(grant_of(row))
+    for row in revoked:
+        await engine.revoke_grant(
+            org_id, row["member_id"], row["bucket_id"], to_ms(row["revoked_at"])
+        )
     admin.dirty.discard(org_id)
     return True
 

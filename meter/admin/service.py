@@ -218,6 +218,7 @@ def grant_out(row: asyncpg.Record, created: bool) -> api.GrantOut:
         granted_at=row["granted_at"],
         source=row["source"],
         created=created,
+        revoked_at=row["revoked_at"],
     )
 
 
@@ -677,6 +678,8 @@ class AdminService:
                 body.amount, valid_from, body.expires_at, from_ms(now), body.source,
             )  # fmt: skip
             row = await conn.fetchrow(q.SELECT_GRANT, org_id, bucket_id)
+        if created is None and row["revoked_at"] is not None:
+            raise Conflict("the grant with this bucket id was revoked", code="grant_revoked")
         if created is None and (
             row["kind"] != body.kind
             or row["member_id"] != body.member_id
@@ -687,6 +690,28 @@ class AdminService:
         grant = grant_of(row)
         await self._apply(org_id, lambda: self.engine.apply_grant(grant))
         return grant_out(row, created is not None)
+
+    async def revoke_grant(self, org_id: str, bucket_id: str) -> api.GrantOut:
+        """Revoke a grant from now on: what it has left is no longer usable, and it expires now
+        unless it expires sooner; settlements already drawn from it stay, and voids of them
+        return nothing to it. Idempotent: revoking again returns the grant as revoked first.
+
+        Recorded in PostgreSQL and applied to Redis under the rebuild lock held shared, as a
+        void does, so a rebuild reads PostgreSQL either before or after the revocation; a Redis
+        apply that fails is left to the reconciler, which applies every revocation again."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_REBUILD_SHARED, REBUILD_LOCK_KEY)
+            await self._org_row(conn, org_id)
+            row = await conn.fetchrow(q.REVOKE_GRANT, org_id, bucket_id, from_ms(self.clock()))
+            if row is None:
+                row = await conn.fetchrow(q.SELECT_GRANT, org_id, bucket_id)
+                if row is None:
+                    raise NotFound("grant not found", code="grant_not_found")
+            member_id, at_ms = row["member_id"], to_ms(row["revoked_at"])
+            await self._apply(
+                org_id, lambda: self.engine.revoke_grant(org_id, member_id, bucket_id, at_ms)
+            )
+        return grant_out(row, False)
 
     async def list_grants(self, org_id: str) -> api.GrantList:
         async with self.pool.acquire() as conn:

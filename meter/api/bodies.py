@@ -14,7 +14,7 @@ import re
 import orjson
 
 from meter.api.http import parse_body
-from meter.engine.types import MAX_HOLD_MS
+from meter.engine.types import MAX_AMOUNT, MAX_HOLD_MS
 from meter.errors import MeterError
 from meter.money import parse_credits
 from schemas import api
@@ -38,7 +38,7 @@ def _plain_credits(value: object) -> int | None:
     if kind is not str and kind is not int:
         return None
     try:
-        return parse_credits(value)  # type: ignore[arg-type]
+        return parse_credits(value, maximum=MAX_AMOUNT)  # type: ignore[arg-type]
     except MeterError:
         return None
 

@@ -325,6 +325,11 @@ async def create_grant(call: Call) -> Response:
     return model_response(grant, 201 if grant.created else 200)
 
 
+async def revoke_grant(call: Call) -> Response:
+    p = call.params
+    return model_response(await call.app.admin.revoke_grant(p["org_id"], p["bucket_id"]))
+
+
 async def list_grants(call: Call) -> Response:
     return model_response(await call.app.admin.list_grants(call.params["org_id"]))
 
@@ -496,6 +501,8 @@ ROUTES: list[Route] = [
     # grants, balances, voids
     Route("POST", ORG_PATH + "/grants", create_grant, "Grant credits (idempotent by bucket id)",
           OA, ORG, api.GrantCreate, api.GrantOut, 201, tag="credits"),
+    Route("DELETE", ORG_PATH + "/grants/{bucket_id}", revoke_grant,
+          "Revoke a grant from now on (idempotent)", OA, ORG, response=api.GrantOut, tag="credits"),
     Route("GET", ORG_PATH + "/grants", list_grants, "List grants", OA, ORG,
           response=api.GrantList, tag="credits"),
     Route("GET", ORG_PATH + "/balances", balances, "Credits left per bucket", OA, ORG,

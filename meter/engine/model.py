@@ -15,6 +15,7 @@ from meter.engine.periods import DAY_MS, period_at
 from meter.engine.types import (
     DEFAULT_HOLD_MS,
     KIND_RANK,
+    MAX_AMOUNT,
     MAX_HOLD_MS,
     UNASSIGNED,
     BillingGroupConfig,
@@ -139,37 +140,28 @@ class Ledger:
     # -- configuration -------------------------------------------------------------------------
 
     def put_org(self, org: OrgConfig) -> None:
-        check_org_id(org.org_id)
-        check_instant("anchor_ms", org.anchor_ms)
-        check_amount("grace_ms", org.grace_ms)
-        if org.rolling_days <= 0:
-            raise EngineInputError("rolling_days must be positive")
-        if org.default_member_limit is not None:
-            check_amount("default_member_limit", org.default_member_limit)
+        validate_org(org)
         self.orgs[org.org_id] = org
 
     def put_member(self, member: MemberConfig) -> None:
-        check_id("org_id", member.org_id)
-        check_id("member_id", member.member_id)
-        check_id("billing_group", member.billing_group, empty=True)
-        if member.member_limit is not None:
-            check_amount("member_limit", member.member_limit)
+        validate_member(member)
         self.members[(member.org_id, member.member_id)] = Member(member)
 
     def remove_member(self, org_id: str, member_id: str) -> None:
         """The member can no longer pass checks; events already in flight still settle."""
+        check_org_id(org_id)
+        check_id("member_id", member_id)
         m = self.members.get((org_id, member_id))
         if m is not None:
             m.removed = True
 
     def put_billing_group(self, group: BillingGroupConfig) -> None:
-        check_id("org_id", group.org_id)
-        check_id("group_id", group.group_id)
-        if group.limit is not None:
-            check_amount("limit", group.limit)
+        validate_billing_group(group)
         self.groups[group.org_id][group.group_id] = group.limit
 
     def delete_billing_group(self, org_id: str, group_id: str) -> None:
+        check_org_id(org_id)
+        check_id("group_id", group_id)
         self.groups[org_id].pop(group_id, None)
 
     def apply_grant(self, grant: Grant) -> bool:
@@ -206,6 +198,24 @@ class Ledger:
         for rid in [rid for rid, h in holds.items() if h.expires_ms <= now_ms]:
             del holds[rid]
 
+    def revoke_grant(
+        self, org_id: str, member_id: str | None, bucket_id: str, now_ms: int
+    ) -> int | None:
+        """Nothing left in the bucket, and it expires at `now_ms` unless it expires sooner;
+        returns what it had left (None: no such bucket)."""
+        check_org_id(org_id)
+        if member_id is not None:
+            check_id("member_id", member_id)
+        check_id("bucket_id", bucket_id)
+        check_instant("now_ms", now_ms)
+        bucket = self.buckets[org_id].get((member_id, bucket_id))
+        if bucket is None:
+            return None
+        left, bucket.left = bucket.left, 0
+        if bucket.grant.expires_at_ms > now_ms:
+            bucket.grant = replace(bucket.grant, expires_at_ms=now_ms)
+        return left
+
     # -- settling ------------------------------------------------------------------------------
 
     def settle_batch(
@@ -237,16 +247,10 @@ class Ledger:
             period, t_ms = period_at(org, now_ms), now_ms
         group = self._group_of(member)
 
-        holds = self.holds[ev.org_id]
-        if ev.reservation_id is not None:
-            hold = holds.get(ev.reservation_id)
-            if hold is not None and hold.member_id == ev.member_id:
-                del holds[ev.reservation_id]
-
+        counters = self.counters[(ev.org_id, period.start_ms)]
         if org.status is not OrgStatus.ACTIVE:
             result = Draw((), ev.credits, False, False)
         else:
-            counters = self.counters[(ev.org_id, period.start_ms)]
             used = counters[_member_key(org, ev.member_id)]
             limit = self._member_limit(org, member)
             group_limit = self.groups[ev.org_id].get(group) if group else None
@@ -257,9 +261,17 @@ class Ledger:
                 None if limit is None else max(0, limit - used),
                 None if group_limit is None else max(0, group_limit - counters[f"group:{group}"]),
             )
-            buckets = self.buckets[ev.org_id]
-            for line in result.lines:
-                buckets[(_owner(line.kind, ev.member_id), line.bucket_id)].left -= line.amount
+        if _overflows(counters, ev.member_id, group, result):
+            return refused(ev, Reason.COUNTER_OVERFLOW)
+
+        holds = self.holds[ev.org_id]
+        if ev.reservation_id is not None:
+            hold = holds.get(ev.reservation_id)
+            if hold is not None and hold.member_id == ev.member_id:
+                del holds[ev.reservation_id]
+        buckets = self.buckets[ev.org_id]
+        for line in result.lines:
+            buckets[(_owner(line.kind, ev.member_id), line.bucket_id)].left -= line.amount
 
         settlement = Settlement(
             ev.key, ev.org_id, ev.member_id, ev.credits, ev.time_ms, period, group,
@@ -283,6 +295,7 @@ class Ledger:
         counters["unfunded"] += sign * s.unfunded
 
     def confirm(self, org_id: str, keys: Sequence[str]) -> None:
+        check_org_id(org_id)
         results = self.results[org_id]
         for key in keys:
             results.pop(key, None)
@@ -290,6 +303,8 @@ class Ledger:
     # -- checks and reservations ---------------------------------------------------------------
 
     def check(self, org_id: str, member_id: str, credits: int, now_ms: int) -> CheckResult:
+        check_org_id(org_id)
+        check_id("member_id", member_id)
         check_amount("credits", credits)
         check_instant("now_ms", now_ms)
         self._drop_expired_holds(org_id, now_ms)
@@ -340,6 +355,8 @@ class Ledger:
         available = dict.fromkeys(Kind, 0)
         for b, amount in candidates:
             available[b.grant.kind] += amount
+        # A sum over buckets can pass the bound: reported as at least MAX_AMOUNT.
+        available = {kind: min(total, MAX_AMOUNT) for kind, total in available.items()}
         result = draw(candidates, credits, org.limit_policy, member_room, group_room)
         reason = None
         if result.unfunded:
@@ -363,6 +380,8 @@ class Ledger:
         ttl_ms: int = DEFAULT_HOLD_MS,
     ) -> CheckResult:
         """Check, and if allowed hold the simulated draw until `now_ms + ttl_ms` (capped)."""
+        check_org_id(org_id)
+        check_id("member_id", member_id)
         check_amount("credits", credits)
         check_instant("now_ms", now_ms)
         check_id("reservation_id", reservation_id)
@@ -386,6 +405,8 @@ class Ledger:
         return replace(checked, reservation_id=reservation_id, reservation_expires_ms=expires)
 
     def release(self, org_id: str, reservation_id: str, now_ms: int) -> bool:
+        check_org_id(org_id)
+        check_id("reservation_id", reservation_id)
         check_instant("now_ms", now_ms)
         self._drop_expired_holds(org_id, now_ms)
         return self.holds[org_id].pop(reservation_id, None) is not None
@@ -397,6 +418,7 @@ class Ledger:
     ) -> VoidResult:
         """Return a settlement's credits to its unexpired buckets and take back its counters
         (while its period is open). Idempotent: a second void returns the first result."""
+        check_org_id(org_id)
         check_instant("now_ms", now_ms)
         validate_void_settlement(org_id, key, settlement)
         self._drop_expired_holds(org_id, now_ms)
@@ -474,9 +496,12 @@ class Ledger:
     # -- reading -------------------------------------------------------------------------------
 
     def balances(self, org_id: str, now_ms: int) -> dict[str, int]:
+        check_org_id(org_id)
         return {b.grant.bucket_id: b.left for b in self.buckets[org_id].values()}
 
     def usage(self, org_id: str, now_ms: int) -> dict[str, int]:
+        check_org_id(org_id)
+        check_instant("now_ms", now_ms)
         org = self.orgs.get(org_id)
         if org is None:
             return {}
@@ -490,6 +515,20 @@ def refused(ev: UsageEvent, reason: Reason) -> Settlement:
         ev.key, ev.org_id, ev.member_id, ev.credits, ev.time_ms, None,
         reservation_id=ev.reservation_id, reason=reason,
     )  # fmt: skip
+
+
+def _overflows(counters: Mapping[str, int], member_id: str, group: str, result: Draw) -> bool:
+    """True when adding `result` to its period's counters would take one past `MAX_AMOUNT`
+    (README "Bounds")."""
+    drawn = sum(line.amount for line in result.lines)
+    shared = sum(line.amount for line in result.lines if line.kind is Kind.SHARED)
+    return (
+        counters.get("drawn", 0) + drawn > MAX_AMOUNT
+        or counters.get("unfunded", 0) + result.unfunded > MAX_AMOUNT
+        or counters.get(f"member:{member_id}", 0) + drawn > MAX_AMOUNT
+        or counters.get(f"member_shared:{member_id}", 0) + shared > MAX_AMOUNT
+        or counters.get(f"group:{group}", 0) + drawn > MAX_AMOUNT
+    )
 
 
 def _owner(kind: Kind, member_id: str) -> str | None:
@@ -510,8 +549,37 @@ def hold_ttl(ttl_ms: int) -> int:
     return min(ttl_ms, MAX_HOLD_MS)
 
 
+def validate_org(org: OrgConfig) -> None:
+    """The checks of `put_org` (both engines)."""
+    check_org_id(org.org_id)
+    check_instant("anchor_ms", org.anchor_ms)
+    check_amount("grace_ms", org.grace_ms)
+    days = org.rolling_days
+    if type(days) is not int or not 0 < days <= MAX_AMOUNT // DAY_MS:
+        raise EngineInputError(f"rolling_days must be an integer in 1..{MAX_AMOUNT // DAY_MS}")
+    if org.default_member_limit is not None:
+        check_amount("default_member_limit", org.default_member_limit)
+
+
+def validate_member(member: MemberConfig) -> None:
+    """The checks of `put_member` (both engines)."""
+    check_org_id(member.org_id)
+    check_id("member_id", member.member_id)
+    check_id("billing_group", member.billing_group, empty=True)
+    if member.member_limit is not None:
+        check_amount("member_limit", member.member_limit)
+
+
+def validate_billing_group(group: BillingGroupConfig) -> None:
+    """The checks of `put_billing_group` (both engines)."""
+    check_org_id(group.org_id)
+    check_id("group_id", group.group_id)
+    if group.limit is not None:
+        check_amount("limit", group.limit)
+
+
 def validate_grant(grant: Grant) -> None:
-    check_id("org_id", grant.org_id)
+    check_org_id(grant.org_id)
     check_id("bucket_id", grant.bucket_id)
     check_amount("amount", grant.amount)
     for name in ("valid_from_ms", "expires_at_ms", "granted_at_ms"):
@@ -558,6 +626,7 @@ def validate_restore(balances: Mapping[str, int], usage: Mapping[str, int]) -> N
         check_id("bucket_id", bucket_id)
         check_amount("left", left)
     for name, value in usage.items():
+        check_id("counter name", name)
         check_amount(name, value)
         if name in USAGE_TOTALS:
             continue
@@ -569,8 +638,18 @@ def validate_restore(balances: Mapping[str, int], usage: Mapping[str, int]) -> N
 
 def validate_void_settlement(org_id: str, key: str, settlement: Settlement | None) -> None:
     check_id("key", key)
-    if settlement is not None and (settlement.org_id != org_id or settlement.key != key):
+    if settlement is None:
+        return
+    if settlement.org_id != org_id or settlement.key != key:
         raise EngineInputError("the settlement passed to void is not the one named")
+    if settlement.period is None or settlement.reason is not None:
+        raise EngineInputError("the settlement passed to void did not settle")
+    check_id("member_id", settlement.member_id)
+    check_id("billing_group", settlement.billing_group, empty=True)
+    check_amount("unfunded", settlement.unfunded)
+    for line in settlement.lines:
+        check_id("bucket_id", line.bucket_id)
+        check_amount("amount", line.amount)
 
 
 __all__ = ["Bucket", "Draw", "Hold", "Ledger", "Period", "draw"]

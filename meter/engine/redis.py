@@ -21,8 +21,11 @@ from redis.exceptions import NoScriptError
 from meter.engine.model import (
     hold_ttl,
     refused,
+    validate_billing_group,
     validate_events,
     validate_grant,
+    validate_member,
+    validate_org,
     validate_restore,
     validate_void_settlement,
 )
@@ -57,6 +60,7 @@ SCRIPTS = (
     "put_billing_group",
     "delete_billing_group",
     "apply_grant",
+    "revoke_grant",
     "settle_batch",
     "confirm",
     "check",
@@ -236,13 +240,7 @@ class RedisEngine:
     # -- configuration -------------------------------------------------------------------------
 
     async def put_org(self, org: OrgConfig) -> None:
-        check_org_id(org.org_id)
-        check_instant("anchor_ms", org.anchor_ms)
-        check_amount("grace_ms", org.grace_ms)
-        if type(org.rolling_days) is not int or org.rolling_days <= 0:
-            raise EngineInputError("rolling_days must be positive")
-        if org.default_member_limit is not None:
-            check_amount("default_member_limit", org.default_member_limit)
+        validate_org(org)
         await self._call(
             "put_org", org.org_id, org.status.value, org.period_kind.value, org.anchor_ms,
             org.rolling_days, org.limit_policy.value, _opt(org.default_member_limit),
@@ -250,11 +248,7 @@ class RedisEngine:
         )  # fmt: skip
 
     async def put_member(self, member: MemberConfig) -> None:
-        check_org_id(member.org_id)
-        check_id("member_id", member.member_id)
-        check_id("billing_group", member.billing_group, empty=True)
-        if member.member_limit is not None:
-            check_amount("member_limit", member.member_limit)
+        validate_member(member)
         await self._call(
             "put_member", member.org_id, member.member_id, "1" if member.seated else "0",
             _opt(member.member_limit), member.billing_group,
@@ -266,10 +260,7 @@ class RedisEngine:
         await self._call("remove_member", org_id, member_id)
 
     async def put_billing_group(self, group: BillingGroupConfig) -> None:
-        check_org_id(group.org_id)
-        check_id("group_id", group.group_id)
-        if group.limit is not None:
-            check_amount("limit", group.limit)
+        validate_billing_group(group)
         await self._call("put_billing_group", group.org_id, group.group_id, _opt(group.limit))
 
     async def delete_billing_group(self, org_id: str, group_id: str) -> None:
@@ -279,13 +270,23 @@ class RedisEngine:
 
     async def apply_grant(self, grant: Grant) -> bool:
         validate_grant(grant)
-        check_org_id(grant.org_id)
         added = await self._call(
             "apply_grant", grant.org_id, grant.member_id or "", grant.bucket_id,
             KIND_CODE[grant.kind], grant.valid_from_ms, grant.expires_at_ms, grant.granted_at_ms,
             grant.amount,
         )  # fmt: skip
         return bool(added)
+
+    async def revoke_grant(
+        self, org_id: str, member_id: str | None, bucket_id: str, now_ms: int
+    ) -> int | None:
+        check_org_id(org_id)
+        if member_id is not None:
+            check_id("member_id", member_id)
+        check_id("bucket_id", bucket_id)
+        check_instant("now_ms", now_ms)
+        was = await self._call("revoke_grant", org_id, member_id or "", bucket_id, now_ms)
+        return None if was is None else int(_str(was))
 
     # -- settling ------------------------------------------------------------------------------
 

@@ -62,6 +62,9 @@ class Reason(StrEnum):
     INSUFFICIENT_CREDITS = "insufficient_credits"
     ORG_QUARANTINED = "org_quarantined"
     """The organization exists but its state could not be applied (`meter.quarantine`)."""
+    COUNTER_OVERFLOW = "counter_overflow"
+    """An event whose settlement would push a counter of its period past `MAX_AMOUNT`: refused,
+    nothing changed (the caller dead-letters it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +242,14 @@ class Engine(Protocol):
 
     async def apply_grant(self, grant: Grant) -> bool:
         """Add a bucket; idempotent by bucket id. True when it was new."""
+
+    async def revoke_grant(
+        self, org_id: str, member_id: str | None, bucket_id: str, now_ms: int
+    ) -> int | None:
+        """Revoke a bucket (owned by `member_id`, or the shared pool when None) from `now_ms`: its
+        credits left become 0 and it expires at `now_ms` if it expires later, so nothing draws
+        from it and voids return nothing to it. Idempotent. Returns the credits it had left, None
+        when the owner has no such bucket."""
 
     async def settle_batch(
         self,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from meter.engine.model import Ledger, prunable
@@ -24,6 +24,7 @@ from meter.engine.periods import period_at
 from meter.engine.redis import RedisEngine
 from meter.engine.types import (
     KIND_RANK,
+    MAX_AMOUNT,
     MAX_HOLD_MS,
     BillingGroupConfig,
     Grant,
@@ -45,9 +46,12 @@ KEYS = [f"k{i}" for i in range(16)]
 HOLDS = [f"r{i}" for i in range(4)]
 ORG_IDS = itertools.count()
 
-credits = st.sampled_from([0, 1, 5, 10, 10, 30, 30, 60])
-amounts = st.sampled_from([0, 10, 30, 30, 100, 300])
-limits = st.one_of(st.none(), st.none(), st.sampled_from([0, 10, 50, 200]))
+# A third of the bound and more: three such events take a counter of their period past
+# MAX_AMOUNT, which the engines refuse (`counter_overflow`).
+HUGE = MAX_AMOUNT // 3 + 1
+credits = st.sampled_from([0, 1, 5, 10, 10, 30, 30, 60, HUGE])
+amounts = st.sampled_from([0, 10, 30, 30, 100, 300, HUGE, MAX_AMOUNT])
+limits = st.one_of(st.none(), st.none(), st.sampled_from([0, 10, 50, 200, MAX_AMOUNT]))
 starts = st.sampled_from([-40 * DAY, -3 * DAY, -3 * DAY, -HOUR, -HOUR, 0, HOUR, 2 * DAY])
 lengths = st.sampled_from([1, HOUR, 2 * DAY, 20 * DAY, 70 * DAY, 70 * DAY, 200 * DAY])
 kinds = st.sampled_from([Kind.SEAT, Kind.SEAT, Kind.PERSONAL, Kind.SHARED, Kind.SHARED,
@@ -99,6 +103,7 @@ STEPS: dict[str, Any] = {
     "remove": st.tuples(st.just("remove"), st.sampled_from(MEMBERS)),
     "ungroup": st.tuples(st.just("ungroup"), st.sampled_from(GROUPS)),
     "regrant": st.tuples(st.just("regrant")),
+    "revoke": st.tuples(st.just("revoke"), st.integers(0, 7)),
     "check": st.tuples(st.just("check"), st.sampled_from(MEMBERS), credits),
     "release": st.tuples(st.just("release"), st.sampled_from(HOLDS)),
     "void": st.tuples(st.just("void"), st.sampled_from(KEYS)),
@@ -138,6 +143,8 @@ class World:
     """Live (not voided) settlements by key, including confirmed ones."""
     pending: dict[str, Settlement] = field(default_factory=dict)
     """Results the engines still remember (settled, not confirmed), voided or not."""
+    revoked: set[str] = field(default_factory=set)
+    """Bucket ids revoked: nothing left in them, whatever was drawn."""
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -189,6 +196,16 @@ async def run_op(op: tuple[Any, ...], w: World, model: Ledger, redis: RedisEngin
         added = model.apply_grant(g)
         assert await redis.apply_grant(g) == added
         assert added == (name == "grant")
+    elif name == "revoke":
+        if not w.grants:
+            return
+        g = list(w.grants.values())[op[1] % len(w.grants)]
+        was = model.revoke_grant(org_id, g.member_id, g.bucket_id, w.now)
+        assert await redis.revoke_grant(org_id, g.member_id, g.bucket_id, w.now) == was
+        assert was == (0 if g.bucket_id in w.revoked else g.amount - w.drawn[g.bucket_id])
+        w.revoked.add(g.bucket_id)
+        event("revoked" if was else "revoked: nothing left")
+        w.grants[g.bucket_id] = replace(g, expires_at_ms=min(g.expires_at_ms, w.now))
     elif name == "settle":
         events = [
             UsageEvent(key, org_id, m, credits, w.now + dt, rid)
@@ -250,6 +267,7 @@ def check_settlement(w: World, ev: UsageEvent, s: Settlement) -> None:
         return
     if s.reason is not None:
         assert s.period is None and not s.lines
+        event(f"refused: {s.reason.value}")
         return
     assert ev.key not in w.pending
     assert sum(line.amount for line in s.lines) + s.unfunded == ev.credits
@@ -320,10 +338,12 @@ async def compare_state(w: World, model: Ledger, redis_engine: RedisEngine) -> N
     assert await redis_engine.balances(w.org.org_id, w.now) == balances
     assert all(left >= 0 for left in balances.values())
     for bucket_id, g in w.grants.items():
-        assert balances[bucket_id] == g.amount - w.drawn[bucket_id]
+        left = 0 if bucket_id in w.revoked else g.amount - w.drawn[bucket_id]
+        assert balances[bucket_id] == left
     usage = model.usage(w.org.org_id, w.now)
     assert await redis_engine.usage(w.org.org_id, w.now) == usage
     assert usage == expected_usage(w)
+    assert all(value <= MAX_AMOUNT for value in usage.values())
 
 
 @settings(

@@ -99,12 +99,13 @@ async def test_poison_is_dead_lettered_and_replayable(
     assert len(await read_topic(bootstrap, dlq)) == 6
 
 
-async def test_event_the_engine_refuses_is_dead_lettered(
+async def test_credits_beyond_the_engine_range_are_dead_lettered(
     pipe_settings: Settings, engine: RedisEngine, running: Running
 ) -> None:
-    """An event that passes decoding but that the engine refuses as input (here: more credits
-    than the engine can count exactly, let through by a generous `max_event_credits`) goes to
-    the dead-letter topic; the rest of its organization's batch settles."""
+    """An event of more credits than the engine can count exactly is refused at decoding even
+    when `max_event_credits` says more (settings are validated against the engine's range, but
+    this one was not), goes to the dead-letter topic, and the rest of its organization's batch
+    settles."""
     settings = pipe_settings.model_copy(update={"max_event_credits": 2**60})
     world = World.build(n_orgs=2, members_per_org=3, seed=5)
     await world.apply(engine)
@@ -125,9 +126,9 @@ async def test_event_the_engine_refuses_is_dead_lettered(
     await wait_for(done, what="catch up")
     await running.stop(consumer)
     dead = await read_topic(bootstrap, settings.dlq_topic)
-    assert dlq_reasons(dead) == {"engine_input": 1}
+    assert dlq_reasons(dead) == {"invalid_credits": 1}
     assert dead[0].value == huge
-    assert "credits" in (header(dead[0].headers, MESSAGE) or "")
+    assert "too_large" in (header(dead[0].headers, MESSAGE) or "")
     assert consumer.settled == len(good)
     await assert_consistent(world, engine, dsn, good, dead_keys=["//t huge"])
 

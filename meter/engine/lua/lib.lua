@@ -25,6 +25,7 @@
 -- boundary as decimal strings, never through cjson.
 
 local SEP = '\31'
+local MAX_AMOUNT = 9007199254740991 -- types.MAX_AMOUNT, 2^53 - 1
 local DAY = 86400000
 local COUNTER_KEEP_MS = 7 * DAY
 local PRUNE_AFTER_MS = 7 * DAY -- model.PRUNE_AFTER_MS
@@ -430,6 +431,10 @@ end
 local function check_reply(c)
   if not c.drawn then return {c.reason} end
   local k = c.per_kind
+  -- a sum over buckets can pass 2^53 (inexactly, but never below it): at least MAX_AMOUNT
+  for kind, v in pairs(k) do
+    if v > MAX_AMOUNT then k[kind] = MAX_AMOUNT end
+  end
   return {
     c.reason or '', k.s == 0 and '0' or fmt(k.s), k.p == 0 and '0' or fmt(k.p),
     k.h == 0 and '0' or fmt(k.h), k.o == 0 and '0' or fmt(k.o),

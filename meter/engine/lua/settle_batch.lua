@@ -151,11 +151,6 @@ for i = 1, n do
     local mem = members[mid]
     local credits = tonumber(amounts[i])
     local rid = rids[i]
-    if rid ~= '' and org.hm then
-      local hold = redis.call('HGET', P .. 'h', rid)
-      if hold and string.sub(hold, 1, #mid + 1) == mid .. SEP then drop_hold(P, rid, hold) end
-    end
-
     local vals, dirty = c.vals, c.dirty
     local group, gf = mem.gid, mem.gf
     local lines, nl, unfunded, mflag, gflag = nil, 0, credits, false, false
@@ -176,40 +171,56 @@ for i = 1, n do
         mroom, groom, 'left')
     end
 
-    local result = mid .. SEP .. amounts[i] .. SEP .. times[i] .. SEP .. c.ss .. SEP .. c.es .. SEP
-      .. group .. SEP .. (unfunded == 0 and '0' or fmt(unfunded)) .. SEP
-      .. FLAGS[(mflag and 1 or 0) + (gflag and 2 or 0) + (ev_late[i] and 4 or 0)] .. SEP .. rid
     local drawn, drawn_shared = 0, 0
     for j = 1, nl - 1, 2 do
-      local b, amount = lines[j], lines[j + 1]
-      b.left = b.left - amount
-      b.owner.dirty = true
+      local amount = lines[j + 1]
       drawn = drawn + amount
-      if b.rank == 2 then drawn_shared = drawn_shared + amount end
-      result = result .. SEP .. b.id .. SEP .. b.kind .. SEP .. fmt(amount)
+      if lines[j].rank == 2 then drawn_shared = drawn_shared + amount end
     end
-    if drawn ~= 0 then
-      local fa = mem.fa
-      vals[fa] = vals[fa] + drawn
-      vals[gf] = vals[gf] + drawn
-      vals.d = vals.d + drawn
-      dirty[fa], dirty[gf], dirty.d = true, true, true
-      if drawn_shared ~= 0 then
-        vals[mem.fs] = vals[mem.fs] + drawn_shared
-        dirty[mem.fs] = true
+    -- Counters stay exact (below 2^53): an event that would push one past is refused whole.
+    -- A sum of two values below 2^53 rounds, if at all, to a double above MAX_AMOUNT.
+    if vals.u + unfunded > MAX_AMOUNT or (drawn ~= 0 and (vals.d + drawn > MAX_AMOUNT
+        or vals[mem.fa] + drawn > MAX_AMOUNT or vals[gf] + drawn > MAX_AMOUNT
+        or vals[mem.fs] + drawn_shared > MAX_AMOUNT)) then
+      status[i] = 'x'
+      out[i + 1] = 'counter_overflow'
+    else
+      if rid ~= '' and org.hm then
+        local hold = redis.call('HGET', P .. 'h', rid)
+        if hold and string.sub(hold, 1, #mid + 1) == mid .. SEP then drop_hold(P, rid, hold) end
       end
-    end
-    if unfunded ~= 0 then
-      vals.u = vals.u + unfunded
-      dirty.u = true
-    end
+      local result = mid .. SEP .. amounts[i] .. SEP .. times[i] .. SEP .. c.ss .. SEP .. c.es
+        .. SEP .. group .. SEP .. (unfunded == 0 and '0' or fmt(unfunded)) .. SEP
+        .. FLAGS[(mflag and 1 or 0) + (gflag and 2 or 0) + (ev_late[i] and 4 or 0)] .. SEP .. rid
+      for j = 1, nl - 1, 2 do
+        local b, amount = lines[j], lines[j + 1]
+        b.left = b.left - amount
+        b.owner.dirty = true
+        result = result .. SEP .. b.id .. SEP .. b.kind .. SEP .. fmt(amount)
+      end
+      if drawn ~= 0 then
+        local fa = mem.fa
+        vals[fa] = vals[fa] + drawn
+        vals[gf] = vals[gf] + drawn
+        vals.d = vals.d + drawn
+        dirty[fa], dirty[gf], dirty.d = true, true, true
+        if drawn_shared ~= 0 then
+          vals[mem.fs] = vals[mem.fs] + drawn_shared
+          dirty[mem.fs] = true
+        end
+      end
+      if unfunded ~= 0 then
+        vals.u = vals.u + unfunded
+        dirty.u = true
+      end
 
-    fresh[key] = result
-    new_results[nr + 1] = key
-    new_results[nr + 2] = result
-    nr = nr + 2
-    status[i] = 'n'
-    out[i + 1] = result
+      fresh[key] = result
+      new_results[nr + 1] = key
+      new_results[nr + 2] = result
+      nr = nr + 2
+      status[i] = 'n'
+      out[i + 1] = result
+    end
   end
 end
 
