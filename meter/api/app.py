@@ -159,7 +159,13 @@ class App:
         await self._engine.load_scripts()
         self._admin = AdminService(self._pool, self._engine, clock=lambda: self.clock())
         await self._admin.install_presets()
-        self._keys = KeyVerifier(self._pool, self.settings.admin_token, self.key_cache_ttl_s)
+        self._keys = KeyVerifier(
+            self._pool,
+            self.settings.admin_token,
+            self.key_cache_ttl_s,
+            miss_rate=self.settings.auth_miss_rate,
+            miss_burst=self.settings.auth_miss_burst,
+        )
         self._tasks.append(
             asyncio.create_task(run_reconciler(self._admin, self.reconcile_interval_s))
         )
@@ -253,7 +259,7 @@ class App:
             principal = await self.keys.verify(headers.get("authorization"))
             call.principal = principal
             if route.access == Access.ADMIN:
-                principal.require_admin()
+                principal.require_platform(*route.scopes)
             elif route.access == Access.ORG:
                 principal.require_org(params["org_id"], *route.scopes)
         if method in ("POST", "PUT", "PATCH"):
