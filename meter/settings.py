@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     request's line and headers; the connection is dropped after it."""
     http_body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     """Time a client has, once the headers are in, to send the whole request body."""
-    http_keep_alive_s: float = Field(default=5.0, gt=0, le=3600)
+    http_keep_alive_s: int = Field(default=5, ge=1, le=3600)
     """An idle keep-alive connection is closed after this many seconds."""
     http_max_connections: int = Field(default=1000, ge=1)
     """Open connections per API process; one beyond it is closed as soon as it is accepted."""
