@@ -41,6 +41,14 @@ async def make_org(admin: httpx.AsyncClient, plan: dict[str, Any] | None = None,
     return org_id
 
 
+async def make_billing_key(admin: httpx.AsyncClient) -> str:
+    """A `billing` platform key (grants, voids, codes, redemptions, plan changes)."""
+    r = await admin.post("/v1/keys", json={"scope": "billing", "name": "billing"})
+    assert r.status_code == 201, r.text
+    token: str = r.json()["token"]
+    return token
+
+
 async def make_key(admin: httpx.AsyncClient, org_id: str, scope: str) -> str:
     r = await admin.post(f"/v1/orgs/{org_id}/keys", json={"scope": scope, "name": scope})
     assert r.status_code == 201, r.text
