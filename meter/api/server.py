@@ -9,9 +9,10 @@ connections and answers 503 beyond `limit_concurrency`, but waits forever for a 
 finishes arriving. `HttpProtocol` gives each request a deadline: its line and headers must be in
 within `header_timeout_s` of the connection opening (or of the request's first byte on a reused
 connection), its body within `body_timeout_s` of the headers; a client that trickles a byte at a
-time gains nothing. A connection past its deadline is dropped. Connections beyond
-`max_connections` are dropped as soon as they are accepted, before any file descriptor or memory
-more is spent on them.
+time gains nothing. A connection past its deadline is dropped. A connection accepted beyond
+`max_connections` makes room by dropping the connection that has waited longest without a request
+in flight (still sending its head, or idle between requests); when every connection has a request
+in flight, the new one is dropped instead.
 """
 
 from __future__ import annotations
@@ -103,9 +104,14 @@ DEFAULT_LIMITS = HttpLimits.of(Settings.model_construct())
 
 
 class _Config(uvicorn.Config):
-    """A uvicorn configuration that carries the limits to each connection's protocol."""
+    """A uvicorn configuration that carries the limits to each connection's protocol, and the
+    server's connections without a request in flight, oldest first."""
 
     limits: HttpLimits = DEFAULT_LIMITS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle: dict[HttpProtocol, None] = {}
 
 
 class HttpProtocol(HttpToolsProtocol):
@@ -114,7 +120,10 @@ class HttpProtocol(HttpToolsProtocol):
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
-        self._limits = config.limits if isinstance(config, _Config) else DEFAULT_LIMITS
+        if isinstance(config, _Config):
+            self._limits, self._idle = config.limits, config.idle
+        else:
+            self._limits, self._idle = DEFAULT_LIMITS, {}
         self._deadline: asyncio.TimerHandle | None = None
         self._body_due: float | None = None
         """When the body must be complete; None while the headers are still due."""
@@ -123,12 +132,20 @@ class HttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.transport = _HeldWrites(transport)  # type: ignore[assignment]
         if len(self.connections) > self._limits.max_connections:
-            transport.abort()
-            return
+            # Make room by dropping the connection that has waited longest without a request in
+            # flight (a slow or idle client); when every one is busy, drop the new one.
+            oldest = next(iter(self._idle), None)
+            if oldest is None:
+                transport.abort()
+                return
+            oldest.transport.abort()
+            oldest._set_busy()
+        self._set_idle()
         self._expect_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._set_busy()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -137,6 +154,7 @@ class HttpProtocol(HttpToolsProtocol):
             self._expect_request()
 
     def on_headers_complete(self) -> None:
+        self._set_busy()
         super().on_headers_complete()
         self._body_due = self.loop.time() + self._limits.body_timeout_s
         deadline = self._deadline
@@ -150,7 +168,18 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self.transport.flush()  # type: ignore[attr-defined]
+        pipelined = bool(self.pipeline)
         super().on_response_complete()
+        if not pipelined and not self.transport.is_closing():
+            self._set_idle()
+
+    def _set_idle(self) -> None:
+        """No request in flight: the connection may be dropped to make room for a new one."""
+        self._idle.pop(self, None)
+        self._idle[self] = None
+
+    def _set_busy(self) -> None:
+        self._idle.pop(self, None)
 
     def _expect_request(self) -> None:
         """Arm the deadline of a request's line and headers."""
