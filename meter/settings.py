@@ -53,8 +53,10 @@ class Settings(BaseSettings):
     """An idle keep-alive connection is closed after this many seconds."""
     http_max_connections: int = Field(default=1000, ge=1)
     """Open connections per API process; one beyond it is closed as soon as it is accepted."""
-    http_max_concurrency: int = Field(default=800, ge=1)
-    """Open connections or requests in flight per API process beyond which requests get 503."""
+    http_max_concurrency: int | None = Field(default=None, ge=1)
+    """Open connections or requests in flight per API process beyond which requests get 503
+    (uvicorn's `limit_concurrency`); unset: off. It counts idle and slow connections too: below
+    `http_max_connections` a flood of slow clients would get everyone 503s."""
     auth_miss_rate: float = Field(default=20.0, gt=0)
     """Lookups of unknown keys per second per API process (beyond the burst: 429)."""
     auth_miss_burst: int = Field(default=100, ge=1)

@@ -5,14 +5,14 @@ per answer, which on the quota path cost more than the handler. `HttpProtocol` g
 transport that holds the head and sends it with the body in one call.
 
 Slow clients (`HttpLimits`, from the `METER_HTTP_*` settings): uvicorn closes idle keep-alive
-connections and answers 503 beyond `limit_concurrency`, but waits forever for a request that never
-finishes arriving. `HttpProtocol` gives each request a deadline: its line and headers must be in
-within `header_timeout_s` of the connection opening (or of the request's first byte on a reused
-connection), its body within `body_timeout_s` of the headers; a client that trickles a byte at a
-time gains nothing. A connection past its deadline is dropped. A connection accepted beyond
-`max_connections` makes room by dropping the connection that has waited longest without a request
-in flight (still sending its head, or idle between requests); when every connection has a request
-in flight, the new one is dropped instead.
+connections (and answers 503 beyond `limit_concurrency` when set), but waits forever for a
+request that never finishes arriving. `HttpProtocol` gives each request a deadline: its line and
+headers must be in within `header_timeout_s` of the connection opening (or of the request's first
+byte on a reused connection), its body within `body_timeout_s` of the headers; a client that
+trickles a byte at a time gains nothing. A connection past its deadline is dropped. A connection
+accepted beyond `max_connections` makes room by dropping the connection that has waited longest
+without a request in flight (still sending its head, or idle between requests); when every
+connection has a request in flight, the new one is dropped instead.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class HttpLimits:
     body_timeout_s: float
     keep_alive_s: int
     max_connections: int
-    max_concurrency: int
+    max_concurrency: int | None
 
     @classmethod
     def of(cls, settings: Settings) -> HttpLimits:
