@@ -73,6 +73,12 @@ class MethodNotAllowed(MeterError):
     code = "method_not_allowed"
 
 
+class RateLimited(MeterError):
+    """Too many requests of a kind this process rations (unknown keys); the caller may retry."""
+
+    code = "rate_limited"
+
+
 class Unavailable(MeterError):
     """A dependency (Kafka, PostgreSQL, Redis) did not answer in time; the caller may retry."""
 

@@ -59,6 +59,24 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     """Port of `meter consume`'s own `GET /metrics` server (on `api_host`); unset: none."""
 
+    http_header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """Time a client has, from connecting (or from the end of its previous request), to send a
+    request's line and headers; the connection is dropped after it."""
+    http_body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """Time a client has, once the headers are in, to send the whole request body."""
+    http_keep_alive_s: int = Field(default=5, ge=1, le=3600)
+    """An idle keep-alive connection is closed after this many seconds."""
+    http_max_connections: int = Field(default=1000, ge=1)
+    """Open connections per API process; one beyond it is closed as soon as it is accepted."""
+    http_max_concurrency: int | None = Field(default=None, ge=1)
+    """Open connections or requests in flight per API process beyond which requests get 503
+    (uvicorn's `limit_concurrency`); unset: off. It counts idle and slow connections too: below
+    `http_max_connections` a flood of slow clients would get everyone 503s."""
+    auth_miss_rate: float = Field(default=20.0, gt=0)
+    """Lookups of unknown keys per second per API process (beyond the burst: 429)."""
+    auth_miss_burst: int = Field(default=100, ge=1)
+    """Lookups of unknown keys an API process may make at once before the rate applies."""
+
     data_dir: Path = Path(".meter")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -494,7 +494,7 @@ class ChargeList(Model):
 
 
 class KeyCreate(Model):
-    scope: Literal["admin", "org_admin", "product"]
+    scope: Literal["admin", "billing", "org_admin", "product"]
     name: Text = ""
 
 

@@ -165,7 +165,13 @@ class App:
             self._pool, self._engine, clock=lambda: self.clock(), redis=self._redis
         )
         await self._admin.install_presets()
-        self._keys = KeyVerifier(self._pool, self.settings.admin_token, self.key_cache_ttl_s)
+        self._keys = KeyVerifier(
+            self._pool,
+            self.settings.admin_token,
+            self.key_cache_ttl_s,
+            miss_rate=self.settings.auth_miss_rate,
+            miss_burst=self.settings.auth_miss_burst,
+        )
         if await self._redis.get(EPOCH_KEY) is None:
             # Redis is new or lost its data: rebuild it (or wait for whoever does) before
             # serving, rather than answer 503 to checks until the reconciler's first pass.
@@ -263,7 +269,7 @@ class App:
             principal = await self.keys.verify(headers.get("authorization"))
             call.principal = principal
             if route.access == Access.ADMIN:
-                principal.require_admin()
+                principal.require_platform(*route.scopes)
             elif route.access == Access.ORG:
                 principal.require_org(params["org_id"], *route.scopes)
         if method in ("POST", "PUT", "PATCH"):

@@ -27,6 +27,7 @@ from meter.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     Unauthenticated,
     Unavailable,
     UnsupportedMediaType,
@@ -52,6 +53,7 @@ STATUS: dict[type[MeterError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     InvalidInput: 422,
+    RateLimited: 429,
     Unavailable: 503,
 }
 

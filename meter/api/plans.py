@@ -47,27 +47,29 @@ async def charges(call: Call) -> Response:
 
 A, OA = Access.ADMIN, Access.ORG
 ORG = (Scope.ORG_ADMIN,)
+READ = (Scope.ORG_ADMIN, Scope.BILLING)
+BILL = (Scope.BILLING,)
 ORG_PATH = "/v1/orgs/{org_id}"
 
 ROUTES: list[Route] = [
     Route("GET", "/v1/plan-presets", list_presets, "The plan presets shipped with meter", A,
-          response=api.PlanPresetList, tag="plans"),
-    Route("POST", "/v1/codes", create_code, "Register a redemption code", A, (), api.CodeCreate,
+          BILL, response=api.PlanPresetList, tag="plans"),
+    Route("POST", "/v1/codes", create_code, "Register a redemption code", A, BILL, api.CodeCreate,
           api.CodeOut, 201, tag="redemption"),
     Route("POST", ORG_PATH + "/redemptions", redeem, "Redeem a code into the organization", OA,
-          ORG, api.RedemptionCreate, api.RedemptionOut, 201, tag="redemption"),
+          BILL, api.RedemptionCreate, api.RedemptionOut, 201, tag="redemption"),
     Route("PUT", ORG_PATH + "/seat-billing", set_seat_billing,
-          "Pay seats outside the service or from the seat-month balance", OA, (),
+          "Pay seats outside the service or from the seat-month balance", OA, BILL,
           api.SeatBillingUpdate, api.SeatBillingOut, tag="seats"),
     Route("GET", ORG_PATH + "/seat-balance", seat_balance,
-          "Seat-month balance: available, frozen installments, expired", OA, ORG,
+          "Seat-month balance: available, frozen installments, expired", OA, READ,
           response=api.SeatBalance, tag="seats"),
     Route("GET", ORG_PATH + "/seats", seats,
-          "Seats billed for the current period (members who left included)", OA, ORG,
+          "Seats billed for the current period (members who left included)", OA, READ,
           response=api.SeatList, tag="seats"),
     Route("PUT", ORG_PATH + "/members/{member_id}/on-demand-cap", set_on_demand_cap,
           "Set a member's on-demand cap per period", OA, ORG, api.OnDemandCapUpdate,
           api.OnDemandCapOut, tag="members"),
-    Route("GET", ORG_PATH + "/charges", charges, "On-demand charges due", OA, ORG,
+    Route("GET", ORG_PATH + "/charges", charges, "On-demand charges due", OA, READ,
           response=api.ChargeList, tag="charges"),
 ]  # fmt: skip

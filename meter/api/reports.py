@@ -4,8 +4,9 @@ Query parameters: `period` (`current`, the default, or `YYYY-MM-DD`), and on the
 `billing_group` (a group id, `unassigned` for Unassigned), `after` (the previous page's
 `next_after`) and `limit` (1..1000, default 100); on the export `billing_group`.
 
-Access: `admin` keys and the organization's `org_admin` keys; another organization's key gets 404,
-a `product` key of the organization 403 (reports carry every member's name, email and usage).
+Access: `admin` and `billing` keys and the organization's `org_admin` keys; another organization's
+key gets 404, a `product` key of the organization 403 (reports carry every member's name, email
+and usage).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from meter.reports import Reports, billing_group_filter, export
 from meter.reports.export import file_name
 from schemas import reports as r
 
-READ = (Scope.ORG_ADMIN,)
+READ = (Scope.ORG_ADMIN, Scope.BILLING)
 PATH = "/v1/orgs/{org_id}/reports"
 _KNOWN = {"period", "billing_group", "after", "limit"}
 

@@ -1,9 +1,11 @@
 """The routes of the API: thin handlers that parse, call the domain and shape the answer.
 
-Access (see `meter.auth`): `admin` keys reach everything; `org_admin` keys their organization's
-administration and quota routes; `product` keys check, reserve, release and ingest for their
-organization. Another organization's key gets 404 everywhere; a key of the right organization
-whose scope does not allow the route gets 403.
+Access (see `meter.auth`; the route x scope matrix is in `meter/api/README.md`): `admin` keys
+reach everything; `billing` keys plans, organizations' plan and status, grants, voids, codes,
+redemptions and seat billing of every organization, and the reads; `org_admin` keys their
+organization's members, limits, groups, billing groups, keys, reads and quota routes; `product`
+keys check, reserve, release and ingest for their organization. Another organization's key gets
+404 everywhere; a key of the right organization whose scope does not allow the route gets 403.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from meter.api.http import (
     model_response,
     parse_body,
 )
-from meter.auth import Scope
+from meter.auth import PLATFORM, Scope
 from meter.engine.redis import EPOCH_KEY
 from meter.engine.types import CheckResult, Reason
 from meter.errors import InvalidInput, NotFound, OrgQuarantined, Unavailable
@@ -40,6 +42,8 @@ from schemas import api
 from schemas.events import format_time
 
 ORG = (Scope.ORG_ADMIN,)
+READ = (Scope.ORG_ADMIN, Scope.BILLING)
+BILL = (Scope.BILLING,)
 QUOTA = (Scope.ORG_ADMIN, Scope.PRODUCT)
 HOLDS_TIMEOUT_S = 2.0
 """How long `/metrics` waits for the live-holds count before answering without it."""
@@ -370,11 +374,12 @@ async def put_default_alert_thresholds(call: Call) -> Response:
 
 async def create_admin_key(call: Call) -> Response:
     body = parse_body(api.KeyCreate, call.body)
-    if body.scope != "admin":
+    scope = Scope(body.scope)
+    if scope not in PLATFORM:
         raise InvalidInput(
             "organization keys are created under /v1/orgs/{org_id}/keys", code="invalid_scope"
         )
-    return model_response(await call.app.admin.create_key(Scope.ADMIN, None, body.name), 201)
+    return model_response(await call.app.admin.create_key(scope, None, body.name), 201)
 
 
 async def list_admin_keys(call: Call) -> Response:
@@ -389,9 +394,10 @@ async def revoke_admin_key(call: Call) -> Response:
 
 async def create_org_key(call: Call) -> Response:
     body = parse_body(api.KeyCreate, call.body)
-    if body.scope == "admin":
+    if Scope(body.scope) in PLATFORM:
         raise InvalidInput(
-            "admin keys belong to no organization; create them under /v1/keys",
+            "admin and billing keys belong to no organization; an admin creates them under"
+            " /v1/keys",
             code="invalid_scope",
         )
     key = await call.app.admin.create_key(Scope(body.scope), call.params["org_id"], body.name)
@@ -445,26 +451,27 @@ ROUTES: list[Route] = [
         tag="ingest",
     ),
     # plans, organizations
-    Route("POST", "/v1/plans", create_plan, "Create a plan", A, (), api.PlanCreate, api.Plan, 201,
+    Route("POST", "/v1/plans", create_plan, "Create a plan", A, BILL, api.PlanCreate, api.Plan,
+          201, tag="plans"),
+    Route("GET", "/v1/plans", list_plans, "List plans", A, BILL, response=api.PlanList,
           tag="plans"),
-    Route("GET", "/v1/plans", list_plans, "List plans", A, response=api.PlanList, tag="plans"),
-    Route("GET", "/v1/plans/{plan_id}", get_plan, "Get a plan", A, response=api.Plan,
+    Route("GET", "/v1/plans/{plan_id}", get_plan, "Get a plan", A, BILL, response=api.Plan,
           tag="plans"),
-    Route("POST", "/v1/orgs", create_org, "Create an organization", A, (), api.OrgCreate, api.Org,
-          201, tag="organizations"),
-    Route("GET", ORG_PATH, get_org, "Get an organization", OA, ORG, response=api.Org,
+    Route("POST", "/v1/orgs", create_org, "Create an organization", A, BILL, api.OrgCreate,
+          api.Org, 201, tag="organizations"),
+    Route("GET", ORG_PATH, get_org, "Get an organization", OA, READ, response=api.Org,
           tag="organizations"),
-    Route("PATCH", ORG_PATH, update_org, "Change an organization's status, plan or name", OA, (),
-          api.OrgUpdate, api.Org, tag="organizations"),
+    Route("PATCH", ORG_PATH, update_org, "Change an organization's status, plan or name", OA,
+          BILL, api.OrgUpdate, api.Org, tag="organizations"),
     Route("POST", ORG_PATH + "/reconcile", reconcile,
           "Re-apply the organization's state from PostgreSQL to Redis", OA, (), status=204,
           tag="organizations"),
     # members
     Route("POST", ORG_PATH + "/members", create_member, "Add a member", OA, ORG,
           api.MemberCreate, api.Member, 201, tag="members"),
-    Route("GET", ORG_PATH + "/members", list_members, "List members", OA, ORG,
+    Route("GET", ORG_PATH + "/members", list_members, "List members", OA, READ,
           response=api.MemberList, tag="members"),
-    Route("GET", ORG_PATH + "/members/{member_id}", get_member, "Get a member", OA, ORG,
+    Route("GET", ORG_PATH + "/members/{member_id}", get_member, "Get a member", OA, READ,
           response=api.Member, tag="members"),
     Route("PATCH", ORG_PATH + "/members/{member_id}", update_member,
           "Change seat, member limit, billing group, name or email", OA, ORG, api.MemberUpdate,
@@ -474,9 +481,9 @@ ROUTES: list[Route] = [
     # groups
     Route("POST", ORG_PATH + "/groups", create_group, "Create a group", OA, ORG, api.GroupCreate,
           api.Group, 201, tag="groups"),
-    Route("GET", ORG_PATH + "/groups", list_groups, "List groups", OA, ORG,
+    Route("GET", ORG_PATH + "/groups", list_groups, "List groups", OA, READ,
           response=api.GroupList, tag="groups"),
-    Route("GET", ORG_PATH + "/groups/{group_id}", get_group, "Get a group", OA, ORG,
+    Route("GET", ORG_PATH + "/groups/{group_id}", get_group, "Get a group", OA, READ,
           response=api.Group, tag="groups"),
     Route("DELETE", ORG_PATH + "/groups/{group_id}", delete_group, "Delete a group", OA, ORG,
           status=204, tag="groups"),
@@ -488,10 +495,10 @@ ROUTES: list[Route] = [
     Route("POST", ORG_PATH + "/billing-groups", create_billing_group, "Create a billing group",
           OA, ORG, api.BillingGroupCreate, api.BillingGroup, 201, tag="billing groups"),
     Route("GET", ORG_PATH + "/billing-groups", list_billing_groups,
-          "List billing groups (Unassigned first)", OA, ORG, response=api.BillingGroupList,
+          "List billing groups (Unassigned first)", OA, READ, response=api.BillingGroupList,
           tag="billing groups"),
     Route("GET", ORG_PATH + "/billing-groups/{billing_group_id}", get_billing_group,
-          "Get a billing group", OA, ORG, response=api.BillingGroup, tag="billing groups"),
+          "Get a billing group", OA, READ, response=api.BillingGroup, tag="billing groups"),
     Route("PATCH", ORG_PATH + "/billing-groups/{billing_group_id}", update_billing_group,
           "Rename a billing group or set its period limit", OA, ORG, api.BillingGroupUpdate,
           api.BillingGroup, tag="billing groups"),
@@ -500,14 +507,15 @@ ROUTES: list[Route] = [
           tag="billing groups"),
     # grants, balances, voids
     Route("POST", ORG_PATH + "/grants", create_grant, "Grant credits (idempotent by bucket id)",
-          OA, ORG, api.GrantCreate, api.GrantOut, 201, tag="credits"),
+          OA, BILL, api.GrantCreate, api.GrantOut, 201, tag="credits"),
     Route("DELETE", ORG_PATH + "/grants/{bucket_id}", revoke_grant,
-          "Revoke a grant from now on (idempotent)", OA, ORG, response=api.GrantOut, tag="credits"),
-    Route("GET", ORG_PATH + "/grants", list_grants, "List grants", OA, ORG,
+          "Revoke a grant from now on (idempotent)", OA, BILL, response=api.GrantOut,
+          tag="credits"),
+    Route("GET", ORG_PATH + "/grants", list_grants, "List grants", OA, READ,
           response=api.GrantList, tag="credits"),
-    Route("GET", ORG_PATH + "/balances", balances, "Credits left per bucket", OA, ORG,
+    Route("GET", ORG_PATH + "/balances", balances, "Credits left per bucket", OA, READ,
           response=api.Balances, tag="credits"),
-    Route("POST", ORG_PATH + "/voids", void, "Void a settled event by its key", OA, ORG,
+    Route("POST", ORG_PATH + "/voids", void, "Void a settled event by its key", OA, BILL,
           api.VoidRequest, api.VoidOut, tag="credits"),
     # alerts
     Route("GET", "/v1/alert-thresholds", get_default_alert_thresholds,
@@ -518,7 +526,7 @@ ROUTES: list[Route] = [
           alert_thresholds.DefaultAlertThresholdsUpdate, alert_thresholds.AlertThresholds,
           tag="alerts"),
     Route("GET", ORG_PATH + "/alert-thresholds", get_alert_thresholds,
-          "Alert thresholds that apply to the organization (its own or the defaults)", OA, ORG,
+          "Alert thresholds that apply to the organization (its own or the defaults)", OA, READ,
           response=alert_thresholds.AlertThresholds, tag="alerts"),
     Route("PUT", ORG_PATH + "/alert-thresholds", put_alert_thresholds,
           "Set the organization's alert thresholds (kinds left out use the defaults)", OA, ORG,

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import httpx
 
 from api.plans_support import DAY, check, ms_of, post, real_now, scheduler_for, settling, use_clock
-from api.support import client_for, make_key, unique
+from api.support import client_for, make_billing_key, make_key, unique
 from meter.admin.clock import to_ms
 from meter.api import App
 from meter.engine.periods import add_months
@@ -28,12 +28,16 @@ async def test_annual_code_and_a_year_of_seats(
     r = await admin.put(f"/v1/orgs/{org}/seat-billing", json={"seat_billing": "balance"})
     assert r.status_code == 200, r.text
     org_admin = await make_key(admin, org, "org_admin")
+    billing = await make_billing_key(admin)
     annual = {"code": unique("ANNUAL"), "kind": "seat_months_annual", "seat_months": 24}
     assert (await admin.post("/v1/codes", json={**annual, "seat_months": 18})).status_code == 422
     await post(admin, "/v1/codes", annual)
     async with client_for(app, org_admin) as client:
-        # Only admin keys register codes; the organization redeems them.
+        # Only platform keys register and redeem codes: a customer cannot fund itself.
         assert (await client.post("/v1/codes", json=annual)).status_code == 403
+        r = await client.post(f"/v1/orgs/{org}/redemptions", json={"code": annual["code"]})
+        assert r.status_code == 403, r.text
+    async with client_for(app, billing) as client:
         redemption = await post(client, f"/v1/orgs/{org}/redemptions", {"code": annual["code"]})
         again = await client.post(f"/v1/orgs/{org}/redemptions", json={"code": annual["code"]})
     assert again.status_code == 409 and again.json()["error"]["code"] == "code_already_redeemed"

@@ -18,7 +18,7 @@ from api.plans_support import (
     settling,
     use_clock,
 )
-from api.support import FAR, client_for, make_key, unique
+from api.support import FAR, client_for, make_billing_key, unique
 from meter.api import App
 from meter.engine.periods import add_months
 
@@ -33,7 +33,7 @@ async def test_teams_plan(
     clock = use_clock(app, real_now() - 20 * DAY)
     org = unique("teams")
     await post(admin, "/v1/orgs", {"org_id": org, "name": "Qoder", "plan_id": "teams"})
-    org_admin = await make_key(admin, org, "org_admin")
+    billing = await make_billing_key(admin)
     await post(admin, f"/v1/orgs/{org}/members", {"member_id": "ann"})
     seats = (await admin.get(f"/v1/orgs/{org}/seats")).json()
     start, end = ms_of(seats["period_start"]), ms_of(seats["period_end"])
@@ -49,7 +49,7 @@ async def test_teams_plan(
     # Shared Add-on Credits: 2,000 credits from a redemption code, valid 3 months, single use.
     code = {"code": unique("SHARED"), "kind": "shared_credits", "credits": "2000"}
     await post(admin, "/v1/codes", code)
-    async with client_for(app, org_admin) as client:
+    async with client_for(app, billing) as client:
         r = await post(client, f"/v1/orgs/{org}/redemptions", {"code": code["code"]})
         assert r["grant"]["kind"] == "shared" and r["grant"]["amount"] == "2000"
         assert ms_of(r["grant"]["expires_at"]) == add_months(clock.ms, 3)
