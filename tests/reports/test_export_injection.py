@@ -36,7 +36,7 @@ EXPECTED = (
     b"Billing Group,Member Name,Email,Credits Consumption\r\n"
     b"'-Ops,Grace Hopper,grace@example.com,0\r\n"
     b"Unassigned,'\tx,e@example.com,0\r\n"
-    b"Unassigned,\"'\rx\",f@example.com,0\r\n"
+    b'Unassigned,"\'\rx",f@example.com,0\r\n'
     b"Unassigned,'+1,b@example.com,0\r\n"
     b"Unassigned,'-2+3,c@example.com,0\r\n"
     b'Unassigned,"\'=HYPERLINK(""http://evil.test"",""x"")",a@example.com,0\r\n'
