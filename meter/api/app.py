@@ -76,6 +76,10 @@ POSTGRES_TIMEOUT_S = 5.0
 """Deadline of each PostgreSQL statement and connection attempt of the API (client side, and
 `statement_timeout` on the server): a frozen server is a 503 after it, never a hang."""
 
+REDIS_TIMEOUT_S = 2.0
+"""Deadline of each command of the redis-py client (probes, metrics, and the engine on URLs the
+pipelined client does not handle); the pipelined quota client has its own (`meter.api.resp`)."""
+
 _POSTGRES_DOWN = (
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08: the connection failed or is gone
     asyncpg.OperatorInterventionError,  # 57: canceled (statement_timeout), shutting down
@@ -184,7 +188,11 @@ class App:
         return self._producer
 
     async def startup(self) -> None:
-        self._redis = aioredis.Redis.from_url(self.services.redis_url)
+        self._redis = aioredis.Redis.from_url(
+            self.services.redis_url,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+        )
         timeout = self.postgres_timeout_s
         self._pool = await asyncpg.create_pool(
             self.services.postgres_dsn,

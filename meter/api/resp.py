@@ -8,6 +8,11 @@ write), and replies are matched to callers in order (RESP replies come back in c
 Replies are parsed by hiredis. Errors are redis-py's exception classes, so the engine's
 `NoScriptError` handling works unchanged.
 
+A frozen server (the connection open, no reply) must not hold checks: when commands wait and no
+reply has come for `timeout_s`, the connection is aborted and every waiting command fails with
+redis-py's `ConnectionError` (the API answers 503 `unavailable`); the next command reconnects.
+A watchdog timer per connection looks every quarter of `timeout_s`, so the hot path pays nothing.
+
 Only plain `redis://` and `unix://` URLs are handled (`supports`); others use redis-py.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -53,14 +59,38 @@ def _error(reply: hiredis.ReplyError) -> ResponseError:
     return ResponseError(message)
 
 
+DEFAULT_TIMEOUT_S = 0.5
+"""How long commands may wait without any reply before the connection is given up (the quota
+scripts take tens of microseconds)."""
+
+
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.reader = hiredis.Reader()
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.closed = self.loop.create_future()
         self.outgoing: list[bytes] = []
+        self.timeout_s = timeout_s
+        self.progress = 0
+        """Replies received so far; the watchdog compares it between two looks."""
+        self._seen = -1
+        self._stalled_since: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def _watch(self) -> None:
+        """Abort the connection when commands have waited `timeout_s` without any reply."""
+        self._watchdog = self.loop.call_later(self.timeout_s / 4, self._watch)
+        now = self.loop.time()
+        if not self.waiting or self.progress != self._seen:
+            self._seen = self.progress
+            self._stalled_since = now if self.waiting else None
+            return
+        if self._stalled_since is None:
+            self._stalled_since = now
+        elif now - self._stalled_since >= self.timeout_s and self.transport is not None:
+            self.transport.abort()
 
     def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
         """Write a command at once when no other is in flight; else queue it, and everything
@@ -81,6 +111,7 @@ class _Protocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._watch()
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -89,6 +120,7 @@ class _Protocol(asyncio.Protocol):
             if reply is False:
                 return
             future = self.waiting.popleft()
+            self.progress += 1
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -98,6 +130,8 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         error = RedisConnectionError(f"connection to Redis lost: {exc}")
         while self.waiting:
             future = self.waiting.popleft()
@@ -110,7 +144,7 @@ class _Protocol(asyncio.Protocol):
 class PipelinedRedis:
     """`evalsha`, `script_load` and `execute` over one auto-pipelined connection."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         if not supports(url):
             raise ValueError("only redis:// and unix:// URLs")
         parsed = urlparse(url)
@@ -122,17 +156,20 @@ class PipelinedRedis:
         self._db = int(db_text or "0")
         self._username = unquote(parsed.username) if parsed.username else None
         self._password = unquote(parsed.password) if parsed.password else None
+        self._timeout_s = timeout_s
         self._proto: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
+        factory = functools.partial(_Protocol, self._timeout_s)
         try:
-            if self._unix is not None:
-                _, proto = await loop.create_unix_connection(_Protocol, self._unix)
-            else:
-                _, proto = await loop.create_connection(_Protocol, self._host, self._port)
-        except OSError as exc:
+            async with asyncio.timeout(self._timeout_s * 4):
+                if self._unix is not None:
+                    _, proto = await loop.create_unix_connection(factory, self._unix)
+                else:
+                    _, proto = await loop.create_connection(factory, self._host, self._port)
+        except OSError as exc:  # refused, unreachable, and the timeout
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
         self._proto = proto
         if self._password is not None:

@@ -181,3 +181,28 @@ async def test_postgres_frozen_is_503(outage: Outage) -> None:
         return r.status_code == 200
 
     await _until(answers, "the API after PostgreSQL thawed")
+
+
+async def test_redis_frozen_is_503(outage: Outage) -> None:
+    quota = {"org_id": outage.org, "member_id": "m1", "credits": "1"}
+    r = await outage.request("POST", "/v1/check", json=quota)
+    assert r.status_code == 200, r.text
+    pid = outage.redis.pid
+    assert pid is not None
+    loop = asyncio.get_running_loop()
+    os.kill(pid, signal.SIGSTOP)
+    thaw = loop.call_later(DEADLINE_S, os.kill, pid, signal.SIGCONT)
+    try:
+        async with client_for(outage.app, ADMIN_TOKEN) as client:
+            for path in ("/v1/check", "/v1/reserve", "/v1/check"):
+                assert_unavailable(await client.post(path, json=quota))
+            assert_unavailable(await client.get(f"/v1/orgs/{outage.org}/balances"))
+    finally:
+        thaw.cancel()
+        os.kill(pid, signal.SIGCONT)
+
+    async def answers() -> bool:
+        r = await outage.request("POST", "/v1/check", json=quota)
+        return r.status_code == 200
+
+    await _until(answers, "checks after Redis thawed")
