@@ -17,8 +17,11 @@ from typing import Any, Protocol, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
+import redis.exceptions
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from asyncpg.exceptions._base import DataError as ArgumentError  # type: ignore[import-untyped]
 
 from meter import metrics
 from meter.admin import AdminService, run_reconciler
@@ -32,6 +35,7 @@ from meter.api.http import (
     Router,
     Scope_,
     Send,
+    check_query,
     error_response,
     read_body,
     send_response,
@@ -69,6 +73,37 @@ INTERNAL_ERROR = Response(
     500, b'{"error":{"code":"internal","message":"internal error","details":[]}}'
 )
 
+POSTGRES_TIMEOUT_S = 5.0
+"""Deadline of each PostgreSQL statement and connection attempt of the API (client side, and
+`statement_timeout` on the server): a frozen server is a 503 after it, never a hang."""
+
+_POSTGRES_DOWN = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08: the connection failed or is gone
+    asyncpg.OperatorInterventionError,  # 57: canceled (statement_timeout), shutting down
+    asyncpg.InsufficientResourcesError,  # 53: too many connections, disk full
+    asyncpg.InterfaceError,  # the pool or the connection is closed
+)
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def edge_error(exc: Exception) -> MeterError | None:
+    """The typed error that an exception of a dependency stands for, by class; None for a bug.
+
+    Text or a value PostgreSQL refuses (SQLSTATE class 22, or an argument asyncpg cannot encode)
+    is bad input, 422: validation refuses it first, this is the last line. A dependency that is
+    down, frozen or overloaded is 503 `unavailable`: the caller may retry."""
+    if isinstance(exc, asyncpg.DataError | ArgumentError):
+        return InvalidInput("a value in the request cannot be stored", code="invalid_input")
+    if isinstance(exc, _POSTGRES_DOWN):
+        return Unavailable("PostgreSQL is not available; retry later")
+    if isinstance(exc, _REDIS_DOWN):
+        return Unavailable("Redis is not available; retry later")
+    if isinstance(exc, KafkaError):
+        return Unavailable("Kafka is not available; retry later")
+    if isinstance(exc, OSError):  # refused connections, and every timeout (asyncio's included)
+        return Unavailable("a dependency did not answer in time; retry later")
+    return None
+
 
 class App:
     """The ASGI application and everything its handlers use."""
@@ -80,6 +115,7 @@ class App:
         *,
         reconcile_interval_s: float = 60.0,
         key_cache_ttl_s: float = 5.0,
+        postgres_timeout_s: float = POSTGRES_TIMEOUT_S,
     ) -> None:
         from meter.api.routes import ROUTES
 
@@ -88,6 +124,7 @@ class App:
         self.router = Router(ROUTES)
         self.reconcile_interval_s = reconcile_interval_s
         self.key_cache_ttl_s = key_cache_ttl_s
+        self.postgres_timeout_s = postgres_timeout_s
         self.clock = now_ms
         self._redis: aioredis.Redis | None = None
         self._pool: asyncpg.Pool | None = None
@@ -141,18 +178,28 @@ class App:
                 )
                 try:
                     await producer.start()
-                except Exception as exc:
+                except (KafkaError, OSError) as exc:
                     await producer.stop()
                     raise Unavailable(f"Kafka is not reachable: {exc}") from exc
                 self._producer = producer
         return self._producer
 
     async def startup(self) -> None:
-        timeout = self.settings.redis_timeout_s
+        redis_timeout = self.settings.redis_timeout_s
         self._redis = aioredis.Redis.from_url(
-            self.services.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+            self.services.redis_url,
+            socket_timeout=redis_timeout,
+            socket_connect_timeout=redis_timeout,
         )
-        self._pool = await asyncpg.create_pool(self.services.postgres_dsn, min_size=1, max_size=8)
+        timeout = self.postgres_timeout_s
+        self._pool = await asyncpg.create_pool(
+            self.services.postgres_dsn,
+            min_size=1,
+            max_size=8,
+            timeout=timeout,
+            command_timeout=timeout,
+            server_settings={"statement_timeout": str(int(timeout * 1000))},
+        )
         url = self.services.redis_url
         if supports(url):
             # The engine only sends EVALSHA / SCRIPT LOAD: pipelined on one connection.
@@ -238,33 +285,41 @@ class App:
         started = time.perf_counter_ns()
         method: str = scope["method"]
         path: str = scope["path"]
+        cause: str | None = None
         try:
             response = await self._dispatch(scope, receive, method, path)
         except MeterError as exc:
             response = error_response(exc)
         except EngineInputError as exc:
             response = error_response(InvalidInput(str(exc), code="invalid_input"))
-        except Exception:
-            log.error("unhandled error", method=method, path=path, exc_info=True)
-            response = INTERNAL_ERROR
+        except Exception as exc:
+            mapped = edge_error(exc)
+            if mapped is None:
+                log.error("unhandled error", method=method, path=path, exc_info=True)
+                response = INTERNAL_ERROR
+            else:
+                cause = type(exc).__name__
+                response = error_response(mapped)
         await send_response(send, response)
         elapsed_ns = time.perf_counter_ns() - started
         route = scope.get("meter.route", metrics.UNMATCHED)
         metrics.observe_request(method, route, response.status, elapsed_ns / 1e9)
-        if response.status >= 500:
+        if response.status >= 500 or cause is not None:
             log.warning(
                 "request failed",
                 method=method,
                 path=path,
                 status=response.status,
                 us=elapsed_ns // 1000,
+                error=cause,
             )
 
     async def _dispatch(self, scope: Scope_, receive: Receive, method: str, path: str) -> Response:
         route, params = self.router.match(method, path)
         scope["meter.route"] = route.path
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        call = Call(self, method, path, scope.get("query_string", b""), headers, params)
+        query: bytes = scope.get("query_string", b"")
+        call = Call(self, method, path, query, headers, params)
         if route.access != Access.PUBLIC:
             principal = await self.keys.verify(headers.get("authorization"))
             call.principal = principal
@@ -272,6 +327,8 @@ class App:
                 principal.require_platform(*route.scopes)
             elif route.access == Access.ORG:
                 principal.require_org(params["org_id"], *route.scopes)
+        if query:
+            check_query(query)
         if method in ("POST", "PUT", "PATCH"):
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > route.max_body:

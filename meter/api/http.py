@@ -13,6 +13,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -99,14 +100,78 @@ def error_response(error: MeterError) -> Response:
     return Response(status_of(error), error_body(error))
 
 
-def _has_float(value: Any) -> bool:
-    if type(value) is float:
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a request body may have (no request needs more than a
+few levels); deeper bodies are refused before anything walks them recursively."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]").search
+
+
+def storable(text: str) -> bool:
+    """Whether PostgreSQL can store `text`: no NUL character, no lone surrogate (not UTF-8)."""
+    return "\x00" not in text and (text.isascii() or _SURROGATE(text) is None)
+
+
+def _escaped(text: str) -> str:
+    return text.encode("unicode_escape").decode("ascii") if not storable(text) else text
+
+
+class _Unstorable(Exception):
+    """Raised by `_scan` at the bad string; each level on the way out prepends its key."""
+
+    def __init__(self) -> None:
+        self.loc: list[str] = []
+
+
+def _scan(value: Any, depth: int) -> bool:
+    """Walk a decoded body: refuse nesting beyond `MAX_JSON_DEPTH` and text PostgreSQL cannot
+    store (in keys and values); return whether a float is in it."""
+    kind = type(value)
+    if kind is str:
+        if not storable(value):
+            raise _Unstorable
+        return False
+    if kind is float:
         return True
-    if type(value) is dict:
-        return any(_has_float(v) for v in value.values())
-    if type(value) is list:
-        return any(_has_float(v) for v in value)
+    if kind is dict:
+        if depth >= MAX_JSON_DEPTH:
+            raise _too_deep()
+        found = False
+        for key, item in value.items():
+            try:
+                if not storable(key):
+                    raise _Unstorable
+                found = _scan(item, depth + 1) or found
+            except _Unstorable as exc:
+                exc.loc.append(_escaped(key))
+                raise
+        return found
+    if kind is list:
+        if depth >= MAX_JSON_DEPTH:
+            raise _too_deep()
+        found = False
+        for index, item in enumerate(value):
+            try:
+                found = _scan(item, depth + 1) or found
+            except _Unstorable as exc:
+                exc.loc.append(str(index))
+                raise
+        return found
     return False
+
+
+def _too_deep() -> MalformedRequest:
+    return MalformedRequest(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def unstorable(loc: str) -> InvalidInput:
+    """The 422 of text PostgreSQL cannot store, naming where it is."""
+    detail = {
+        "loc": loc,
+        "type": "unstorable_text",
+        "message": "text must not contain NUL characters or lone surrogates",
+    }
+    return InvalidInput(f"{loc}: text cannot be stored", details=[detail])
 
 
 def _no_constant(name: str) -> Any:
@@ -115,14 +180,31 @@ def _no_constant(name: str) -> Any:
 
 def decode_json(body: bytes) -> Any:
     """Parse a JSON body. Numbers with a fraction or exponent keep their literal text (a `str`),
-    so credits are parsed exactly by `meter.money` and never pass through a float."""
+    so credits are parsed exactly by `meter.money` and never pass through a float.
+
+    Nesting beyond `MAX_JSON_DEPTH` is a `MalformedRequest`; text PostgreSQL cannot store,
+    anywhere in the body, an `InvalidInput` naming its place (`unstorable_text`)."""
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedRequest(f"body is not JSON: {exc}", code="invalid_json") from None
-    if _has_float(value):
+    try:
+        has_float = _scan(value, 0)
+    except _Unstorable as exc:
+        raise unstorable(".".join(reversed(exc.loc))) from None
+    if has_float:
         value = json.loads(body, parse_float=str, parse_constant=_no_constant)
     return value
+
+
+def check_query(query: bytes) -> None:
+    """Refuse a query string whose decoded names or values PostgreSQL cannot store (a percent
+    encoded NUL: percent-decoding yields no lone surrogate, invalid UTF-8 becomes U+FFFD)."""
+    if b"%00" not in query and b"\x00" not in query:
+        return
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if not (storable(name) and storable(value)):
+            raise unstorable(f"query.{_escaped(name)}")
 
 
 def validation_error(exc: ValidationError) -> InvalidInput:

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from meter import metrics
 from meter.api.http import Call, Response, json_response
@@ -124,7 +125,7 @@ async def ingest(call: Call) -> Response:
                 for raw, org_id in to_send
             ]
             await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
-        except Exception as exc:
+        except (KafkaError, OSError) as exc:  # OSError: asyncio's timeouts included
             metrics.count_ingest("unavailable", len(to_send))
             raise Unavailable(f"the broker did not acknowledge the events: {exc}") from exc
         metrics.count_ingest("accepted", len(to_send))

@@ -9,6 +9,12 @@ Rows are ordered by billing group name, billing group id, member name, member id
 point order. The text is UTF-8, RFC 4180: CRLF line ends, a field is quoted when it holds a comma,
 a double quote (doubled inside) or a line break.
 
+Formula injection: names and emails are chosen by customers and the file is opened in
+spreadsheets, which run a cell starting with `=`, `+`, `-` or `@` (or a tab or carriage return
+before one) as a formula. Such a text cell is written with a single quote in front (`'=1+1`), as
+OWASP recommends: the spreadsheet shows it as text. The credits column is a number the service
+formats itself (`meter.money.format_credits`) and stays a number.
+
 The rows come from a server-side cursor in a read-only repeatable-read transaction, fetched and
 encoded a slice at a time, so memory stays flat however large the organization is.
 """
@@ -28,6 +34,14 @@ from meter.reports.service import ReportingPeriod, Reports, billing_group_filter
 HEADER = ("Billing Group", "Member Name", "Email", "Credits Consumption")
 FETCH_ROWS = 2000
 CHUNK_CHARS = 64 * 1024
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection)."""
+
+
+def text_cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: with a single quote in front when it would
+    otherwise start a formula, else unchanged."""
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 async def stream_csv(
@@ -41,7 +55,7 @@ async def stream_csv(
         cursor = await conn.cursor(q.EXPORT, org_id, period.start, billing_group, period.current)
         while rows := await cursor.fetch(FETCH_ROWS):
             writer.writerows(
-                (group, name, email, format_credits(credits))
+                (text_cell(group), text_cell(name), text_cell(email), format_credits(credits))
                 for group, name, email, credits in rows
             )
             if buffer.tell() >= CHUNK_CHARS:
