@@ -46,6 +46,7 @@ from schemas.events import (
     MAX_EXTENSIONS,
     MAX_SOURCE_CHARS,
     MAX_STRING_CHARS,
+    NO_NUL_PATTERN,
     SOURCE_PATTERN,
     TIME_PATTERN,
     AttributeValue,
@@ -97,6 +98,8 @@ def _validate_attribute_value(value: object) -> AttributeValue:
     if isinstance(value, str):
         if len(value) > MAX_STRING_CHARS:
             raise PydanticCustomError("invalid_schema", "string attribute too long")
+        if "\x00" in value:
+            raise PydanticCustomError("invalid_schema", "a NUL character cannot be stored")
         return value
     if isinstance(value, int):
         return value if INT64_MIN <= value <= INT64_MAX else float(value)
@@ -137,7 +140,7 @@ Credits = Annotated[
 AttributeName = Annotated[str, Field(pattern=ATTRIBUTE_NAME_PATTERN)]
 _ATTRIBUTE_SCHEMA: dict[str, Any] = {
     "anyOf": [
-        {"type": "string", "maxLength": MAX_STRING_CHARS},
+        {"type": "string", "maxLength": MAX_STRING_CHARS, "pattern": NO_NUL_PATTERN},
         {"type": "number"},
         {"type": "boolean"},
     ]

@@ -84,6 +84,8 @@ MAX_SOURCE_CHARS: Final = 256
 MAX_ATTRIBUTES: Final = 32
 MAX_ATTRIBUTE_NAME_CHARS: Final = 64
 MAX_STRING_CHARS: Final = 256
+NO_NUL_PATTERN: Final = "^[^\\u0000]*$"
+"""JSON Schema pattern of attribute text: no NUL character (PostgreSQL cannot store one)."""
 MAX_EXTENSIONS: Final = 16
 INT32_MIN: Final = -(2**31)
 INT32_MAX: Final = 2**31 - 1
@@ -318,6 +320,9 @@ def _check_attributes(attributes: object) -> dict[str, AttributeValue]:
         if kind is str:
             if len(value) > MAX_STRING_CHARS:
                 raise _schema(f"data.attributes.{name}: at most {MAX_STRING_CHARS} characters")
+            if "\x00" in value:
+                # PostgreSQL cannot store it: refused here, or the batch's write would fail.
+                raise _schema(f"data.attributes.{name}: a NUL character cannot be stored")
         elif kind is int:
             if not INT64_MIN <= value <= INT64_MAX:
                 if widened is None:

@@ -309,6 +309,10 @@ BAD: dict[str, tuple[bytes, str]] = {
         with_(put("data.attributes", {"a": "v" * 257})),
         "invalid_schema",
     ),
+    "attribute text with a NUL": (
+        with_(put("data.attributes", {"model": "a\u0000b"})),
+        "invalid_schema",
+    ),
     "attribute null": (with_(put("data.attributes", {"a": None})), "invalid_schema"),
     "attribute nested": (with_(put("data.attributes", {"a": {"b": 1}})), "invalid_schema"),
 }
