@@ -46,6 +46,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
+from meter import kafka
 from meter.settings import Settings
 
 if TYPE_CHECKING:
@@ -230,7 +231,10 @@ async def scan_topic(
     batch whole: it may also yield a few records appended while it runs, never an endless stream.
     """
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **kafka.client_options(),
     )
     await consumer.start()
     try:
@@ -267,7 +271,9 @@ async def replay(
     and headers, keeping only those whose reason is in `reasons` (all when None). Returns what
     was scanned and replayed, per reason."""
     report = ReplayReport()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=False, acks="all", **kafka.client_options()
+    )
     await producer.start()
     try:
         futures: list[asyncio.Future[object]] = []

@@ -33,6 +33,8 @@ from typing import Literal
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
+from meter import kafka
+
 Policy = Literal["earliest", "latest", "fail"]
 
 PROBE_TIMEOUT_S = 2.0
@@ -103,7 +105,10 @@ async def missing_before(
     if not offsets:
         return set()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="none"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="none",
+        **kafka.client_options(),
     )
     await consumer.start()
     try:

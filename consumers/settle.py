@@ -48,7 +48,7 @@ from consumers.stages import (
     refused_letters,
     sort_results,
 )
-from meter import alerts, metrics
+from meter import alerts, kafka, metrics
 from meter.engine.model import validate_events
 from meter.engine.redis import EncodedResults, RedisEngine, settle_encoded
 from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, UsageEvent
@@ -184,6 +184,7 @@ class SettleConsumer:
         """Set for the Redis engine, whose results stay in its own encoding (`settle_encoded`),
         which the store writes from."""
         self.consumer = AIOKafkaConsumer(
+            **kafka.client_options(),
             bootstrap_servers=bootstrap,
             group_id=group_id,
             client_id=client_id,
@@ -194,7 +195,11 @@ class SettleConsumer:
             fetch_max_wait_ms=self.options.batch_max_wait_ms,
         )
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, client_id=client_id, enable_idempotence=False, acks="all"
+            bootstrap_servers=bootstrap,
+            client_id=client_id,
+            enable_idempotence=False,
+            acks="all",
+            **kafka.client_options(),
         )
         self._stopping = asyncio.Event()
         self._generation = 0

@@ -39,6 +39,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter
 
+from meter import kafka
 from meter.metrics import REGISTRY
 from meter.money import format_credits
 from meter.supervise import Backoff, supervise
@@ -259,6 +260,7 @@ class AlertPublisher:
                 client_id="meter-alerts",
                 enable_idempotence=False,
                 acks="all",
+                **kafka.client_options(),
             )
             try:
                 await producer.start()

@@ -115,9 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"meter: {exc}", file=sys.stderr)
         return 2
+    from meter import kafka
     from meter.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, secrets=_secrets_of(settings))
+    kafka.configure(settings)
     handler = handlers[args.command]
     from meter.migrate import MigrationError
     from meter.services import ServiceError

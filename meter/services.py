@@ -44,6 +44,7 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from meter import kafka as kafka_settings
 from meter.settings import Settings, require_servers
 
 log = structlog.get_logger("meter.services")
@@ -294,7 +295,10 @@ def kafka_admin(bootstrap: str, timeout_s: float = 10.0) -> AIOKafkaAdminClient:
     """An admin client (not started) for the given bootstrap servers."""
     ms = max(1000, int(timeout_s * 1000))
     return AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=ms, connections_max_idle_ms=max(ms, 60000)
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=ms,
+        connections_max_idle_ms=max(ms, 60000),
+        **kafka_settings.client_options(),
     )
 
 
@@ -314,9 +318,13 @@ async def probe_kafka(bootstrap: str, timeout_s: float) -> None:
 
 
 async def ensure_topics(
-    bootstrap: str, topics: Mapping[str, int], timeout_s: float = 10.0
+    bootstrap: str,
+    topics: Mapping[str, int],
+    timeout_s: float = 10.0,
+    replication: tuple[int, int] = (1, 1),
 ) -> list[str]:
-    """Create the missing topics (name -> partition count); returns the names created."""
+    """Create the missing topics (name -> partition count) with `replication` = (replication
+    factor, min.insync.replicas); returns the names created."""
     admin = kafka_admin(bootstrap, timeout_s)
     try:
         await admin.start()
@@ -324,9 +332,7 @@ async def ensure_topics(
         missing = [name for name in topics if name not in existing]
         if not missing:
             return []
-        response = await admin.create_topics(
-            [NewTopic(name, num_partitions=topics[name], replication_factor=1) for name in missing]
-        )
+        response = await admin.create_topics(new_topics(missing, topics, replication))
         for name, code, *_ in response.topic_errors:
             if code and for_code(code) is not TopicAlreadyExistsError:
                 raise ServiceError(f"kafka at {bootstrap}: creating topic {name}: error {code}")
@@ -334,6 +340,23 @@ async def ensure_topics(
         return missing
     finally:
         await admin.close()
+
+
+def new_topics(
+    names: Sequence[str], partitions: Mapping[str, int], replication: tuple[int, int]
+) -> list[NewTopic]:
+    """The creation requests of `names`: their partitions, replication factor and
+    `min.insync.replicas`."""
+    factor, min_insync = replication
+    return [
+        NewTopic(
+            name,
+            num_partitions=partitions[name],
+            replication_factor=factor,
+            topic_configs={"min.insync.replicas": str(min_insync)},
+        )
+        for name in names
+    ]
 
 
 async def topic_partitions(bootstrap: str, topic: str, timeout_s: float = 10.0) -> int:
@@ -801,7 +824,9 @@ async def provision(
             topics=topics,
         )
         if kafka is None and topics:
-            await ensure_topics(services.kafka_bootstrap, topics, timeout)
+            await ensure_topics(
+                services.kafka_bootstrap, topics, timeout, kafka_settings.replication(settings)
+            )
         yield services
     finally:
         await _stop_all(started)

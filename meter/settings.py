@@ -38,6 +38,18 @@ class Settings(BaseSettings):
     alerts_topic: str = "meter.alerts.v1"
     topic_partitions: int = Field(default=4, ge=1, le=1024)
     consumer_group: str = "meter-settle"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: str | None = None
+    kafka_replication_factor: int | None = Field(default=None, ge=1, le=32)
+    """Of the topics meter creates; unset: 3 in production, 1 locally."""
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1, le=32)
+    """Of the topics meter creates; unset: 2 in production (at most the factor), 1 locally."""
     consumer_stall_s: float = Field(default=60.0, gt=0)
     """How long `meter consume` may write no batch while records wait before its readiness
     (`/readyz`) fails with `no_progress`."""
@@ -54,6 +66,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)
     admin_token: str | None = None
+    produce_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    """How long `POST /v1/events` waits for the broker to acknowledge before a 503."""
+    request_log: Literal["all", "errors"] = "all"
+    """`all`: one `request` log line per API request; `errors`: only for failed ones."""
     metrics_on_api: bool = True
     """Serve `GET /metrics` (aggregate numbers only, no authentication) on the API port."""
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
@@ -161,6 +177,19 @@ def load_settings() -> Settings:
             field = str(err["loc"][0]) if err["loc"] else "?"
             problems.append(f"METER_{field.upper()}: {err['msg']}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+    if settings.kafka_security_protocol.startswith("SASL_") and (
+        settings.kafka_sasl_username is None or settings.kafka_sasl_password is None
+    ):
+        raise SettingsError(
+            "invalid configuration: METER_KAFKA_SASL_USERNAME and METER_KAFKA_SASL_PASSWORD: "
+            f"required with METER_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}"
+        )
+    factor, min_insync = settings.kafka_replication_factor, settings.kafka_min_insync_replicas
+    if factor is not None and min_insync is not None and min_insync > factor:
+        raise SettingsError(
+            "invalid configuration: METER_KAFKA_MIN_INSYNC_REPLICAS: more than "
+            "METER_KAFKA_REPLICATION_FACTOR"
+        )
     if settings.env == "production":
         if unknown:
             raise SettingsError("invalid configuration: " + _describe_unknown(unknown))

@@ -194,6 +194,13 @@ class Reconciler:
                 await asyncio.wait_for(admin.dirty_event.wait(), max(0.0, timeout))
         admin.dirty_event.clear()
         self._interrupted = True  # until this step ends well: the next one starts at once
+        if admin.repair_wanted:
+            admin.repair_wanted = False
+            try:
+                await repair(admin)
+            except BaseException:
+                admin.repair_wanted = True
+                raise
         if self.next_full is None or loop.time() >= self.next_full:
             await reconcile_all(admin)
             self.passes += 1

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from meter import alerts
+from meter import alerts, kafka
 from meter.admin import queries as q
 from meter.admin.service import AdminService
 from meter.engine.periods import period_index, period_start
@@ -207,7 +207,10 @@ class LazyProducer:
     async def publish(self, topic: str, key: bytes, value: bytes) -> None:
         if self._producer is None:
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap, enable_idempotence=False, acks="all"
+                bootstrap_servers=self.bootstrap,
+                enable_idempotence=False,
+                acks="all",
+                **kafka.client_options(),
             )
             try:
                 await producer.start()

@@ -248,6 +248,17 @@ class AdminService:
         self.dirty: set[str] = set()
         """Organizations whose last Redis apply failed; the reconciler repairs them."""
         self.dirty_event = asyncio.Event()
+        self.repair_wanted = False
+        """A caller met Redis without its epoch marker: the reconciler rebuilds what is lost."""
+
+    def want_repair(self, org_id: str | None) -> None:
+        """A check met an organization without state in Redis: have the reconciler repair it
+        now rather than at its next full pass (`org_id` None: Redis lost everything)."""
+        if org_id is None:
+            self.repair_wanted = True
+        else:
+            self.dirty.add(org_id)
+        self.dirty_event.set()
 
     async def _apply(self, org_id: str, *calls: Callable[[], Awaitable[Any]]) -> None:
         """Run engine calls after a commit; on failure leave the repair to the reconciler."""

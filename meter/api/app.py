@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, cast
@@ -23,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from asyncpg.exceptions._base import DataError as ArgumentError  # type: ignore[import-untyped]
 
-from meter import metrics
+from meter import kafka, metrics
 from meter.admin import AdminService, run_reconciler
 from meter.admin.clock import now_ms
 from meter.admin.reconcile import repair
@@ -67,6 +69,18 @@ class ServiceAddresses(Protocol):
 
     @property
     def kafka_bootstrap(self) -> str: ...
+
+
+REQUEST_ID_HEADER = b"x-request-id"
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}").fullmatch
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's `X-Request-Id` when it is 1 to 128 id characters, else a new random one."""
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER and _REQUEST_ID(value) is not None:
+            return value.decode()
+    return secrets.token_hex(8)
 
 
 INTERNAL_ERROR = Response(
@@ -125,6 +139,8 @@ class App:
         self.reconcile_interval_s = reconcile_interval_s
         self.key_cache_ttl_s = key_cache_ttl_s
         self.postgres_timeout_s = postgres_timeout_s
+        self.request_log_all = settings.request_log == "all"
+        """One `request` log line per request; else only for failures (`METER_REQUEST_LOG`)."""
         self.clock = now_ms
         self._redis: aioredis.Redis | None = None
         self._pool: asyncpg.Pool | None = None
@@ -175,12 +191,16 @@ class App:
                     acks="all",
                     linger_ms=1,
                     request_timeout_ms=10_000,
+                    **kafka.client_options(),
                 )
                 try:
-                    await producer.start()
-                except (KafkaError, OSError) as exc:
+                    await asyncio.wait_for(producer.start(), self.settings.produce_timeout_s)
+                except (KafkaError, OSError) as exc:  # OSError: asyncio's timeouts included
                     await producer.stop()
-                    raise Unavailable(f"Kafka is not reachable: {exc}") from exc
+                    raise Unavailable(f"Kafka is not reachable: {exc!r}") from exc
+                except BaseException:  # cancelled (the caller's deadline): leave nothing running
+                    await asyncio.shield(producer.stop())
+                    raise
                 self._producer = producer
         return self._producer
 
@@ -285,6 +305,7 @@ class App:
         started = time.perf_counter_ns()
         method: str = scope["method"]
         path: str = scope["path"]
+        request_id = request_id_of(scope["headers"])
         cause: str | None = None
         try:
             response = await self._dispatch(scope, receive, method, path)
@@ -295,22 +316,28 @@ class App:
         except Exception as exc:
             mapped = edge_error(exc)
             if mapped is None:
-                log.error("unhandled error", method=method, path=path, exc_info=True)
+                log.error(
+                    "unhandled error", method=method, path=path, request_id=request_id,
+                    exc_info=True,
+                )  # fmt: skip
                 response = INTERNAL_ERROR
             else:
                 cause = type(exc).__name__
                 response = error_response(mapped)
-        await send_response(send, response)
+        await send_response(send, response, ((REQUEST_ID_HEADER, request_id.encode()),))
         elapsed_ns = time.perf_counter_ns() - started
         route = scope.get("meter.route", metrics.UNMATCHED)
         metrics.observe_request(method, route, response.status, elapsed_ns / 1e9)
-        if response.status >= 500 or cause is not None:
-            log.warning(
-                "request failed",
+        failed = response.status >= 500 or cause is not None
+        if failed or self.request_log_all:
+            (log.warning if failed else log.info)(
+                "request",
                 method=method,
-                path=path,
+                route=route,
                 status=response.status,
                 us=elapsed_ns // 1000,
+                request_id=request_id,
+                key_id=scope.get("meter.key_id"),
                 error=cause,
             )
 
@@ -322,6 +349,7 @@ class App:
         call = Call(self, method, path, query, headers, params)
         if route.access != Access.PUBLIC:
             principal = await self.keys.verify(headers.get("authorization"))
+            scope["meter.key_id"] = principal.key_id
             call.principal = principal
             if route.access == Access.ADMIN:
                 principal.require_platform(*route.scopes)

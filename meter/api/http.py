@@ -353,19 +353,26 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def send_response(send: Send, response: Response) -> None:
+async def send_response(
+    send: Send, response: Response, extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """Send `response`, with the `extra` headers (the request id) after its own."""
     if response.stream is not None:
-        await _send_stream(send, response, response.stream)
+        await _send_stream(send, response, response.stream, extra)
         return
-    headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]
+    headers = [*response.headers, *extra, (b"content-length", str(len(response.body)).encode())]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
 
 
-async def _send_stream(send: Send, response: Response, chunks: AsyncIterator[bytes]) -> None:
-    await send(
-        {"type": "http.response.start", "status": response.status, "headers": response.headers}
-    )
+async def _send_stream(
+    send: Send,
+    response: Response,
+    chunks: AsyncIterator[bytes],
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    headers = [*response.headers, *extra]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
     try:
         async for chunk in chunks:
             if chunk:

@@ -30,8 +30,6 @@ BATCH = "application/cloudevents-batch+json"
 CONTENT_TYPES = (SINGLE, BATCH, "application/json")
 MAX_BATCH_EVENTS = 1000
 MAX_BATCH_BYTES = 1024 * 1024
-ACK_TIMEOUT_S = 15.0
-
 QUOTA = (Scope.ORG_ADMIN, Scope.PRODUCT)
 
 
@@ -117,14 +115,15 @@ async def ingest(call: Call) -> Response:
         if isinstance(v, DecodedEvent)
     ]  # fmt: skip
     if to_send:
-        producer = await app.producer()
         topic = app.settings.usage_topic
         try:
-            futures = [
-                await producer.send(topic, value=raw, key=org_id.encode())
-                for raw, org_id in to_send
-            ]
-            await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
+            async with asyncio.timeout(app.settings.produce_timeout_s):
+                producer = await app.producer()
+                futures = [
+                    await producer.send(topic, value=raw, key=org_id.encode())
+                    for raw, org_id in to_send
+                ]
+                await asyncio.gather(*futures)
         except (KafkaError, OSError) as exc:  # OSError: asyncio's timeouts included
             metrics.count_ingest("unavailable", len(to_send))
             raise Unavailable(f"the broker did not acknowledge the events: {exc}") from exc

@@ -81,7 +81,9 @@ async def readyz(call: Call) -> Response:
         )
     )
     checks.update(HEALTH.problems())
-    ok = all(v == "ok" for v in checks.values())
+    # Checks need Redis and PostgreSQL only: Kafka down degrades ingest (503), reported here
+    # without taking the API out of service.
+    ok = all(v == "ok" for name, v in checks.items() if name != "kafka")
     return json_response(
         {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503
     )
@@ -141,11 +143,15 @@ async def absent_org(call: Call, org_id: str, reason: Reason) -> None:
     """An organization without state in Redis: 503 when it exists (quarantined, or Redis being
     rebuilt), so that no caller takes `unknown_org` for an answer about a real organization. An
     organization-bound key proves its organization exists; for an admin key an absent epoch
-    marker says Redis is not rebuilt yet. Only denied answers get here: checks of known
-    organizations pay nothing for it."""
+    marker says Redis is not rebuilt yet. Either way the reconciler is asked to repair at once.
+    Only denied answers get here: checks of known organizations pay nothing for it."""
     if reason is Reason.ORG_QUARANTINED:
         raise OrgQuarantined(f"organization {org_id!r} is quarantined; an operator must release it")
-    if call.who.org_id == org_id or await call.app.redis.get(EPOCH_KEY) is None:
+    if await call.app.redis.get(EPOCH_KEY) is None:
+        call.app.admin.want_repair(None)
+        raise Unavailable("quota state is being rebuilt; retry shortly")
+    if call.who.org_id == org_id:
+        call.app.admin.want_repair(org_id)
         raise Unavailable("quota state is being rebuilt; retry shortly")
 
 
@@ -423,8 +429,12 @@ ORG_PATH = "/v1/orgs/{org_id}"
 
 ROUTES: list[Route] = [
     Route("GET", "/healthz", healthz, "Process is up", P, tag="health", response=api.Health),
+    Route("GET", "/livez", healthz, "Process is up (the same as /healthz)", P, tag="health",
+          response=api.Health),
     Route(
-        "GET", "/readyz", readyz, "Redis, PostgreSQL and Kafka are reachable", P,
+        "GET", "/readyz", readyz,
+        "Redis and PostgreSQL answer, no background loop failing (Kafka reported, not required)",
+        P,
         tag="health", response=api.Health,
     ),
     Route("GET", "/openapi.json", openapi, "This document", P, tag="health"),
