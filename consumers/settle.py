@@ -843,9 +843,12 @@ def configure_consume(parser: argparse.ArgumentParser) -> Handler:
         from meter.services import provision
 
         options = ConsumerOptions(batch_max_records=args.batch, batch_max_wait_ms=args.wait_ms)
+        from meter.roles import log_start
+
         async with provision(settings) as services:
             await migrate(services.postgres_dsn)
             resolved = services.apply(settings)
+            log_start("consume", services)
             async with metrics.metrics_server(resolved), alerts.publishing(resolved):
                 await consume(resolved, options=options)
         return 0

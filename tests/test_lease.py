@@ -12,8 +12,10 @@ import uuid
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
+import orjson
 import pytest
 
+from meter import __version__
 from meter.lease import Lease, lease_state
 from meter.roles import SCHEDULER_LEASE
 from meter.settings import Settings
@@ -141,6 +143,19 @@ async def test_standby_takes_over(
             return state.live and state.holder is not None
 
         await wait_for(held_by_one, 60, "a scheduler holds the lease")
+        # One start-up line per process: its role, version and servers.
+        for i in range(2):
+            log = tmp_path / f"s{i}.log"
+
+            async def started(log: Path = log) -> bool:
+                return b'"event":"starting"' in await asyncio.to_thread(log.read_bytes)
+
+            await wait_for(started, 60, f"scheduler {i} logs its start")
+            starts = [line for line in log.read_text().splitlines() if '"event":"starting"' in line]
+            assert len(starts) == 1, starts
+            start = orjson.loads(starts[0])
+            assert (start["role"], start["version"]) == ("scheduler", __version__)
+            assert start["postgres"].endswith("(configured)")
         holder = (await lease_state(pool, SCHEDULER_LEASE)).holder
         assert holder is not None
         pid = int(holder.split(":")[1])
