@@ -9,7 +9,6 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -17,6 +16,7 @@ import orjson
 import pytest
 import pytest_asyncio
 import structlog
+from api.support import Addresses
 
 from meter import cli
 from meter.admin import scheduler
@@ -30,13 +30,6 @@ from meter.settings import Settings
 
 ADMIN_TOKEN = "admin-token-" + secrets.token_hex(12)
 DB_PASSWORD = "pw-" + secrets.token_hex(12)
-
-
-@dataclass(frozen=True)
-class Addresses:
-    redis_url: str
-    postgres_dsn: str
-    kafka_bootstrap: str
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -15,6 +14,7 @@ import httpx
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from api.support import Addresses
 
 from meter import cli
 from meter.admin import AdminService
@@ -29,13 +29,6 @@ from meter.supervise import Backoff, supervise
 
 ADMIN_TOKEN = "supervise-admin-token-0123456789"
 FAST = Backoff(initial_s=0.05, max_s=0.5)
-
-
-@dataclass(frozen=True)
-class Addresses:
-    redis_url: str
-    postgres_dsn: str
-    kafka_bootstrap: str
 
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str, deadline_s: float) -> float:

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 import httpx
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from api.support import ADMIN_TOKEN, client_for
+from api.support import ADMIN_TOKEN, Addresses, client_for
 from meter.api import App, build_app
 from meter.settings import Settings
-
-
-@dataclass(frozen=True)
-class Addresses:
-    redis_url: str
-    postgres_dsn: str
-    kafka_bootstrap: str
 
 
 @pytest_asyncio.fixture(loop_scope="session")

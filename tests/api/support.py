@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -15,6 +16,15 @@ from schemas.events import encode_event
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 FAR = "2099-01-01T00:00:00Z"
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Where an app under test finds its servers (`meter.api.app.ServiceAddresses`)."""
+
+    redis_url: str
+    postgres_dsn: str
+    kafka_bootstrap: str
 
 
 def unique(prefix: str) -> str:

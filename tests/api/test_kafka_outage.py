@@ -9,12 +9,11 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
 
-from api.support import ADMIN_TOKEN, client_for, make_key, make_org
+from api.support import ADMIN_TOKEN, Addresses, client_for, make_key, make_org
 from meter.api import App, build_app
 from meter.migrate import migrate
 from meter.services import KafkaServer
@@ -22,13 +21,6 @@ from meter.settings import Settings
 from schemas.events import encode_event
 
 PRODUCE_TIMEOUT_S = 1.0
-
-
-@dataclass(frozen=True)
-class Addresses:
-    redis_url: str
-    postgres_dsn: str
-    kafka_bootstrap: str
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest_asyncio
 
-from api.support import ADMIN_TOKEN, client_for, make_key, make_org
+from api.support import ADMIN_TOKEN, Addresses, client_for, make_key, make_org
 from meter.api import App, build_app
 from meter.migrate import migrate
 from meter.services import PostgresServer, RedisServer
@@ -23,13 +23,6 @@ from meter.settings import Settings
 DEADLINE_S = 30.0
 """How long a request may take before the test calls it a hang (the API's own deadlines are
 far shorter)."""
-
-
-@dataclass(frozen=True)
-class Addresses:
-    redis_url: str
-    postgres_dsn: str
-    kafka_bootstrap: str
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any, cast
 import httpx
 import pytest_asyncio
 import redis.asyncio as aioredis
+from api.support import Addresses
 
 from meter.admin.clock import to_ms
 from meter.api import App, build_app
@@ -37,13 +38,6 @@ FEB_NOW = at("2025-02-10T12:00:00")
 def asgi(app: App) -> httpx.ASGITransport:
     """httpx's transport into the application (its ASGI types are stricter than `App`'s)."""
     return httpx.ASGITransport(app=cast(Any, app))
-
-
-@dataclass(frozen=True)
-class Addresses:
-    redis_url: str
-    postgres_dsn: str
-    kafka_bootstrap: str
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import httpx
 import pytest_asyncio
 import redis.asyncio as aioredis
+from api.support import Addresses
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,13 +46,6 @@ EXPECTED = (
     b"Unassigned,Mallory,'=1+1@evil.test,0\r\n"
     b'Unassigned,"Smith, Alice",alice@example.com,0\r\n'
 )
-
-
-@dataclass(frozen=True)
-class Addresses:
-    redis_url: str
-    postgres_dsn: str
-    kafka_bootstrap: str
 
 
 @dataclass(frozen=True)
