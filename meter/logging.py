@@ -82,10 +82,18 @@ def register_secret(value: str | None) -> None:
     _secrets_re = re.compile("|".join(re.escape(s) for s in longest_first))
 
 
+_TRIGGERS = ("://", "bearer", "basic", "mk_", "pass", "pwd")
+"""Every pattern of `_PATTERNS` needs one of these (lower-cased): text without any is left as
+is without running the patterns, which keeps a log line cheap."""
+
+
 def redact(text: str) -> str:
     """`text` with every credential it contains masked."""
-    if _secrets_re is not None:
+    if _secrets_re is not None and len(text) >= _MIN_SECRET_LENGTH:
         text = _secrets_re.sub(REDACTED, text)
+    lowered = text.lower()
+    if not any(trigger in lowered for trigger in _TRIGGERS):
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -165,6 +173,9 @@ def configure_logging(
         redact_secrets,
         renderer,
     ]
+    global _json_stream, _info_enabled
+    _json_stream = stream if as_json else None
+    _info_enabled = numeric <= logging.INFO
     structlog.configure(
         processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -185,3 +196,31 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(max(numeric, logging.WARNING))
+
+
+_json_stream: TextIO | None = None
+_info_enabled = True
+_request_log = structlog.get_logger("meter.api")
+
+
+def log_request(failed: bool, **fields: str | int | None) -> None:
+    """The API's one `request` line per request (warning level when `failed`).
+
+    Its fields are the API's own (method, route template, status, timing, a request id that
+    passed its pattern, a key id), never caller text, so in JSON mode the line is written
+    directly: a few microseconds instead of the processors' tens, which matters at thousands of
+    checks a second. Console mode goes through structlog as usual."""
+    stream = _json_stream
+    if stream is None:
+        (_request_log.warning if failed else _request_log.info)("request", **fields)
+        return
+    if not failed and not _info_enabled:
+        return
+    line = {
+        "event": "request",
+        "level": "warning" if failed else "info",
+        "timestamp": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+        **fields,
+    }
+    stream.write(orjson.dumps(line).decode() + "\n")
+    stream.flush()

@@ -128,3 +128,21 @@ def test_tracebacks_carry_no_local_variables(fmt: LogFormat) -> None:
     assert "lookup failed" in output and "KeyError" in output
     assert credential not in output
     assert "local-value-" not in output
+
+
+def test_the_request_line_is_json_with_the_request_fields() -> None:
+    from meter.logging import log_request
+
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream, cache_loggers=False)
+    log_request(False, method="POST", route="/v1/check", status=200, us=87, request_id="r-1")
+    log_request(True, method="GET", route="/readyz", status=503, us=9, request_id="r-2")
+    first, second = (orjson.loads(line) for line in stream.getvalue().splitlines())
+    assert first["event"] == "request" and first["level"] == "info"
+    assert (first["route"], first["status"], first["request_id"]) == ("/v1/check", 200, "r-1")
+    assert first["timestamp"].endswith("Z")
+    assert (second["level"], second["status"]) == ("warning", 503)
+    stream = io.StringIO()
+    configure_logging("warning", "json", stream=stream, cache_loggers=False)
+    log_request(False, method="POST", route="/v1/check", status=200, us=87, request_id="r-3")
+    assert stream.getvalue() == ""

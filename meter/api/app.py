@@ -53,6 +53,7 @@ from meter.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from meter.logging import log_request
 from meter.settings import Settings
 
 log = structlog.get_logger("meter.api")
@@ -330,8 +331,8 @@ class App:
         metrics.observe_request(method, route, response.status, elapsed_ns / 1e9)
         failed = response.status >= 500 or cause is not None
         if failed or self.request_log_all:
-            (log.warning if failed else log.info)(
-                "request",
+            log_request(
+                failed,
                 method=method,
                 route=route,
                 status=response.status,
