@@ -24,6 +24,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,10 +32,12 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 import orjson
 import redis.asyncio as aioredis
+from aiokafka.partitioner import DefaultPartitioner
 from topology_support import (
     METER,
     CheckLog,
     OrgUnderTest,
+    Role,
     Sent,
     drive_checks,
     event_batch,
@@ -67,11 +70,34 @@ DRIVE_S = 30.0
 KILL_SCHEDULER_AT_S = 6.0
 KILL_CONSUMER_AT_S = 10.0
 BOUNDARY_AT_S = 20.0
+PARTITIONS = 4
 GHOST_EVERY = 16
 """Every 16th batch carries one event of an unknown member: the only dead letters expected."""
 SEAT = "40"
 SHARED = "500"
 LIMIT = "30"
+
+
+def partition_of(org_id: str) -> int:
+    """The usage topic's partition of an organization's events (the producer's partitioner)."""
+    partitions = list(range(PARTITIONS))
+    return int(DefaultPartitioner()(org_id.encode(), partitions, partitions))
+
+
+def assigned(consumer: Role) -> list[int]:
+    """The partitions a `meter consume` process last logged as assigned to it."""
+    lines = [orjson.loads(line) for line in consumer.log.read_bytes().splitlines()]
+    return next(
+        (d["partitions"] for d in reversed(lines) if d.get("event") == "partitions_assigned"), []
+    )
+
+
+def resumed(consumer: Role) -> tuple[int, int]:
+    """Records the consumer found settled already when it took partitions over: (in
+    PostgreSQL, answered by Redis from a result stored before the kill)."""
+    lines = [orjson.loads(line) for line in consumer.log.read_bytes().splitlines()]
+    batches = [d for d in lines if d.get("event") == "batch"]
+    return sum(d["duplicates"] for d in batches), sum(d["replayed"] for d in batches)
 
 
 def iso(ms: int) -> str:
@@ -128,7 +154,7 @@ async def setup_orgs(api: str, boundary_ms: int) -> tuple[list[OrgUnderTest], Or
 
 async def send_events(
     apis: list[str], orgs: list[OrgUnderTest], boundary: OrgUnderTest, boundary_ms: int,
-    seats_issued: asyncio.Event, started: float,
+    seats_issued: asyncio.Event, started: float, on_sent: Callable[[OrgUnderTest], None],
 ) -> list[Sent]:  # fmt: skip
     """`BATCHES` batches spread over `DRIVE_S`, organizations in turn, APIs in turn. The
     boundary organization's events of its new period wait until its seats are in Redis (the
@@ -153,6 +179,7 @@ async def send_events(
             assert r.status_code == 202, r.text
             assert r.json()["accepted"] == len(events), r.text
             sent.extend(events)
+            on_sent(org)
     return sent
 
 
@@ -201,7 +228,7 @@ async def test_production_topology(
     suffix = uuid.uuid4().hex[:8]
     usage, dlq = f"topo.usage.{suffix}", f"topo.dlq.{suffix}"
     bootstrap = settings.kafka_bootstrap or ""
-    await ensure_topics(bootstrap, {usage: 4, dlq: 1})
+    await ensure_topics(bootstrap, {usage: PARTITIONS, dlq: 1})
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("METER_")},
         "METER_ENV": "production",
@@ -248,8 +275,27 @@ async def test_production_topology(
         ]
         seats_issued = asyncio.Event()
         seats = asyncio.create_task(watch_seats(engine, boundary, boundary_ms, seats_issued))
+        victim, consumer_killed = consumers[0], asyncio.Event()
+
+        def kill_consumer_mid_batch(org: OrgUnderTest) -> None:
+            """After `KILL_CONSUMER_AT_S`, kill the consumer owning the partition of a batch
+            just acknowledged, while it settles it."""
+            if consumer_killed.is_set() or time.monotonic() < started + KILL_CONSUMER_AT_S:
+                return
+            if partition_of(org.org_id) in assigned(victim):
+                consumer_killed.set()
+                asyncio.get_running_loop().call_later(0.02, victim.kill)
+
         sending = asyncio.create_task(
-            send_events([a.url for a in apis], orgs, boundary, boundary_ms, seats_issued, started)
+            send_events(
+                [a.url for a in apis],
+                orgs,
+                boundary,
+                boundary_ms,
+                seats_issued,
+                started,
+                kill_consumer_mid_batch,
+            )
         )
 
         # The active scheduler dies without giving its lease up; the standby must take it.
@@ -268,9 +314,8 @@ async def test_production_topology(
         failover_s = await wait_for(standby_holds, 15, "the standby scheduler holds the lease")
 
         # One consumer dies mid-batch; the other takes its partitions after the rebalance.
-        await asyncio.sleep(max(0.0, started + KILL_CONSUMER_AT_S - time.monotonic()))
-        consumers[0].kill()
-        consumer_killed = time.monotonic()
+        await asyncio.wait_for(consumer_killed.wait(), DRIVE_S)
+        consumer_killed_at = time.monotonic()
 
         sent = await sending
         drive_s = time.monotonic() - started
@@ -363,6 +408,7 @@ async def test_production_topology(
 
         # Checks kept answering on both APIs: no 5xx, no connection error, never silent long.
         everything = list(range(len(checks.at)))
+        again = resumed(consumers[1])
         statuses = Counter(checks.status)
         assert set(statuses) == {200}, statuses
         end = checks.at[-1]
@@ -374,6 +420,9 @@ async def test_production_topology(
             f"\n  six processes ready {ready_s:.1f} s after launch;"
             f" events accepted {len(sent)} ({len(valid)} settled, {len(ghosts)} dead letters)"
             f" in {drive_s:.1f} s through 2 APIs; all settled {settled_s:.1f} s after the first"
+            f"\n  consumer killed {consumer_killed_at - started:.1f} s in; the survivor found"
+            f" {again[0]} records settled already in PostgreSQL and answered {again[1]} from"
+            f" results Redis kept"
             f"\n  scheduler failover {failover_s:.2f} s after kill -9;"
             f" seats of the new period in Redis {seat_delay_s:.2f} s after the boundary"
             f"\n  checks: {checks.summary(everything)}; answers {dict(checks.allowed)}"
@@ -381,7 +430,7 @@ async def test_production_topology(
             f"\n  10 s after the scheduler kill: "
             f"{checks.summary(checks.window(scheduler_killed, scheduler_killed + 10))}"
             f"\n  10 s after the consumer kill: "
-            f"{checks.summary(checks.window(consumer_killed, consumer_killed + 10))}"
+            f"{checks.summary(checks.window(consumer_killed_at, consumer_killed_at + 10))}"
             f"\n  10 s after the boundary: "
             f"{checks.summary(checks.window(boundary_at, boundary_at + 10))}"
         )
