@@ -258,6 +258,7 @@ async def test_production_topology(
     pool = await asyncpg.create_pool(pg_dsn_clean, min_size=1, max_size=4)
     checks, stop_checks = CheckLog(), asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
+    drivers: list[asyncio.Task[object]] = []
     try:
         launched = time.monotonic()
         for r in stack:
@@ -275,6 +276,7 @@ async def test_production_topology(
         ]
         seats_issued = asyncio.Event()
         seats = asyncio.create_task(watch_seats(engine, boundary, boundary_ms, seats_issued))
+        drivers.append(seats)
         victim, consumer_killed = consumers[0], asyncio.Event()
 
         def kill_consumer_mid_batch(org: OrgUnderTest) -> None:
@@ -297,6 +299,7 @@ async def test_production_topology(
                 kill_consumer_mid_batch,
             )
         )
+        drivers.append(sending)
 
         # The active scheduler dies without giving its lease up; the standby must take it.
         await asyncio.sleep(max(0.0, started + KILL_SCHEDULER_AT_S - time.monotonic()))
@@ -436,9 +439,9 @@ async def test_production_topology(
         )
     finally:
         stop_checks.set()
-        for task in tasks:
+        for task in [*tasks, *drivers]:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *drivers, return_exceptions=True)
         for r in stack:
             r.stop()
         await pool.close()
