@@ -32,28 +32,28 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 import orjson
 import redis.asyncio as aioredis
-from aiokafka.partitioner import DefaultPartitioner
 from topology_support import (
     METER,
+    PARTITIONS,
     CheckLog,
     OrgUnderTest,
-    Role,
     Sent,
+    assigned,
     drive_checks,
     event_batch,
     now_ms,
+    partition_of,
+    replay,
+    resumed,
     role,
+    wait_for,
 )
 
 from consumers.dlq import REASON, header, scan_topic
-from meter.admin import queries as q
-from meter.admin.service import member_config, org_config
-from meter.engine.model import Ledger
 from meter.engine.periods import DAY_MS
 from meter.engine.redis import RedisEngine
-from meter.engine.types import Settlement, UsageEvent
+from meter.engine.types import UsageEvent
 from meter.lease import lease_state
-from meter.plans.store import grant_of
 from meter.roles import SCHEDULER_LEASE
 from meter.services import ensure_topics
 from meter.settings import Settings
@@ -70,34 +70,11 @@ DRIVE_S = 30.0
 KILL_SCHEDULER_AT_S = 6.0
 KILL_CONSUMER_AT_S = 10.0
 BOUNDARY_AT_S = 20.0
-PARTITIONS = 4
 GHOST_EVERY = 16
 """Every 16th batch carries one event of an unknown member: the only dead letters expected."""
 SEAT = "40"
 SHARED = "500"
 LIMIT = "30"
-
-
-def partition_of(org_id: str) -> int:
-    """The usage topic's partition of an organization's events (the producer's partitioner)."""
-    partitions = list(range(PARTITIONS))
-    return int(DefaultPartitioner()(org_id.encode(), partitions, partitions))
-
-
-def assigned(consumer: Role) -> list[int]:
-    """The partitions a `meter consume` process last logged as assigned to it."""
-    lines = [orjson.loads(line) for line in consumer.log.read_bytes().splitlines()]
-    return next(
-        (d["partitions"] for d in reversed(lines) if d.get("event") == "partitions_assigned"), []
-    )
-
-
-def resumed(consumer: Role) -> tuple[int, int]:
-    """Records the consumer found settled already when it took partitions over: (in
-    PostgreSQL, answered by Redis from a result stored before the kill)."""
-    lines = [orjson.loads(line) for line in consumer.log.read_bytes().splitlines()]
-    batches = [d for d in lines if d.get("event") == "batch"]
-    return sum(d["duplicates"] for d in batches), sum(d["replayed"] for d in batches)
 
 
 def iso(ms: int) -> str:
@@ -195,31 +172,6 @@ async def watch_seats(
     await wait_for(in_redis, 120, "the seats of the new period in Redis")
     issued.set()
     return (now_ms() - boundary_ms) / 1000
-
-
-async def wait_for(predicate, timeout_s: float, what: str) -> float:  # type: ignore[no-untyped-def]
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if await predicate():
-            return time.monotonic() - started
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
-
-
-async def replay(
-    conn: asyncpg.Connection, records: list[UsageEvent], at_ms: int
-) -> tuple[Ledger, list[Settlement]]:
-    """The reference model: the organizations, members and every grant PostgreSQL holds, then
-    the usage topic's events settled in log order; returns it and each event's result."""
-    ledger = Ledger()
-    for (org_id,) in await conn.fetch("SELECT org_id FROM organizations"):
-        ledger.put_org(org_config(await conn.fetchrow(q.SELECT_ORG_CONFIG, org_id)))
-        for row in await conn.fetch(q.SELECT_ALL_MEMBERS, org_id):
-            ledger.put_member(member_config(row))
-    for row in await conn.fetch("SELECT * FROM credit_grants ORDER BY granted_at, bucket_id"):
-        ledger.apply_grant(grant_of(row))
-    results = [ledger.settle_batch(ev.org_id, [ev], at_ms)[0] for ev in records]
-    return ledger, results
 
 
 async def test_production_topology(
