@@ -13,7 +13,7 @@ succeeds nothing more is polled (backpressure). Engine results stay pending in R
 confirmed, so retrying, abandoning or re-reading a batch is always safe.
 
 No event waits on the scheduler for its period's seats: before an organization's events settle,
-`meter.admin.issuance.SeatPeriods` makes sure the seats of their periods (and of now) are issued
+`meter.admin.issuance.SeatPeriods` makes sure the seats of their events' periods are issued
 and in Redis: nothing within a period already seen, one PostgreSQL probe otherwise, and the
 issuance itself when no one did it yet.
 
@@ -569,7 +569,7 @@ class SettleConsumer:
         self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[Identity, str]
     ) -> Settled:
         try:
-            await self._issue_seats(org_id, events, at_ms)
+            await self._issue_seats(org_id, events)
             return await self._settle_valid(org_id, events, at_ms, refused)
         except (Stopping, OffsetConflict):
             raise
@@ -588,18 +588,16 @@ class SettleConsumer:
             )
             return events, ("x" * len(events), [ORG_QUARANTINED] * len(events))
 
-    async def _issue_seats(self, org_id: str, events: list[UsageEvent], at_ms: int) -> None:
-        """Before settling: the seats of the periods of these events (and of now) are issued,
-        so the first events of a period draw from its seats whether or not a scheduler ran."""
+    async def _issue_seats(self, org_id: str, events: list[UsageEvent]) -> None:
+        """Before settling: the seats of the periods of these events are issued, so the first
+        events of a period draw from its seats whether or not a scheduler ran."""
         seats = self.seats
         if seats is None or not events:
             return
-        newest = max(at_ms, max(ev.time_ms for ev in events))
-        if seats.covers(org_id, newest):
+        if seats.covers(org_id, max(ev.time_ms for ev in events)):
             return
-        instants = {ev.time_ms for ev in events}
-        instants.add(at_ms)
-        await self._retry("issue_seats", seats.ensure, org_id, sorted(instants))
+        instants = sorted({ev.time_ms for ev in events})
+        await self._retry("issue_seats", seats.ensure, org_id, instants)
 
     async def _settle_valid(
         self,
