@@ -3,13 +3,19 @@
 A fixed chain of stages per batch:
 
     poll (size and time bounded) -> decode + validate -> drop keys PostgreSQL already has
-    -> one `engine.settle_batch` per organization -> dead-letter what cannot settle
+    -> issue the seats of a period new to an organization -> one `engine.settle_batch` per
+    organization -> dead-letter what cannot settle
     -> write settlements + offsets in one PostgreSQL transaction -> `engine.confirm`
 
 Two batches at most are in memory: while one is written to PostgreSQL the next is polled and
 settled. Writing retries with exponential backoff while PostgreSQL is unavailable; until it
 succeeds nothing more is polled (backpressure). Engine results stay pending in Redis until
 confirmed, so retrying, abandoning or re-reading a batch is always safe.
+
+No event waits on the scheduler for its period's seats: before an organization's events settle,
+`meter.admin.issuance.SeatPeriods` makes sure the seats of their events' periods are issued
+and in Redis: nothing within a period already seen, one PostgreSQL probe otherwise, and the
+issuance itself when no one did it yet.
 
 Offsets live in PostgreSQL (`consumer_offsets`). On assignment the consumer seeks to them; each
 write advances them only from the offset this member expects, so a member that lost its
@@ -49,6 +55,8 @@ from consumers.stages import (
     sort_results,
 )
 from meter import alerts, kafka, metrics
+from meter.admin.issuance import SeatPeriods
+from meter.admin.service import AdminService
 from meter.engine.model import validate_events
 from meter.engine.redis import EncodedResults, RedisEngine, settle_encoded
 from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, UsageEvent
@@ -158,6 +166,7 @@ class SettleConsumer:
         trusted: bool = False,
         offset_reset: offsets.Policy = "earliest",
         stall_after_s: float = 60.0,
+        issue_seats: bool = True,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -174,6 +183,10 @@ class SettleConsumer:
         """What to do with a stored offset outside its partition's log (`consumers.offsets`)."""
         self.stall_after_s = stall_after_s
         """With records waiting, how long without a batch written before readiness fails."""
+        self.issue_seats = issue_seats
+        """Issue a period's seats before settling its first events (`SeatPeriods`)."""
+        self.seats: SeatPeriods | None = None
+        self._seats_pool: asyncpg.Pool | None = None
         self._progress_at = time.monotonic()
         self._written: dict[int, int] = {}
         """Per partition: the next offset after the last batch written to PostgreSQL."""
@@ -229,6 +242,11 @@ class SettleConsumer:
 
     async def run(self) -> None:
         await self.store.open()
+        if self.issue_seats and self.seats is None:
+            self._seats_pool = await asyncpg.create_pool(
+                self.store.dsn, min_size=0, max_size=2, command_timeout=60.0
+            )
+            self.seats = SeatPeriods(AdminService(self._seats_pool, self.engine, now_ms))
         await self.producer.start()
         await self.consumer.start()
         self._progress_at = time.monotonic()
@@ -259,6 +277,9 @@ class SettleConsumer:
             with contextlib.suppress(Exception):
                 await self.producer.stop()
             await self.store.close()
+            if self._seats_pool is not None:
+                pool, self._seats_pool, self.seats = self._seats_pool, None, None
+                await pool.close()
             log.info("consumer_stopped", settled=self.settled, batches=self.batches)
 
     async def _loop(self) -> None:
@@ -553,6 +574,7 @@ class SettleConsumer:
         self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[Identity, str]
     ) -> Settled:
         try:
+            await self._issue_seats(org_id, events)
             return await self._settle_valid(org_id, events, at_ms, refused)
         except (Stopping, OffsetConflict):
             raise
@@ -570,6 +592,17 @@ class SettleConsumer:
                 exc,
             )
             return events, ("x" * len(events), [ORG_QUARANTINED] * len(events))
+
+    async def _issue_seats(self, org_id: str, events: list[UsageEvent]) -> None:
+        """Before settling: the seats of the periods of these events are issued, so the first
+        events of a period draw from its seats whether or not a scheduler ran."""
+        seats = self.seats
+        if seats is None or not events:
+            return
+        if seats.covers(org_id, max(ev.time_ms for ev in events)):
+            return
+        instants = sorted({ev.time_ms for ev in events})
+        await self._retry("issue_seats", seats.ensure, org_id, instants)
 
     async def _settle_valid(
         self,

@@ -381,6 +381,10 @@ class SettlementStore:
             pool.terminate()
 
     @property
+    def dsn(self) -> str:
+        return self._dsn
+
+    @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("SettlementStore is not open")

@@ -1,11 +1,19 @@
 """The period scheduler: seats at each period start, expiry entries, charge-due events.
 
+Nothing correct depends on it running: a period's seats are issued lazily by whoever needs them
+first (`meter.admin.issuance`: the consumer before settling an organization's first events of a
+period, an API process before its first check of one), and a threshold charge is recorded and
+published as soon as the settlement that crossed it commits (`watch_charges`). The scheduler
+issues the seats of organizations nobody used yet, records expiries, charges at period ends, and
+is the fallback of the rest.
+
 `PeriodScheduler.tick()` does, for every organization, at the admin service's clock:
 
 1. when a new period began since the last tick: issue the period's seats (`refresh_seats`: seat
    and on-demand buckets, a package plan's pool, seat-months drawn from the balance; members whose
-   seat cannot be paid are unseated in the engine, so checks say `no_seat`), and record the expired
-   remainders of the period(s) that ended (`record_expiries`, from the engine's balances);
+   seat cannot be paid are unseated in the engine, so checks say `no_seat`; idempotent, so seats
+   a lazy issuer gave are not given again), and record the expired remainders of the period(s)
+   that ended (`record_expiries`, from the engine's balances);
 2. on plans with on-demand usage: record the charges now due (threshold crossed, or a period
    ended), then publish every unpublished charge on the billing topic (`meter.billing.v1`) as a
    CloudEvent keyed by organization, and mark it published;
@@ -14,20 +22,28 @@
    `shared_pool` crossing in the alerts outbox (`meter.alerts.shared_pool_after_expiry`), once
    per period and threshold as at a draw; the alert publisher sends it.
 
+`watch_charges()` runs beside it: the settlement transaction whose on-demand totals cross a
+plan's charge threshold sends `NOTIFY meter_charges` with the organization's id (trigger of
+migration 0016); the watcher records that organization's charges due and publishes them at once
+(and every `charges_poll_s` publishes what is left in the outbox). A notification missed while
+its connection was down is caught by the next `tick()`.
+
 Every step is idempotent, so a restart, a second scheduler or a missed wake-up only repeats work.
-`run()` ticks at each organization's next period start and at least every `poll_s` seconds (for
-thresholds crossed mid-period). It runs supervised (`meter.supervise`): a tick that meets an
-outage stops and is retried with backoff (the component `scheduler` is reported in `HEALTH` while
-it fails); an organization whose own work fails is logged and tried again at the next tick.
+`run()` ticks at each organization's next period start and at least every `poll_s` seconds.
+Both loops run supervised (`meter.supervise`): a pass that meets an outage stops and is retried
+with backoff (the components `scheduler` and `charges` are reported in `HEALTH` while they
+fail); an organization whose own work fails is logged and tried again at the next tick.
 Time comes from `admin.clock`, so tests move it and call `tick()`.
 
-It runs as a `meter run` component (`run_component`), one per deployment, apart from the API
-processes, which scale out.
+It runs as the `meter scheduler` role (`run_component`, one active replica by lease), apart from
+the API processes, which scale out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -59,6 +75,10 @@ CHARGE_EVENT_TYPE = "meter.charge_due.v1"
 CHARGE_SOURCE = "//meter/plans"
 COMPONENT = "scheduler"
 """The scheduler's name in `meter.health.HEALTH`."""
+CHARGES_COMPONENT = "charges"
+"""The charge watcher's name in `meter.health.HEALTH`."""
+CHARGES_CHANNEL = "meter_charges"
+"""Notified (payload: organization id) by a settlement that crossed a charge threshold."""
 MAX_CATCH_UP = 24
 """At most this many ended periods are looked back at when an organization is first seen or the
 scheduler was away for long."""
@@ -106,12 +126,23 @@ class TickReport:
 
 class PeriodScheduler:
     def __init__(
-        self, admin: AdminService, publish: Publish, topic: str, poll_s: float = 60.0
+        self,
+        admin: AdminService,
+        publish: Publish,
+        topic: str,
+        poll_s: float = 60.0,
+        charges_poll_s: float = 2.0,
     ) -> None:
         self.admin = admin
         self.publish = publish
         self.topic = topic
         self.poll_s = poll_s
+        self.charges_poll_s = charges_poll_s
+        self._charge_orgs: set[str] = set()
+        """Organizations notified since the watcher last looked."""
+        self._charge_wake = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+        self._publishing = asyncio.Lock()
         self.started: dict[str, int] = {}
         """Organization -> index of the last period this scheduler started."""
         self.pools_checked_ms: int | None = None
@@ -175,12 +206,55 @@ class PeriodScheduler:
     async def publish_charges(self, batch: int = 100) -> int:
         """Send every unpublished charge to the billing topic; returns how many were sent."""
         plans, sent = self.admin.plans, 0
-        while charges := await plans.unpublished_charges(batch):
-            for charge in charges:
-                await self.publish(self.topic, charge.org_id.encode(), charge_cloudevent(charge))
-                await plans.mark_published(charge.org_id, [charge.charge_id], self.admin.clock())
-                sent += 1
+        async with self._publishing:
+            while charges := await plans.unpublished_charges(batch):
+                for charge in charges:
+                    key, value = charge.org_id.encode(), charge_cloudevent(charge)
+                    await self.publish(self.topic, key, value)
+                    now = self.admin.clock()
+                    await plans.mark_published(charge.org_id, [charge.charge_id], now)
+                    sent += 1
         return sent
+
+    async def watch_charges(self, dsn: str) -> None:
+        """Record and publish the charges of organizations whose settlements crossed a charge
+        threshold as soon as PostgreSQL notifies it (`meter_charges`), until cancelled.
+        Supervised (component `charges` in `HEALTH` while failing)."""
+        try:
+            await supervise(
+                CHARGES_COMPONENT,
+                functools.partial(self._charges_step, dsn),
+                on_failure=self._unlisten,
+            )
+        finally:
+            await self._unlisten()
+
+    async def _charges_step(self, dsn: str) -> None:
+        if self._listener is None or self._listener.is_closed():
+            listener = await asyncpg.connect(dsn, timeout=10)
+            await listener.add_listener(CHARGES_CHANNEL, self._charge_notified)
+            self._listener = listener
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._charge_wake.wait(), self.charges_poll_s)
+        self._charge_wake.clear()
+        orgs, self._charge_orgs = self._charge_orgs, set()
+        try:
+            for org_id in sorted(orgs):
+                await self.admin.plans.due_charges(org_id, self.admin.clock())
+            await self.publish_charges()
+        except BaseException:
+            self._charge_orgs |= orgs  # looked at again on the next pass
+            raise
+
+    def _charge_notified(self, _conn: object, _pid: int, _channel: str, org_id: str) -> None:
+        self._charge_orgs.add(org_id)
+        self._charge_wake.set()
+
+    async def _unlisten(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=2)
 
     async def run(self) -> None:
         """Tick at each next period start and at least every `poll_s` seconds, until cancelled.
@@ -238,7 +312,7 @@ async def run_component(settings: Settings, services: Services) -> None:
         await admin.install_presets()
         scheduler = PeriodScheduler(admin, producer.publish, settings.billing_topic)
         log.info("period scheduler started", topic=settings.billing_topic)
-        await scheduler.run()
+        await asyncio.gather(scheduler.run(), scheduler.watch_charges(services.postgres_dsn))
     finally:
         await producer.stop()
         await redis.aclose()

@@ -248,6 +248,9 @@ class AdminService:
         self.dirty: set[str] = set()
         """Organizations whose last Redis apply failed; the reconciler repairs them."""
         self.dirty_event = asyncio.Event()
+        self.on_issued: Callable[[str, Period], None] | None = None
+        """Told of each period whose seats `refresh_seats` issued and applied (the process's
+        `meter.admin.issuance.SeatPeriods` learns them so)."""
         self.repair_wanted = False
         """A caller met Redis without its epoch marker: the reconciler rebuilds what is lost."""
 
@@ -260,8 +263,9 @@ class AdminService:
             self.dirty.add(org_id)
         self.dirty_event.set()
 
-    async def _apply(self, org_id: str, *calls: Callable[[], Awaitable[Any]]) -> None:
-        """Run engine calls after a commit; on failure leave the repair to the reconciler."""
+    async def _apply(self, org_id: str, *calls: Callable[[], Awaitable[Any]]) -> bool:
+        """Run engine calls after a commit; on failure leave the repair to the reconciler.
+        Returns whether every call succeeded."""
         try:
             for call in calls:
                 await call()
@@ -271,6 +275,8 @@ class AdminService:
             )
             self.dirty.add(org_id)
             self.dirty_event.set()
+            return False
+        return True
 
     # -- plans ----------------------------------------------------------------------------
 
@@ -400,22 +406,38 @@ class AdminService:
         calls.extend(functools.partial(self.engine.apply_grant, g) for g in issue.grants)
         await self._apply(org_id, *calls)
 
-    async def refresh_seats(self, org_id: str) -> PeriodIssue:
-        """Issue the current period's seats of every seated member (and a package plan's pool),
-        idempotently, and tell the engine who has a paid seat. Runs at each period start, after a
-        redemption and when seat billing changes."""
-        issue = await self.plans.start_period(org_id, self.clock())
-        unpaid = set(issue.unpaid)
-        members = await self.pool.fetch(q.SELECT_ALL_MEMBERS, org_id)
+    async def refresh_seats(
+        self, org_id: str, at_ms: int | None = None, *, strict: bool = False
+    ) -> PeriodIssue:
+        """Issue the seats of every seated member (and a package plan's pool) for the period
+        containing `at_ms` (default: now), idempotently, and tell the engine who has a paid seat
+        (unless that period ended already: who is paid now is the current period's business).
+        Once the engine has it all, the period is recorded issued (`seat_periods`), which lazy
+        issuers (`meter.admin.issuance`) probe. Runs at each period start (scheduler), at the
+        first event or check of an organization in a period (lazy issuance), after a redemption
+        and when seat billing changes.
+
+        An engine call that fails marks the organization for the reconciler, or, with `strict`
+        (lazy issuance, which must not settle before the seats are there), is raised."""
+        issue = await self.plans.start_period(org_id, self.clock() if at_ms is None else at_ms)
         calls: list[Callable[[], Awaitable[Any]]] = []
-        for m in members:
-            if m["status"] == "active":
-                cfg = dataclasses.replace(
-                    member_config(m), seated=m["seated"] and m["member_id"] not in unpaid
-                )
-                calls.append(functools.partial(self.engine.put_member, cfg))
+        if issue.period.end_ms > self.clock():
+            unpaid = set(issue.unpaid)
+            for m in await self.pool.fetch(q.SELECT_ALL_MEMBERS, org_id):
+                if m["status"] == "active":
+                    cfg = dataclasses.replace(
+                        member_config(m), seated=m["seated"] and m["member_id"] not in unpaid
+                    )
+                    calls.append(functools.partial(self.engine.put_member, cfg))
         calls.extend(functools.partial(self.engine.apply_grant, g) for g in issue.grants)
-        await self._apply(org_id, *calls)
+        if strict:
+            for call in calls:
+                await call()
+        elif not await self._apply(org_id, *calls):
+            return issue
+        await self.plans.record_issued(org_id, issue.period)
+        if self.on_issued is not None:
+            self.on_issued(org_id, issue.period)
         return issue
 
     async def create_member(self, org_id: str, body: api.MemberCreate) -> api.Member:

@@ -4,6 +4,11 @@
 `async with app.running()` in tests) opens the Redis client, the PostgreSQL pool and the engine,
 starts the reconciler, and closes everything at shutdown; the Kafka producer starts on the first
 ingested event so checks keep working while Kafka is away.
+
+Checks see a period's seats from its first instant whatever the scheduler does: the first check
+or reservation of an organization in a period (per process) makes sure its seats are issued
+(`App.issue_seats`, `meter.admin.issuance.SeatPeriods`), waiting at most `seats_wait_s` for it;
+every other check pays a dictionary lookup.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from asyncpg.exceptions._base import DataError as ArgumentError  # type: ignore[
 from meter import kafka, metrics
 from meter.admin import AdminService, run_reconciler
 from meter.admin.clock import now_ms
+from meter.admin.issuance import SeatPeriods
 from meter.admin.reconcile import repair
 from meter.api.http import (
     Access,
@@ -89,6 +95,9 @@ INTERNAL_ERROR = Response(
 )
 
 POSTGRES_TIMEOUT_S = 5.0
+SEATS_WAIT_S = 0.5
+"""How long a check waits for its organization's seats of a new period to be issued (once per
+organization and period) before answering from Redis as it is; the issuance goes on."""
 """Deadline of each PostgreSQL statement and connection attempt of the API (client side, and
 `statement_timeout` on the server): a frozen server is a 503 after it, never a hang."""
 
@@ -131,6 +140,7 @@ class App:
         reconcile_interval_s: float = 60.0,
         key_cache_ttl_s: float = 5.0,
         postgres_timeout_s: float = POSTGRES_TIMEOUT_S,
+        seats_wait_s: float = SEATS_WAIT_S,
     ) -> None:
         from meter.api.routes import ROUTES
 
@@ -142,12 +152,15 @@ class App:
         self.postgres_timeout_s = postgres_timeout_s
         self.request_log_all = settings.request_log == "all"
         """One `request` log line per request; else only for failures (`METER_REQUEST_LOG`)."""
+        self.seats_wait_s = seats_wait_s
         self.clock = now_ms
         self._redis: aioredis.Redis | None = None
         self._pool: asyncpg.Pool | None = None
         self._fast_redis: PipelinedRedis | None = None
         self._engine: RedisEngine | None = None
         self._admin: AdminService | None = None
+        self._seats: SeatPeriods | None = None
+        self._issuing: set[asyncio.Task[None]] = set()
         self._keys: KeyVerifier | None = None
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
@@ -174,6 +187,36 @@ class App:
     def admin(self) -> AdminService:
         assert self._admin is not None, "app not started"
         return self._admin
+
+    @property
+    def seats(self) -> SeatPeriods:
+        assert self._seats is not None, "app not started"
+        return self._seats
+
+    async def issue_seats(self, org_id: str, now: int) -> None:
+        """The first check of `org_id` in a new period (for this process): make sure the
+        period's seats are issued, waiting at most `seats_wait_s`. A failure (PostgreSQL away)
+        is logged and the check answered from Redis as it is; the organization is looked at
+        again `SeatPeriods.retry_ms` later. Never raises."""
+        task = asyncio.create_task(self.seats.ensure(org_id, (now,)), name=org_id)
+        self._issuing.add(task)
+        task.add_done_callback(self._issued)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.seats_wait_s)
+        except Exception:
+            if not task.done():
+                self.seats.defer(org_id)  # the issuance goes on; checks do not wait for it
+                log.warning("seat_issuance_slow", org_id=org_id, waited_s=self.seats_wait_s)
+
+    def _issued(self, task: asyncio.Task[None]) -> None:
+        self._issuing.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            org_id = task.get_name()
+            self.seats.defer(org_id)
+            log.warning("seat_issuance_failed", org_id=org_id, error=repr(exc))
 
     @property
     def keys(self) -> KeyVerifier:
@@ -233,6 +276,7 @@ class App:
             self._pool, self._engine, clock=lambda: self.clock(), redis=self._redis
         )
         await self._admin.install_presets()
+        self._seats = SeatPeriods(self._admin)
         self._keys = KeyVerifier(
             self._pool,
             self.settings.admin_token,
@@ -252,6 +296,9 @@ class App:
         gc.freeze()
 
     async def shutdown(self) -> None:
+        for task in self._issuing:
+            task.cancel()
+        await asyncio.gather(*self._issuing, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -159,7 +159,10 @@ async def check(call: Call) -> Response:
     org_id, member_id, credits = bodies.check_body(call.body)
     call.who.require_org(org_id, *QUOTA)
     app = call.app
-    result = await app.engine.check(org_id, member_id, credits, app.clock())
+    now = app.clock()
+    if not app.seats.covers(org_id, now):
+        await app.issue_seats(org_id, now)
+    result = await app.engine.check(org_id, member_id, credits, now)
     metrics.count_check("check", result)
     if result.reason is Reason.UNKNOWN_ORG or result.reason is Reason.ORG_QUARANTINED:
         await absent_org(call, org_id, result.reason)
@@ -171,9 +174,10 @@ async def reserve(call: Call) -> Response:
     call.who.require_org(org_id, *QUOTA)
     app = call.app
     reservation_id = reservation_id or "res_" + secrets.token_hex(12)
-    result = await app.engine.reserve(
-        org_id, member_id, credits, app.clock(), reservation_id, ttl_ms
-    )
+    now = app.clock()
+    if not app.seats.covers(org_id, now):
+        await app.issue_seats(org_id, now)
+    result = await app.engine.reserve(org_id, member_id, credits, now, reservation_id, ttl_ms)
     metrics.count_check("reserve", result)
     if result.reason is Reason.UNKNOWN_ORG or result.reason is Reason.ORG_QUARANTINED:
         await absent_org(call, org_id, result.reason)

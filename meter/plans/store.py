@@ -197,6 +197,10 @@ INSERT INTO expiry_entries (org_id, bucket_id, kind, member_id, amount, expired_
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (org_id, bucket_id) DO NOTHING
 """
+INSERT_SEAT_PERIOD = """
+INSERT INTO seat_periods (org_id, period_start, period_end) VALUES ($1, $2, $3)
+ON CONFLICT (org_id, period_start) DO NOTHING
+"""
 SELECT_ON_DEMAND_USED = """
 SELECT on_demand FROM org_period_totals WHERE org_id = $1 AND period_start = $2
 """
@@ -237,6 +241,8 @@ class PeriodIssue:
 
     grants: tuple[Grant, ...]
     unpaid: tuple[str, ...]
+    period: Period
+    """The period issued."""
 
 
 def plan_of(row: Mapping[str, Any]) -> PlanSettings:
@@ -514,7 +520,14 @@ class PlansStore:
             pool = pool_grant(op.org, op.plan, now_ms)
             if pool is not None:
                 grants.append(await self._insert_grant(conn, pool, "plan"))
-        return PeriodIssue(tuple(grants), tuple(unpaid))
+        return PeriodIssue(tuple(grants), tuple(unpaid), period_at(op.org, now_ms))
+
+    async def record_issued(self, org_id: str, period: Period) -> None:
+        """Record that `period`'s seats of `org_id` are issued and applied to the engine (after
+        `start_period` and the engine calls succeeded), so lazy issuers need not do it again."""
+        await self.pool.execute(
+            INSERT_SEAT_PERIOD, org_id, _at(period.start_ms), _at(period.end_ms)
+        )
 
     async def occupancy(self, org_id: str, member_id: str, now_ms: int) -> SeatOccupancy | None:
         """The member's seat record for the period containing `now_ms`, if billed."""
