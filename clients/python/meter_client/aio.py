@@ -16,13 +16,7 @@ from typing import Any
 
 import httpx
 
-from meter_client.client import (
-    DEFAULT_EVENT_TIMEOUT_S,
-    DEFAULT_TIMEOUT_S,
-    DEFAULT_TTL_MS,
-    headers,
-    transport_error,
-)
+from meter_client.client import DEFAULT_EVENT_TIMEOUT_S, DEFAULT_TIMEOUT_S, DEFAULT_TTL_MS
 from meter_client.events import (
     DEFAULT_SOURCE,
     AttributeValue,
@@ -31,10 +25,12 @@ from meter_client.events import (
     decision,
     dumps,
     event_request,
+    headers,
     new_id,
     parse,
     release_request,
     reserve_request,
+    transport_error,
     usage_event,
 )
 from meter_client.spool import Sender, Spool

@@ -18,10 +18,12 @@ from meter_client.events import (
     decision,
     dumps,
     event_request,
+    headers,
     new_id,
     parse,
     release_request,
     reserve_request,
+    transport_error,
     usage_event,
 )
 from meter_client.spool import Sender, Spool
@@ -42,22 +44,6 @@ DEFAULT_TIMEOUT_S = 0.5
 DEFAULT_EVENT_TIMEOUT_S = 5.0
 """Per `POST /v1/events`: meter answers only after Kafka acknowledged the events."""
 DEFAULT_TTL_MS = 60_000
-
-
-def headers(api_key: str) -> dict[str, str]:
-    """The headers every request carries."""
-    return {"authorization": f"Bearer {api_key}", "user-agent": "meter-client-python/0.1"}
-
-
-def transport_error(exc: httpx.TransportError) -> MeterUnavailable:
-    """A `MeterUnavailable` for a request that got no answer."""
-    if isinstance(exc, httpx.TimeoutException):
-        code = "timeout"
-    elif isinstance(exc, httpx.ConnectError):
-        code = "connect_error"
-    else:
-        code = "transport_error"
-    return MeterUnavailable(code, str(exc) or type(exc).__name__)
 
 
 class MeterClient:

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from meter_client.types import CreditsIn, Decision, MeterError, credits_text, error_from
+import httpx
+
+from meter_client.types import (
+    CreditsIn,
+    Decision,
+    MeterError,
+    MeterUnavailable,
+    credits_text,
+    error_from,
+)
 
 EVENT_TYPE = "meter.usage.v1"
 SINGLE = "application/cloudevents+json"
@@ -133,3 +142,19 @@ def decision(body: Any) -> Decision:
     if not isinstance(body, dict):
         raise MeterError("unexpected_answer", "the answer is not a JSON object")
     return Decision.from_body(body)
+
+
+def headers(api_key: str) -> dict[str, str]:
+    """The headers every request carries."""
+    return {"authorization": f"Bearer {api_key}", "user-agent": "meter-client-python/0.1"}
+
+
+def transport_error(exc: httpx.TransportError) -> MeterUnavailable:
+    """A `MeterUnavailable` for a request that got no answer."""
+    if isinstance(exc, httpx.TimeoutException):
+        code = "timeout"
+    elif isinstance(exc, httpx.ConnectError):
+        code = "connect_error"
+    else:
+        code = "transport_error"
+    return MeterUnavailable(code, str(exc) or type(exc).__name__)

@@ -25,8 +25,8 @@ from typing import Literal
 
 import httpx
 
-from meter_client.events import batch_request, parse
-from meter_client.types import MeterError, MeterUnavailable
+from meter_client.events import batch_request, parse, transport_error
+from meter_client.types import MeterError
 
 log = logging.getLogger("meter_client")
 
@@ -218,7 +218,7 @@ class Sender:
                 timeout=self._timeout_s,
             )
         except httpx.TransportError as exc:
-            raise MeterUnavailable(type(exc).__name__, str(exc) or "no answer") from exc
+            raise transport_error(exc) from exc
         body = parse(answer.status_code, answer.content, answer.headers.get("x-request-id"))
         results = body.get("results", []) if isinstance(body, dict) else []
         acked = [seq for seq, _ in batch]
