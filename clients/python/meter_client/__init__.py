@@ -24,6 +24,7 @@ from meter_client.types import (
     Unauthenticated,
     credits_text,
 )
+from meter_client.usage import Prices, TokenUsage, from_anthropic, from_openai
 
 __all__ = [
     "AsyncHold",
@@ -39,10 +40,14 @@ __all__ = [
     "MeterUnavailable",
     "NotFound",
     "Policy",
+    "Prices",
     "QuotaDenied",
     "Recorded",
     "Spool",
+    "TokenUsage",
     "Unauthenticated",
     "credits_text",
+    "from_anthropic",
+    "from_openai",
     "usage_event",
 ]
