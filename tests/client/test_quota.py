@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 from decimal import Decimal
 
+import httpx
 import pytest
 from meter_client import (
     AsyncMeterClient,
@@ -179,3 +181,55 @@ def test_policy_decides_when_meter_is_frozen(meter: MeterRun) -> None:
         os.kill(meter.proc.pid, signal.SIGCONT)
     with MeterClient(meter.url, tenant.product_key, policy="fail_open") as client:
         assert client.check(tenant.org_id, "ada", "1").decided_by == "meter"
+
+
+def _server_check_seconds(meter: MeterRun) -> tuple[float, float]:
+    """(sum, count) of the API's own time answering `POST /v1/check`, from its metrics."""
+    text = httpx.get(meter.url + "/metrics", timeout=5).text
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("meter_http_request_duration_seconds_") and '"/v1/check"' in line:
+            name = line.split("{", 1)[0].rsplit("_", 1)[1]
+            found[name] = float(line.rsplit(" ", 1)[1])
+    return found.get("sum", 0.0), found.get("count", 0.0)
+
+
+def _quantile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def test_check_overhead_over_a_bare_request(meter: MeterRun) -> None:
+    tenant = make_tenant(meter)
+    body = {"org_id": tenant.org_id, "member_id": "ada", "credits": "1"}
+    auth = {"authorization": f"Bearer {tenant.product_key}"}
+    bare_times: list[float] = []
+    client_times: list[float] = []
+    rounds = 1000
+    with (
+        MeterClient(meter.url, tenant.product_key, policy="fail_closed") as client,
+        httpx.Client(base_url=meter.url, headers=auth) as bare,
+    ):
+        for _ in range(100):
+            assert bare.post("/v1/check", json=body).status_code == 200
+            assert client.check(tenant.org_id, "ada", "1").decided_by == "meter"
+        server_before = _server_check_seconds(meter)
+        for _ in range(rounds):
+            started = time.perf_counter()
+            answer = bare.post("/v1/check", json=body)
+            bare_times.append(time.perf_counter() - started)
+            assert answer.json()["allowed"] is True
+            started = time.perf_counter()
+            decision = client.check(tenant.org_id, "ada", "1")
+            client_times.append(time.perf_counter() - started)
+            assert decision.allowed and decision.decided_by == "meter"
+        server_after = _server_check_seconds(meter)
+    checks = server_after[1] - server_before[1]
+    assert checks == 2 * rounds
+    server_mean = (server_after[0] - server_before[0]) / checks * 1000
+    print(
+        f"\ncheck, {rounds} each: client p50 {_quantile(client_times, 0.5):.3f} ms, "
+        f"p99 {_quantile(client_times, 0.99):.3f} ms; bare httpx p50 "
+        f"{_quantile(bare_times, 0.5):.3f} ms, p99 {_quantile(bare_times, 0.99):.3f} ms; "
+        f"server's own mean {server_mean:.3f} ms"
+    )
