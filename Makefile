@@ -5,18 +5,19 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,local]'
+	$(BIN)/python -m pip install --quiet -e clients/python
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/meter run
 
 lint: $(STAMP)
-	$(BIN)/ruff check meter consumers schemas tests
-	$(BIN)/ruff format --check meter consumers schemas tests
+	$(BIN)/ruff check meter consumers schemas tests clients/python
+	$(BIN)/ruff format --check meter consumers schemas tests clients/python
 	$(BIN)/mypy
 
 test: lint
