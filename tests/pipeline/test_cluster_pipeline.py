@@ -5,8 +5,12 @@ is promoted), ending with Redis = PostgreSQL = a replay."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest_asyncio
 import redis.asyncio as aioredis
@@ -58,12 +62,27 @@ async def owners(cluster: LocalRedisCluster, world: World) -> dict[str, ClusterN
         await client.aclose()
 
 
-async def test_settles_organizations_spread_over_every_primary(
+def _env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        METER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap or "",
+        METER_REDIS_URL=settings.redis_url or "",
+        METER_POSTGRES_DSN=settings.postgres_dsn or "",
+        METER_USAGE_TOPIC=settings.usage_topic,
+        METER_DLQ_TOPIC=settings.dlq_topic,
+        METER_CONSUMER_GROUP=settings.consumer_group,
+        METER_LOG_FORMAT="json",
+    )
+    return env
+
+
+async def test_meter_consume_settles_organizations_spread_over_every_primary(
     pipe_settings: Settings,
-    running: Running,
     redis_cluster: LocalRedisCluster,
     cluster_client: aioredis.Redis,
+    tmp_path: Path,
 ) -> None:
+    """`meter consume` with `METER_REDIS_URL=redis+cluster://...` settles every event."""
     settings = pipe_settings.model_copy(update={"redis_url": redis_cluster.url})
     assert settings.kafka_bootstrap and settings.postgres_dsn
     bootstrap, dsn = settings.kafka_bootstrap, settings.postgres_dsn
@@ -74,17 +93,25 @@ async def test_settles_organizations_spread_over_every_primary(
     await world.store(dsn)
     await world.apply(engine)
     events = make_events(world, 1500, seed=62)
-
-    consumer = running.start(settings, engine, ConsumerOptions(batch_max_records=200))
     await produce_events(bootstrap, topic, events)
 
+    log = tmp_path / "consume.log"
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meter.cli", "consume", "--batch", "200",
+            env=_env(settings), stdout=out, stderr=out,
+        )  # fmt: skip
+
     async def done() -> bool:
+        assert proc.returncode is None, log.read_text()[-3000:]
         return await caught_up(bootstrap, dsn, group, topic)
 
-    await wait_for(done, what="the consumer to settle everything on the cluster")
-    await running.stop(consumer)
-    assert consumer.settled == len(events)
-    assert consumer.recovery is not None and consumer.recovery.rebuilds == 0
+    try:
+        await wait_for(done, timeout_s=90, what="meter consume to settle everything")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await proc.wait()
+    assert code == 0, log.read_text()[-3000:]
     assert await read_topic(bootstrap, settings.dlq_topic) == []
     await assert_consistent(world, engine, dsn, events)
 
