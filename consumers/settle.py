@@ -63,6 +63,7 @@ from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, UsageEvent
 from meter.health import HEALTH
 from meter.quarantine import ORG_QUARANTINED
 from meter.rebuild import Recovery, quarantine_org
+from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.store import Encoded, OffsetAdvance, OffsetConflict, SettlementStore
 from schemas.events import DecodedEvent, EventError, decode_event
@@ -839,13 +840,11 @@ async def settling(
 ) -> AsyncIterator[SettleConsumer]:
     """The consumer `meter consume` runs: the Redis engine of `settings.redis_url`, guarded by
     `Recovery` (it rebuilds a Redis that lost its data before settling). Not yet running."""
-    import redis.asyncio as aioredis
-
     if settings.redis_url is None:
         raise ValueError("settings need redis_url")
     if settings.postgres_dsn is None:
         raise ValueError("settings need postgres_dsn")
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = redis_connect(settings.redis_url)
     try:
         engine = RedisEngine(client)
         recovery = Recovery(settings.postgres_dsn, client, engine)

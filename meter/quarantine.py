@@ -36,6 +36,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meter.engine.types import EngineInputError
+from meter.redis_client import connect as redis_connect
 
 if TYPE_CHECKING:
     from meter.cli import Handler
@@ -221,7 +222,7 @@ async def _release(dsn: str, redis_url: str, org_id: str) -> int:
     from meter.engine.redis import RedisEngine
     from meter.rebuild import release
 
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_connect(redis_url)
     try:
         outcome = await release(dsn, client, RedisEngine(client), org_id)
     finally:

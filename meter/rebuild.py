@@ -56,6 +56,7 @@ from meter.engine.periods import period_at
 from meter.engine.redis import EPOCH_KEY
 from meter.engine.types import Engine, OrgConfig, Period
 from meter.plans.store import grant_of
+from meter.redis_client import connect as redis_connect
 
 if TYPE_CHECKING:
     from meter.cli import Handler
@@ -553,7 +554,7 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
 
         async with provision(settings, only={"redis", "postgres"}) as services:
             await migrate(services.postgres_dsn)
-            client = aioredis.Redis.from_url(services.redis_url)
+            client = redis_connect(services.redis_url)
             try:
                 engine = RedisEngine(client)
                 # Settling consumers notice the missing marker, let go of the lock and wait.

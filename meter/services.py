@@ -39,12 +39,12 @@ from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
-import redis.asyncio as aioredis
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from meter import kafka as kafka_settings
+from meter.redis_client import connect as redis_connect
 from meter.settings import Settings, require_servers
 
 log = structlog.get_logger("meter.services")
@@ -273,9 +273,7 @@ class LocalServer(ABC):
 
 
 async def probe_redis(url: str, timeout_s: float) -> None:
-    client = aioredis.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
-    )
+    client = redis_connect(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         if not await client.ping():
             raise ServiceError(f"redis at {url} did not answer PING")

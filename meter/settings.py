@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meter.engine.types import MAX_AMOUNT
+from meter.redis_client import SINGLE_SCHEMES, cluster_seeds, is_cluster
 
 
 class SettingsError(Exception):
@@ -58,6 +59,8 @@ class Settings(BaseSettings):
     topic, retention): start from the earliest offset, the latest, or stop (`consumers.offsets`)."""
 
     redis_url: str | None = None
+    """One server (`redis://`, `rediss://`, `unix://`) or a Redis Cluster by its seed nodes
+    (`redis+cluster://host:port[,host:port...]`, `rediss+cluster://` with TLS)."""
     redis_timeout_s: float = Field(default=0.5, gt=0, le=60)
     """Deadline of the API's Redis calls (connect, and each command): a frozen Redis answers a
     check with 503 `unavailable` this fast."""
@@ -107,8 +110,15 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if v is None:
+            return v
+        if is_cluster(v):
+            cluster_seeds(v)  # raises ValueError naming the expected form
+        elif not v.startswith(SINGLE_SCHEMES):
+            raise ValueError(
+                "must start with redis://, rediss://, unix:// (one server) or "
+                "redis+cluster://, rediss+cluster:// (a Redis Cluster)"
+            )
         return v
 
     @field_validator("postgres_dsn")

@@ -5,6 +5,8 @@
 Tests get isolation from fresh PostgreSQL databases (`pg_dsn_clean`, `migrated_dsn`), a flushed
 Redis database (`redis`) and uniquely named Kafka topics (`new_topic`). Fault tests that stop or
 kill a server use servers of their own: `private_redis`, `private_postgres`, `private_kafka`.
+Tests that need a Redis Cluster share one local cluster per run (`redis_cluster`), started on
+first use.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from meter.local_cluster import LocalRedisCluster
 from meter.migrate import migrate
 from meter.services import (
     KafkaServer,
@@ -151,3 +154,16 @@ async def private_kafka(settings: Settings) -> AsyncIterator[KafkaServer]:
     kill and restart it (topics are created again on start, their records are lost)."""
     async with KafkaServer(topics=settings_topics(settings)) as server:
         yield server
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def redis_cluster() -> AsyncIterator[LocalRedisCluster]:
+    """A local Redis Cluster (three primaries, one replica each) for the whole run, started by
+    the first test that asks for it. Tests keep to organizations of their own; a test that
+    kills a node restarts it (`restart`) before it ends."""
+    path = _server_dir("meter-test-cluster-")
+    try:
+        async with LocalRedisCluster(path) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from meter.redis_client import cluster_seeds, is_cluster
 from meter.settings import Settings, SettingsError, load_settings
 
 
@@ -45,6 +46,14 @@ def test_values_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert settings.data_dir == Path("/var/lib/meter")
 
 
+def test_a_cluster_url_names_its_seed_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "redis+cluster://user:s%40cret@r1:7000,r2:7001/"
+    monkeypatch.setenv("METER_REDIS_URL", url)
+    assert load_settings().redis_url == url
+    assert cluster_seeds(url) == ([("r1", 7000), ("r2", 7001)], "user", "s@cret")
+    assert is_cluster(url) and not is_cluster("redis://r1:7000/0")
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -52,6 +61,9 @@ def test_values_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         ("METER_KAFKA_BOOTSTRAP", "broker-without-port"),
         ("METER_KAFKA_BOOTSTRAP", "k1:9092,:9093"),
         ("METER_REDIS_URL", "http://127.0.0.1:6379"),
+        ("METER_REDIS_URL", "redis+cluster://"),
+        ("METER_REDIS_URL", "redis+cluster://r1:7000,r2"),
+        ("METER_REDIS_URL", "redis+cluster://r1:7000/3"),
         ("METER_POSTGRES_DSN", "mysql://db/meter"),
         ("METER_TOPIC_PARTITIONS", "0"),
         ("METER_TOPIC_PARTITIONS", "many"),

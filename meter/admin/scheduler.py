@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
-import redis.asyncio as aioredis
 import structlog
 from aiokafka import AIOKafkaProducer
 
@@ -62,6 +61,7 @@ from meter.engine.redis import RedisEngine
 from meter.engine.types import Period
 from meter.plans.charges import ChargeDue, charge_event
 from meter.plans.expiry import ExpiryEntry
+from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.supervise import TRANSIENT, supervise
 from schemas.events import format_time
@@ -303,7 +303,7 @@ class LazyProducer:
 async def run_component(settings: Settings, services: Services) -> None:
     """`meter run` component: the period scheduler on the service's PostgreSQL, Redis, Kafka."""
     pool = await asyncpg.create_pool(services.postgres_dsn, min_size=1, max_size=4)
-    redis = aioredis.Redis.from_url(services.redis_url)
+    redis = redis_connect(services.redis_url)
     producer = LazyProducer(services.kafka_bootstrap)
     try:
         engine = RedisEngine(redis)

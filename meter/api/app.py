@@ -60,6 +60,7 @@ from meter.errors import (
     UnsupportedMediaType,
 )
 from meter.logging import log_request
+from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 
 log = structlog.get_logger("meter.api")
@@ -250,7 +251,7 @@ class App:
 
     async def startup(self) -> None:
         redis_timeout = self.settings.redis_timeout_s
-        self._redis = aioredis.Redis.from_url(
+        self._redis = redis_connect(
             self.services.redis_url,
             socket_timeout=redis_timeout,
             socket_connect_timeout=redis_timeout,

@@ -41,6 +41,7 @@ from meter.engine.types import (
     PeriodKind,
     UsageEvent,
 )
+from meter.redis_client import connect as redis_connect
 
 KEY_SUFFIXES = ("o", "g", "m", "sh", "r", "v", "h", "hx", "ha")
 
@@ -97,7 +98,7 @@ async def bench_engine(
     """Run the benchmark against `redis_url`, print the report (and a JSON line when
     `json_out`), return the numbers. Creates its own organizations and deletes them after."""
     rng = random.Random(seed)
-    client = aioredis.Redis.from_url(redis_url, max_connections=orgs + 2)
+    client = redis_connect(redis_url, max_connections=orgs + 2)
     engine = RedisEngine(client)
     run_id = uuid.uuid4().hex[:8]
     anchor = int(time.time() * 1000) - 10 * DAY_MS

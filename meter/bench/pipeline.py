@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.settle import ConsumerOptions, settling
@@ -37,6 +36,7 @@ from meter import alerts, metrics
 from meter.engine.redis import RedisEngine
 from meter.engine.types import MICRO, Grant, Kind, MemberConfig, OrgConfig, OrgStatus, PeriodKind
 from meter.rebuild import new_epoch
+from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.store import ms_to_datetime
 from schemas.events import encode_event
@@ -348,7 +348,7 @@ async def _bench(
             "consumer_group": f"bench-{uuid.uuid4().hex[:6]}",
         }
     )
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = redis_connect(settings.redis_url)
     engine = RedisEngine(client)
     world = _World(orgs=100, members=40)
     t = _now_ms()

@@ -324,9 +324,9 @@ async def _setup(port: int) -> tuple[str, str]:
 
 async def _forget_org(redis_url: str, org_id: str) -> None:
     """Delete the benchmark organization's Redis keys (all share its hash tag)."""
-    import redis.asyncio as aioredis
+    from meter.redis_client import connect as redis_connect
 
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_connect(redis_url)
     try:
         batch = []
         async for key in client.scan_iter(match=f"meter:{{{org_id}}}:*", count=1000):

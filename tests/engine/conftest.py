@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from meter.engine.model import Ledger
 from meter.engine.redis import RedisEngine
+from meter.local_cluster import LocalRedisCluster
+from meter.redis_client import connect
 
 
 class AsyncLedger:
@@ -28,14 +29,27 @@ class AsyncLedger:
         return call
 
 
-@pytest.fixture(params=["model", "redis"])
-async def engine(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Any]:
-    """Each test using `engine` runs once against `Ledger` and once against `RedisEngine`
-    (organizations are unique per test: see `org_id`)."""
+@pytest.fixture(params=["model", "redis", "cluster"])
+def engine_url(request: pytest.FixtureRequest, redis_url: str) -> str | None:
+    """Where `engine` keeps its state: nowhere (the model), the session's Redis, or the local
+    Redis Cluster (started here, outside the event loop, on first use)."""
     if request.param == "model":
+        return None
+    if request.param == "cluster":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    return redis_url
+
+
+@pytest.fixture
+async def engine(engine_url: str | None) -> AsyncIterator[Any]:
+    """Each test using `engine` runs against `Ledger`, against `RedisEngine` on the session's
+    Redis, and against `RedisEngine` on the local Redis Cluster (organizations are unique per
+    test: see `org_id`)."""
+    if engine_url is None:
         yield AsyncLedger()
         return
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect(engine_url)
     try:
         yield RedisEngine(client)
     finally:

@@ -37,6 +37,8 @@ from meter.engine.types import (
     Settlement,
     UsageEvent,
 )
+from meter.local_cluster import LocalRedisCluster
+from meter.redis_client import connect
 
 T0 = int(datetime(2024, 1, 20, 10, tzinfo=UTC).timestamp() * 1000)
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000
@@ -150,6 +152,17 @@ class World:
 @pytest_asyncio.fixture(loop_scope="session")
 async def redis_engine(redis_url: str) -> AsyncIterator[RedisEngine]:
     client = aioredis.Redis.from_url(redis_url)
+    engine = RedisEngine(client)
+    await engine.load_scripts()
+    try:
+        yield engine
+    finally:
+        await client.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def cluster_engine(redis_cluster: LocalRedisCluster) -> AsyncIterator[RedisEngine]:
+    client = connect(redis_cluster.url)
     engine = RedisEngine(client)
     await engine.load_scripts()
     try:
@@ -316,9 +329,37 @@ async def test_model_and_redis_agree(
     setup: tuple[list[tuple[Any, ...]], ...],
     steps: list[tuple[Any, ...]],
 ) -> None:
+    await agree(redis_engine, f"p{next(ORG_IDS)}", org, setup, steps)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(org=orgs, setup=setups, steps=st.lists(ops, min_size=8, max_size=30))
+async def test_model_and_redis_cluster_agree(
+    cluster_engine: RedisEngine,
+    org: tuple[Any, ...],
+    setup: tuple[list[tuple[Any, ...]], ...],
+    steps: list[tuple[Any, ...]],
+) -> None:
+    """A subset of the examples on the local Redis Cluster: each organization's scripts run on
+    the primary owning its hash tag's slot (the ids spread them over every primary)."""
+    await agree(cluster_engine, f"c{next(ORG_IDS)}", org, setup, steps)
+
+
+async def agree(
+    redis_engine: RedisEngine,
+    org_id: str,
+    org: tuple[Any, ...],
+    setup: tuple[list[tuple[Any, ...]], ...],
+    steps: list[tuple[Any, ...]],
+) -> None:
+    """Run `setup` then `steps` through the model and `redis_engine`, comparing as they go."""
     kind, anchor, days, policy, default, grace = org
-    w = World(OrgConfig(f"p{next(ORG_IDS)}", OrgStatus.ACTIVE, kind, anchor, days, policy,
-                        default, grace))  # fmt: skip
+    w = World(OrgConfig(org_id, OrgStatus.ACTIVE, kind, anchor, days, policy, default, grace))
     model = Ledger()
     model.put_org(w.org)
     await redis_engine.put_org(w.org)

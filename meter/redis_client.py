@@ -1,0 +1,71 @@
+"""The one way meter builds a Redis client from `METER_REDIS_URL`: one server, or a Redis Cluster.
+
+- `redis://`, `rediss://`, `unix://`: one server (redis-py's `Redis.from_url`), the default.
+- `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://` with TLS): a
+  Redis (or Valkey) Cluster reached through any of the seed nodes listed. The client (redis-py's
+  asyncio `RedisCluster`) learns the slot map from them, sends each command to the primary owning
+  its first key's slot, follows MOVED and ASK, sends SCRIPT LOAD to every primary, and refreshes
+  the slot map after a failover. Every key of an organization carries the hash tag `{org_id}`,
+  so each engine script runs on the one primary owning that organization.
+
+`connect` returns the cluster client typed as `redis.asyncio.Redis`: it serves the commands meter
+sends (EVALSHA, SCRIPT LOAD, GET/SET/EXISTS/DELETE of one key, SCAN over every primary, PING),
+which is all the engine, the rebuild and the admin service use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from urllib.parse import unquote
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+SINGLE_SCHEMES = ("redis://", "rediss://", "unix://")
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def is_cluster(url: str) -> bool:
+    """Whether `url` names a Redis Cluster (`redis+cluster://` or `rediss+cluster://`)."""
+    return url.startswith(CLUSTER_SCHEMES)
+
+
+def cluster_seeds(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """The seed nodes (host, port), user name and password of a cluster URL; `ValueError` when it
+    is not `redis+cluster://[user:password@]host:port[,host:port...][/]`."""
+    if not is_cluster(url):
+        raise ValueError("must start with redis+cluster:// or rediss+cluster://")
+    rest = url.split("://", 1)[1]
+    netloc, _, path = rest.partition("/")
+    if path not in ("", "0") or "?" in netloc:
+        raise ValueError("a cluster URL takes no database and no options (database 0 only)")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username: str | None = None
+    password: str | None = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    seeds: list[tuple[str, int]] = []
+    for server in hosts.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be redis+cluster://host:port[,host:port...]")
+        seeds.append((host.strip("[]"), int(port)))
+    return seeds, username, password
+
+
+def connect(url: str, **options: Any) -> aioredis.Redis:
+    """A client of `url`: `Redis.from_url(url, **options)` for one server, a `RedisCluster` on
+    the seed nodes of a cluster URL (the same options: timeouts, `max_connections` per node)."""
+    if not is_cluster(url):
+        return aioredis.Redis.from_url(url, **options)
+    seeds, username, password = cluster_seeds(url)
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+        username=username,
+        password=password,
+        ssl=url.startswith("rediss+"),
+        **options,
+    )
+    return cast(aioredis.Redis, client)

@@ -1,0 +1,85 @@
+"""The engine on the local Redis Cluster: scripts on every primary, loaded again where a primary
+forgot them, and each organization's keys on the primary owning its hash tag's slot."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+
+from meter.engine.redis import SCRIPTS, RedisEngine, org_key
+from meter.engine.types import LimitPolicy, OrgConfig, OrgStatus, PeriodKind, Reason
+from meter.local_cluster import ClusterNode, LocalRedisCluster
+from meter.redis_client import connect
+
+NOW = 1_710_000_000_000
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def cluster_engine(redis_cluster: LocalRedisCluster) -> AsyncIterator[RedisEngine]:
+    client = connect(redis_cluster.url)
+    try:
+        yield RedisEngine(client)
+    finally:
+        await client.aclose()
+
+
+async def _scripts_on(node: ClusterNode, shas: list[str]) -> list[bool]:
+    direct = node.client()
+    try:
+        return [bool(x) for x in await direct.script_exists(*shas)]
+    finally:
+        await direct.aclose()
+
+
+async def test_scripts_are_loaded_on_every_primary(
+    redis_cluster: LocalRedisCluster, cluster_engine: RedisEngine
+) -> None:
+    await cluster_engine.load_scripts()
+    shas = [cluster_engine._sha[name] for name in SCRIPTS]
+    for node in await redis_cluster.primaries():
+        assert await _scripts_on(node, shas) == [True] * len(shas)
+
+
+async def test_a_primary_that_forgot_its_scripts_is_given_them_again(
+    redis_cluster: LocalRedisCluster, cluster_engine: RedisEngine
+) -> None:
+    await cluster_engine.load_scripts()
+    for node in await redis_cluster.primaries():
+        direct = node.client()
+        try:
+            await direct.script_flush()
+        finally:
+            await direct.aclose()
+    result = await cluster_engine.check("nobody-here", "m", 1, NOW)
+    assert result.reason is Reason.UNKNOWN_ORG
+    sha = cluster_engine._sha["check"]
+    for node in await redis_cluster.primaries():
+        assert await _scripts_on(node, [sha]) == [True]
+
+
+async def test_each_organization_lives_on_the_primary_owning_its_slot(
+    redis_cluster: LocalRedisCluster, cluster_engine: RedisEngine
+) -> None:
+    primaries = await redis_cluster.primaries()
+    topology = {info.endpoint: info for info in await redis_cluster.topology()}
+    owners: set[str] = set()
+    for i in range(12):
+        org_id = f"spread-{i}"
+        await cluster_engine.put_org(
+            OrgConfig(org_id, OrgStatus.ACTIVE, PeriodKind.MONTHLY, NOW, 30, LimitPolicy.ALL)
+        )
+        slot = await cluster_engine.client.cluster_keyslot(org_key(org_id))
+        owner = next(
+            node
+            for node in primaries
+            if any(a <= slot <= b for a, b in topology[node.endpoint].slots)
+        )
+        direct = owner.client()
+        try:
+            assert await direct.exists(org_key(org_id)) == 1
+        finally:
+            await direct.aclose()
+        assert await cluster_engine.has_org(org_id)
+        owners.add(owner.endpoint)
+    assert len(owners) == 3
