@@ -595,7 +595,10 @@ _id_text = st.text("abcXYZ019-_.:@", min_size=1, max_size=128)
     st.dictionaries(
         st.text("abc._-", min_size=1, max_size=64),
         st.one_of(
-            st.text(st.characters(blacklist_characters="\x00"), max_size=256),
+            st.text(
+                st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                max_size=256,
+            ),
             st.booleans(),
             st.integers(-(2**63), 2**63 - 1),
         ),
