@@ -190,8 +190,11 @@ class Reconciler:
             timeout = self.next_full - loop.time()
             if admin.dirty:
                 timeout = min(timeout, self.retry_s)
+            # Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that arrives as
+            # the event is set, and the reconciler would then outlive its shutdown.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(admin.dirty_event.wait(), max(0.0, timeout))
+                async with asyncio.timeout(max(0.0, timeout)):
+                    await admin.dirty_event.wait()
         admin.dirty_event.clear()
         self._interrupted = True  # until this step ends well: the next one starts at once
         if admin.repair_wanted:
