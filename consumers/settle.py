@@ -66,6 +66,7 @@ from meter.rebuild import Recovery, quarantine_org
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.store import Encoded, OffsetAdvance, OffsetConflict, SettlementStore
+from meter.supervise import wait_event
 from schemas.events import DecodedEvent, EventError, decode_event
 
 if TYPE_CHECKING:
@@ -781,8 +782,7 @@ class SettleConsumer:
                 if self._stopping.is_set():
                     raise Stopping from exc
                 log.warning("retrying", stage=what, attempt=attempt, delay_s=delay, error=repr(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                await wait_event(self._stopping, delay)
                 delay = min(delay * 2, self.options.retry_max_s)
 
 

@@ -42,7 +42,7 @@ from prometheus_client import Counter
 from meter import kafka
 from meter.metrics import REGISTRY
 from meter.money import format_credits
-from meter.supervise import Backoff, supervise
+from meter.supervise import Backoff, supervise, wait_event
 from schemas.events import format_time
 
 if TYPE_CHECKING:
@@ -248,8 +248,7 @@ class AlertPublisher:
         sent = await self.publish_pending()
         if sent >= self.batch:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+        await wait_event(self._wake, self.poll_interval_s)
 
     async def _open(self) -> tuple[asyncpg.Pool, AIOKafkaProducer]:
         if self._pool is None:

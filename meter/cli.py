@@ -235,7 +235,7 @@ async def _run_components(
     """Run the components until this task is cancelled. A component that fails (or returns) is
     started again after a backoff (`meter.supervise.restart`) and reported in `HEALTH`, so the
     API's `/readyz` answers 503 until it has run for a while again."""
-    from meter.supervise import restart
+    from meter.supervise import cancel_and_wait, restart
 
     tasks = [
         asyncio.create_task(
@@ -254,9 +254,8 @@ async def _run_components(
             task.result()  # supervision ends only by a BaseException (SystemExit): re-raised
         return 1
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Again after 5 s if a cancellation was lost, not sooner: a shutdown takes its time.
+        await cancel_and_wait(tasks, again_s=5.0)
 
 
 def _print_services(where: dict[str, str]) -> None:

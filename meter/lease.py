@@ -32,6 +32,7 @@ import asyncpg  # type: ignore[import-untyped]
 import structlog
 
 from meter.health import HEALTH
+from meter.supervise import cancel_and_wait
 
 log = structlog.get_logger("meter.lease")
 
@@ -97,14 +98,14 @@ class Lease:
     async def try_take(self) -> bool:
         """Take or renew the lease; True when this replica holds it afterwards."""
         deadline = max(self.ttl_s / 3, 0.5)
-        row = await asyncio.wait_for(
-            self.pool.fetchrow(_TAKE, self.name, self.holder, self.ttl_s), deadline
-        )
+        async with asyncio.timeout(deadline):  # not wait_for: see `meter.supervise.wait_event`
+            row = await self.pool.fetchrow(_TAKE, self.name, self.holder, self.ttl_s)
         return row is not None
 
     async def give_up(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.pool.execute(_GIVE_UP, self.name, self.holder), 2.0)
+            async with asyncio.timeout(2.0):
+                await self.pool.execute(_GIVE_UP, self.name, self.holder)
 
     async def run(self, work: Callable[[], Awaitable[None]]) -> None:
         """Forever: stand by until the lease is taken, then run `work` while it is held.
@@ -153,7 +154,4 @@ class Lease:
                     return
                 valid_until = started + self.ttl_s
         finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait([task])

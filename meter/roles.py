@@ -22,6 +22,7 @@ import structlog
 
 from meter import __version__, metrics
 from meter.lease import TTL_S, Lease
+from meter.supervise import cancel_and_wait
 
 if TYPE_CHECKING:
     from meter.cli import Handler
@@ -92,9 +93,7 @@ async def scheduler_work(settings: Settings, services: Services) -> None:
         for task in done:
             task.result()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
 
 
 async def run_scheduler(

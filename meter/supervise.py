@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import asyncpg  # type: ignore[import-untyped]
 import structlog
@@ -136,6 +136,48 @@ class Supervisor:
     def stopped(self) -> None:
         """The loop is gone (cancelled): it no longer holds the process's readiness."""
         self.health.ok(self.component)
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until `event` is set or `timeout_s` passed; True when it is set.
+
+    Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that arrives as the event is
+    set or the timeout expires (a frozen process woken up, a shutdown during a wake-up), and the
+    loop waiting would then outlive its cancellation."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, timeout_s)):
+            await event.wait()
+    return event.is_set()
+
+
+async def cancel_and_wait(tasks: Collection[asyncio.Future[Any]], *, again_s: float = 1.0) -> None:
+    """Cancel `tasks` and wait until every one has ended, cancelling those still running again
+    every `again_s` seconds.
+
+    One cancellation is not always enough on Python 3.11: `asyncio.wait_for`, which libraries
+    use inside their calls (redis-py around each socket write), returns the result and drops the
+    cancellation when both arrive together, as they do in a process woken from a freeze; the
+    task then runs on as if never cancelled. Results and errors of the tasks are not raised; a
+    cancellation of the caller meanwhile is, once they have all ended."""
+    loop = asyncio.get_running_loop()
+    pending = {task for task in tasks if not task.done()}
+    interrupted = False
+    again = loop.time()
+    while pending:
+        if loop.time() >= again:
+            for task in pending:
+                task.cancel()
+            again = loop.time() + again_s
+        try:
+            await asyncio.wait(pending, timeout=again - loop.time())
+        except asyncio.CancelledError:
+            interrupted = True  # the caller's: its tasks still end first
+        pending = {task for task in pending if not task.done()}
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: not logged as "never retrieved"
+    if interrupted:
+        raise asyncio.CancelledError
 
 
 async def supervise(

@@ -192,4 +192,5 @@ async def test_standby_takes_over(
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         await pool.close()

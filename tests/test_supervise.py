@@ -25,7 +25,7 @@ from meter.health import HEALTH
 from meter.migrate import migrate
 from meter.services import PostgresServer
 from meter.settings import Settings
-from meter.supervise import Backoff, supervise
+from meter.supervise import Backoff, cancel_and_wait, supervise, wait_event
 
 ADMIN_TOKEN = "supervise-admin-token-0123456789"
 FAST = Backoff(initial_s=0.05, max_s=0.5)
@@ -243,3 +243,81 @@ async def test_scheduler_reports_an_outage_and_resumes(
         if not private_postgres.running:
             await private_postgres.start()
         await pool.close()
+
+
+async def test_cancel_and_wait_ends_a_task_that_lost_its_cancellation() -> None:
+    # What `asyncio.wait_for` does on Python 3.11 when its call completes as the cancellation
+    # arrives: the result is returned and the cancellation is gone.
+    swallowed: list[int] = []
+
+    async def deaf() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if not swallowed:
+                    swallowed.append(1)
+                    continue
+                raise
+
+    task = asyncio.create_task(deaf())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await asyncio.wait_for(cancel_and_wait([task], again_s=0.1), 5)
+    assert task.cancelled() and swallowed == [1]
+    assert time.monotonic() - started < 2
+
+
+async def test_cancel_and_wait_finishes_its_tasks_when_itself_cancelled() -> None:
+    stopping: list[str] = []
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.shield(asyncio.sleep(0.3))
+            stopping.append("stopped")
+
+    child = asyncio.create_task(slow_to_stop())
+    await asyncio.sleep(0)
+    parent = asyncio.create_task(cancel_and_wait([child], again_s=1.0))
+    await asyncio.sleep(0.05)
+    parent.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await parent
+    assert child.done() and stopping == ["stopped"]
+
+
+async def test_wait_event() -> None:
+    event = asyncio.Event()
+    assert await wait_event(event, 0.01) is False
+    asyncio.get_running_loop().call_later(0.01, event.set)
+    assert await wait_event(event, 5) is True
+
+
+async def test_cancel_and_wait_nested_under_repeated_cancellations() -> None:
+    # A task that cancels its own deaf child, itself cancelled again and again from above: the
+    # child is still cancelled again on time, and both end.
+    swallowed: list[int] = []
+
+    async def deaf() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if len(swallowed) < 3:
+                    swallowed.append(1)
+                    continue
+                raise
+
+    async def parent() -> None:
+        child = asyncio.create_task(deaf())
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await cancel_and_wait([child], again_s=0.2)
+
+    task = asyncio.create_task(parent())
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(cancel_and_wait([task], again_s=0.05), 10)
+    assert task.done() and len(swallowed) == 3

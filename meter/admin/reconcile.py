@@ -19,7 +19,6 @@ is retried with backoff until the pass succeeds; the loop only ends when cancell
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import replace
 from enum import StrEnum
 
@@ -32,7 +31,7 @@ from meter.admin.service import AdminService, member_config, org_config
 from meter.engine.redis import RedisEngine
 from meter.engine.types import BillingGroupConfig
 from meter.plans.store import grant_of
-from meter.supervise import TRANSIENT, supervise
+from meter.supervise import TRANSIENT, supervise, wait_event
 
 log = structlog.get_logger("meter.admin.reconcile")
 
@@ -190,11 +189,7 @@ class Reconciler:
             timeout = self.next_full - loop.time()
             if admin.dirty:
                 timeout = min(timeout, self.retry_s)
-            # Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that arrives as
-            # the event is set, and the reconciler would then outlive its shutdown.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, timeout)):
-                    await admin.dirty_event.wait()
+            await wait_event(admin.dirty_event, timeout)
         admin.dirty_event.clear()
         self._interrupted = True  # until this step ends well: the next one starts at once
         if admin.repair_wanted:

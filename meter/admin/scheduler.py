@@ -63,7 +63,7 @@ from meter.plans.charges import ChargeDue, charge_event
 from meter.plans.expiry import ExpiryEntry
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
-from meter.supervise import TRANSIENT, supervise
+from meter.supervise import TRANSIENT, supervise, wait_event
 from schemas.events import format_time
 
 if TYPE_CHECKING:
@@ -234,8 +234,7 @@ class PeriodScheduler:
             listener = await asyncpg.connect(dsn, timeout=10)
             await listener.add_listener(CHARGES_CHANNEL, self._charge_notified)
             self._listener = listener
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._charge_wake.wait(), self.charges_poll_s)
+        await wait_event(self._charge_wake, self.charges_poll_s)
         self._charge_wake.clear()
         orgs, self._charge_orgs = self._charge_orgs, set()
         try:

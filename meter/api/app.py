@@ -62,6 +62,7 @@ from meter.errors import (
 from meter.logging import log_request
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
+from meter.supervise import cancel_and_wait
 
 log = structlog.get_logger("meter.api")
 
@@ -297,12 +298,8 @@ class App:
         gc.freeze()
 
     async def shutdown(self) -> None:
-        for task in self._issuing:
-            task.cancel()
-        await asyncio.gather(*self._issuing, return_exceptions=True)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._issuing)
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self._producer is not None:
             await self._producer.stop()
