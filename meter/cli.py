@@ -118,7 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from meter import kafka
     from meter.logging import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format, secrets=_secrets_of(settings))
+    # A benchmark's standard output is its report (its last line JSON with --json): logs go to
+    # standard error there.
+    stream = sys.stderr if args.command == "bench" else None
+    configure_logging(
+        settings.log_level, settings.log_format, secrets=_secrets_of(settings), stream=stream
+    )
     kafka.configure(settings)
     handler = handlers[args.command]
     from meter.migrate import MigrationError
