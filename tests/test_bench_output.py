@@ -10,6 +10,8 @@ from pathlib import Path
 
 import orjson
 
+from meter.settings import Settings
+
 METER = str(Path(sys.executable).parent / "meter")
 
 
@@ -29,3 +31,39 @@ def test_bench_engine_json_is_the_last_line(tmp_path: Path) -> None:
     assert isinstance(report, dict) and report
     assert b'"event":"service stopped"' in done.stderr  # a log record, on standard error
     assert all(b'"event"' not in line.encode() for line in lines)
+
+
+def test_bench_scale_reports_every_case(settings: Settings, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METER_")}
+    env.update(
+        {
+            "METER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+            "METER_REDIS_URL": settings.redis_url or "",
+            "METER_POSTGRES_DSN": settings.postgres_dsn or "",
+            "METER_DATA_DIR": str(tmp_path),
+            "METER_LOG_FORMAT": "json",
+        }
+    )
+    args = ["--events", "3000", "--processes", "1,2", "--no-cluster", "--lag-seconds", "0.5"]
+    done = subprocess.run(
+        [METER, "bench", "scale", "--json", *args],
+        env=env,
+        capture_output=True,
+        timeout=600,
+        check=True,
+    )
+    cases = orjson.loads(done.stdout.decode().strip().splitlines()[-1])["cases"]
+    shapes = [(c["redis"], c["hot_org"], c["processes"]) for c in cases]
+    assert shapes == [
+        ("single", False, 1),
+        ("single", False, 2),
+        ("single", True, 1),
+        ("single", True, 2),
+    ]
+    for case in cases:
+        assert 0 < case["events_measured"] <= 3000
+        assert case["events_per_s"] > 0 and case["cpu_us_per_event"] > 0
+        assert len(case["cpu_s_per_process"]) == case["processes"]
+        assert case["lag_p99_ms"] >= case["lag_p50_ms"] >= 0
+        if case["processes"] == 1:
+            assert case["ratio_to_one"] == 1.0

@@ -1,4 +1,4 @@
-"""`meter bench engine|pipeline|quota|reports`: one subcommand per benchmark module.
+"""`meter bench engine|pipeline|quota|reports|scale`: one subcommand per benchmark module.
 
 Each module offers `configure(parser) -> handler`, like every other subcommand of `meter.cli`.
 """
@@ -19,6 +19,7 @@ BENCHES = {
     "pipeline": ("meter.bench.pipeline", "settle throughput and lag, Kafka -> Redis -> PostgreSQL"),
     "quota": ("meter.bench.quota", "quota checks over HTTP: throughput and latency"),
     "reports": ("meter.bench.reports", "report reads and the CSV export at 10M events"),
+    "scale": ("meter.bench.scale", "settle throughput with 1, 2, 4 consumer processes"),
 }
 
 
