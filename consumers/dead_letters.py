@@ -73,8 +73,10 @@ def _text(raw: bytes) -> str:
 
 
 async def record_dead_letters(pool: asyncpg.Pool, letters: Sequence[DeadLetter]) -> int:
-    """Index `letters` whose organization is known; returns how many had one. Idempotent."""
-    rows = [(org, letter) for letter in letters if (org := org_of(letter)) is not None]
+    """Index `letters` whose organization is known, in the order they were read (ids grow with
+    the source position); returns how many had one. Idempotent."""
+    ordered = sorted(letters, key=lambda d: (d.topic, d.partition, d.offset))
+    rows = [(org, letter) for letter in ordered if (org := org_of(letter)) is not None]
     if not rows:
         return 0
     columns: list[list[Any]] = [[] for _ in range(8)]
