@@ -64,6 +64,11 @@ async def test_seats_carry_their_bucket_and_credits(admin: httpx.AsyncClient) ->
     assert seat["left"] == seat["credits"]
     balances = (await admin.get(f"/v1/orgs/{org}/balances")).json()["balances"]
     assert balances[seat["bucket_id"]] == seat["left"]
+    # Unassigned as a path segment, in the documented spelling and the older one.
+    for segment in ("unassigned", "Unassigned"):
+        r = await admin.get(f"/v1/orgs/{org}/billing-groups/{segment}")
+        assert r.status_code == 200 and r.json()["built_in"] is True, r.text
+    assert (await admin.get(f"/v1/orgs/{org}/members/ann")).json()["billing_group_id"] is None
 
 
 async def test_list_organizations(app: App, admin: httpx.AsyncClient) -> None:
