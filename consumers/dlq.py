@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -311,7 +312,8 @@ async def replay(
 
 
 def configure_dlq(parser: argparse.ArgumentParser) -> Handler:
-    """`meter dlq replay [--reason CODE ...]`: copy dead letters back to the usage topic."""
+    """`meter dlq replay [--reason CODE ...]`: copy dead letters back to the usage topic;
+    `meter dlq list [--org ORG] [--reason CODE]`: the dead letters PostgreSQL indexes."""
     sub = parser.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
     replay_parser = sub.add_parser(
         "replay", help="re-produce dead letters to the usage topic (all, or by reason)"
@@ -324,9 +326,18 @@ def configure_dlq(parser: argparse.ArgumentParser) -> Handler:
         help="only dead letters with this reason code (repeatable), e.g. unknown_member",
     )
 
+    list_parser = sub.add_parser(
+        "list", help="dead letters indexed in PostgreSQL, newest first (organization known)"
+    )
+    list_parser.add_argument("--org", metavar="ORG", help="only this organization's")
+    list_parser.add_argument("--reason", metavar="CODE", help="only this reason code")
+    list_parser.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+
     async def handle(args: argparse.Namespace, settings: Settings) -> int:
         from meter.services import provision
 
+        if args.dlq_command == "list":
+            return await list_command(settings, args.org, args.reason, args.limit)
         async with provision(settings, only={"kafka"}) as services:
             report = await replay(
                 services.kafka_bootstrap,
@@ -343,3 +354,37 @@ def configure_dlq(parser: argparse.ArgumentParser) -> Handler:
         return 0
 
     return handle
+
+
+async def list_command(settings: Settings, org: str | None, reason: str | None, limit: int) -> int:
+    """Print the indexed dead letters, one line each: when, organization, reason, source
+    position, detail."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    from meter.admin.reads import MAX_PAGE, dead_letters
+    from meter.errors import MeterError
+    from meter.migrate import migrate
+    from meter.services import provision
+
+    if not 1 <= limit <= MAX_PAGE:
+        print(f"meter dlq list: --limit is 1..{MAX_PAGE}", file=sys.stderr)
+        return 2
+    async with provision(settings, only={"postgres"}) as services:
+        await migrate(services.postgres_dsn)
+        pool = await asyncpg.create_pool(services.postgres_dsn, min_size=1, max_size=1)
+        try:
+            page = await dead_letters(pool, org, reason=reason, limit=limit)
+        except MeterError as exc:
+            print(f"meter dlq list: {exc.message}", file=sys.stderr)
+            return 1
+        finally:
+            await pool.close()
+    for d in page.dead_letters:
+        print(
+            f"{d.created_at.isoformat()} {d.org_id} {d.reason}"
+            f" {d.topic}/{d.partition}/{d.offset} {d.detail}",
+            flush=True,
+        )
+    if page.next_after is not None:
+        print(f"(more: {limit} shown)", flush=True)
+    return 0

@@ -41,6 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from consumers import offsets
+from consumers.dead_letters import record_dead_letters
 from consumers.dlq import DeadLetter, send_dead_letters
 from consumers.stages import (
     Decoded,
@@ -521,6 +522,7 @@ class SettleConsumer:
                 "dead_letter", send_dead_letters, self.producer, self.dlq_topic, dead
             )
             metrics.dead_letters_truncated(truncated)
+            await self._retry("record_dead_letters", record_dead_letters, self.store.pool, dead)
         t_dlq = time.perf_counter() - t0
 
         self._seq += 1

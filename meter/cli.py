@@ -62,7 +62,7 @@ COMMANDS: dict[str, Command] = {
     "consume": Command(
         "consumers.settle:configure_consume", "run a settlement consumer (Kafka -> PostgreSQL)"
     ),
-    "dlq": Command("consumers.dlq:configure_dlq", "dead-letter topic tools (replay)"),
+    "dlq": Command("consumers.dlq:configure_dlq", "dead-letter tools (replay, list)"),
     "rebuild": Command("meter.rebuild:configure", "rebuild Redis state from PostgreSQL"),
     "quarantine": Command(
         "meter.quarantine:configure", "organizations set aside: list, show, release"

@@ -331,10 +331,27 @@ class GrantList(Model):
     grants: list[GrantOut]
 
 
+class BucketBalance(Model):
+    """One bucket: what was granted, what is left now, and when it may be drawn."""
+
+    bucket_id: str
+    kind: Literal["personal", "shared", "seat", "on_demand"]
+    member_id: str | None
+    """Owner; null for the organization's shared pool."""
+    valid_from: datetime
+    expires_at: datetime
+    granted: CreditsOut
+    left: CreditsOut
+    revoked_at: datetime | None = None
+
+
 class Balances(Model):
-    """Credits left per bucket id (expired and empty buckets included)."""
+    """Credits left per bucket. `balances` is the original map of every bucket id (expired and
+    empty buckets included), kept for existing clients; `buckets` describes each bucket and
+    leaves out expired, revoked and empty ones unless `?all=true`."""
 
     balances: dict[str, CreditsOut]
+    buckets: list[BucketBalance] = []
 
 
 # --- voids --------------------------------------------------------------------------------
@@ -400,6 +417,9 @@ class CodeOut(Model):
 
 class RedemptionCreate(Model):
     code: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    redeemed_at: AwareDatetime | None = None
+    """Admin keys only: apply the redemption as if made at this past instant (at most
+    `REDEEMED_AT_WINDOW_DAYS` ago, not in the future); defaults to now."""
 
 
 class Bucket(Model):
@@ -449,6 +469,14 @@ class Seat(Model):
     fraction: SeatMonths
     """Seat-months billed for the period."""
     billing: Literal["external", "balance"]
+    bucket_id: str | None = None
+    """The seat's credit bucket for the period (`seat:<member>:<period start ms>`); null when
+    the plan gives seats no credits."""
+    credits: CreditsOut | None = None
+    """Credits the seat was granted for the period (prorated from `seated_from` when the plan
+    prorates)."""
+    left: CreditsOut | None = None
+    """Credits of the seat's bucket left now."""
 
 
 class SeatList(Model):
@@ -595,3 +623,82 @@ class IngestResponse(Model):
 class Health(Model):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = {}
+
+
+# --- dead letters, settlements, organizations ----------------------------------------------
+
+REDEEMED_AT_WINDOW_DAYS = 400
+"""How far back an admin may date a redemption (`RedemptionCreate.redeemed_at`)."""
+
+BillingGroupRef = Annotated[str | None, Field(description="null for Unassigned")]
+
+
+class DeadLetterOut(Model):
+    """An event that could not settle, as the dead-letter topic holds it."""
+
+    id: int
+    org_id: str
+    reason: str
+    """The stable code of why (`unknown_member`, `invalid_credits`, ...)."""
+    detail: str
+    event: str
+    """The record's value as text, at most its first 16 KiB (`truncated` then true)."""
+    truncated: bool
+    topic: str
+    partition: int
+    offset: int
+    created_at: datetime
+
+
+class DeadLetterList(Model):
+    dead_letters: list[DeadLetterOut]
+    """Newest first."""
+    next_after: str | None
+    """Pass as `after` for the next page; null on the last page."""
+
+
+class SettlementLineOut(Model):
+    bucket_id: str
+    kind: Literal["personal", "shared", "seat", "on_demand"]
+    amount: CreditsOut
+
+
+class SettlementVoidOut(Model):
+    voided_at: datetime
+    returned: list[SettlementLineOut]
+    """Credits put back per bucket."""
+
+
+class SettlementOut(Model):
+    """What one event drew, as PostgreSQL holds it."""
+
+    key: str
+    """`<source> <id>`: the CloudEvents source and id joined by one space."""
+    source: str
+    id: str
+    member_id: str
+    billing_group_id: BillingGroupRef
+    billing_group_name: str | None
+    """`Unassigned` for Unassigned; null when the group no longer exists."""
+    credits: CreditsOut
+    buckets: list[SettlementLineOut]
+    """Buckets drawn, in draw order of kind then bucket id."""
+    unfunded: CreditsOut
+    """Credits no bucket covered (the usage happened; nothing paid for it)."""
+    member_limited: bool
+    group_limited: bool
+    period_start: datetime
+    period_end: datetime
+    event_time: datetime
+    late: bool
+    """Settled into a period that had ended (within the organization's grace)."""
+    reservation_id: str | None
+    settled_at: datetime
+    void: SettlementVoidOut | None
+    """Set once the settlement was voided."""
+
+
+class OrgList(Model):
+    orgs: list[Org]
+    next_after: str | None
+    """Pass as `after` for the next page; null on the last page."""

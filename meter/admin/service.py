@@ -25,6 +25,7 @@ import structlog
 
 from meter.admin import queries as q
 from meter.admin.clock import from_ms, now_ms, to_ms
+from meter.admin.reads import redeemed_at_ms, seat_credits
 from meter.auth import Scope, hash_token, new_key_id, new_token
 from meter.engine.periods import period_at
 from meter.engine.types import (
@@ -844,9 +845,11 @@ class AdminService:
 
     async def redeem(self, org_id: str, body: api.RedemptionCreate) -> api.RedemptionOut:
         """Redeem a code: seat-months go to the balance (and may pay seats left unpaid this
-        period), shared credits become a shared-pool bucket."""
+        period), shared credits become a shared-pool bucket. With `redeemed_at` (checked against
+        the window; the caller checks the key is an admin's) it is applied as if redeemed then."""
         now = self.clock()
-        result = await self.plans.redeem(org_id, body.code, now)
+        at = now if body.redeemed_at is None else redeemed_at_ms(body.redeemed_at, now)
+        result = await self.plans.redeem(org_id, body.code, at)
         grant = result.grant
         if grant is not None:
             await self._apply(org_id, lambda: self.engine.apply_grant(grant))
@@ -879,7 +882,7 @@ class AdminService:
         op = await self.plans.org_plan(org_id)
         period = period_at(op.org, now)
         seats = await self.plans.period_occupancy(org_id, now)
-        return api.SeatList(
+        listed = api.SeatList(
             period_start=from_ms(period.start_ms),
             period_end=from_ms(period.end_ms),
             seats=[
@@ -892,6 +895,7 @@ class AdminService:
                 for s in seats
             ],
         )
+        return await seat_credits(self.pool, self.engine, org_id, listed, now)
 
     async def set_on_demand_cap(
         self, org_id: str, member_id: str, body: api.OnDemandCapUpdate

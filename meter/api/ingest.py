@@ -15,11 +15,13 @@ import asyncio
 import json
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 from aiokafka.errors import KafkaError
 
 from meter import metrics
+from meter.admin.reads import unknown_members
 from meter.api.http import Call, Response, json_response
 from meter.auth import Scope
 from meter.errors import InvalidInput, MalformedRequest, MeterError, Unavailable
@@ -83,6 +85,36 @@ def _result(index: int, raw: bytes, error: MeterError | EventError | None) -> di
     return out
 
 
+VALIDATE_HEADER = "meter-validate"
+
+
+async def check_members(call: Call, verdicts: list[DecodedEvent | EventError | MeterError]) -> None:
+    """`?validate=members` (or header `meter-validate: members`): 422 `unknown_member`, nothing
+    produced, when a valid event names an organization or member that does not exist; the
+    details give each such event's `index`. Without it such events are accepted and
+    dead-lettered by the consumer."""
+    wanted = parse_qs(call.query.decode(errors="replace")).get("validate", [])
+    if VALIDATE_HEADER in call.headers:
+        wanted.append(call.headers[VALIDATE_HEADER])
+    if not wanted:
+        return
+    if any(w != "members" for w in wanted):
+        raise InvalidInput("validate takes only the value members", code="invalid_query")
+    pairs = [
+        (i, v.event.org_id, v.event.member_id)
+        for i, v in enumerate(verdicts)
+        if isinstance(v, DecodedEvent)
+    ]
+    unknown = await unknown_members(call.app.pool, pairs)
+    if unknown:
+        metrics.count_ingest("unknown_member", len(unknown))
+        raise InvalidInput(
+            f"{len(unknown)} event(s) name an organization or member that does not exist",
+            code="unknown_member",
+            details=unknown,
+        )
+
+
 async def ingest(call: Call) -> Response:
     app = call.app
     media = (call.headers.get("content-type") or SINGLE).split(";", 1)[0].strip().lower()
@@ -104,6 +136,8 @@ async def ingest(call: Call) -> Response:
     for verdict in verdicts:
         if not isinstance(verdict, DecodedEvent):
             metrics.count_ingest(verdict.code)
+    if call.query or VALIDATE_HEADER in call.headers:
+        await check_members(call, verdicts)
     if not batch:
         verdict = verdicts[0]
         if isinstance(verdict, MeterError):

@@ -24,6 +24,8 @@ async def create_code(call: Call) -> Response:
 
 async def redeem(call: Call) -> Response:
     body = parse_body(api.RedemptionCreate, call.body)
+    if body.redeemed_at is not None:
+        call.who.require_admin()
     return model_response(await call.app.admin.redeem(call.params["org_id"], body), 201)
 
 

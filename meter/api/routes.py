@@ -19,8 +19,8 @@ import orjson
 import structlog
 
 from meter import metrics
-from meter.admin import alert_thresholds
-from meter.api import bodies, ingest, reports
+from meter.admin import alert_thresholds, reads
+from meter.api import bodies, ingest, readable, reports
 from meter.api import plans as plan_routes
 from meter.api.http import (
     NO_CONTENT,
@@ -349,7 +349,12 @@ async def list_grants(call: Call) -> Response:
 
 
 async def balances(call: Call) -> Response:
-    return model_response(await call.app.admin.balances(call.params["org_id"]))
+    show_all = readable.flag(readable.query(call, {"all"}).get("all"), "all")
+    app = call.app
+    org_id = call.params["org_id"]
+    return model_response(
+        await reads.buckets(app.pool, app.engine, org_id, app.clock(), show_all=show_all)
+    )
 
 
 async def void(call: Call) -> Response:
@@ -527,7 +532,9 @@ ROUTES: list[Route] = [
           tag="credits"),
     Route("GET", ORG_PATH + "/grants", list_grants, "List grants", OA, READ,
           response=api.GrantList, tag="credits"),
-    Route("GET", ORG_PATH + "/balances", balances, "Credits left per bucket", OA, READ,
+    Route("GET", ORG_PATH + "/balances", balances,
+          "Credits left per bucket; `buckets` hides expired, revoked and empty ones unless"
+          " `all=true`", OA, READ,
           response=api.Balances, tag="credits"),
     Route("POST", ORG_PATH + "/voids", void, "Void a settled event by its key", OA, BILL,
           api.VoidRequest, api.VoidOut, tag="credits"),
@@ -561,3 +568,4 @@ ROUTES: list[Route] = [
 ]  # fmt: skip
 ROUTES += reports.ROUTES
 ROUTES += plan_routes.ROUTES
+ROUTES += readable.ROUTES

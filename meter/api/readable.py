@@ -1,0 +1,85 @@
+"""Routes that let a client read its account (`meter.admin.reads`): the organization list, one
+settlement by event key, dead letters.
+
+A settlement key is `<source> <id>` and a CloudEvents source is a URI (`//chat.example.com/api`):
+neither fits a path segment, so the key travels in the query, `?key=` or `?source=&id=`.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from meter.admin import reads
+from meter.api.http import Access, Call, Response, Route, model_response
+from meter.auth import Scope
+from meter.errors import InvalidInput
+from schemas import api
+
+READ = (Scope.ORG_ADMIN, Scope.BILLING)
+ORG_PATH = "/v1/orgs/{org_id}"
+
+
+def query(call: Call, known: set[str]) -> dict[str, str]:
+    """The query string as a dict; an unknown or repeated parameter is 422 `invalid_query`."""
+    if not call.query:
+        return {}
+    try:
+        parsed = parse_qs(call.query.decode(), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise InvalidInput("query string is not UTF-8", code="invalid_query") from None
+    out: dict[str, str] = {}
+    for name, values in parsed.items():
+        if name not in known:
+            raise InvalidInput(f"unknown query parameter {name!r}", code="invalid_query")
+        if len(values) != 1:
+            raise InvalidInput(f"query parameter {name!r} given twice", code="invalid_query")
+        out[name] = values[0]
+    return out
+
+
+def flag(value: str | None, name: str) -> bool:
+    if value is None or value in ("false", "0"):
+        return False
+    if value in ("true", "1", ""):
+        return True
+    raise InvalidInput(f"{name} is true or false", code="invalid_query")
+
+
+async def list_orgs(call: Call) -> Response:
+    q = query(call, {"status", "after", "limit"})
+    page = await reads.list_orgs(
+        call.app.pool, q.get("status"), q.get("after", ""), reads.page_limit(q.get("limit"))
+    )
+    return model_response(page)
+
+
+async def get_settlement(call: Call) -> Response:
+    key = reads.event_key_of(query(call, {"key", "source", "id"}))
+    return model_response(await reads.settlement(call.app.pool, call.params["org_id"], key))
+
+
+async def list_dead_letters(call: Call) -> Response:
+    q = query(call, {"reason", "after", "limit"})
+    page = await reads.dead_letters(
+        call.app.pool,
+        call.params["org_id"],
+        reason=q.get("reason"),
+        after=q.get("after"),
+        limit=reads.page_limit(q.get("limit")),
+    )
+    return model_response(page)
+
+
+A, OA = Access.ADMIN, Access.ORG
+
+ROUTES: list[Route] = [
+    Route("GET", "/v1/orgs", list_orgs,
+          "List organizations by id (`status`, `after` = the previous page's `next_after`,"
+          " `limit` 1..1000)", A, (), response=api.OrgList, tag="organizations"),
+    Route("GET", ORG_PATH + "/settlements", get_settlement,
+          "What one event drew, by `key` (`<source> <id>`) or by `source` and `id`", OA, READ,
+          response=api.SettlementOut, tag="credits"),
+    Route("GET", ORG_PATH + "/dead-letters", list_dead_letters,
+          "Events that could not settle, newest first (`reason`, `after`, `limit`)", OA, READ,
+          response=api.DeadLetterList, tag="ingest"),
+]  # fmt: skip
