@@ -128,7 +128,6 @@ export class FileSpool {
 
   _write(text) {
     this._bytes += fs.writeSync(this._fd, text);
-    this._dirty = true;
   }
 
   /** Store one encoded event (a JSON text); returns its sequence number. */
@@ -136,6 +135,7 @@ export class FileSpool {
     if (this._closed) throw new Error("the spool is closed");
     const seq = this._seq + 1;
     this._write(`{"s":${seq},"e":${line}}\n`);
+    this._dirty = true; // acknowledgements need no fsync: one lost is one event sent again
     this._seq = seq;
     this._pending.push({ seq, line });
     return seq;

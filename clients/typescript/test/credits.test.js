@@ -3,6 +3,7 @@
 import test from "node:test";
 import assert from "node:assert/strict";
 import { creditsText, microCredits, fromAnthropic, fromOpenAI, usageEvent } from "../src/index.js";
+import { PRICES } from "./support.js";
 
 test("credits are exact decimal strings", () => {
   assert.equal(creditsText("12.50"), "12.5");
@@ -77,7 +78,6 @@ const MESSAGE = {
     output_tokens: 512,
   },
 };
-export const PRICES = { input: "2.5", output: "10", cachedInput: "1.25", cacheWrite: "3.125" };
 
 test("OpenAI chat completion usage", () => {
   const usage = fromOpenAI(CHAT_COMPLETION);

@@ -14,8 +14,7 @@ import {
   fromOpenAI,
   microCredits,
 } from "../src/index.js";
-import { Proxy, closedPort, meter, quietLogger, tenant, waitTotals } from "./support.js";
-import { PRICES } from "./credits.test.js";
+import { PRICES, Proxy, closedPort, meter, quietLogger, tenant, waitTotals } from "./support.js";
 
 /** Every kind of credit a decision says is available, in micro-credits. */
 function available(decision) {

@@ -4,6 +4,9 @@
 import net from "node:net";
 import assert from "node:assert/strict";
 
+/** Prices of the usage tests (credits per million tokens), as the Python client's tests. */
+export const PRICES = { input: "2.5", output: "10", cachedInput: "1.25", cacheWrite: "3.125" };
+
 /** The `meter run` under test: `METER_URL`, and `METER_TENANTS` (JSON: name -> tenant). */
 export function meter() {
   const url = process.env.METER_URL;
