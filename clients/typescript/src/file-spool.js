@@ -12,7 +12,7 @@
 
 import fs from "node:fs";
 import path from "node:path";
-import { MAX_BATCH_BYTES, MAX_BATCH_EVENTS, takeBatch } from "./spool.js";
+import { MAX_BATCH_BYTES, MAX_BATCH_EVENTS, PendingQueue } from "./spool.js";
 
 /** Thrown when another live process holds the spool file. */
 export class SpoolLocked extends Error {
@@ -71,8 +71,8 @@ export class FileSpool {
     this._compactBytes = compactBytes;
     takeLock(this._lockPath);
     try {
-      this._pending = this._load();
-      this._seq = this._pending.at(-1)?.seq ?? 0;
+      this._pending = new PendingQueue(this._load());
+      this._seq = this._pending.last()?.seq ?? 0;
       this._rewrite();
     } catch (exc) {
       fs.rmSync(this._lockPath, { force: true });
@@ -111,7 +111,10 @@ export class FileSpool {
   /** Write the pending events to a new file and put it in place (write, fsync, rename). */
   _rewrite() {
     const tmp = `${this.path}.tmp`;
-    const text = this._pending.map((e) => `{"s":${e.seq},"e":${e.line}}\n`).join("");
+    const text = this._pending
+      .entries()
+      .map((e) => `{"s":${e.seq},"e":${e.line}}\n`)
+      .join("");
     const fd = fs.openSync(tmp, "w");
     try {
       fs.writeSync(fd, text);
@@ -124,17 +127,20 @@ export class FileSpool {
     if (this._fd !== undefined) fs.closeSync(this._fd);
     this._fd = fs.openSync(this.path, "a");
     this._bytes = Buffer.byteLength(text);
+    this._pendingBytes = this._bytes;
   }
 
   _write(text) {
-    this._bytes += fs.writeSync(this._fd, text);
+    const written = fs.writeSync(this._fd, text);
+    this._bytes += written;
+    return written;
   }
 
   /** Store one encoded event (a JSON text); returns its sequence number. */
   append(line) {
     if (this._closed) throw new Error("the spool is closed");
     const seq = this._seq + 1;
-    this._write(`{"s":${seq},"e":${line}}\n`);
+    this._pendingBytes += this._write(`{"s":${seq},"e":${line}}\n`);
     this._dirty = true; // acknowledgements need no fsync: one lost is one event sent again
     this._seq = seq;
     this._pending.push({ seq, line });
@@ -143,7 +149,7 @@ export class FileSpool {
 
   /** The oldest events: `[{seq, line}]`. */
   peek(limit = MAX_BATCH_EVENTS, maxBytes = MAX_BATCH_BYTES) {
-    return takeBatch(this._pending, limit, maxBytes);
+    return this._pending.take(limit, maxBytes);
   }
 
   /** Forget the `batch` (the oldest events, as `peek` gave them); `rejections` are
@@ -159,12 +165,15 @@ export class FileSpool {
     }
     const last = batch.at(-1).seq;
     this._write(`{"a":${last}}\n`);
-    while (this._pending.length > 0 && this._pending[0].seq <= last) this._pending.shift();
+    for (const e of this._pending.dropThrough(last)) {
+      this._pendingBytes -= Buffer.byteLength(`{"s":${e.seq},"e":${e.line}}\n`);
+    }
     if (this._pending.length === 0) {
       fs.ftruncateSync(this._fd, 0);
       this._bytes = 0;
-    } else if (this._bytes > this._compactBytes) {
-      this._rewrite();
+      this._pendingBytes = 0;
+    } else if (this._bytes > this._compactBytes && this._bytes > 2 * this._pendingBytes) {
+      this._rewrite(); // at least half of the file is acknowledged: each byte is copied O(1) times
     }
   }
 

@@ -18,12 +18,13 @@ export const MAX_BATCH_EVENTS = 1000;
 /** Below the API's 1 MiB per batch, leaving room for the brackets and commas. */
 export const MAX_BATCH_BYTES = 900 * 1024;
 
-/** The oldest `limit` entries of `pending`, about `maxBytes` at most (at least one). */
-export function takeBatch(pending, limit, maxBytes) {
+/** The oldest `limit` entries of `pending` from index `head`, about `maxBytes` at most (at
+ * least one). */
+export function takeBatch(pending, head, limit, maxBytes) {
   const out = [];
   let size = 0;
-  for (const entry of pending) {
-    if (out.length >= limit) break;
+  for (let i = head; i < pending.length && out.length < limit; i++) {
+    const entry = pending[i];
     size += entry.line.length + 1;
     if (out.length > 0 && size > maxBytes) break;
     out.push(entry);
@@ -31,10 +32,50 @@ export function takeBatch(pending, limit, maxBytes) {
   return out;
 }
 
+/** A queue of spooled entries: appended at the end, acknowledged from the front in O(1). */
+export class PendingQueue {
+  constructor(entries = []) {
+    this._items = entries;
+    this._head = 0;
+  }
+
+  push(entry) {
+    this._items.push(entry);
+  }
+
+  get length() {
+    return this._items.length - this._head;
+  }
+
+  last() {
+    return this.length > 0 ? this._items.at(-1) : undefined;
+  }
+
+  take(limit, maxBytes) {
+    return takeBatch(this._items, this._head, limit, maxBytes);
+  }
+
+  /** Drop the entries up to `seq`, returning them. */
+  dropThrough(seq) {
+    const start = this._head;
+    while (this._head < this._items.length && this._items[this._head].seq <= seq) this._head += 1;
+    const dropped = this._items.slice(start, this._head);
+    if (this._head > 1024 && this._head * 2 > this._items.length) {
+      this._items = this._items.slice(this._head);
+      this._head = 0;
+    }
+    return dropped;
+  }
+
+  entries() {
+    return this._items.slice(this._head);
+  }
+}
+
 /** Events waiting to be acknowledged, in memory, in the order they were appended. */
 export class MemorySpool {
   constructor() {
-    this._pending = [];
+    this._pending = new PendingQueue();
     this._rejected = [];
     this._seq = 0;
   }
@@ -48,7 +89,7 @@ export class MemorySpool {
 
   /** The oldest events: `[{seq, line}]`. */
   peek(limit = MAX_BATCH_EVENTS, maxBytes = MAX_BATCH_BYTES) {
-    return takeBatch(this._pending, limit, maxBytes);
+    return this._pending.take(limit, maxBytes);
   }
 
   /** Forget the `batch` (the oldest events, as `peek` gave them); `rejections` are
@@ -58,8 +99,7 @@ export class MemorySpool {
       const entry = batch.find((e) => e.seq === seq);
       if (entry) this._rejected.push({ event: JSON.parse(entry.line), code, message });
     }
-    const last = batch.at(-1)?.seq ?? 0;
-    while (this._pending.length > 0 && this._pending[0].seq <= last) this._pending.shift();
+    this._pending.dropThrough(batch.at(-1)?.seq ?? 0);
   }
 
   /** How many events wait to be acknowledged. */

@@ -59,6 +59,20 @@ test("a torn last line is dropped, acknowledged events are not replayed, one own
   assert.equal(fs.existsSync(`${file}.lock`), false);
 });
 
+test("a file mostly acknowledged is rewritten with what is pending", async () => {
+  const file = path.join(tmpdir(), "spool.jsonl");
+  const spool = new FileSpool(file, { compactBytes: 64 * 1024 });
+  for (let i = 0; i < 20_000; i++) spool.append(JSON.stringify({ id: `e-${i}`, pad: "x".repeat(40) }));
+  const full = fs.statSync(file).size;
+  while (spool.pending() > 1000) spool.settle(spool.peek(100));
+  assert.ok(fs.statSync(file).size < full / 5, `${fs.statSync(file).size} of ${full}`);
+  await spool.close();
+  const again = new FileSpool(file);
+  assert.equal(again.pending(), 1000);
+  assert.equal(JSON.parse(again.peek(1)[0].line).id, "e-19000");
+  await again.close();
+});
+
 test("the file spool keeps events through an outage and sends them after", async () => {
   const t = tenant("spool");
   const file = path.join(tmpdir(), "spool.jsonl");
