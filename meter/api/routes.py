@@ -38,6 +38,7 @@ from meter.engine.types import CheckResult, Reason
 from meter.errors import InvalidInput, NotFound, OrgQuarantined, Unavailable
 from meter.health import HEALTH
 from meter.money import format_credits
+from meter.webhooks import routes as webhook_routes
 from schemas import api
 from schemas.events import format_time
 
@@ -561,3 +562,4 @@ ROUTES: list[Route] = [
 ]  # fmt: skip
 ROUTES += reports.ROUTES
 ROUTES += plan_routes.ROUTES
+ROUTES += webhook_routes.ROUTES
