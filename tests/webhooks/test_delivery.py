@@ -14,6 +14,10 @@ from api.support import make_org
 from standardwebhooks.webhooks import Webhook
 
 from meter.api import App
+from meter.roles import scheduler_work
+from meter.services import Services
+from meter.settings import Settings
+from meter.supervise import cancel_and_wait
 from meter.webhooks.worker import WebhookWorker
 from webhooks.receiver import Received, Receiver
 from webhooks.support import insert_alert, insert_charge, make_endpoint
@@ -127,3 +131,22 @@ async def test_delivery_latency(
           f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")  # fmt: skip
     assert len({h.message_id for h in got}) == 300
     assert p50 < 5.0, "delivery waits for notifications, not the poll"
+
+
+async def test_the_scheduler_role_delivers(
+    app: App, admin: httpx.AsyncClient, receiver: Receiver, settings: Settings
+) -> None:
+    """`scheduler_work`, what `meter scheduler` and `meter run` run under the lease, includes
+    the webhook worker."""
+    org = await make_org(admin)
+    endpoint = await make_endpoint(admin, org, receiver.url)
+    assert settings.redis_url is not None and settings.kafka_bootstrap is not None
+    services = Services(settings.kafka_bootstrap, settings.redis_url, app.services.postgres_dsn)
+    task = asyncio.create_task(scheduler_work(services.apply(settings), services))
+    try:
+        alert_id, _ = await insert_alert(app.pool, org, "ann")
+        [got] = await receiver.wait_for(1, timeout_s=60)
+        assert verified(got, str(endpoint["secret"]))["type"] == "alert.member_limit"
+        assert (await sources(app.pool, org))[got.message_id] == f"alert:{alert_id}"
+    finally:
+        await cancel_and_wait([task])
