@@ -4,7 +4,9 @@ Locally anything with an `http` or `https` URL is fine. In production (`METER_EN
 the host is resolved and every address it resolves to must be public: loopback, private,
 link-local (cloud metadata), multicast, reserved and unspecified addresses are refused, at
 creation (422 `webhook_target_forbidden`) and again before each delivery (the name may have
-been pointed elsewhere since).
+been pointed elsewhere since). The delivery then connects to the address it checked (`pin`), not
+to whatever a second lookup would return, with the URL's host in `Host` and as the TLS server
+name, so the certificate is still verified for the host.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from meter.errors import InvalidInput
 
@@ -63,14 +65,26 @@ async def resolve(host: str, port: int) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-async def check_target(url: str, production: bool) -> None:
+async def check_target(url: str, production: bool) -> list[str]:
     """Refuse `url` when it is not a webhook URL, or, in production, when its host is or
-    resolves to a non-public address."""
+    resolves to a non-public address. Returns the checked addresses (none locally)."""
     host, port = parse_url(url)
     if not production:
-        return
-    for address in await resolve(host, port):
+        return []
+    addresses = await resolve(host, port)
+    for address in addresses:
         if not is_public(address):
             raise TargetForbidden(
                 f"{host} resolves to {address}, which webhooks may not reach in production"
             )
+    return addresses
+
+
+def pin(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """`url` aimed at `address` (one its host resolved to): the URL to request, the headers and
+    the httpx request extensions that keep the host for HTTP and TLS."""
+    parts = urlsplit(url)
+    host, port = parse_url(url)
+    literal = f"[{address}]" if ":" in address else address
+    pinned = urlunsplit(parts._replace(netloc=f"{literal}:{port}"))
+    return pinned, {"host": parts.netloc}, {"sni_hostname": host}

@@ -5,11 +5,13 @@ alert publisher, supervised (component `webhooks` in `HEALTH` while failing). Ea
 
 1. renders the payload of new messages from their source rows with the encoders of the Kafka
    events (`meter.alerts.alert_event`, `meter.admin.scheduler.charge_cloudevent`);
-2. claims due deliveries (`FOR UPDATE SKIP LOCKED`, pushed `claim_s` into the future so a crash
-   leaves them to be retried, never lost), POSTs each with the Standard Webhooks headers, and
-   records the attempt: a 2xx ends it; anything else is retried after the next wait of the
-   schedule (with jitter); when the schedule is exhausted the delivery is `failed` and its
-   endpoint marked failing (`failing_since`) until a later delivery succeeds.
+2. claims due deliveries for its free slots (`FOR UPDATE SKIP LOCKED`, pushed `claim_s` into the
+   future so a crash leaves them to be retried, never lost; at most `concurrency` attempts under
+   way, `per_endpoint` to one endpoint, so a slow endpoint holds up no other), POSTs each as a
+   task with the Standard Webhooks headers, and records the attempt: a 2xx ends it; anything
+   else is retried after the next wait of the schedule (with jitter); when the schedule is
+   exhausted the delivery is `failed` and its endpoint marked failing (`failing_since`) until a
+   later delivery succeeds.
 
 It wakes on `NOTIFY meter_webhooks` (sent by the triggers of migration 0018 and by the API) and
 at the next due retry, or every `poll_s` at the latest. Delivery is at least once: the
@@ -33,9 +35,9 @@ from prometheus_client import Counter
 
 from meter import alerts
 from meter.metrics import REGISTRY
-from meter.supervise import Backoff, supervise, wait_event
+from meter.supervise import Backoff, cancel_and_wait, supervise, wait_event
 from meter.webhooks import rules
-from meter.webhooks.targets import TargetForbidden, check_target
+from meter.webhooks.targets import TargetForbidden, check_target, pin
 
 if TYPE_CHECKING:
     from meter.services import Services
@@ -74,7 +76,7 @@ WITH due AS (
     JOIN webhook_endpoints e ON e.endpoint_id = d.endpoint_id
     JOIN webhook_messages m ON m.message_id = d.message_id
     WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND e.enabled
-      AND m.payload IS NOT NULL
+      AND m.payload IS NOT NULL AND NOT d.endpoint_id = ANY($3::text[])
     ORDER BY d.next_attempt_at LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
 )
@@ -85,10 +87,14 @@ WHERE d.message_id = due.message_id AND d.endpoint_id = due.endpoint_id
 RETURNING d.message_id, d.endpoint_id, d.attempts, m.payload::text AS body, e.url, e.secret,
           CASE WHEN e.previous_expires_at > now() THEN e.previous_secret END AS previous_secret
 """
+UNCLAIM = """
+UPDATE webhook_deliveries SET next_attempt_at = now()
+WHERE message_id = $1 AND endpoint_id = $2 AND state = 'pending'
+"""
 NEXT_DUE = """
 SELECT extract(epoch FROM min(d.next_attempt_at) - now())::float8 FROM webhook_deliveries d
 JOIN webhook_endpoints e ON e.endpoint_id = d.endpoint_id
-WHERE d.state = 'pending' AND e.enabled
+WHERE d.state = 'pending' AND e.enabled AND NOT d.endpoint_id = ANY($1::text[])
 """
 INSERT_ATTEMPT = """
 INSERT INTO webhook_attempts (message_id, endpoint_id, attempt, status_code, error, duration_ms,
@@ -151,7 +157,8 @@ class WebhookWorker:
         timeout_s: float = 10.0,
         poll_s: float = 5.0,
         batch: int = 100,
-        concurrency: int = 16,
+        concurrency: int = 32,
+        per_endpoint: int = 8,
         claim_s: float | None = None,
         retry_max_s: float = 10.0,
     ) -> None:
@@ -163,8 +170,16 @@ class WebhookWorker:
         self.batch = batch
         self.claim_s = claim_s if claim_s is not None else 3 * timeout_s + 30.0
         self.retry_max_s = retry_max_s
+        self.concurrency = concurrency
+        self.per_endpoint = per_endpoint
         self.delivered = 0
-        self._limit = asyncio.Semaphore(concurrency)
+        self._inflight: dict[asyncio.Task[None], str] = {}
+        """Attempts under way -> their endpoint."""
+        self._failure: BaseException | None = None
+        self._unrendered = True
+        """Messages may await rendering (notified, polled, or a full batch last time)."""
+        self._done: list[Outcome] = []
+        """Attempts that ended, not recorded yet."""
         self._wake = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
@@ -222,44 +237,96 @@ class WebhookWorker:
 
     # -- delivery -------------------------------------------------------------------------------
 
-    async def deliver_due(self) -> list[Outcome]:
-        """One round: claim up to `batch` due deliveries, send them, record every attempt."""
+    async def start_due(self) -> int:
+        """Claim due deliveries for the free slots (at most `concurrency` attempts under way, at
+        most `per_endpoint` to one endpoint, so a slow endpoint cannot hold up the others) and
+        start each as a task; returns how many were started."""
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            return 0
         pool = await self._open_pool()
-        claimed = await pool.fetch(CLAIM, self.batch, self.claim_s)
-        if not claimed:
-            return []
-        outcomes = await asyncio.gather(*(self._send(row) for row in claimed))
-        await self._record(pool, outcomes)
-        self.delivered += sum(o.ok for o in outcomes)
-        log.info(
-            "webhooks_delivered",
-            attempts=len(outcomes),
-            succeeded=sum(o.ok for o in outcomes),
-        )
-        return list(outcomes)
+        busy = self._busy()
+        full = sorted(e for e, n in busy.items() if n >= self.per_endpoint)
+        claimed = await pool.fetch(CLAIM, free, self.claim_s, full)
+        started = 0
+        for row in claimed:
+            endpoint_id = row["endpoint_id"]
+            if busy.get(endpoint_id, 0) >= self.per_endpoint:
+                await pool.execute(UNCLAIM, row["message_id"], endpoint_id)
+                continue
+            busy[endpoint_id] = busy.get(endpoint_id, 0) + 1
+            task = asyncio.create_task(self._attempt(row))
+            self._inflight[task] = endpoint_id
+            task.add_done_callback(self._finished)
+            started += 1
+        return started
+
+    def _busy(self) -> dict[str, int]:
+        """Endpoint -> attempts under way."""
+        busy: dict[str, int] = {}
+        for endpoint_id in self._inflight.values():
+            busy[endpoint_id] = busy.get(endpoint_id, 0) + 1
+        return busy
+
+    async def _attempt(self, row: asyncpg.Record) -> None:
+        outcome = await self._send(row)
+        self._done.append(outcome)
+        (log.debug if outcome.ok else log.info)(
+            "webhook_attempt", message_id=outcome.message_id, endpoint_id=outcome.endpoint_id,
+            attempt=outcome.attempt, status=outcome.status_code, error=outcome.error,
+            ms=outcome.duration_ms,
+        )  # fmt: skip
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            # Left claimed: retried once the claim runs out. The loop reports the failure.
+            self._failure = task.exception()
+        self._wake.set()
+
+    async def record_done(self) -> int:
+        """Record the attempts that ended since the last call, in one transaction."""
+        done, self._done = self._done, []
+        if not done:
+            return 0
+        try:
+            await self._record(await self._open_pool(), done)
+        except BaseException:
+            self._done[:0] = done  # recorded on the next pass
+            raise
+        self.delivered += sum(o.ok for o in done)
+        return len(done)
 
     async def _send(self, row: asyncpg.Record) -> Outcome:
         attempt = row["attempts"] + 1
         status: int | None = None
         error: str | None = None
         started = time.monotonic()
-        async with self._limit:
-            try:
-                await check_target(row["url"], self.production)
-                client = self._open_client()
-                body = row["body"].encode()
-                keys = [row["secret"]]
-                if row["previous_secret"] is not None:
-                    keys.append(row["previous_secret"])
-                headers = rules.headers(keys, row["message_id"], int(time.time()), body)
-                async with client.stream("POST", row["url"], content=body, headers=headers) as r:
-                    status = r.status_code
-                if not 200 <= status < 300:
-                    error = f"HTTP {status}"
-            except TargetForbidden as exc:
-                error = f"{exc.code}: {exc.message}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        try:
+            url: str = row["url"]
+            addresses = await check_target(url, self.production)
+            client = self._open_client()
+            body = row["body"].encode()
+            keys = [row["secret"]]
+            if row["previous_secret"] is not None:
+                keys.append(row["previous_secret"])
+            headers = rules.headers(keys, row["message_id"], int(time.time()), body)
+            extensions: dict[str, Any] = {}
+            if addresses:
+                url, host, extensions = pin(url, addresses[0])
+                headers.update(host)
+            request = client.build_request(
+                "POST", url, content=body, headers=headers, extensions=extensions
+            )
+            response = await client.send(request, stream=True)
+            status = response.status_code
+            await response.aclose()
+            if not 200 <= status < 300:
+                error = f"HTTP {status}"
+        except TargetForbidden as exc:
+            error = f"{exc.code}: {exc.message}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         duration_ms = int((time.monotonic() - started) * 1000)
         return Outcome(
             row["message_id"], row["endpoint_id"], attempt, status, error and error[:MAX_ERROR],
@@ -305,29 +372,51 @@ class WebhookWorker:
 
     async def _step(self) -> None:
         self._wake.clear()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
         await self._listen()
-        rendered = await self.render_pending()
-        sent = await self.deliver_due()
-        if rendered >= self.batch or len(sent) >= self.batch:
+        await self.record_done()
+        rendered = 0
+        if self._unrendered:
+            self._unrendered = False  # a notification during the render sets it again
+            try:
+                rendered = await self.render_pending()
+            except BaseException:
+                self._unrendered = True
+                raise
+            if rendered >= self.batch:
+                self._unrendered = True
+        await self.start_due()
+        if rendered >= self.batch:
             return
         pool = await self._open_pool()
-        due_in: float | None = await pool.fetchval(NEXT_DUE)
+        # Endpoints at their limit are waited for by their attempts' ends, not by polling.
+        full = sorted(e for e, n in self._busy().items() if n >= self.per_endpoint)
+        due_in: float | None = await pool.fetchval(NEXT_DUE, full)
         # At least a moment: a due delivery another worker holds must not make this one spin.
         wait = self.poll_s if due_in is None else min(self.poll_s, max(due_in, 0.01))
-        await wait_event(self._wake, wait)
+        if len(self._inflight) >= self.concurrency:
+            wait = self.poll_s  # an attempt that ends wakes the loop
+        if not await wait_event(self._wake, wait):
+            self._unrendered = True  # a notification missed while reconnecting is caught here
 
     async def _open_pool(self) -> asyncpg.Pool:
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2)
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=3)
         return self._pool
 
     def _open_client(self) -> httpx.AsyncClient:
         if self._client is None:
+            # Pinned requests (production) go to an address with the host as TLS server name; a
+            # pooled connection is keyed by the address alone, so none is kept for reuse there.
+            keepalive = 0 if self.production else 20
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout_s),
                 follow_redirects=False,
                 headers={"user-agent": USER_AGENT},
                 trust_env=False,
+                limits=httpx.Limits(max_keepalive_connections=keepalive),
             )
         return self._client
 
@@ -336,11 +425,17 @@ class WebhookWorker:
             return
         self._listener = await asyncpg.connect(self.dsn)
         await self._listener.add_listener(CHANNEL, self._notified)
+        self._unrendered = True  # whatever was queued while not listening
 
     def _notified(self, *_: Any) -> None:
+        self._unrendered = True
         self._wake.set()
 
     async def _reset(self) -> None:
+        await cancel_and_wait(list(self._inflight))
+        self._inflight.clear()
+        # Attempts that ended stay in `_done` for the next pass to record; those cancelled now
+        # stay claimed and are sent again once their claim runs out (at least once).
         listener, self._listener = self._listener, None
         client, self._client = self._client, None
         pool, self._pool = self._pool, None

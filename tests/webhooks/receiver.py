@@ -42,11 +42,13 @@ class Server(ThreadingHTTPServer):
 
 
 class Receiver:
-    """Records every request; answers `status` (204 by default)."""
+    """Records every request; answers `status` (204 by default) after `delay_s`."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.status = 204
+        self.delay_s = 0.0
+        """How long it takes to answer each request."""
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -63,6 +65,8 @@ class Receiver:
             protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
 
             def do_POST(self) -> None:
+                if receiver.delay_s:
+                    time.sleep(receiver.delay_s)  # this request's own thread
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
                 headers = {k.lower(): v for k, v in self.headers.items()}

@@ -18,6 +18,7 @@ from meter.roles import scheduler_work
 from meter.services import Services
 from meter.settings import Settings
 from meter.supervise import cancel_and_wait
+from meter.webhooks.targets import pin
 from meter.webhooks.worker import WebhookWorker
 from webhooks.receiver import Received, Receiver
 from webhooks.support import insert_alert, insert_charge, make_endpoint
@@ -150,3 +151,39 @@ async def test_the_scheduler_role_delivers(
         assert (await sources(app.pool, org))[got.message_id] == f"alert:{alert_id}"
     finally:
         await cancel_and_wait([task])
+
+
+async def test_a_slow_endpoint_does_not_hold_up_the_others(
+    app: App,
+    admin: httpx.AsyncClient,
+    start_worker: Callable[..., WebhookWorker],
+) -> None:
+    slow, fast = Receiver(), Receiver()
+    slow.delay_s = 1.0
+    slow.start()
+    fast.start()
+    try:
+        org_slow, org_fast = await make_org(admin), await make_org(admin)
+        await make_endpoint(admin, org_slow, slow.url)
+        await make_endpoint(admin, org_fast, fast.url)
+        start_worker(concurrency=8, per_endpoint=2, timeout_s=10.0)
+        for i in range(20):
+            await insert_alert(app.pool, org_slow, f"m{i}")
+        for i in range(20):
+            await insert_alert(app.pool, org_fast, f"m{i}")
+        await fast.wait_for(20, timeout_s=60)
+        # Two at a time, a second each: the slow endpoint has had a fraction of its messages.
+        assert len(slow.snapshot()) < 10
+        await slow.wait_for(20, timeout_s=60)
+    finally:
+        slow.stop()
+        fast.stop()
+
+
+async def test_a_pinned_request_reaches_the_host_it_names(receiver: Receiver) -> None:
+    url, host, extensions = pin(f"http://localhost:{receiver.port}/hook", "127.0.0.1")
+    async with httpx.AsyncClient() as client:
+        r = await client.post(url, content=b"{}", headers=host, extensions=extensions)
+    assert r.status_code == 204
+    [got] = receiver.snapshot()
+    assert got.headers["host"] == f"localhost:{receiver.port}"

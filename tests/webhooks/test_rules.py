@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 
 from meter.errors import InvalidInput
 from meter.webhooks import rules
-from meter.webhooks.targets import is_public, parse_url
+from meter.webhooks.targets import is_public, parse_url, pin
 from schemas import api
 
 
@@ -94,3 +94,16 @@ def test_urls() -> None:
         with pytest.raises(InvalidInput) as caught:
             parse_url(bad)
         assert caught.value.code == "invalid_webhook_url"
+
+
+def test_pinned_requests_keep_the_host() -> None:
+    assert pin("https://hooks.example.com/x?y=1", "93.184.216.34") == (
+        "https://93.184.216.34:443/x?y=1",
+        {"host": "hooks.example.com"},
+        {"sni_hostname": "hooks.example.com"},
+    )
+    assert pin("http://hooks.example.com:8080/", "2606:2800:220:1::1") == (
+        "http://[2606:2800:220:1::1]:8080/",
+        {"host": "hooks.example.com:8080"},
+        {"sni_hostname": "hooks.example.com"},
+    )
