@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 
 from meter.errors import InvalidInput
 from meter.webhooks import rules
-from meter.webhooks.targets import is_public, parse_url, pin
+from meter.webhooks.targets import TargetForbidden, check_target, is_public, parse_url, pin
 from schemas import api
 
 
@@ -107,3 +107,10 @@ def test_pinned_requests_keep_the_host() -> None:
         {"host": "hooks.example.com:8080"},
         {"sni_hostname": "hooks.example.com"},
     )
+
+
+async def test_production_resolves_the_host() -> None:
+    for url in ["http://localhost/x", "http://127.1/x", f"http://{'a' * 70}.example/x"]:
+        with pytest.raises(TargetForbidden):
+            await check_target(url, production=True)
+    assert await check_target("http://localhost/x", production=False) == []
