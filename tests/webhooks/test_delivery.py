@@ -187,3 +187,39 @@ async def test_a_pinned_request_reaches_the_host_it_names(receiver: Receiver) ->
     assert r.status_code == 204
     [got] = receiver.snapshot()
     assert got.headers["host"] == f"localhost:{receiver.port}"
+
+
+async def test_a_worker_killed_mid_send_leaves_the_message_to_another(
+    app: App,
+    admin: httpx.AsyncClient,
+    receiver: Receiver,
+    start_worker: Callable[..., WebhookWorker],
+) -> None:
+    """At least once: the claim of a worker that dies runs out, another sends the message again,
+    under the same id."""
+    org = await make_org(admin)
+    endpoint = await make_endpoint(admin, org, receiver.url)
+    receiver.delay_s = 2.0
+    first = WebhookWorker(app.services.postgres_dsn, production=False, claim_s=1.0, poll_s=0.2)
+    task = asyncio.create_task(first.run())
+    await insert_alert(app.pool, org, "ann")
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await app.pool.fetchval(
+        "SELECT count(*) FROM webhook_deliveries WHERE next_attempt_at > now()"
+    ):
+        assert asyncio.get_running_loop().time() < deadline, "never claimed"
+        await asyncio.sleep(0.02)
+    await cancel_and_wait([task])  # mid-send: the receiver is still answering
+    receiver.delay_s = 0.0
+    start_worker(claim_s=1.0)
+    got = await receiver.wait_for(1, timeout_s=30)
+    deadline = asyncio.get_running_loop().time() + 30
+    while await app.pool.fetchval(
+        "SELECT count(*) FROM webhook_deliveries WHERE state <> 'succeeded'"
+    ):
+        assert asyncio.get_running_loop().time() < deadline, "never recorded"
+        await asyncio.sleep(0.05)
+    got = receiver.snapshot()
+    assert len({h.message_id for h in got}) == 1
+    for hook in got:
+        verified(hook, str(endpoint["secret"]))
