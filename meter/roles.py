@@ -4,9 +4,10 @@ Each role is one process that scales its own way (`meter consume`, the third, li
 `consumers.settle`):
 
 - `meter api`: the HTTP API, stateless; run any number of replicas behind a load balancer;
-- `meter scheduler`: the period scheduler and the alert publisher, a singleton by lease
-  (`meter.lease`): run two or more replicas, one is active, the others stand by and take over
-  within `lease_ttl_s` (plus a poll) of the active one dying, hanging or losing PostgreSQL.
+- `meter scheduler`: the period scheduler, the alert publisher and the webhook worker, a
+  singleton by lease (`meter.lease`): run two or more replicas, one is active, the others stand
+  by and take over within `lease_ttl_s` (plus a poll) of the active one dying, hanging or losing
+  PostgreSQL.
 
 `meter run` runs every role in one process, with local servers, for one machine.
 """
@@ -80,13 +81,16 @@ def configure_scheduler(parser: argparse.ArgumentParser) -> Handler:
 
 
 async def scheduler_work(settings: Settings, services: Services) -> None:
-    """What the active scheduler replica runs: the period scheduler and the alert publisher."""
+    """What the active scheduler replica runs: the period scheduler, the alert publisher and the
+    webhook worker."""
     from meter import alerts
     from meter.admin import scheduler
+    from meter.webhooks import worker as webhooks
 
     tasks = [
         asyncio.create_task(scheduler.run_component(settings, services), name="scheduler"),
         asyncio.create_task(alerts.run_component(settings, services), name="alerts"),
+        asyncio.create_task(webhooks.run_component(settings, services), name="webhooks"),
     ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

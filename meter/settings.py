@@ -102,6 +102,17 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """How long a configured server may take to answer at start-up."""
 
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """Deadline of one webhook delivery attempt (connect, send, response headers)."""
+    webhook_retry_schedule_s: tuple[float, ...] = Field(
+        default=(5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0), min_length=1, max_length=50
+    )
+    """Waits before each retry of a failed webhook (JSON list of seconds, each scaled by +-20%
+    jitter); when it is exhausted the delivery fails and its endpoint is marked failing."""
+    webhook_poll_s: float = Field(default=5.0, gt=0, le=3600)
+    """The webhook worker looks for due deliveries at least this often (it also wakes on new
+    messages)."""
+
     max_future_skew_s: int = Field(default=300, ge=0)
     max_event_credits: int = Field(default=10**12, gt=0, le=MAX_AMOUNT)
     """Largest credits value accepted on one event, in micro-credits (default 1,000,000 credits);

@@ -702,3 +702,91 @@ class OrgList(Model):
     orgs: list[Org]
     next_after: str | None
     """Pass as `after` for the next page; null on the last page."""
+
+
+# --- webhooks -------------------------------------------------------------------------------
+
+WebhookEventType = Literal[
+    "alert.member_limit",
+    "alert.billing_group_limit",
+    "alert.shared_pool_low",
+    "alert.org_quarantined",
+    "alert.*",
+    "charge.due",
+    "dead_letter",
+]
+"""What an endpoint subscribes to (`meter.webhooks.rules.EVENT_TYPES`); `alert.*` is every
+alert, `dead_letter` is reserved."""
+WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+WebhookEventTypes = Annotated[list[WebhookEventType], Field(min_length=1, max_length=16)]
+
+
+class WebhookEndpointCreate(Model):
+    url: WebhookUrl
+    event_types: WebhookEventTypes
+    description: Text = ""
+    enabled: bool = True
+
+
+class WebhookEndpointUpdate(Model):
+    url: WebhookUrl | None = None
+    event_types: WebhookEventTypes | None = None
+    description: Text | None = None
+    enabled: bool | None = None
+
+
+class WebhookEndpoint(Model):
+    endpoint_id: str
+    org_id: str
+    url: str
+    description: str
+    event_types: list[str]
+    enabled: bool
+    failing_since: datetime | None
+    """Set when a delivery exhausted its retries; cleared by the next success."""
+    previous_secret_expires_at: datetime | None
+    """After a rotation: until when the previous secret still signs beside the new one."""
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookEndpointCreated(WebhookEndpoint):
+    secret: str
+    """`whsec_...`: shown at creation and rotation only."""
+
+
+class WebhookEndpointList(Model):
+    endpoints: list[WebhookEndpoint]
+
+
+class WebhookSecretRotate(Model):
+    grace_s: int = Field(default=86_400, ge=0, le=7 * 86_400)
+    """Seconds the previous secret keeps signing beside the new one."""
+
+
+class WebhookSecret(Model):
+    endpoint_id: str
+    secret: str
+    previous_secret_expires_at: datetime | None
+
+
+class WebhookAttempt(Model):
+    attempt_id: int
+    message_id: str
+    attempt: int
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    at: datetime
+    next_attempt_at: datetime | None
+    """When the next attempt is due (None: delivered, or retries exhausted)."""
+
+
+class WebhookAttemptList(Model):
+    attempts: list[WebhookAttempt]
+    """Newest first."""
+
+
+class WebhookQueued(Model):
+    message_id: str
+    endpoint_id: str

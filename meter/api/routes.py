@@ -38,6 +38,7 @@ from meter.engine.types import CheckResult, Reason
 from meter.errors import InvalidInput, NotFound, OrgQuarantined, Unavailable
 from meter.health import HEALTH
 from meter.money import format_credits
+from meter.webhooks import routes as webhook_routes
 from schemas import api
 from schemas.events import format_time
 
@@ -569,3 +570,4 @@ ROUTES: list[Route] = [
 ROUTES += reports.ROUTES
 ROUTES += plan_routes.ROUTES
 ROUTES += readable.ROUTES
+ROUTES += webhook_routes.ROUTES

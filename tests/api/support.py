@@ -102,6 +102,9 @@ def sample_request(
             "OnDemandCapUpdate": {"cap": "10"},
             "AlertThresholdsUpdate": {"shared_pool": [10]},
             "DefaultAlertThresholdsUpdate": {"shared_pool": [10]},
+            "WebhookEndpointCreate": {"url": "http://127.0.0.1:9/hook", "event_types": ["alert.*"]},
+            "WebhookEndpointUpdate": {"description": "x"},
+            "WebhookSecretRotate": {"grace_s": 60},
         }
         body = samples[route.request.__name__]
     return path, body, headers
