@@ -595,3 +595,15 @@ class IngestResponse(Model):
 class Health(Model):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = {}
+
+
+# --- the calling key ------------------------------------------------------------------------
+
+
+class WhoAmI(Model):
+    """The key a request was made with: what the dashboard opens after sign-in."""
+
+    key_id: str
+    scope: Literal["admin", "billing", "org_admin", "product"]
+    org_id: str | None
+    """The key's organization; null for `admin` and `billing` keys."""
