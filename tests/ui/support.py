@@ -134,15 +134,17 @@ async def sign_in(page: Page, meter: MeterRun, key: str) -> None:
     await page.goto(meter.url + "/ui/")
     await page.get_by_test_id("key").fill(key)
     await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_function("document.body.dataset.ready")
+    await page.wait_for_selector(
+        "body[data-ready]:not([data-ready='']):not([data-ready=signin])", state="attached"
+    )
 
 
 async def opened(page: Page, url: str, name: str) -> None:
     """Go to `url` (a dashboard hash route) and wait until page `name` is drawn."""
     await page.evaluate("document.body.dataset.ready = ''")
     await page.goto(url)
-    await page.wait_for_function(
-        f"['{name}', 'error'].includes(document.body.dataset.ready)", timeout=30_000
+    await page.wait_for_selector(
+        f"body[data-ready={name}], body[data-ready=error]", state="attached", timeout=30_000
     )
 
 

@@ -82,12 +82,14 @@ function signInForm(message) {
     }
   });
   main.replaceChildren(form);
+  document.body.dataset.ready = "signin";
   key.focus();
 }
 
 async function chooseOrg() {
   const box = h("div", { class: "panel signin", "data-testid": "choose-org" }, h("h1", {}, "Choose an organization"));
   main.replaceChildren(box);
+  document.body.dataset.ready = "choose-org";
   try {
     const list = await call("/v1/orgs");
     const orgs = list.organizations || list.orgs || [];
@@ -97,7 +99,7 @@ async function chooseOrg() {
     }
     return;
   } catch (e) {
-    if (!(e instanceof ApiError) || ![404, 405].includes(e.status)) {
+    if (!(e instanceof ApiError) || ![403, 404, 405].includes(e.status)) {
       box.append(h("p", { class: "error" }, explain(e)));
     }
   }

@@ -28,5 +28,5 @@ export async function render(el, { org }) {
         h("td", {}, c.published_at ? when(c.published_at) : "not yet"))))));
   }
   el.append(h("h2", {}, "Alerts this period"), crossingList(await crossings(org, thresholds)),
-    h("p", { class: "muted" }, `Thresholds: members ${thresholds.member.join(", ") || "none"}% of their limit; billing groups ${thresholds.billing_group.join(", ") || "none"}% of their period limit; shared pool at ${thresholds.shared_pool.join(", ") || "none"}% left.`));
+    h("p", { class: "muted" }, `Thresholds: members ${thresholds.member.percents.join(", ") || "none"}% of their limit; billing groups ${thresholds.billing_group.percents.join(", ") || "none"}% of their period limit; shared pool at ${thresholds.shared_pool.percents.join(", ") || "none"}% left.`));
 }

@@ -52,13 +52,13 @@ export async function crossings(org, thresholds) {
   for (const g of groups.billing_groups) {
     const pct = percent(used[g.billing_group_id] ?? "0", g.period_limit);
     if (pct === null) continue;
-    const hit = thresholds.billing_group.filter((t) => pct >= t).pop();
+    const hit = thresholds.billing_group.percents.filter((t) => pct >= t).pop();
     if (hit !== undefined) out.push({ subject: `Billing group ${g.name}`, text: `${pct}% of its period limit used (threshold ${hit}%)` });
   }
   const pool = sharedPool(grants.grants, balances.balances);
   const leftPct = percent(pool.left, pool.granted);
   if (leftPct !== null) {
-    const hit = thresholds.shared_pool.filter((t) => leftPct <= t).shift();
+    const hit = thresholds.shared_pool.percents.filter((t) => leftPct <= t).shift();
     if (hit !== undefined) out.push({ subject: "Shared pool", text: `${leftPct}% left (threshold ${hit}%)` });
   }
   return out;
