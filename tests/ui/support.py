@@ -37,6 +37,13 @@ def chromium_path() -> str:
     return path
 
 
+def grouped(text: str) -> str:
+    """A credits string as the dashboard writes it: thousands grouped, the fraction kept."""
+    sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
+    whole, _, frac = digits.partition(".")
+    return f"{sign}{int(whole):,}" + (f".{frac}" if frac else "")
+
+
 def ok(response: httpx.Response, status: int = 200) -> dict[str, object]:
     assert response.status_code == status, response.text
     body: dict[str, object] = response.json() if response.content else {}

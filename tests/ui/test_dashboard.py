@@ -11,17 +11,10 @@ import pytest_asyncio
 from client.support import ADMIN_KEY, MeterRun, wait_totals
 from playwright.async_api import Page, expect
 
-from ui.support import Org, make_org, ok, opened, screenshot, send_usage, sign_in
+from ui.support import Org, grouped, make_org, ok, opened, screenshot, send_usage, sign_in
 
 MICRO = 1_000_000
 MEMBERS = 120
-
-
-def grouped(text: str) -> str:
-    """A credits string as the dashboard writes it: thousands grouped, the fraction kept."""
-    sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
-    whole, _, frac = digits.partition(".")
-    return f"{sign}{int(whole):,}" + (f".{frac}" if frac else "")
 
 
 def usage() -> dict[str, list[int]]:

@@ -12,20 +12,13 @@ const COLUMNS = [
   ["used", "Used", "num"], ["limit", "Limit", "num"], ["share", "Share used", "num"],
 ];
 
-/** Every member total of the current period (the report pages through them, 1,000 at a time). */
-export async function memberTotals(org) {
-  const out = [];
-  let after = "";
-  let period = null;
-  for (;;) {
-    const query = new URLSearchParams({ limit: "1000" });
-    if (after) query.set("after", after);
-    const page = await call(`${base(org)}/reports/members?${query}`);
-    period = page.period;
-    out.push(...page.members);
-    if (!page.next_after) return { period, members: out };
-    after = page.next_after;
-  }
+const STEP = 1000;
+
+/** One page of the report's member totals of the current period (1,000 members). */
+function reportPage(org, after) {
+  const query = new URLSearchParams({ limit: String(STEP) });
+  if (after) query.set("after", after);
+  return call(`${base(org)}/reports/members?${query}`);
 }
 
 function compare(key) {
@@ -39,14 +32,16 @@ function compare(key) {
   };
 }
 
+/** Drawn once the first report page is in (the first 1,000 members by id); the rest load page
+ * by page behind it, the table redrawn as each arrives, in the sort and search chosen so far. */
 export async function render(el, { org }) {
   const b = base(org);
-  const [list, groups, totals] = await Promise.all([
-    call(`${b}/members`), call(`${b}/billing-groups`), memberTotals(org),
+  const [list, groups, first] = await Promise.all([
+    call(`${b}/members`), call(`${b}/billing-groups`), reportPage(org, ""),
   ]);
   const groupName = Object.fromEntries(groups.billing_groups.map((g) => [g.billing_group_id, g.name]));
   const byId = new Map(list.members.map((m) => [m.member_id, m]));
-  const rows = totals.members.map((t) => {
+  const row = (t) => {
     const m = byId.get(t.member_id);
     const limit = m ? m.member_limit : null;
     const share = percent(t.totals.credits, limit);
@@ -61,7 +56,9 @@ export async function render(el, { org }) {
         share,
       },
     };
-  });
+  };
+  const rows = first.members.map(row);
+  const loading = h("span", { class: "muted", "data-testid": "member-loading" });
   const state = { key: "used", desc: true, query: "", page: 0 };
   const search = h("input", { type: "search", placeholder: "Search name, email, id, group", "data-testid": "member-search" });
   const info = h("span", { class: "muted", "data-testid": "member-count" });
@@ -93,6 +90,7 @@ export async function render(el, { org }) {
       h("td", { class: "num" }, r.share === null ? bar(null) : h("span", {}, bar(r.share), `${r.share}%`)))));
     pageInfo.textContent = `Page ${state.page + 1} of ${pages}`;
     info.textContent = `${view.length.toLocaleString("en-US")} of ${rows.length.toLocaleString("en-US")} members`;
+    loading.textContent = after ? `loading usage: ${rows.length.toLocaleString("en-US")} of about ${list.members.length.toLocaleString("en-US")} members read…` : "";
     prev.disabled = state.page === 0;
     next.disabled = state.page >= pages - 1;
     head.replaceChildren(...COLUMNS.map(([key, label, cls]) => h("th", { class: cls },
@@ -107,12 +105,25 @@ export async function render(el, { org }) {
   search.addEventListener("input", () => { state.query = search.value; state.page = 0; draw(); });
   prev.addEventListener("click", () => { state.page -= 1; draw(); });
   next.addEventListener("click", () => { state.page += 1; draw(); });
+  let after = first.next_after;
   draw();
-  el.append(h("h1", {}, "Members"), periodLine(totals.period));
+  el.append(h("h1", {}, "Members"), periodLine(first.period));
   if (!rows.length) {
     el.append(empty("No members yet: add them with POST /v1/orgs/{org}/members (an org_admin key may)."));
     return;
   }
-  el.append(h("div", { class: "toolbar" }, search, info, prev, pageInfo, next),
+  el.append(h("div", { class: "toolbar" }, search, info, prev, pageInfo, next, loading),
     h("table", { "data-testid": "members" }, h("thead", {}, head), body));
+  (async () => {
+    while (after) {
+      const page = await reportPage(org, after);
+      if (!el.isConnected) return;  // the person went elsewhere
+      rows.push(...page.members.map(row));
+      after = page.next_after;
+      sorted = sortRows();
+      draw();
+    }
+    window.__meterComplete = performance.now();
+    document.body.dataset.complete = "members";
+  })().catch((e) => { loading.className = "error"; loading.textContent = e.message; });
 }
