@@ -73,7 +73,7 @@ async def test_members_sort_search_and_page(page: Page, meter: MeterRun, org: Or
     first = table.locator("tbody tr").first
     assert await first.get_attribute("data-member") == "m119"
     assert await first.locator("[data-col=used]").inner_text() == "119.25"
-    await screenshot(page, "members")
+    await screenshot(page, "members", full_page=False)
     await table.locator("[data-sort=used]").click()  # ascending
     assert await table.locator("tbody tr").first.get_attribute("data-member") == "m002"
     await table.locator("[data-sort=name]").click()
@@ -220,3 +220,17 @@ async def test_sign_out_forgets_the_key(page: Page, meter: MeterRun, org: Org) -
     await page.get_by_test_id("key").fill("mk_" + "x" * 43)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_test_id("signin-error")).not_to_be_empty()
+
+
+async def test_a_member_moves_to_another_billing_group(
+    page: Page, meter: MeterRun, org: Org
+) -> None:
+    await sign_in(page, meter, org.org_admin_key)
+    await opened(page, f"{meter.url}/ui/#/{org.org_id}/member/m003", "member")
+    await expect(page.get_by_test_id("group-select")).to_have_value("ops")
+    await page.get_by_test_id("group-select").select_option("eng")
+    await page.get_by_test_id("group-form").get_by_role("button", name="Save").click()
+    await expect(page.get_by_test_id("group-form-message")).to_have_text("Saved")
+    with api(meter, org.org_admin_key) as client:
+        member = ok(client.get(f"/v1/orgs/{org.org_id}/members/m003"))
+    assert member["billing_group_id"] == "eng"
