@@ -143,3 +143,27 @@ async def test_overview_and_members_of_10000_members(
     print(f"sort + search: {await page.evaluate('performance.now()') - started:.0f} ms")
     for times in (overview, members, complete):
         assert statistics.median(times) < BOUND_MS, times
+
+
+async def test_a_past_period_of_the_billing_groups(
+    page: Page, meter: MeterRun, org_admin_key: str
+) -> None:
+    with httpx.Client(
+        base_url=meter.url, headers={"authorization": f"Bearer {org_admin_key}"}, timeout=30
+    ) as client:
+        periods = ok(client.get(f"/v1/orgs/{ORG}/reports/periods"))["periods"]
+        assert isinstance(periods, list) and len(periods) == 2
+        past = periods[1]["period"]["start"][:10]
+        report = ok(client.get(f"/v1/orgs/{ORG}/reports/billing-groups", params={"period": past}))
+    groups = report["billing_groups"]
+    assert isinstance(groups, list)
+    g00 = next(g for g in groups if g["billing_group_id"] == "g00")
+    await sign_in(page, meter, org_admin_key)
+    await page.goto(f"{meter.url}/ui/#/{ORG}/billing-groups")
+    await page.wait_for_selector("body[data-ready=billing-groups]", state="attached")
+    await page.evaluate("document.body.dataset.ready = ''")
+    await page.get_by_test_id("period-select").select_option(past)
+    await page.wait_for_selector("body[data-ready=billing-groups]", state="attached")
+    assert page.url.endswith(f"/billing-groups/{past}")
+    used = page.locator("[data-group=g00] [data-col=used]")
+    assert await used.inner_text() == grouped(g00["totals"]["credits"])
