@@ -148,13 +148,14 @@ async def test_overview_and_members_of_10000_members(
 async def test_a_past_period_of_the_billing_groups(
     page: Page, meter: MeterRun, org_admin_key: str
 ) -> None:
-    with httpx.Client(
+    async with httpx.AsyncClient(
         base_url=meter.url, headers={"authorization": f"Bearer {org_admin_key}"}, timeout=30
     ) as client:
-        periods = ok(client.get(f"/v1/orgs/{ORG}/reports/periods"))["periods"]
+        periods = ok(await client.get(f"/v1/orgs/{ORG}/reports/periods"))["periods"]
         assert isinstance(periods, list) and len(periods) == 2
         past = periods[1]["period"]["start"][:10]
-        report = ok(client.get(f"/v1/orgs/{ORG}/reports/billing-groups", params={"period": past}))
+        path = f"/v1/orgs/{ORG}/reports/billing-groups"
+        report = ok(await client.get(path, params={"period": past}))
     groups = report["billing_groups"]
     assert isinstance(groups, list)
     g00 = next(g for g in groups if g["billing_group_id"] == "g00")
