@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean chromium
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,7 +20,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check meter consumers schemas tests clients/python
 	$(BIN)/mypy
 
-test: lint
+# The dashboard tests drive Debian's Chromium (or the one METER_CHROMIUM names).
+CHROMIUM := $(or $(METER_CHROMIUM),/usr/bin/chromium)
+
+chromium:
+	@test -x "$(CHROMIUM)" || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: lint chromium
 	$(BIN)/pytest
 
 bench: $(STAMP)

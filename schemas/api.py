@@ -790,3 +790,15 @@ class WebhookAttemptList(Model):
 class WebhookQueued(Model):
     message_id: str
     endpoint_id: str
+
+
+# --- the calling key ------------------------------------------------------------------------
+
+
+class WhoAmI(Model):
+    """The key a request was made with: what the dashboard opens after sign-in."""
+
+    key_id: str
+    scope: Literal["admin", "billing", "org_admin", "product"]
+    org_id: str | None
+    """The key's organization; null for `admin` and `billing` keys."""

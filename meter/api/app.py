@@ -35,6 +35,7 @@ from meter.admin import AdminService, run_reconciler
 from meter.admin.clock import now_ms
 from meter.admin.issuance import SeatPeriods
 from meter.admin.reconcile import repair
+from meter.api import ui
 from meter.api.http import (
     Access,
     Call,
@@ -55,6 +56,7 @@ from meter.engine.types import EngineInputError
 from meter.errors import (
     InvalidInput,
     MeterError,
+    NotFound,
     PayloadTooLarge,
     Unavailable,
     UnsupportedMediaType,
@@ -63,6 +65,7 @@ from meter.logging import log_request
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.supervise import cancel_and_wait
+from meter.ui.assets import is_ui
 
 log = structlog.get_logger("meter.api")
 
@@ -388,7 +391,13 @@ class App:
             )
 
     async def _dispatch(self, scope: Scope_, receive: Receive, method: str, path: str) -> Response:
-        route, params = self.router.match(method, path)
+        try:
+            route, params = self.router.match(method, path)
+        except NotFound:
+            if not is_ui(path):
+                raise
+            scope["meter.route"] = ui.ROUTE
+            return ui.serve(method, path, scope["headers"])
         scope["meter.route"] = route.path
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query: bytes = scope.get("query_string", b"")

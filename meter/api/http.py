@@ -270,6 +270,8 @@ class Access:
     """The `{org_id}` of the path, with one of the route's scopes (admin always)."""
     BODY_ORG = "body_org"
     """The organization named in the body: the handler checks it with `require_org`."""
+    KEY = "key"
+    """Any valid key, of every scope (it only learns about itself)."""
 
 
 @dataclass(frozen=True, slots=True)

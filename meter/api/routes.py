@@ -571,3 +571,15 @@ ROUTES += reports.ROUTES
 ROUTES += plan_routes.ROUTES
 ROUTES += readable.ROUTES
 ROUTES += webhook_routes.ROUTES
+
+
+async def whoami(call: Call) -> Response:
+    """The calling key's id, scope and organization (any valid key)."""
+    who = call.who
+    return model_response(api.WhoAmI(key_id=who.key_id, scope=who.scope.value, org_id=who.org_id))
+
+
+ROUTES.append(
+    Route("GET", "/v1/whoami", whoami, "The calling key: its id, scope and organization",
+          Access.KEY, response=api.WhoAmI, tag="keys")
+)  # fmt: skip

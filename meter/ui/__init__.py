@@ -1,0 +1,1 @@
+"""The organization dashboard: static pages served by the API process at `/ui/`."""
