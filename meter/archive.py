@@ -376,10 +376,16 @@ async def _write(
     for query in (SETTLEMENT_ROWS, LINE_ROWS):
         # A cursor closed by name: the partitions are detached after it, in this transaction.
         await conn.execute(f"DECLARE archive_rows NO SCROLL CURSOR FOR {query.format(**tables)}")
+        # Each slice is compressed in a thread while the next one is fetched.
+        pending: asyncio.Future[None] | None = None
         while rows := await conn.fetch(f"FETCH {FETCH_ROWS} FROM archive_rows"):
-            await asyncio.to_thread(out.add, [r[0] for r in rows])
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(asyncio.to_thread(out.add, [r[0] for r in rows]))
             if shown is not None:
                 shown.advance(len(rows))
+        if pending is not None:
+            await pending
         await conn.execute("CLOSE archive_rows")
     if shown is not None:
         shown.close()

@@ -319,3 +319,35 @@ def test_months_are_parsed_strictly() -> None:
     for bad in ("2026-13", "2026-3", "march", "2026-03-01"):
         with pytest.raises(ValueError):
             arc.parse_month(bad)
+
+
+async def test_partitions_ahead_take_the_rows_of_the_default_partition(migrated_dsn: str) -> None:
+    conn = await asyncpg.connect(migrated_dsn)
+    try:
+        t = dt.datetime(2031, 1, 1, tzinfo=dt.UTC)
+        await conn.execute(
+            "INSERT INTO settlements (key, org_id, member_id, period_start, period_end,"
+            " event_time, credits, unfunded) VALUES ('k', 'o', 'm', $1, $1, $1, 5, 0)",
+            t,
+        )
+        await conn.execute(
+            "INSERT INTO settlement_lines (key, org_id, bucket_id, kind, amount, period_start)"
+            " VALUES ('k', 'o', 'b', 'seat', 5, $1)",
+            t,
+        )
+        assert await conn.fetchval("SELECT count(*) FROM settlements_default") == 1
+        await conn.execute(
+            "INSERT INTO settlement_archives (month, file, sha256, settlements, lines, credits,"
+            " kept) VALUES ('2031-02-01', 'f', 'x', 0, 0, 0, false)"
+        )
+        # January and March (February is archived), for both tables.
+        assert await conn.fetchval("SELECT meter_ensure_partitions($1, 3)", t) == 4
+        assert await conn.fetchval("SELECT meter_ensure_partitions($1, 3)", t) == 0
+        assert await conn.fetchval("SELECT to_regclass('settlements_2031_02')") is None
+        assert await conn.fetchval("SELECT count(*) FROM settlements_default") == 0
+        assert await conn.fetchval("SELECT count(*) FROM settlement_lines_default") == 0
+        assert await conn.fetchval("SELECT count(*) FROM settlements_2031_01") == 1
+        assert await conn.fetchval("SELECT count(*) FROM settlement_lines_2031_01") == 1
+        assert await conn.fetchval("SELECT count(*) FROM settlements_2031_03") == 0
+    finally:
+        await conn.close()
