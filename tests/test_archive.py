@@ -22,6 +22,7 @@ import pytest
 from meter import archive as arc
 from meter.engine.types import Kind, Line, Period, Settlement, VoidResult
 from meter.migrate import discover, migrate
+from meter.rebuild import SELECT_LEFT
 from meter.reports.export import export
 from meter.reports.service import Reports
 from meter.settings import Settings
@@ -208,6 +209,18 @@ async def test_archive_writes_the_rows_and_reports_still_answer(
         }
         _, _, stream = await export(reports, "org-0", f"{MONTHS[0]:%Y-%m-%d}", None)
         csv_before = b"".join([chunk async for chunk in stream])
+        # A long-lived shared bucket drawn from in every month: what the rebuild finds left.
+        for org in ("org-0", "org-1"):
+            await conn.execute(
+                "INSERT INTO credit_grants (org_id, bucket_id, kind, amount, valid_from,"
+                " expires_at) VALUES ($1, $1 || '-b2', 'shared', 10000000000, $2, $3)",
+                org, MONTHS[0], dt.datetime(2099, 1, 1, tzinfo=dt.UTC),
+            )  # fmt: skip
+        left = {
+            org: await conn.fetch(SELECT_LEFT + " ORDER BY 1", org, MONTHS[0])
+            for org in ("org-0", "org-1")
+        }
+        assert all(r["left_"] < 10_000_000_000 for rs in left.values() for r in rs)
         drawn = await conn.fetch(
             "SELECT org_id, bucket_id, sum(amount) FROM settlement_lines"
             " WHERE period_start < $1 GROUP BY 1, 2 ORDER BY 1, 2",
@@ -240,6 +253,8 @@ async def test_archive_writes_the_rows_and_reports_still_answer(
         assert await conn.fetchval("SELECT count(*) FROM settlement_keys") == 400
         kept = await conn.fetch("SELECT * FROM archived_bucket_drawn ORDER BY 1, 2")
         assert [tuple(r) for r in kept] == [tuple(r) for r in drawn]
+        for org, was in left.items():
+            assert await conn.fetch(SELECT_LEFT + " ORDER BY 1", org, MONTHS[0]) == was
         for (org, m), totals in before.items():
             assert await reports.org_totals(org, f"{MONTHS[m]:%Y-%m-%d}") == totals
             assert totals.totals.events > 0
