@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import gzip
 import hashlib
+import io
 import random
 import shutil
 from pathlib import Path
@@ -366,3 +367,28 @@ async def test_partitions_ahead_take_the_rows_of_the_default_partition(migrated_
         assert await conn.fetchval("SELECT count(*) FROM settlements_2031_03") == 0
     finally:
         await conn.close()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise() -> None:
+    tty = _Terminal()
+    bar = arc.Progress("2026-01", 100, tty)
+    for _ in range(10):
+        bar.advance(10)
+    bar.close()
+    assert tty.getvalue().startswith("\r2026-01 [")
+    assert "100/100 rows" in tty.getvalue() and "rows/s" in tty.getvalue()
+    assert tty.getvalue().endswith("\n")
+
+    log = io.StringIO()
+    plain = arc.Progress("2026-01", 100, log)
+    for _ in range(20):
+        plain.advance(5)
+    plain.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 10 and "\r" not in log.getvalue()
+    assert lines[-1].startswith("2026-01: 100/100 rows (100%), ")
