@@ -49,6 +49,9 @@ log = structlog.get_logger("meter.archive")
 FETCH_ROWS = 5000
 """Rows read per round trip while writing a file."""
 
+DETACH_LOCK_TIMEOUT_S = 10.0
+"""How long detaching waits for the parent tables' exclusive lock before giving up."""
+
 _PARTITION = re.compile(r"^settlements_(\d{4})_(\d{2})$")
 
 # -- SQL ----------------------------------------------------------------------------------------
@@ -147,6 +150,12 @@ class TotalsMismatch(ArchiveError):
     """The month's rows do not add up to the totals reports are served from."""
 
     code = "archive_totals_mismatch"
+
+
+class LockTimeout(ArchiveError):
+    """Other transactions held the settlement tables too long; run it again later."""
+
+    code = "archive_lock_timeout"
 
 
 class PeriodOpen(ArchiveError):
@@ -347,11 +356,17 @@ async def _archive_month(
         credits = await conn.fetchval(
             RECORD.format(**tables), month, str(path), digest, settlements, lines, keep
         )
-        for parent in ("settlements", "settlement_lines"):
-            table = tables["settlements" if parent == "settlements" else "lines"]
-            await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {table}")
-            if not keep:
-                await conn.execute(f"DROP TABLE {table}")
+        # Detaching locks the parent exclusively, and writers queue behind a waiting lock:
+        # give up rather than stall settlement behind a long query.
+        await conn.execute(f"SET LOCAL lock_timeout = '{int(DETACH_LOCK_TIMEOUT_S * 1000)}ms'")
+        try:
+            for parent, table in (("settlements", tables["settlements"]),
+                                  ("settlement_lines", tables["lines"])):  # fmt: skip
+                await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {table}")
+                if not keep:
+                    await conn.execute(f"DROP TABLE {table}")
+        except asyncpg.LockNotAvailableError as exc:
+            raise LockTimeout(f"{label}: the partitions could not be detached: {exc}") from exc
     log.info(
         "month archived", month=label, settlements=settlements, lines=lines, file=str(path),
         kept=keep,

@@ -392,3 +392,26 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise() -> None:
     lines = log.getvalue().splitlines()
     assert len(lines) == 10 and "\r" not in log.getvalue()
     assert lines[-1].startswith("2026-01: 100/100 rows (100%), ")
+
+
+async def test_archive_gives_up_when_the_tables_stay_busy(
+    migrated_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _settled_world(migrated_dsn)
+    monkeypatch.setattr(arc, "DETACH_LOCK_TIMEOUT_S", 0.2)
+    reader = await asyncpg.connect(migrated_dsn)
+    conn = await asyncpg.connect(migrated_dsn)
+    try:
+        busy = reader.transaction()
+        await busy.start()
+        await reader.fetchval("SELECT count(*) FROM settlements")  # a long report, say
+        with pytest.raises(arc.LockTimeout):
+            await arc.archive(migrated_dsn, dt.date(2026, 2, 1), tmp_path)
+        assert await conn.fetchval("SELECT count(*) FROM settlement_archives") == 0
+        assert await conn.fetchval("SELECT count(*) FROM settlements_2026_01") > 0
+        await busy.rollback()
+        report = await arc.archive(migrated_dsn, dt.date(2026, 2, 1), tmp_path)
+        assert [a.month for a in report.archived] == [dt.date(2026, 1, 1)]
+    finally:
+        await reader.close()
+        await conn.close()
