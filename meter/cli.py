@@ -69,6 +69,10 @@ COMMANDS: dict[str, Command] = {
     ),
     "export": Command("meter.reports.cli:configure_export", "CSV export of a period's usage"),
     "bench": Command("meter.bench.command:configure", "benchmarks (engine, pipeline, ...)"),
+    "archive": Command(
+        "meter.archive:configure",
+        "verify closed months of settlements, write them to files, detach their partitions",
+    ),
 }
 
 RUN_COMPONENTS: list[str] = [

@@ -7,7 +7,8 @@ Per organization (`rebuild_org`):
 2. configuration and live grants: the admin reconciler (`meter.admin.reconcile_org`); then every
    grant of the snapshot the balances are read from, including those that expired within the
    org's grace window (an event of a period still open may draw from them);
-3. credits left per bucket: grant amount - sum(settlement_lines) + credits returned by voids;
+3. credits left per bucket: grant amount - sum(settlement_lines) (with the sums of archived
+   months' lines) + credits returned by voids;
 4. counters of the current period (and of the previous one while it is in its grace window) from
    the period totals, which voids keep in step (`meter.store.record_void`): `member:<id>` all
    drawn, `member_shared:<id>` shared drawn, `group:<id>`, `drawn`, `unfunded`. The engine
@@ -80,8 +81,11 @@ SELECT * FROM credit_grants WHERE org_id = $1 AND expires_at > $2 ORDER BY grant
 
 SELECT_LEFT = """
 WITH drawn AS (
-    SELECT bucket_id, sum(amount) AS amount FROM settlement_lines
-    WHERE org_id = $1 GROUP BY bucket_id
+    SELECT bucket_id, sum(amount) AS amount FROM (
+        SELECT bucket_id, amount FROM settlement_lines WHERE org_id = $1
+        UNION ALL  -- lines of archived months (meter/archive.py)
+        SELECT bucket_id, drawn FROM archived_bucket_drawn WHERE org_id = $1
+    ) AS d GROUP BY bucket_id
 ), returned AS (
     SELECT r.item->>'bucket_id' AS bucket_id, sum((r.item->>'amount')::bigint) AS amount
     FROM voids v, jsonb_array_elements(v.returned) AS r(item)

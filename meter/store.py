@@ -17,7 +17,10 @@
 `record_void` records a void and takes its settlement back out of every total.
 
 Settlements are identified by (organization, key) (0011_settlement_identity.sql): the same
-source + id in two organizations are two events.
+source + id in two organizations are two events. `settlements` and `settlement_lines` are
+partitioned by month of period start (0017_settlement_partitions.sql); the identity lives in the
+unpartitioned `settlement_keys`, written first in every batch (its unique violation is what sends
+a batch down the careful path), and the store has each month's partitions created ahead.
 
 Tables: schemas/migrations/0002_settlements.sql, and the reporting totals of
 0004_reports.sql (member x billing group x period, organization x day), voids of 0006_voids.sql.
@@ -32,11 +35,14 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
+import structlog
 
 from meter.engine.redis import KIND_CODE, SEP, encode_settlement
 from meter.engine.types import Kind, Line, Settlement, VoidResult
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+log = structlog.get_logger("meter.store")
 
 
 def ms_to_datetime(ms: int) -> dt.datetime:
@@ -84,7 +90,8 @@ _STAGE_COLUMNS = (
     "shared",
     "on_demand",
 )
-_LINE_COLUMNS = ("key", "org_id", "bucket_id", "kind", "amount")
+_LINE_COLUMNS = ("key", "org_id", "bucket_id", "kind", "amount", "period_start")
+_KEY_COLUMNS = ("org_id", "key", "period_start")
 _SETTLEMENT_COLUMNS = _STAGE_COLUMNS[:14]
 """The columns of `settlements` a batch writes (`settled_at` is the server's clock)."""
 _TOTAL_COLUMNS = (
@@ -113,7 +120,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_settlements (
     seat bigint, personal bigint, shared bigint, on_demand bigint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_lines (
-    key text, org_id text, bucket_id text, kind text, amount bigint
+    key text, org_id text, bucket_id text, kind text, amount bigint, period_start timestamptz
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_totals (
     org_id text, member_id text, billing_group text,
@@ -123,11 +130,16 @@ CREATE TEMP TABLE IF NOT EXISTS stage_totals (
 ) ON COMMIT DELETE ROWS;
 """
 
-# Settlements are identified by (org_id, key): the primary key of 0011, which this join reads.
+# Settlements are identified by (org_id, key): the primary key of `settlement_keys` (0017),
+# which outlives the archived months of the partitioned `settlements`.
 EXISTING_KEYS = """
 SELECT s.org_id, s.key FROM unnest($1::text[], $2::text[]) AS w(org_id, key)
-JOIN settlements s ON s.org_id = w.org_id AND s.key = w.key
+JOIN settlement_keys s ON s.org_id = w.org_id AND s.key = w.key
 """
+
+# The monthly partitions of a month and the two after it (0017_settlement_partitions.sql).
+ENSURE_PARTITIONS = "SELECT meter_ensure_partitions($1, 3)"
+PARTITIONS_AHEAD = 3
 
 ENSURE_OFFSETS = """
 INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)
@@ -191,21 +203,27 @@ def _add_totals(source: str, sums: str, day: str) -> str:
 
 
 MOVE_STAGED = f"""
-WITH ins AS (
+WITH keys AS (
+    INSERT INTO settlement_keys (org_id, key, period_start)
+    SELECT org_id, key, period_start FROM stage_settlements
+    ORDER BY org_id, key
+    ON CONFLICT (org_id, key) DO NOTHING
+    RETURNING org_id, key
+), ins AS (
     INSERT INTO settlements (key, org_id, member_id, billing_group, period_start, period_end,
                              event_time, credits, unfunded, member_limited, group_limited, late,
                              reservation_id, attributes)
-    SELECT key, org_id, member_id, billing_group, period_start, period_end, event_time, credits,
-           unfunded, member_limited, group_limited, late, reservation_id, attributes
-    FROM stage_settlements
+    SELECT DISTINCT ON (org_id, key) key, org_id, member_id, billing_group, period_start,
+           period_end, event_time, credits, unfunded, member_limited, group_limited, late,
+           reservation_id, attributes
+    FROM stage_settlements JOIN keys USING (org_id, key)
     ORDER BY org_id, key
-    ON CONFLICT (org_id, key) DO NOTHING
     RETURNING org_id, key
 ), fresh AS (
     SELECT s.* FROM stage_settlements s JOIN ins USING (org_id, key)
 ), lines AS (
-    INSERT INTO settlement_lines (key, org_id, bucket_id, kind, amount)
-    SELECT l.key, l.org_id, l.bucket_id, l.kind, l.amount
+    INSERT INTO settlement_lines (key, org_id, bucket_id, kind, amount, period_start)
+    SELECT l.key, l.org_id, l.bucket_id, l.kind, l.amount, l.period_start
     FROM stage_lines l JOIN ins USING (org_id, key)
 ), {_add_totals("fresh", _SUMS, "(event_time AT TIME ZONE 'UTC')::date")}
 SELECT count(*) FROM ins
@@ -266,7 +284,7 @@ def stage_rows(items: Iterable[Encoded]) -> tuple[list[tuple[Any, ...]], list[tu
         for i in range(9, len(f) - 2, 3):
             code, amount = f[i + 1], int(f[i + 2])
             by_kind[_CODE_SLOT[code]] += amount
-            lines.append((key, org_id, f[i], _CODE_KIND[code], amount))
+            lines.append((key, org_id, f[i], _CODE_KIND[code], amount, instant(f[3])))
         rows.append(
             (
                 key, org_id, f[0], f[5], instant(f[3]), instant(f[4]), instant(f[2]), int(f[1]),
@@ -321,13 +339,14 @@ def batch_rows(items: Iterable[Encoded]) -> BatchRows:
         total[0] += 1
         total[1] += credits
         total[6] += unfunded
+        period_start = instant(start)
         for i in range(9, len(f) - 2, 3):
             code, amount = f[i + 1], int(f[i + 2])
             total[code_slot[code]] += amount
-            lines.append((key, org_id, f[i], code_kind[code], amount))
+            lines.append((key, org_id, f[i], code_kind[code], amount, period_start))
         rows.append(
             (
-                key, org_id, member_id, group, instant(start), instant(end_text),
+                key, org_id, member_id, group, period_start, instant(end_text),
                 instant(time_text), credits, unfunded, *flag_bits[f[7]], f[8] or None,
                 attributes,
             )
@@ -358,6 +377,7 @@ class SettlementStore:
         self._dsn = dsn
         self._command_timeout_s = command_timeout_s
         self._pool: asyncpg.Pool | None = None
+        self._months: set[tuple[int, int]] = set()
 
     async def open(self) -> None:
         if self._pool is None:
@@ -389,6 +409,23 @@ class SettlementStore:
         if self._pool is None:
             raise RuntimeError("SettlementStore is not open")
         return self._pool
+
+    async def _ensure_partitions(self, starts: Iterable[dt.datetime]) -> None:
+        """Have the monthly partitions of the months of `starts` (and the months after them)
+        created, once per month and store. Rows of a month without its partition go to the
+        DEFAULT partition, so a failure here is logged and the write goes on."""
+        months = {(s.year, s.month) for s in starts} - self._months
+        for year, month in sorted(months):
+            try:
+                await self.pool.execute(
+                    ENSURE_PARTITIONS, dt.datetime(year, month, 1, tzinfo=dt.UTC)
+                )
+            except asyncpg.PostgresError as exc:
+                log.warning("partitions not created", month=f"{year}-{month:02}", error=str(exc))
+                continue
+            for ahead in range(PARTITIONS_AHEAD):
+                y, m = divmod(year * 12 + month - 1 + ahead, 12)
+                self._months.add((y, m + 1))
 
     async def existing_keys(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """The (organization, key) pairs among `keys` that are already settled."""
@@ -453,9 +490,15 @@ class SettlementStore:
                 await _advance(conn, group_id, topic, offsets)
             return 0
         rows = batch_rows(items)
+        await self._ensure_partitions({r[4] for r in rows.settlements})
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 await _advance(conn, group_id, topic, offsets)
+                await conn.copy_records_to_table(
+                    "settlement_keys",
+                    records=[(r[1], r[0], r[4]) for r in rows.settlements],
+                    columns=_KEY_COLUMNS,
+                )
                 await conn.copy_records_to_table(
                     "settlements", records=rows.settlements, columns=_SETTLEMENT_COLUMNS
                 )
@@ -527,8 +570,9 @@ v AS (
            coalesce(sum(l.amount) FILTER (WHERE l.kind = 'shared'), 0) AS shared,
            coalesce(sum(l.amount) FILTER (WHERE l.kind = 'on_demand'), 0) AS on_demand
     FROM due JOIN settlements s ON s.key = due.key AND s.org_id = due.org_id
-    LEFT JOIN settlement_lines l ON l.org_id = s.org_id AND l.key = s.key
-    GROUP BY s.org_id, s.key
+    LEFT JOIN settlement_lines l
+        ON l.org_id = s.org_id AND l.key = s.key AND l.period_start = s.period_start
+    GROUP BY s.org_id, s.key, s.period_start
 ), member_totals AS (
     UPDATE member_period_totals AS t SET {_SUB}
     FROM (SELECT org_id, member_id, period_start, {_SUMS} FROM v GROUP BY 1, 2, 3)

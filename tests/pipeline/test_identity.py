@@ -100,7 +100,12 @@ async def test_migration_keeps_existing_settlements(pg_dsn_clean: str, tmp_path:
 
         assert "0011" in await migrate(pg_dsn_clean)
         await conn.execute(insert, "org-b", t)
-        await conn.execute(line, "org-b")
+        # Lines carry their settlement's period since 0017.
+        line = (
+            "INSERT INTO settlement_lines (key, org_id, bucket_id, kind, amount, period_start)"
+            " VALUES ('//s e-1', $1, 'b', 'seat', 5, $2)"
+        )
+        await conn.execute(line, "org-b", t)
         with pytest.raises(asyncpg.UniqueViolationError):
             await conn.execute(insert, "org-a", t)
         rows = await conn.fetch("SELECT org_id, key FROM settlements ORDER BY org_id")
