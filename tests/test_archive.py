@@ -133,7 +133,8 @@ async def test_migration_moves_an_existing_install(pg_dsn_clean: str, tmp_path: 
         before_l = await rows(conn, LINES_JSON)
         shared_before = await conn.fetch("SELECT * FROM shared_bucket_drawn ORDER BY 1, 2")
 
-        assert await migrate(pg_dsn_clean) == ["0017"]
+        applied = await migrate(pg_dsn_clean)
+        assert applied[0] == "0017" and applied == sorted(applied)
 
         assert await rows(conn, SETTLEMENTS_JSON) == before_s
         starts = {(r["org_id"], r["key"]): r["period_start"] for r in before_s}
