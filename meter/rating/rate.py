@@ -1,0 +1,114 @@
+"""Rating as a pure function: `rate(usage, card)` gives the credits of one event, exactly.
+
+The one rounding rule: per dimension, quantity x rate is exact in pico-credits (every rate is an
+integer number of pico-credits per unit); the event's pico-credits are summed, then rounded once
+to the micro-credit, half up. Nothing is rounded per dimension, so the order of dimensions and
+the split of a quantity across them change nothing beyond that one rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from meter.rating.card import PICOS_PER_MICRO, RateCard
+from meter.rating.dimensions import Usage
+
+UNRATED: Final = "unrated"
+"""Dead-letter reason of usage no card prices."""
+
+
+class Unrated(Exception):
+    """Usage the card cannot price: the model matches no rule (and the card has no default), or
+    a dimension with a quantity has no rate."""
+
+    code = UNRATED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class RatedLine:
+    dimension: str
+    quantity: int
+    picos_per_unit: int
+    picos: int
+    """quantity x picos_per_unit: exact."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """The credits of one event and how they came about."""
+
+    credits: int
+    """Micro-credits: the lines' pico-credits summed, rounded half up once."""
+    version: int
+    model: str
+    rule: str | None
+    """The model rule that priced it; None for the card's default rates."""
+    lines: tuple[RatedLine, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """What a settlement records (column `rating`): exact decimals as strings."""
+        return {
+            "card_version": self.version,
+            "model": self.model,
+            "rule": self.rule,
+            "credits": format_picos(self.credits * PICOS_PER_MICRO),
+            "lines": [
+                {
+                    "dimension": line.dimension,
+                    "quantity": line.quantity,
+                    "rate_per_million": format_picos(line.picos_per_unit * 1_000_000),
+                    "credits": format_picos(line.picos),
+                }
+                for line in self.lines
+            ],
+        }
+
+    def json_text(self) -> str:
+        return orjson.dumps(self.to_json()).decode()
+
+
+def round_picos(picos: int) -> int:
+    """Pico-credits to micro-credits, half up (picos are never negative)."""
+    return (picos + PICOS_PER_MICRO // 2) // PICOS_PER_MICRO
+
+
+def format_picos(picos: int) -> str:
+    """Pico-credits as an exact decimal number of credits: 1_500_000_000_000 -> "1.5"."""
+    whole, frac = divmod(picos, 10**12)
+    if not frac:
+        return str(whole)
+    return f"{whole}.{frac:012d}".rstrip("0")
+
+
+def rate(usage: Usage, card: RateCard) -> Rating:
+    """The credits of `usage` under `card`; `Unrated` when the card cannot price it."""
+    rule = card.rule_for(usage.model)
+    if rule is not None:
+        rates = card.models[rule]
+    elif card.default is not None:
+        rates = card.default
+    else:
+        raise Unrated(f"model {usage.model!r} has no rate in card version {card.version}")
+    lines: list[RatedLine] = []
+    total = 0
+    for dimension, quantity in usage.quantities.items():
+        r = rates.get(dimension)
+        if r is None:
+            if quantity:
+                raise Unrated(
+                    f"card version {card.version} has no {dimension} rate for {usage.model!r}"
+                )
+            continue
+        per_unit = r.picos
+        picos = quantity * per_unit
+        total += picos
+        lines.append(RatedLine(dimension, quantity, per_unit, picos))
+    lines.sort(key=lambda line: line.dimension)
+    return Rating(round_picos(total), card.version, usage.model, rule, tuple(lines))
