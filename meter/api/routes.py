@@ -22,6 +22,7 @@ from meter import metrics
 from meter.admin import alert_thresholds
 from meter.api import bodies, ingest, reports
 from meter.api import plans as plan_routes
+from meter.api import rating as rating_routes
 from meter.api.http import (
     NO_CONTENT,
     Access,
@@ -156,10 +157,11 @@ async def absent_org(call: Call, org_id: str, reason: Reason) -> None:
 
 
 async def check(call: Call) -> Response:
-    org_id, member_id, credits = bodies.check_body(call.body)
+    org_id, member_id, amount = bodies.check_body(call.body)
     call.who.require_org(org_id, *QUOTA)
     app = call.app
     now = app.clock()
+    credits = amount if isinstance(amount, int) else await rating_routes.rated(call, org_id, amount)
     if not app.seats.covers(org_id, now):
         await app.issue_seats(org_id, now)
     result = await app.engine.check(org_id, member_id, credits, now)
@@ -170,11 +172,12 @@ async def check(call: Call) -> Response:
 
 
 async def reserve(call: Call) -> Response:
-    org_id, member_id, credits, ttl_ms, reservation_id = bodies.reserve_body(call.body)
+    org_id, member_id, amount, ttl_ms, reservation_id = bodies.reserve_body(call.body)
     call.who.require_org(org_id, *QUOTA)
     app = call.app
     reservation_id = reservation_id or "res_" + secrets.token_hex(12)
     now = app.clock()
+    credits = amount if isinstance(amount, int) else await rating_routes.rated(call, org_id, amount)
     if not app.seats.covers(org_id, now):
         await app.issue_seats(org_id, now)
     result = await app.engine.reserve(org_id, member_id, credits, now, reservation_id, ttl_ms)
@@ -561,3 +564,4 @@ ROUTES: list[Route] = [
 ]  # fmt: skip
 ROUTES += reports.ROUTES
 ROUTES += plan_routes.ROUTES
+ROUTES += rating_routes.ROUTES

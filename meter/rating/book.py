@@ -19,6 +19,7 @@ import orjson
 
 from meter.errors import InvalidInput, NotFound
 from meter.rating.card import RateCard, card_from_json
+from meter.rating.rate import Unrated
 
 Scope = tuple[str, str | None]
 """(plan, organization or None for the plan's own card)."""
@@ -144,6 +145,7 @@ class CardCache:
         self.book = CardBook(())
         self.check_interval_s = check_interval_s
         self._checked_at = float("-inf")
+        self._plans: dict[str, tuple[str, float]] = {}
 
     async def refresh(
         self, conn: asyncpg.Connection | asyncpg.Pool, *, force: bool = False
@@ -159,6 +161,24 @@ class CardCache:
         if (count, newest) != (self.book.size, self.book.version):
             self.book = await load_book(conn)
         return self.book
+
+    async def card_for_org(self, pool: asyncpg.Pool, org_id: str, time_ms: int) -> RateCard:
+        """The card rating `org_id`'s usage at `time_ms` (the organization's plan is also
+        remembered for `check_interval_s`); `NotFound` (`unknown_org`), `Unrated`."""
+        book = await self.refresh(pool)
+        now = time.monotonic()
+        known = self._plans.get(org_id)
+        if known is None or now - known[1] >= self.check_interval_s:
+            plan_id = (await org_plans(pool, [org_id])).get(org_id)
+            if plan_id is None:
+                raise NotFound(f"organization {org_id!r} is not known", code="unknown_org")
+            if len(self._plans) >= 65536:
+                self._plans.clear()
+            known = self._plans[org_id] = (plan_id, now)
+        card = book.card_for(known[0], org_id, time_ms)
+        if card is None:
+            raise Unrated(f"plan {known[0]!r} has no rate card in force")
+        return card
 
 
 async def org_plans(

@@ -102,6 +102,7 @@ def sample_request(
             "OnDemandCapUpdate": {"cap": "10"},
             "AlertThresholdsUpdate": {"shared_pool": [10]},
             "DefaultAlertThresholdsUpdate": {"shared_pool": [10]},
+            "RateCardCreate": {"effective_from": FAR, "models": {}},
         }
         body = samples[route.request.__name__]
     return path, body, headers
