@@ -119,6 +119,28 @@ async def create_card(
     return _stored(row)
 
 
+INSERT_FIRST_CARD = """
+INSERT INTO rate_cards (plan_id, org_id, effective_from, body, note)
+SELECT $1, NULL, to_timestamp(0), $2::jsonb, $3
+WHERE NOT EXISTS (SELECT 1 FROM rate_cards WHERE plan_id = $1 AND org_id IS NULL)
+"""
+
+
+async def ensure_first_card(
+    conn: asyncpg.Connection | asyncpg.Pool, plan_id: str, body: Mapping[str, Any], note: str
+) -> None:
+    """Give `plan_id` the card `body`, effective from 1970, unless it has a card already (a
+    preset's first card, `meter.plans.presets.preset_rate_cards`)."""
+    card_from_json(body, version=0, plan_id=plan_id, org_id=None, effective_from_ms=0)
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as c:
+            await ensure_first_card(c, plan_id, body, note)
+        return
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('rate_cards:' || $1))", plan_id)
+        await conn.execute(INSERT_FIRST_CARD, plan_id, orjson.dumps(body).decode(), note)
+
+
 async def list_cards(pool: asyncpg.Pool, plan_id: str) -> list[StoredCard]:
     if await pool.fetchval(PLAN_EXISTS, plan_id) is None:
         raise NotFound(f"no plan {plan_id!r}", code="unknown_plan")

@@ -123,3 +123,33 @@ async def test_check_and_reserve_in_usage_terms(app: App, admin: httpx.AsyncClie
         "/v1/check", json={"org_id": "no-org", "member_id": "alice", "usage": usage}
     )
     assert r.status_code == 404
+
+
+async def test_preset_plans_come_with_their_rate_card(app: App, admin: httpx.AsyncClient) -> None:
+    r = await admin.get("/v1/plans/requests/rate-cards")
+    assert r.status_code == 200, r.text
+    (card,) = r.json()["rate_cards"]
+    assert card["default"] == {"requests": {"micros_per_unit": 1_000_000}}
+    r = await admin.get("/v1/plans/teams/rate-cards")
+    (teams,) = r.json()["rate_cards"]
+    assert "EXAMPLE" in teams["note"]
+    # A plan made from the `requests` preset: one request = one credit, whatever the model.
+    org = await make_org(admin, plan={"preset": "requests", "name": "Requests"})
+    plan = await _plan_of(admin, org)
+    r = await admin.get(f"/v1/plans/{plan}/rate-cards")
+    assert [c["models"] for c in r.json()["rate_cards"]] == [{}]
+    await admin.post(f"/v1/orgs/{org}/members", json={"member_id": "alice"})
+    await admin.post(
+        f"/v1/orgs/{org}/grants",
+        json={"kind": "shared", "amount": "2", "expires_at": "2099-01-01T00:00:00Z"},
+    )
+    usage = {"model": "any-model", "requests": 2}
+    r = await admin.post("/v1/check", json={"org_id": org, "member_id": "alice", "usage": usage})
+    assert r.status_code == 200, r.text
+    assert r.json()["allowed"] is True
+    # 300 included requests and 2 shared credits: 1,000 requests are more than that.
+    r = await admin.post(
+        "/v1/check",
+        json={"org_id": org, "member_id": "alice", "usage": {**usage, "requests": 1000}},
+    )
+    assert r.json()["reason"] is not None
