@@ -168,8 +168,12 @@ class _World:
         self, n: int, prefix: str, time_ms: int | None = None, *, usage: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
         orgs, members = self.orgs, self.members
-        rated = Usage("bench-large-1", {"input_tokens": 1000, "output_tokens": 200})
         for i in range(n):
+            # Token counts vary per event, as they do for real (500..1499 in, 100..299 out).
+            rated = Usage(
+                "bench-large-1",
+                {"input_tokens": 500 + i * 7919 % 1000, "output_tokens": 100 + i * 104729 % 200},
+            )
             org = orgs[i % len(orgs)]
             yield (
                 org.encode(),
