@@ -21,10 +21,9 @@ SETTINGS = Settings()
 
 
 def _raw(usage: Any = None, credits: Any = None, *, both: bool = False) -> bytes:
-    doc = orjson.loads(
-        encode_event(event_id="e1", source="//t", org_id="o", member_id="m", credits=1,
-                     time_ms=NOW)  # fmt: skip
-    )
+    raw = encode_event(event_id="e1", source="//t", org_id="o", member_id="m", credits=1,
+                       time_ms=NOW)  # fmt: skip
+    doc = orjson.loads(raw)
     if usage is not None:
         doc["data"]["usage"] = usage
         if not both:
