@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from meter.api.http import Access, Call, Response, Route, model_response, parse_body
 from meter.auth import Scope
-from meter.errors import InvalidInput
+from meter.errors import InvalidInput, NotFound
 from meter.rating.book import StoredCard, create_card, get_card, list_cards
 from meter.rating.dimensions import Usage
 from meter.rating.rate import Unrated, rate
@@ -15,12 +15,15 @@ from schemas import api
 
 async def rated(call: Call, org_id: str, usage: Usage) -> int:
     """Micro-credits of a usage estimate under `org_id`'s card in force now; `InvalidInput`
-    (`unrated`) when the card cannot price it, `NotFound` for an unknown organization."""
+    (`unrated`) when the card cannot price it. An organization PostgreSQL does not know rates
+    to 0, so the engine answers `unknown_org` as it does for credits."""
     try:
         card = await call.app.cards.card_for_org(call.app.pool, org_id, call.app.clock())
         return rate(usage, card).credits
     except Unrated as exc:
         raise InvalidInput(exc.message, code="unrated") from None
+    except NotFound:
+        return 0
 
 
 def _out(stored: StoredCard) -> api.RateCardOut:
