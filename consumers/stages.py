@@ -7,7 +7,7 @@ No I/O here; `consumers.settle` runs these between the Kafka, Redis and PostgreS
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -184,7 +184,9 @@ def _rate_one(
         return UNRATED, exc.message
     if rating.credits > maximum:
         return "invalid_credits", f"usage rates to more than the {maximum} micro-credits allowed"
-    kept.append(replace(ev, credits=rating.credits))
+    kept.append(
+        UsageEvent(ev.key, ev.org_id, ev.member_id, rating.credits, ev.time_ms, ev.reservation_id)
+    )
     decoded.ratings.setdefault(identity, rating.json_text())
     return None
 

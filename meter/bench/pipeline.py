@@ -414,10 +414,11 @@ async def _bench(
         rate_full = (done - first) / elapsed
         cpu_share = (_cpu_s() - cpu) / elapsed
         print(f"pipeline: {rate_full:,.0f} events/s", file=sys.stderr, flush=True)
+        cpu_per_event = (_cpu_s() - cpu) / max(1, done - first)
         rate_usage: float | None = None
         if usage_events:
             # The usage events follow the credit events in every partition.
-            mark, at = done, time.perf_counter()
+            mark, at, cpu = done, time.perf_counter(), _cpu_s()
             total = events + usage_events
             while True:
                 done = await _settled_count(conn, run.consumer_group, topic)
@@ -425,6 +426,7 @@ async def _bench(
                     break
                 await asyncio.sleep(0.05)
             rate_usage = (done - mark) / (time.perf_counter() - at)
+            usage_cpu_per_event = (_cpu_s() - cpu) / max(1, done - mark)
             print(f"pipeline, usage events: {rate_usage:,.0f} events/s", file=sys.stderr)
 
         # Lag at a fixed offered rate, offered and watched from another process (as producers
@@ -446,6 +448,8 @@ async def _bench(
             "usage_events": usage_events,
             "usage_events_per_s": round(rate_usage),
             "usage_to_credit_ratio": round(rate_usage / rate_full, 3),
+            "credit_cpu_us_per_event": round(cpu_per_event * 1e6, 1),
+            "usage_cpu_us_per_event": round(usage_cpu_per_event * 1e6, 1),
         }
     return {
         "events": events,

@@ -38,11 +38,12 @@ class Rate:
 
     micros: int
     per: Literal["unit", "million"]
+    picos: int = field(init=False, compare=False)
+    """Pico-credits per unit: exact for both forms."""
 
-    @property
-    def picos(self) -> int:
-        """Pico-credits per unit: exact for both forms."""
-        return self.micros * PICOS_PER_MICRO if self.per == "unit" else self.micros
+    def __post_init__(self) -> None:
+        picos = self.micros * PICOS_PER_MICRO if self.per == "unit" else self.micros
+        object.__setattr__(self, "picos", picos)
 
     def to_json(self) -> dict[str, int]:
         return {"micros_per_unit" if self.per == "unit" else "micros_per_million": self.micros}

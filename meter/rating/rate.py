@@ -9,7 +9,7 @@ the split of a quantity across them change nothing beyond that one rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -31,8 +31,7 @@ class Unrated(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class RatedLine:
+class RatedLine(NamedTuple):
     dimension: str
     quantity: int
     picos_per_unit: int
@@ -54,29 +53,36 @@ class Rating:
 
     def to_json(self) -> dict[str, Any]:
         """What a settlement records (column `rating`): exact decimals as strings."""
-        return {
-            "card_version": self.version,
-            "model": self.model,
-            "rule": self.rule,
-            "credits": format_picos(self.credits * PICOS_PER_MICRO),
-            "lines": [
-                {
-                    "dimension": line.dimension,
-                    "quantity": line.quantity,
-                    "rate_per_million": format_picos(line.picos_per_unit * 1_000_000),
-                    "credits": format_picos(line.picos),
-                }
-                for line in self.lines
-            ],
-        }
+        doc: dict[str, Any] = orjson.loads(self.json_text())
+        return doc
 
     def json_text(self) -> str:
-        return orjson.dumps(self.to_json()).decode()
+        """`to_json` as JSON text, written directly (the consumer makes one per usage event).
+        Model names and rules hold no character JSON escapes (`MODEL_PATTERN`, `RULE_PATTERN`)."""
+        rule = "null" if self.rule is None else f'"{self.rule}"'
+        lines = ",".join(
+            f'{{"dimension":"{d}","quantity":{q},'
+            f'"rate_per_million":"{format_picos(r * 1_000_000)}","credits":"{format_picos(p)}"}}'
+            for d, q, r, p in self.lines
+        )
+        return (
+            f'{{"card_version":{self.version},"model":"{self.model}","rule":{rule},'
+            f'"credits":"{format_micros(self.credits)}","lines":[{lines}]}}'
+        )
+
+
+_HALF = PICOS_PER_MICRO // 2
 
 
 def round_picos(picos: int) -> int:
     """Pico-credits to micro-credits, half up (picos are never negative)."""
     return (picos + PICOS_PER_MICRO // 2) // PICOS_PER_MICRO
+
+
+def format_micros(micros: int) -> str:
+    """Micro-credits as an exact decimal number of credits: 1_500_000 -> "1.5"."""
+    whole, frac = divmod(micros, PICOS_PER_MICRO)
+    return f"{whole}.{frac:06d}".rstrip("0") if frac else str(whole)
 
 
 def format_picos(picos: int) -> str:
@@ -110,5 +116,5 @@ def rate(usage: Usage, card: RateCard) -> Rating:
         picos = quantity * per_unit
         total += picos
         lines.append(RatedLine(dimension, quantity, per_unit, picos))
-    lines.sort(key=lambda line: line.dimension)
-    return Rating(round_picos(total), card.version, usage.model, rule, tuple(lines))
+    lines.sort()
+    return Rating((total + _HALF) // PICOS_PER_MICRO, card.version, usage.model, rule, tuple(lines))
