@@ -8,7 +8,6 @@ the split of a quantity across them change nothing beyond that one rounding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -39,8 +38,11 @@ class RatedLine(NamedTuple):
     """quantity x picos_per_unit: exact."""
 
 
-@dataclass(frozen=True, slots=True)
-class Rating:
+_rate_texts: dict[int, str] = {}
+"""Rates (pico-credits per unit) seen, as credits per million units."""
+
+
+class Rating(NamedTuple):
     """The credits of one event and how they came about."""
 
     credits: int
@@ -60,11 +62,19 @@ class Rating:
         """`to_json` as JSON text, written directly (the consumer makes one per usage event).
         Model names and rules hold no character JSON escapes (`MODEL_PATTERN`, `RULE_PATTERN`)."""
         rule = "null" if self.rule is None else f'"{self.rule}"'
-        lines = ",".join(
-            f'{{"dimension":"{d}","quantity":{q},'
-            f'"rate_per_million":"{format_picos(r * 1_000_000)}","credits":"{format_picos(p)}"}}'
-            for d, q, r, p in self.lines
-        )
+        texts = _rate_texts
+        parts = []
+        for d, q, r, p in self.lines:
+            rate_text = texts.get(r)
+            if rate_text is None:
+                if len(texts) >= 4096:
+                    texts.clear()
+                rate_text = texts[r] = format_picos(r * 1_000_000)
+            parts.append(
+                f'{{"dimension":"{d}","quantity":{q},"rate_per_million":"{rate_text}",'
+                f'"credits":"{format_picos(p)}"}}'
+            )
+        lines = ",".join(parts)
         return (
             f'{{"card_version":{self.version},"model":"{self.model}","rule":{rule},'
             f'"credits":"{format_micros(self.credits)}","lines":[{lines}]}}'
@@ -116,5 +126,6 @@ def rate(usage: Usage, card: RateCard) -> Rating:
         picos = quantity * per_unit
         total += picos
         lines.append(RatedLine(dimension, quantity, per_unit, picos))
-    lines.sort()
+    if len(lines) > 1:
+        lines.sort()
     return Rating((total + _HALF) // PICOS_PER_MICRO, card.version, usage.model, rule, tuple(lines))
