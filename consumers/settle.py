@@ -188,11 +188,11 @@ class SettleConsumer:
         self.stall_after_s = stall_after_s
         """With records waiting, how long without a batch written before readiness fails."""
         self.issue_seats = issue_seats
+        """Issue a period's seats before settling its first events (`SeatPeriods`)."""
         self.max_event_credits = MAX_AMOUNT
         """Most credits a usage event may rate to (`Settings.max_event_credits`, capped)."""
         self.cards = CardCache(check_interval_s=0.0)
         """Rate cards, checked for a new version in each batch that holds usage events."""
-        """Issue a period's seats before settling its first events (`SeatPeriods`)."""
         self.seats: SeatPeriods | None = None
         self._seats_pool: asyncpg.Pool | None = None
         self._progress_at = time.monotonic()

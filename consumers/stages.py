@@ -138,9 +138,9 @@ def rate_batch(decoded: Decoded, book: CardBook, plans: Mapping[str, str], maxim
     usages = decoded.usages
     if not usages:
         return
-    for org_id in [
-        o for o in decoded.by_org if any((o, e.key) in usages for e in decoded.by_org[o])
-    ]:
+    for org_id in sorted({o for o, _ in usages}):
+        if org_id not in decoded.by_org:
+            continue  # its events were settled already
         plan_id = plans.get(org_id)
         kept: list[UsageEvent] = []
         failed: dict[Identity, tuple[str, str]] = {}
