@@ -673,3 +673,28 @@ class RateCardOut(Model):
 
 class RateCardList(Model):
     rate_cards: list[RateCardOut]
+
+
+class DimensionUsage(Model):
+    quantity: int
+    credits: str
+    """Exact credits of this dimension's lines, summed (a decimal, up to 12 fractional digits)."""
+
+
+class ModelUsage(Model):
+    model: str
+    events: int
+    credits: CreditsOut
+    """Credits the events were charged (each rated and rounded once)."""
+    dimensions: dict[str, DimensionUsage]
+
+
+class UsageByModel(Model):
+    """Rated usage of a period by model and dimension (events that carried credits are not in
+    it; the period totals count them)."""
+
+    org_id: str
+    member_id: str | None
+    period_start: datetime
+    period_end: datetime
+    models: list[ModelUsage]

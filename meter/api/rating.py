@@ -3,12 +3,17 @@ is immutable), and the rating of a check's or reservation's usage estimate (`met
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs
+
 from meter.api.http import Access, Call, Response, Route, model_response, parse_body
 from meter.auth import Scope
 from meter.errors import InvalidInput, NotFound
+from meter.money import format_credits
+from meter.rating import report
 from meter.rating.book import StoredCard, create_card, get_card, list_cards
 from meter.rating.dimensions import Usage
 from meter.rating.rate import Unrated, rate
+from meter.reports import Reports
 from meter.store import ms_to_datetime
 from schemas import api
 
@@ -67,8 +72,48 @@ async def get_rate_card(call: Call) -> Response:
     return model_response(_out(await get_card(call.app.pool, number)))
 
 
-A = Access.ADMIN
+async def usage_by_model(call: Call) -> Response:
+    query = _query(call)
+    org_id = call.params["org_id"]
+    period = await Reports(call.app.pool, call.app.clock).period(org_id, query.get("period"))
+    member_id = query.get("member_id")
+    models = await report.usage_by_model(call.app.pool, org_id, period.start, period.end, member_id)
+    return model_response(
+        api.UsageByModel(
+            org_id=org_id,
+            member_id=member_id,
+            period_start=period.start,
+            period_end=period.end,
+            models=[
+                api.ModelUsage(
+                    model=m["model"],
+                    events=m["events"],
+                    credits=format_credits(m["credits"]),
+                    dimensions={d: api.DimensionUsage(**v) for d, v in m["dimensions"].items()},
+                )
+                for m in models
+            ],
+        )
+    )
+
+
+def _query(call: Call) -> dict[str, str]:
+    try:
+        parsed = parse_qs(call.query.decode(), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise InvalidInput("query string is not UTF-8", code="invalid_query") from None
+    out: dict[str, str] = {}
+    for name, values in parsed.items():
+        if name not in ("period", "member_id") or len(values) != 1:
+            raise InvalidInput(f"query parameter {name[:40]!r} is unknown or repeated",
+                               code="invalid_query")  # fmt: skip
+        out[name] = values[0]
+    return out
+
+
+A, OA = Access.ADMIN, Access.ORG
 BILL = (Scope.BILLING,)
+READ = (Scope.ORG_ADMIN, Scope.BILLING)
 CARDS = "/v1/plans/{plan_id}/rate-cards"
 
 ROUTES: list[Route] = [
@@ -78,4 +123,7 @@ ROUTES: list[Route] = [
           response=api.RateCardList, tag="rating"),
     Route("GET", "/v1/rate-cards/{version}", get_rate_card, "Get one rate card version", A,
           BILL, response=api.RateCardOut, tag="rating"),
+    Route("GET", "/v1/orgs/{org_id}/reports/models", usage_by_model,
+          "Rated usage of a period by model and dimension (?period=&member_id=)", OA, READ,
+          response=api.UsageByModel, tag="reports"),
 ]  # fmt: skip

@@ -153,3 +153,18 @@ async def test_preset_plans_come_with_their_rate_card(app: App, admin: httpx.Asy
         json={"org_id": org, "member_id": "alice", "usage": {**usage, "requests": 1000}},
     )
     assert r.json()["reason"] is not None
+
+
+async def test_usage_by_model_route(app: App, admin: httpx.AsyncClient) -> None:
+    org = await make_org(admin)
+    r = await admin.get(f"/v1/orgs/{org}/reports/models")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["org_id"] == org and body["models"] == [] and body["member_id"] is None
+    r = await admin.get(f"/v1/orgs/{org}/reports/models?member_id=alice&period=current")
+    assert r.status_code == 200 and r.json()["member_id"] == "alice"
+    for query in ["?bogus=1", "?period=yesterday", "?member_id=a&member_id=b"]:
+        r = await admin.get(f"/v1/orgs/{org}/reports/models{query}")
+        assert r.status_code == 422, (query, r.text)
+    r = await admin.get("/v1/orgs/no-such-org/reports/models")
+    assert r.status_code == 404

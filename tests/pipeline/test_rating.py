@@ -9,11 +9,13 @@ from conftest import Running
 from pipeline_support import DAY_MS, World, caught_up, dlq_reasons, produce, read_topic, wait_for
 
 from meter.engine.redis import RedisEngine
+from meter.rating import report
 from meter.rating.book import create_card
 from meter.rating.card import card_from_json
 from meter.rating.dimensions import Usage
 from meter.rating.rate import rate
 from meter.settings import Settings
+from meter.store import ms_to_datetime
 from schemas.events import encode_event
 
 PLAN_CARD = {
@@ -144,3 +146,35 @@ async def test_usage_events_are_rated_and_recorded(
     rows = await _rows(dsn)
     assert rows["//rate after"][0] == 1235 * 2 + 1000 + 333 * 3
     assert rows["//rate after"][1]["card_version"] == v3.card.version  # type: ignore[index]
+
+    # Rated usage by model and dimension: exact sums of the lines, charged credits per model.
+    by_model = await report.usage_by_model(
+        pool, "org-0", ms_to_datetime(t - DAY_MS), ms_to_datetime(t + DAY_MS)
+    )
+    assert by_model == [
+        {
+            "model": "gpt-4o-2024-08-06",
+            "events": 2,
+            "credits": 7668 + 1235 * 2 + 1000 + 333 * 3,
+            "dimensions": {
+                "cached_input_tokens": {"quantity": 2000, "credits": "0.00225"},
+                "input_tokens": {"quantity": 2470, "credits": "0.0055575"},
+                "output_tokens": {"quantity": 666, "credits": "0.004329"},
+            },
+        },
+        {
+            "model": "gpt-4o-mini-2024-07-18",
+            "events": 1,
+            "credits": 5,
+            "dimensions": {
+                "input_tokens": {"quantity": 5, "credits": "0.00000075"},
+                "output_tokens": {"quantity": 7, "credits": "0.0000042"},
+            },
+        },
+    ]
+    assert (
+        await report.usage_by_model(
+            pool, "org-0", ms_to_datetime(t - DAY_MS), ms_to_datetime(t + DAY_MS), "nobody"
+        )
+        == []
+    )
