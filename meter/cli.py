@@ -69,6 +69,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "export": Command("meter.reports.cli:configure_export", "CSV export of a period's usage"),
     "bench": Command("meter.bench.command:configure", "benchmarks (engine, pipeline, ...)"),
+    "rerate": Command("meter.rating.rerate:configure", "re-rate a window under corrected cards"),
 }
 
 RUN_COMPONENTS: list[str] = [

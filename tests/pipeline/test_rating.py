@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
+from aiokafka import AIOKafkaProducer
 from conftest import Running
 from pipeline_support import DAY_MS, World, caught_up, dlq_reasons, produce, read_topic, wait_for
 
+from meter.admin.service import AdminService
 from meter.engine.redis import RedisEngine
-from meter.rating import report
+from meter.rating import report, rerate
 from meter.rating.book import create_card
 from meter.rating.card import card_from_json
 from meter.rating.dimensions import Usage
@@ -178,3 +180,80 @@ async def test_usage_events_are_rated_and_recorded(
         )
         == []
     )
+
+
+async def test_rerate_corrects_a_window_exactly_once(
+    pipe_settings: Settings, engine: RedisEngine, running: Running, pool: asyncpg.Pool
+) -> None:
+    world = World.build(n_orgs=1, members_per_org=3, seed=12)
+    await world.apply(engine)
+    assert pipe_settings.postgres_dsn and pipe_settings.kafka_bootstrap
+    dsn, bootstrap = pipe_settings.postgres_dsn, pipe_settings.kafka_bootstrap
+    group, topic = pipe_settings.consumer_group, pipe_settings.usage_topic
+    await world.store(dsn)
+    t = world.now_ms
+    await create_card(pool, plan_id="p", org_id=None, effective_from_ms=t - 2 * DAY_MS,
+                      body=PLAN_CARD)  # fmt: skip
+    usages = [
+        Usage("gpt-4o-2024-08-06", {"input_tokens": 1000 + 7 * i, "output_tokens": 3 * i})
+        for i in range(20)
+    ]
+    items = [
+        (b"org-0", encode_event(event_id=f"u{i}", source="//rr", org_id="org-0",
+                                member_id=f"m-{1 + i % 2}", time_ms=t - i, usage=u))
+        for i, u in enumerate(usages)
+    ]  # fmt: skip
+    await produce(bootstrap, topic, items)
+    consumer = running.start(pipe_settings, engine)
+
+    async def done() -> bool:
+        return await caught_up(bootstrap, dsn, group, topic)
+
+    await wait_for(done, what="catch up")
+    corrected = {
+        "unknown_model": "error",
+        "models": {
+            "gpt-4o*": {
+                "input_tokens": {"micros_per_million": 2_000_000},
+                "output_tokens": {"micros_per_million": 8_000_000},
+            }
+        },
+    }
+    v2 = await create_card(pool, plan_id="p", org_id=None, effective_from_ms=t - 2 * DAY_MS,
+                           body=corrected)  # fmt: skip
+    found = await rerate.find(pool, "org-0", t - DAY_MS, t + DAY_MS)
+    assert len(found) == 20
+    diff = rerate.differences(found)
+    assert sum(new for _, new in diff.values()) == sum(rate(u, v2.card).credits for u in usages)
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    admin = AdminService(pool, engine)
+
+    async def send(key: bytes, value: bytes) -> None:
+        await producer.send_and_wait(topic, value=value, key=key)
+
+    async def void(org: str, key: str) -> None:
+        await admin.void(org, key, "test")
+
+    try:
+        assert await rerate.apply(found, "org-0", produce=send, void=void) == 20
+        # A run stopped before its voids is finished by the next: the copies are dropped.
+        assert await rerate.apply(found[:3], "org-0", produce=send, void=void) == 3
+    finally:
+        await producer.stop()
+    await wait_for(done, what="corrections settled")
+    await running.stop(consumer)
+    assert await rerate.find(pool, "org-0", t - DAY_MS, t + DAY_MS) == []
+
+    fresh = sum(rate(u, v2.card).credits for u in usages)
+    live = await pool.fetchval(
+        "SELECT sum(credits) FROM settlements s WHERE org_id = 'org-0' AND NOT EXISTS"
+        " (SELECT 1 FROM voids v WHERE v.org_id = s.org_id AND v.event_key = s.key"
+        " AND v.voided)"
+    )
+    totals = await pool.fetchval(
+        "SELECT sum(credits) FROM org_period_totals WHERE org_id = 'org-0'"
+    )
+    assert live == totals == fresh
+    assert await pool.fetchval("SELECT count(*) FROM settlements WHERE key LIKE '%:r%'") == 20
