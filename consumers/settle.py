@@ -52,6 +52,7 @@ from consumers.stages import (
     decode_batch,
     drop_keys,
     encode_results,
+    rate_batch,
     refused_letters,
     sort_results,
 )
@@ -63,6 +64,7 @@ from meter.engine.redis import EncodedResults, RedisEngine, settle_encoded
 from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, UsageEvent
 from meter.health import HEALTH
 from meter.quarantine import ORG_QUARANTINED
+from meter.rating.book import CardCache, org_plans
 from meter.rebuild import Recovery, quarantine_org
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
@@ -188,6 +190,10 @@ class SettleConsumer:
         """With records waiting, how long without a batch written before readiness fails."""
         self.issue_seats = issue_seats
         """Issue a period's seats before settling its first events (`SeatPeriods`)."""
+        self.max_event_credits = MAX_AMOUNT
+        """Most credits a usage event may rate to (`Settings.max_event_credits`, capped)."""
+        self.cards = CardCache(check_interval_s=0.0)
+        """Rate cards, checked for a new version in each batch that holds usage events."""
         self.seats: SeatPeriods | None = None
         self._seats_pool: asyncpg.Pool | None = None
         self._progress_at = time.monotonic()
@@ -495,13 +501,15 @@ class SettleConsumer:
 
         t0 = time.perf_counter()
         duplicates = await self._drop_settled(decoded)
+        if decoded.usages:
+            await self._retry("rate", self._rate, decoded)
         t_lookup = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         results, refused = await self._settle(decoded.by_org, now_ms())
         t_engine = time.perf_counter() - t0
 
-        sorted_ = sort_results(results, decoded.records, decoded.attributes)
+        sorted_ = sort_results(results, decoded.records, decoded.attributes, decoded.ratings)
         if (
             sorted_.dead
             and self.recovery is not None
@@ -557,6 +565,14 @@ class SettleConsumer:
         for pending in self._inflight_keys.values():
             existing.update(k for k in keys if k in pending)
         return drop_keys(decoded, existing)
+
+    async def _rate(self, decoded: Decoded) -> None:
+        """Rate the batch's usage events with the cards in force (reloaded on a new version)."""
+        orgs = sorted({org_id for org_id, _ in decoded.usages})
+        async with self.store.pool.acquire() as conn:
+            book = await self.cards.refresh(conn)
+            plans = await org_plans(conn, orgs)
+        rate_batch(decoded, book, plans, self.max_event_credits)
 
     async def _settle(
         self, by_org: dict[str, list[UsageEvent]], at_ms: int
@@ -818,7 +834,7 @@ def build_consumer(
     def decoder(raw: bytes, at_ms: int) -> DecodedEvent | EventError:
         return decode_event(raw, at_ms, settings)
 
-    return SettleConsumer(
+    consumer = SettleConsumer(
         recovery=recovery,
         bootstrap=settings.kafka_bootstrap,
         topic=settings.usage_topic,
@@ -834,6 +850,8 @@ def build_consumer(
         offset_reset=settings.offset_reset,
         stall_after_s=settings.consumer_stall_s,
     )
+    consumer.max_event_credits = min(settings.max_event_credits, MAX_AMOUNT)
+    return consumer
 
 
 @contextlib.asynccontextmanager

@@ -15,6 +15,9 @@ import orjson
 from consumers.dlq import DeadLetter
 from meter.engine.redis import EncodedResults, encode_settlement
 from meter.engine.types import Settlement, UsageEvent
+from meter.rating.book import CardBook
+from meter.rating.dimensions import Usage
+from meter.rating.rate import UNRATED, Unrated, rate
 from meter.store import Encoded
 from schemas.events import DecodedEvent, EventError
 
@@ -74,6 +77,10 @@ class Decoded:
     """Record of each event (organization, key): the first occurrence in the batch."""
     attributes: dict[Identity, str | None] = field(default_factory=dict)
     """Free attributes of each event (organization, key), as JSON text."""
+    usages: dict[Identity, Usage] = field(default_factory=dict)
+    """Usage of each event that carries it (first occurrence), until `rate_batch`."""
+    ratings: dict[Identity, str] = field(default_factory=dict)
+    """How each usage event was rated (`meter.rating.rate.Rating`), as JSON text."""
     dead: list[DeadLetter] = field(default_factory=list)
     events: int = 0
 
@@ -99,6 +106,8 @@ def decode_batch(records: Iterable[Record], decoder: Decoder, now_ms: int) -> De
                 attributes[identity] = (
                     orjson.dumps(result.attributes).decode() if result.attributes else None
                 )
+                if result.usage is not None:
+                    out.usages[identity] = result.usage
         else:
             out.dead.append(dead_letter(record, result.code, result.message))
     return out
@@ -119,6 +128,67 @@ def drop_keys(decoded: Decoded, keys: set[Identity]) -> int:
         else:
             del decoded.by_org[org_id]
     return dropped
+
+
+def rate_batch(decoded: Decoded, book: CardBook, plans: Mapping[str, str], maximum: int) -> None:
+    """Rate the usage events of `decoded` in place: each gets the credits of its card (the one
+    in force for its organization and plan at its time), and its rating is kept for the
+    settlement. What cannot be rated goes to the dead letters: `unrated` (no card, or the card
+    cannot price it), `unknown_org`, or `invalid_credits` (more than `maximum`)."""
+    usages = decoded.usages
+    if not usages:
+        return
+    for org_id in sorted({o for o, _ in usages}):
+        if org_id not in decoded.by_org:
+            continue  # its events were settled already
+        plan_id = plans.get(org_id)
+        kept: list[UsageEvent] = []
+        failed: dict[Identity, tuple[str, str]] = {}
+        for ev in decoded.by_org[org_id]:
+            identity = (org_id, ev.key)
+            usage = usages.get(identity)
+            if usage is None:
+                kept.append(ev)
+                continue
+            why = failed.get(identity)
+            if why is None:
+                why = _rate_one(decoded, identity, ev, usage, book, plan_id, maximum, kept)
+                if why is not None:
+                    failed[identity] = why
+                    decoded.dead.append(dead_letter(decoded.records[identity], *why))
+        if kept:
+            decoded.by_org[org_id] = kept
+        else:
+            del decoded.by_org[org_id]
+    usages.clear()
+
+
+def _rate_one(
+    decoded: Decoded,
+    identity: Identity,
+    ev: UsageEvent,
+    usage: Usage,
+    book: CardBook,
+    plan_id: str | None,
+    maximum: int,
+    kept: list[UsageEvent],
+) -> tuple[str, str] | None:
+    if plan_id is None:
+        return "unknown_org", f"organization {ev.org_id!r} is not known"
+    card = book.card_for(plan_id, ev.org_id, ev.time_ms)
+    if card is None:
+        return UNRATED, f"plan {plan_id!r} has no rate card in force at the event's time"
+    try:
+        rating = rate(usage, card)
+    except Unrated as exc:
+        return UNRATED, exc.message
+    if rating.credits > maximum:
+        return "invalid_credits", f"usage rates to more than the {maximum} micro-credits allowed"
+    kept.append(
+        UsageEvent(ev.key, ev.org_id, ev.member_id, rating.credits, ev.time_ms, ev.reservation_id)
+    )
+    decoded.ratings.setdefault(identity, rating.json_text())
+    return None
 
 
 Settled = tuple[list[UsageEvent], EncodedResults]
@@ -147,6 +217,7 @@ def sort_results(
     results: Mapping[str, Settled],
     records: Mapping[Identity, Record],
     attributes: Mapping[Identity, str | None],
+    ratings: Mapping[Identity, str] | None = None,
 ) -> Sorted:
     """Settlements to store (one per organization and key) and dead letters for those that did
     not settle."""
@@ -167,7 +238,15 @@ def sort_results(
                 continue
             if tag == "d":
                 out.replayed += 1
-            store.append((key, org_id, body, attributes.get(identity)))
+            store.append(
+                (
+                    key,
+                    org_id,
+                    body,
+                    attributes.get(identity),
+                    ratings.get(identity) if ratings else None,
+                )
+            )
             keys.append(key)
         if keys:
             out.keys_by_org[org_id] = keys

@@ -73,6 +73,7 @@ COMMANDS: dict[str, Command] = {
         "meter.archive:configure",
         "verify closed months of settlements, write them to files, detach their partitions",
     ),
+    "rerate": Command("meter.rating.rerate:configure", "re-rate a window under corrected cards"),
 }
 
 RUN_COMPONENTS: list[str] = [

@@ -85,6 +85,7 @@ _STAGE_COLUMNS = (
     "late",
     "reservation_id",
     "attributes",
+    "rating",
     "seat",
     "personal",
     "shared",
@@ -92,7 +93,7 @@ _STAGE_COLUMNS = (
 )
 _LINE_COLUMNS = ("key", "org_id", "bucket_id", "kind", "amount", "period_start")
 _KEY_COLUMNS = ("org_id", "key", "period_start")
-_SETTLEMENT_COLUMNS = _STAGE_COLUMNS[:14]
+_SETTLEMENT_COLUMNS = _STAGE_COLUMNS[:15]
 """The columns of `settlements` a batch writes (`settled_at` is the server's clock)."""
 _TOTAL_COLUMNS = (
     "org_id",
@@ -116,7 +117,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_settlements (
     period_start timestamptz, period_end timestamptz, event_time timestamptz,
     credits bigint, unfunded bigint,
     member_limited boolean, group_limited boolean, late boolean,
-    reservation_id text, attributes jsonb,
+    reservation_id text, attributes jsonb, rating jsonb,
     seat bigint, personal bigint, shared bigint, on_demand bigint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_lines (
@@ -212,10 +213,10 @@ WITH keys AS (
 ), ins AS (
     INSERT INTO settlements (key, org_id, member_id, billing_group, period_start, period_end,
                              event_time, credits, unfunded, member_limited, group_limited, late,
-                             reservation_id, attributes)
+                             reservation_id, attributes, rating)
     SELECT DISTINCT ON (org_id, key) key, org_id, member_id, billing_group, period_start,
            period_end, event_time, credits, unfunded, member_limited, group_limited, late,
-           reservation_id, attributes
+           reservation_id, attributes, rating
     FROM stage_settlements JOIN keys USING (org_id, key)
     ORDER BY org_id, key
     RETURNING org_id, key
@@ -243,10 +244,11 @@ SELECT 1
 
 # -- rows ---------------------------------------------------------------------------------------
 
-Encoded = tuple[str, str, str, str | None]
+Encoded = tuple[str, str, str, str | None, str | None]
 """A settlement to write: key, organization, the engine's encoding of the rest
-(`meter.engine.redis.encode_settlement`, as `settle_encoded` answers it) and the free attributes
-as JSON text (or None)."""
+(`meter.engine.redis.encode_settlement`, as `settle_encoded` answers it), the free attributes
+as JSON text (or None) and how a usage event was rated (`meter.rating.rate.Rating`) as JSON text
+(None for an event that carried credits)."""
 
 # Line kinds by their letter in the encoding: the `kind` column, and the slot of a totals row.
 _CODE_KIND = {code: kind.value for kind, code in KIND_CODE.items()}
@@ -262,7 +264,7 @@ def encoded(settlements: Iterable[tuple[Settlement, str | None]]) -> list[Encode
         enc = encode_settlement(s)
         if not enc:
             raise ValueError(f"settlement {s.key!r} did not settle")
-        out.append((s.key, s.org_id, enc, attributes))
+        out.append((s.key, s.org_id, enc, attributes, None))
     return out
 
 
@@ -278,7 +280,7 @@ def stage_rows(items: Iterable[Encoded]) -> tuple[list[tuple[Any, ...]], list[tu
             value = instants[ms] = ms_to_datetime(int(ms))
         return value
 
-    for key, org_id, enc, attributes in items:
+    for key, org_id, enc, attributes, rating in items:
         f = enc.split(SEP)
         by_kind = [0, 0, 0, 0, 0, 0]
         for i in range(9, len(f) - 2, 3):
@@ -288,7 +290,7 @@ def stage_rows(items: Iterable[Encoded]) -> tuple[list[tuple[Any, ...]], list[tu
         rows.append(
             (
                 key, org_id, f[0], f[5], instant(f[3]), instant(f[4]), instant(f[2]), int(f[1]),
-                int(f[6]), *_FLAGS[f[7]], f[8] or None, attributes, *by_kind[2:],
+                int(f[6]), *_FLAGS[f[7]], f[8] or None, attributes, rating, *by_kind[2:],
             )
         )  # fmt: skip
     return rows, lines
@@ -323,7 +325,7 @@ def batch_rows(items: Iterable[Encoded]) -> BatchRows:
             value = instants[ms] = ms_to_datetime(int(ms))
         return value
 
-    for key, org_id, enc, attributes in items:
+    for key, org_id, enc, attributes, rating in items:
         f = enc.split(SEP)
         member_id, start, end_text, group = f[0], f[3], f[4], f[5]
         credits, unfunded = int(f[1]), int(f[6])
@@ -348,7 +350,7 @@ def batch_rows(items: Iterable[Encoded]) -> BatchRows:
             (
                 key, org_id, member_id, group, period_start, instant(end_text),
                 instant(time_text), credits, unfunded, *flag_bits[f[7]], f[8] or None,
-                attributes,
+                attributes, rating,
             )
         )  # fmt: skip
     rows.sort()

@@ -18,11 +18,14 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from meter.engine.types import MAX_AMOUNT, MAX_HOLD_MS
 from meter.money import CreditsError, format_credits, parse_credits
+from meter.rating.dimensions import DIMENSIONS
+from schemas.event_model import UsageQuantities
 
 
 def _credits(value: Any) -> int:
@@ -550,16 +553,27 @@ class KeyList(Model):
 # --- quota hot path -----------------------------------------------------------------------
 
 
-class CheckRequest(Model):
-    org_id: Id
-    member_id: Id
-    credits: Credits
+class _CreditsOrUsage(Model):
+    credits: Credits | None = None
+    usage: UsageQuantities | None = None
+    """An estimate (e.g. input tokens and the maximum output tokens for a model), rated with
+    the organization's rate card in force now, instead of `credits`."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Any:
+        if (self.credits is None) == (self.usage is None):
+            raise PydanticCustomError("invalid_input", "give credits or usage, not both")
+        return self
 
 
-class ReserveRequest(Model):
+class CheckRequest(_CreditsOrUsage):
     org_id: Id
     member_id: Id
-    credits: Credits
+
+
+class ReserveRequest(_CreditsOrUsage):
+    org_id: Id
+    member_id: Id
     ttl_ms: int = Field(default=60_000, ge=1, le=MAX_HOLD_MS)
     reservation_id: Id | None = None
     """Idempotency key of the hold; generated when left out."""
@@ -802,3 +816,92 @@ class WhoAmI(Model):
     scope: Literal["admin", "billing", "org_admin", "product"]
     org_id: str | None
     """The key's organization; null for `admin` and `billing` keys."""
+
+
+# --- rate cards ---------------------------------------------------------------------------
+
+MAX_RATE_MICROS = 10**15
+
+
+class RateIn(Model):
+    """One rate: integer micro-credits per unit, or per million units (exactly one)."""
+
+    micros_per_unit: int | None = Field(default=None, ge=0, le=MAX_RATE_MICROS)
+    micros_per_million: int | None = Field(default=None, ge=0, le=MAX_RATE_MICROS)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Any:
+        if (self.micros_per_unit is None) == (self.micros_per_million is None):
+            raise PydanticCustomError(
+                "invalid_rate_card", "a rate is micros_per_unit or micros_per_million"
+            )
+        return self
+
+
+RatesIn = Annotated[
+    dict[str, RateIn],
+    Field(json_schema_extra={"propertyNames": {"enum": list(DIMENSIONS)}}),
+]
+"""Dimension -> rate."""
+
+
+class RateCardCreate(Model):
+    """A new version of a plan's rate card, or of one organization's override on that plan."""
+
+    org_id: Id | None = None
+    effective_from: AwareDatetime
+    unknown_model: Literal["error", "default"] = "error"
+    """`error`: usage of a model no rule matches is dead-lettered `unrated` (and a check with
+    it refused); `default`: it is priced at `default`."""
+    default: RatesIn | None = None
+    models: Annotated[dict[str, RatesIn], Field(max_length=1000)]
+    """Model rule (an exact name, or a pattern with `*` and `?`) -> rates. An exact name beats
+    a pattern; among patterns the longest wins."""
+    note: Text = ""
+
+    def card_body(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.model_dump(
+            include={"unknown_model", "default", "models"}, exclude_none=True
+        )
+        return out
+
+
+class RateCardOut(Model):
+    version: int
+    plan_id: str
+    org_id: str | None
+    effective_from: datetime
+    unknown_model: Literal["error", "default"]
+    default: dict[str, dict[str, int]] | None
+    models: dict[str, dict[str, dict[str, int]]]
+    note: str
+    created_at: datetime
+
+
+class RateCardList(Model):
+    rate_cards: list[RateCardOut]
+
+
+class DimensionUsage(Model):
+    quantity: int
+    credits: str
+    """Exact credits of this dimension's lines, summed (a decimal, up to 12 fractional digits)."""
+
+
+class ModelUsage(Model):
+    model: str
+    events: int
+    credits: CreditsOut
+    """Credits the events were charged (each rated and rounded once)."""
+    dimensions: dict[str, DimensionUsage]
+
+
+class UsageByModel(Model):
+    """Rated usage of a period by model and dimension (events that carried credits are not in
+    it; the period totals count them)."""
+
+    org_id: str
+    member_id: str | None
+    period_start: datetime
+    period_end: datetime
+    models: list[ModelUsage]

@@ -32,6 +32,14 @@ from pydantic_core import PydanticCustomError
 
 from meter.engine.types import MAX_AMOUNT, UsageEvent
 from meter.money import INT64_MAX, CreditsError, format_credits, parse_credits
+from meter.rating.dimensions import (
+    DIMENSIONS,
+    MAX_QUANTITY,
+    MODEL_PATTERN,
+    Usage,
+    UsageError,
+    parse_usage,
+)
 from schemas.events import (
     ATTRIBUTE_NAME_PATTERN,
     CODE_PRIORITY,
@@ -137,6 +145,51 @@ Credits = Annotated[
         }
     ),
 ]
+
+
+def _validate_usage(value: object) -> Usage:
+    if isinstance(value, dict):
+        # parse_usage refuses what is not an int; a Decimal (a JSON fraction) is not one.
+        value = {k: (str(v) if isinstance(v, Decimal) else v) for k, v in value.items()}
+    try:
+        return parse_usage(value)
+    except UsageError as exc:
+        raise PydanticCustomError("invalid_usage", "{detail}", {"detail": exc.message}) from None
+
+
+def _usage_json(usage: Usage) -> dict[str, Any]:
+    return {"model": usage.model, **usage.quantities}
+
+
+UsageQuantities = Annotated[
+    Usage,
+    PlainValidator(_validate_usage),
+    PlainSerializer(_usage_json),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "description": (
+                "Usage to be rated into credits by the organization's rate card: a model and a"
+                " non-negative integer quantity per dimension (at least one)."
+            ),
+            "properties": {
+                "model": {"type": "string", "pattern": MODEL_PATTERN},
+                **{
+                    name: {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": MAX_QUANTITY,
+                        "description": meaning,
+                    }
+                    for name, meaning in DIMENSIONS.items()
+                },
+            },
+            "required": ["model"],
+            "minProperties": 2,
+            "additionalProperties": False,
+        }
+    ),
+]
 AttributeName = Annotated[str, Field(pattern=ATTRIBUTE_NAME_PATTERN)]
 _ATTRIBUTE_SCHEMA: dict[str, Any] = {
     "anyOf": [
@@ -151,13 +204,19 @@ Attribute = Annotated[
 
 
 class UsageData(BaseModel):
-    """`data` of a usage event."""
+    """`data` of a usage event: `credits`, or `usage` to be rated."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"oneOf": [{"required": ["credits"]}, {"required": ["usage"]}]},
+    )
 
     org_id: Id
     member_id: Id
-    credits: Credits
+    credits: Credits | None = None
+    usage: UsageQuantities | None = None
     reservation_id: Id | None = None
     attributes: Annotated[
         dict[AttributeName, Attribute] | None,
@@ -177,6 +236,12 @@ class UsageData(BaseModel):
             }
         ),
     ] = None
+
+    @model_validator(mode="after")
+    def _credits_or_usage(self) -> UsageData:
+        if (self.credits is None) == (self.usage is None):
+            raise PydanticCustomError("invalid_schema", "data carries credits or usage, not both")
+        return self
 
 
 _EXTENSION_NAME = re.compile(EXTENSION_NAME_PATTERN)
@@ -265,11 +330,12 @@ class UsageEventModel(BaseModel):
                 event_key(self.source, self.id),
                 data.org_id,
                 data.member_id,
-                data.credits,
+                data.credits or 0,
                 self.time,
                 data.reservation_id,
             ),
             dict(data.attributes or {}),
+            data.usage,
         )
 
 

@@ -28,6 +28,12 @@ Rules (`EventError.code` in brackets; any rule not listed is `invalid_schema`):
   negative, at most `max_event_credits` micro-credits and never more than the engine's exact
   range `MAX_AMOUNT` [`invalid_credits`; the message names the `meter.money.CreditsError` code].
   See "Exact credits" below.
+- Instead of `data.credits`, `data.usage` (exactly one of the two [`invalid_schema`]): an object
+  ``{"model": "<name>", "<dimension>": <integer>, ...}``, rated into credits by the consumer with
+  the organization's rate card (`meter.rating`). The model is 1 to 128 characters of
+  ``A-Z a-z 0-9 . _ : @ / + -``; every other key is a dimension of
+  `meter.rating.dimensions.DIMENSIONS` holding an integer in 0..2**53-1; at least one
+  [`invalid_usage`].
 - `data.attributes`, optional, holds free attributes for reporting: at most `MAX_ATTRIBUTES`
   entries, names 1 to 64 id characters, values strings of at most 256 characters, booleans or
   finite numbers. An integer outside the int64 range becomes a float. `data` allows no other key,
@@ -74,6 +80,7 @@ import orjson
 
 from meter.engine.types import MAX_AMOUNT, UsageEvent
 from meter.money import INT64_MAX, CreditsError, format_credits, parse_credits
+from meter.rating.dimensions import Usage, UsageError, parse_usage
 
 SPECVERSION: Final = "1.0"
 EVENT_TYPE: Final = "meter.usage.v1"
@@ -109,6 +116,7 @@ CODE_PRIORITY: Final = (
     "invalid_time",
     "missing_timezone",
     "invalid_credits",
+    "invalid_usage",
     "subject_mismatch",
     "time_in_future",
 )
@@ -117,7 +125,9 @@ AttributeValue = str | bool | int | float
 CORE_ATTRIBUTES: Final = frozenset(
     {"specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data"}
 )
-DATA_KEYS: Final = frozenset({"org_id", "member_id", "credits", "reservation_id", "attributes"})
+DATA_KEYS: Final = frozenset(
+    {"org_id", "member_id", "credits", "usage", "reservation_id", "attributes"}
+)
 
 
 class EventLimits(Protocol):
@@ -143,6 +153,8 @@ class DecodedEvent(NamedTuple):
 
     event: UsageEvent
     attributes: dict[str, AttributeValue]
+    usage: Usage | None = None
+    """Set for an event that carries usage: `event.credits` is 0 until it is rated."""
 
 
 def event_key(source: str, event_id: str) -> str:
@@ -420,8 +432,12 @@ def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEv
     ):
         _bad_id("data.reservation_id")
     credits: Any = data.get("credits")
+    usage_doc = data.get("usage")
     kind = type(credits)
-    if kind is not str and kind is not int and kind is not float:
+    if usage_doc is not None:
+        if credits is not None:
+            raise _schema("data carries credits or usage, not both")
+    elif kind is not str and kind is not int and kind is not float:
         raise _schema("data.credits must be a string or a number")
     attributes = _check_attributes(data.get("attributes"))
 
@@ -429,8 +445,16 @@ def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEv
         time_ms = parse_time_ms(time_text)
     except TimeError as exc:
         raise _Invalid(exc.code, f"time: {exc.message}") from None
+    usage: Usage | None = None
     maximum = min(limits.max_event_credits, MAX_AMOUNT)
-    micro = _known_credits.get(credits) if kind is str else None
+    micro: int | None = 0
+    if usage_doc is not None:
+        try:
+            usage = parse_usage(usage_doc)
+        except UsageError as exc:
+            raise _Invalid("invalid_usage", f"data.{exc.message}") from None
+    else:
+        micro = _known_credits.get(credits) if kind is str else None
     if micro is None or micro > maximum:
         try:
             micro = parse_credits(
@@ -449,6 +473,7 @@ def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEv
     return DecodedEvent(
         UsageEvent(f"{source} {event_id}", org_id, member_id, micro, time_ms, reservation_id),
         attributes,
+        usage,
     )
 
 
@@ -461,22 +486,24 @@ def encode_event(
     source: str,
     org_id: str,
     member_id: str,
-    credits: int,
+    credits: int | None = None,
     time_ms: int,
     reservation_id: str | None = None,
     attributes: dict[str, AttributeValue] | None = None,
     credits_as: Literal["string", "number"] = "string",
+    usage: Usage | None = None,
 ) -> bytes:
-    """A usage event as bytes; `credits` in micro-credits, `time_ms` in epoch ms.
+    """A usage event as bytes; `credits` in micro-credits, or `usage` (one of the two),
+    `time_ms` in epoch ms.
 
     Credits are written exactly, as a JSON string by default or as a JSON number. Nothing is
     validated: decoding the result of valid arguments gives them back."""
-    text = format_credits(credits)
-    data: dict[str, Any] = {
-        "org_id": org_id,
-        "member_id": member_id,
-        "credits": text if credits_as == "string" else orjson.Fragment(text.encode()),
-    }
+    data: dict[str, Any] = {"org_id": org_id, "member_id": member_id}
+    if usage is not None:
+        data["usage"] = {"model": usage.model, **usage.quantities}
+    else:
+        text = format_credits(credits or 0)
+        data["credits"] = text if credits_as == "string" else orjson.Fragment(text.encode())
     if reservation_id is not None:
         data["reservation_id"] = reservation_id
     if attributes:

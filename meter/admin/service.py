@@ -285,6 +285,17 @@ class AdminService:
         """Create or refresh the shipped plan presets (`teams`, `enterprise`, ...)."""
         for plan in presets().values():
             await self.plans.put_plan(plan)
+            await self._preset_card(plan.plan_id, plan.plan_id)
+
+    async def _preset_card(self, plan_id: str, preset_id: str) -> None:
+        """A plan made from a preset gets the preset's first rate card (`rate_cards.toml`)."""
+        from meter.plans.presets import preset_rate_cards
+        from meter.rating.book import ensure_first_card
+
+        table = preset_rate_cards().get(preset_id)
+        if table is not None:
+            body = {k: v for k, v in table.items() if k != "note"}
+            await ensure_first_card(self.pool, plan_id, body, table.get("note", ""))
 
     @staticmethod
     def list_presets() -> api.PlanPresetList:
@@ -309,6 +320,8 @@ class AdminService:
             values["limit_policy"] = LimitPolicy(values["limit_policy"])
         plan = dataclasses.replace(base, **values)
         await self.plans.put_plan(plan, replace=False)
+        if body.preset is not None:
+            await self._preset_card(plan.plan_id, body.preset)
         return plan_out(*await self.plans.plan_created(plan.plan_id))
 
     async def get_plan(self, plan_id: str) -> api.Plan:

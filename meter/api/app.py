@@ -62,6 +62,7 @@ from meter.errors import (
     UnsupportedMediaType,
 )
 from meter.logging import log_request
+from meter.rating.book import CardCache
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.supervise import cancel_and_wait
@@ -159,6 +160,8 @@ class App:
         """One `request` log line per request; else only for failures (`METER_REQUEST_LOG`)."""
         self.seats_wait_s = seats_wait_s
         self.clock = now_ms
+        self.cards = CardCache(check_interval_s=1.0)
+        """Rate cards for checks and reservations in usage terms (`meter.api.rating`)."""
         self._redis: aioredis.Redis | None = None
         self._pool: asyncpg.Pool | None = None
         self._fast_redis: PipelinedRedis | None = None

@@ -5,6 +5,9 @@ parsers accept a body only when it is the plain, valid case (a JSON object with 
 model's fields, strings for ids, a string or an integer for credits, an integer `ttl_ms` in
 range) and otherwise hand the body to the model (`parse_body`), so every verdict and every error
 is the model's own. `tests/api/test_bodies.py` compares both on good and bad bodies.
+
+A body with `usage` instead of `credits` always goes through the model; the answer then holds the
+`Usage` in place of the credits, for the route to rate.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ from meter.api.http import parse_body
 from meter.engine.types import MAX_AMOUNT, MAX_HOLD_MS
 from meter.errors import MeterError
 from meter.money import parse_credits
+from meter.rating.dimensions import Usage
 from schemas import api
+
+Amount = int | Usage
+"""Micro-credits, or usage to be rated into them."""
 
 _ID = re.compile(r"[A-Za-z0-9._:@-]{1,64}").fullmatch
 """`schemas.api.Id`."""
@@ -51,8 +58,15 @@ def _object(body: bytes) -> dict[str, object] | None:
     return data if type(data) is dict else None
 
 
-def check_body(body: bytes) -> tuple[str, str, int]:
-    """`CheckRequest`: (org_id, member_id, credits in micro-credits)."""
+def _amount(model: api.CheckRequest | api.ReserveRequest) -> Amount:
+    if model.credits is not None:
+        return model.credits
+    assert model.usage is not None  # the model requires one of the two
+    return model.usage
+
+
+def check_body(body: bytes) -> tuple[str, str, Amount]:
+    """`CheckRequest`: (org_id, member_id, credits in micro-credits or usage)."""
     data = _object(body)
     if data is not None and len(data) == 3 and data.keys() == _CHECK_KEYS:
         org_id, member_id = data["org_id"], data["member_id"]
@@ -61,11 +75,12 @@ def check_body(body: bytes) -> tuple[str, str, int]:
             if credits is not None:
                 return org_id, member_id, credits  # type: ignore[return-value]
     model = parse_body(api.CheckRequest, body)
-    return model.org_id, model.member_id, model.credits
+    return model.org_id, model.member_id, _amount(model)
 
 
-def reserve_body(body: bytes) -> tuple[str, str, int, int, str | None]:
-    """`ReserveRequest`: (org_id, member_id, credits, ttl_ms, reservation_id or None)."""
+def reserve_body(body: bytes) -> tuple[str, str, Amount, int, str | None]:
+    """`ReserveRequest`: (org_id, member_id, credits or usage, ttl_ms, reservation_id or
+    None)."""
     data = _object(body)
     if data is not None and data.keys() <= _RESERVE_KEYS:
         org_id, member_id = data.get("org_id"), data.get("member_id")
@@ -83,7 +98,7 @@ def reserve_body(body: bytes) -> tuple[str, str, int, int, str | None]:
             if credits is not None:
                 return org_id, member_id, credits, ttl_ms, reservation_id  # type: ignore[return-value]
     model = parse_body(api.ReserveRequest, body)
-    return model.org_id, model.member_id, model.credits, model.ttl_ms, model.reservation_id
+    return model.org_id, model.member_id, _amount(model), model.ttl_ms, model.reservation_id
 
 
 def release_body(body: bytes) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from meter import metrics
 from meter.admin import alert_thresholds, reads
 from meter.api import bodies, ingest, readable, reports
 from meter.api import plans as plan_routes
+from meter.api import rating as rating_routes
 from meter.api.http import (
     NO_CONTENT,
     Access,
@@ -157,10 +158,11 @@ async def absent_org(call: Call, org_id: str, reason: Reason) -> None:
 
 
 async def check(call: Call) -> Response:
-    org_id, member_id, credits = bodies.check_body(call.body)
+    org_id, member_id, amount = bodies.check_body(call.body)
     call.who.require_org(org_id, *QUOTA)
     app = call.app
     now = app.clock()
+    credits = amount if isinstance(amount, int) else await rating_routes.rated(call, org_id, amount)
     if not app.seats.covers(org_id, now):
         await app.issue_seats(org_id, now)
     result = await app.engine.check(org_id, member_id, credits, now)
@@ -171,11 +173,12 @@ async def check(call: Call) -> Response:
 
 
 async def reserve(call: Call) -> Response:
-    org_id, member_id, credits, ttl_ms, reservation_id = bodies.reserve_body(call.body)
+    org_id, member_id, amount, ttl_ms, reservation_id = bodies.reserve_body(call.body)
     call.who.require_org(org_id, *QUOTA)
     app = call.app
     reservation_id = reservation_id or "res_" + secrets.token_hex(12)
     now = app.clock()
+    credits = amount if isinstance(amount, int) else await rating_routes.rated(call, org_id, amount)
     if not app.seats.covers(org_id, now):
         await app.issue_seats(org_id, now)
     result = await app.engine.reserve(org_id, member_id, credits, now, reservation_id, ttl_ms)
@@ -583,3 +586,4 @@ ROUTES.append(
     Route("GET", "/v1/whoami", whoami, "The calling key: its id, scope and organization",
           Access.KEY, response=api.WhoAmI, tag="keys")
 )  # fmt: skip
+ROUTES += rating_routes.ROUTES

@@ -9,6 +9,10 @@
    the stored offsets; an event's lag runs from its time to the first moment its partition's
    stored offset (committed with its settlement) is past it: produced -> visible in PostgreSQL.
 
+With `--usage-events N`, N events carrying usage (a model and token counts, rated by the plan's
+rate card, `meter.rating`) follow the credit events on the same topic, and the pipeline's rate is
+reported for each kind: the cost of rating (target: at most 10 % below credit events).
+
 Targets (DESIGN 5): >= 30,000 events/s, lag p99 <= 500 ms at 10,000 events/s, RSS <= 300 MB.
 """
 
@@ -35,6 +39,8 @@ from consumers.settle import ConsumerOptions, settling
 from meter import alerts, metrics
 from meter.engine.redis import RedisEngine
 from meter.engine.types import MICRO, Grant, Kind, MemberConfig, OrgConfig, OrgStatus, PeriodKind
+from meter.rating.book import ensure_first_card
+from meter.rating.dimensions import Usage
 from meter.rebuild import new_epoch
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
@@ -143,14 +149,31 @@ class _World:
                 await engine.put_member(MemberConfig(org, f"m{m}"))
             for grant in self._grants(org, t):
                 await engine.apply_grant(grant)
+        # Usage events are rated by this card: 1,000 input and 200 output tokens cost 0.25.
+        card = {
+            "unknown_model": "error",
+            "models": {
+                "bench-*": {
+                    "input_tokens": {"micros_per_million": 150_000_000},
+                    "cached_input_tokens": {"micros_per_million": 15_000_000},
+                    "output_tokens": {"micros_per_million": 500_000_000},
+                }
+            },
+        }
+        await ensure_first_card(conn, self.plan, card, "bench")
         # Redis holds PostgreSQL's state, as after `meter rebuild`.
         await engine.set_epoch(new_epoch(t))
 
     def events(
-        self, n: int, prefix: str, time_ms: int | None = None
+        self, n: int, prefix: str, time_ms: int | None = None, *, usage: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
         orgs, members = self.orgs, self.members
         for i in range(n):
+            # Token counts vary per event, as they do for real (500..1499 in, 100..299 out).
+            rated = Usage(
+                "bench-large-1",
+                {"input_tokens": 500 + i * 7919 % 1000, "output_tokens": 100 + i * 104729 % 200},
+            )
             org = orgs[i % len(orgs)]
             yield (
                 org.encode(),
@@ -159,7 +182,8 @@ class _World:
                     source="//bench",
                     org_id=org,
                     member_id=f"m{(i // len(orgs)) % members}",
-                    credits=250_000,
+                    credits=None if usage else 250_000,
+                    usage=rated if usage else None,
                     time_ms=_now_ms() if time_ms is None else time_ms,
                 ),
             )
@@ -311,7 +335,9 @@ async def _offer_lags(offer: _Offer) -> list[float]:
     return lags
 
 
-async def bench(settings: Settings, events: int, rate: int, lag_seconds: float) -> dict[str, Any]:
+async def bench(
+    settings: Settings, events: int, rate: int, lag_seconds: float, usage_events: int = 0
+) -> dict[str, Any]:
     """Run the benchmark against the servers of `settings` (filled in), in a database of its own
     (dropped afterwards); returns the results."""
     from meter.services import create_database, drop_database, with_database
@@ -322,14 +348,19 @@ async def bench(settings: Settings, events: int, rate: int, lag_seconds: float) 
     await create_database(admin_dsn, name)
     try:
         return await _bench(
-            settings, with_database(settings.postgres_dsn, name), events, rate, lag_seconds
+            settings,
+            with_database(settings.postgres_dsn, name),
+            events,
+            rate,
+            lag_seconds,
+            usage_events,
         )
     finally:
         await drop_database(admin_dsn, name)
 
 
 async def _bench(
-    settings: Settings, dsn: str, events: int, rate: int, lag_seconds: float
+    settings: Settings, dsn: str, events: int, rate: int, lag_seconds: float, usage_events: int
 ) -> dict[str, Any]:
     """The benchmark over the fresh database `dsn`."""
     from meter.migrate import migrate
@@ -359,7 +390,10 @@ async def _bench(
         await setup.close()
     print(f"producing {events} events ...", file=sys.stderr, flush=True)
     await _produce(bootstrap, topic, world.events(events, "pre", t))
-    raw_rate = await _raw_consume(bootstrap, topic, events)
+    if usage_events:
+        print(f"producing {usage_events} usage events ...", file=sys.stderr, flush=True)
+        await _produce(bootstrap, topic, world.events(usage_events, "use", t, usage=True))
+    raw_rate = await _raw_consume(bootstrap, topic, events + usage_events)
     print(f"raw consume: {raw_rate:,.0f} events/s", file=sys.stderr, flush=True)
 
     # The consumer exactly as `meter consume` runs it: epoch guard, metrics, alert publisher.
@@ -377,9 +411,23 @@ async def _bench(
             await asyncio.sleep(0.05)
         assert started is not None
         elapsed = time.perf_counter() - started
-        rate_full = (events - first) / elapsed
+        rate_full = (done - first) / elapsed
         cpu_share = (_cpu_s() - cpu) / elapsed
         print(f"pipeline: {rate_full:,.0f} events/s", file=sys.stderr, flush=True)
+        cpu_per_event = (_cpu_s() - cpu) / max(1, done - first)
+        rate_usage: float | None = None
+        if usage_events:
+            # The usage events follow the credit events in every partition.
+            mark, at, cpu = done, time.perf_counter(), _cpu_s()
+            total = events + usage_events
+            while True:
+                done = await _settled_count(conn, run.consumer_group, topic)
+                if done >= total:
+                    break
+                await asyncio.sleep(0.05)
+            rate_usage = (done - mark) / (time.perf_counter() - at)
+            usage_cpu_per_event = (_cpu_s() - cpu) / max(1, done - mark)
+            print(f"pipeline, usage events: {rate_usage:,.0f} events/s", file=sys.stderr)
 
         # Lag at a fixed offered rate, offered and watched from another process (as producers
         # are): produced -> visible in PostgreSQL, i.e. its partition's stored offset passed it.
@@ -394,9 +442,19 @@ async def _bench(
         await stack.aclose()
         await conn.close()
         await client.aclose()
+    usage_result: dict[str, Any] = {}
+    if rate_usage is not None:
+        usage_result = {
+            "usage_events": usage_events,
+            "usage_events_per_s": round(rate_usage),
+            "usage_to_credit_ratio": round(rate_usage / rate_full, 3),
+            "credit_cpu_us_per_event": round(cpu_per_event * 1e6, 1),
+            "usage_cpu_us_per_event": round(usage_cpu_per_event * 1e6, 1),
+        }
     return {
         "events": events,
         "events_per_s": round(rate_full),
+        **usage_result,
         "raw_consume_events_per_s": round(raw_rate),
         "ratio_to_raw": round(rate_full / raw_rate, 3),
         "offered_rate": rate,
@@ -411,6 +469,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--rate", type=int, default=10_000, help="offered rate for the lag test")
     parser.add_argument("--lag-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--usage-events",
+        type=int,
+        default=0,
+        help="also settle this many usage events (rated by a card) and report their rate",
+    )
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
 
 
@@ -422,7 +486,13 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         from meter.services import provision
 
         async with provision(settings) as services:
-            result = await bench(services.apply(settings), args.events, args.rate, args.lag_seconds)
+            result = await bench(
+                services.apply(settings),
+                args.events,
+                args.rate,
+                args.lag_seconds,
+                args.usage_events,
+            )
         for key, value in result.items():
             print(f"{key:>26}: {value}")
         if args.json:

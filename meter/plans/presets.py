@@ -153,3 +153,18 @@ def preset(plan_id: str) -> PlanSettings:
         return presets()[plan_id]
     except KeyError:
         raise NotFound(f"no plan preset {plan_id!r}", code="unknown_preset") from None
+
+
+@cache
+def preset_rate_cards() -> dict[str, dict[str, Any]]:
+    """The first rate card of each shipped preset (`rate_cards.toml`), by plan id: the card's
+    content (`meter.rating.card.RateCard.body`) and its `note`. Validated on load."""
+    from meter.rating.card import card_from_json
+
+    text = resources.files(__package__).joinpath("rate_cards.toml").read_text(encoding="utf-8")
+    cards = tomllib.loads(text)
+    for plan_id, table in cards.items():
+        table.setdefault("models", {})
+        body = {k: v for k, v in table.items() if k != "note"}
+        card_from_json(body, version=0, plan_id=plan_id, org_id=None, effective_from_ms=0)
+    return cards

@@ -105,6 +105,7 @@ def sample_request(
             "WebhookEndpointCreate": {"url": "http://127.0.0.1:9/hook", "event_types": ["alert.*"]},
             "WebhookEndpointUpdate": {"description": "x"},
             "WebhookSecretRotate": {"grace_s": 60},
+            "RateCardCreate": {"effective_from": FAR, "models": {}},
         }
         body = samples[route.request.__name__]
     return path, body, headers

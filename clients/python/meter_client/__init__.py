@@ -24,7 +24,7 @@ from meter_client.types import (
     Unauthenticated,
     credits_text,
 )
-from meter_client.usage import Prices, TokenUsage, from_anthropic, from_openai
+from meter_client.usage import Prices, TokenUsage, from_anthropic, from_gemini, from_openai
 
 __all__ = [
     "AsyncHold",
@@ -48,6 +48,7 @@ __all__ = [
     "Unauthenticated",
     "credits_text",
     "from_anthropic",
+    "from_gemini",
     "from_openai",
     "usage_event",
 ]

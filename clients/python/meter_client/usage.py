@@ -1,4 +1,4 @@
-"""Token usage of an OpenAI or Anthropic response, as event attributes and credits.
+"""Token usage of an OpenAI, Anthropic or Gemini response, as event attributes and credits.
 
 ```python
 usage = from_openai(response)            # chat completions or responses API
@@ -16,6 +16,15 @@ for reporting. Both providers are normalised to the same counts:
 - `cache_write_tokens`: input written to the cache (Anthropic's `cache_creation_input_tokens`);
 - `output_tokens`: everything generated, reasoning included (`completion_tokens` /
   `output_tokens`); `reasoning_tokens` is the reasoning part, for information.
+
+Gemini's `usageMetadata` maps the same way: `promptTokenCount` includes
+`cachedContentTokenCount`; `candidatesTokenCount` excludes `thoughtsTokenCount`, so its output
+here is the two added.
+
+`TokenUsage.meter_usage()` gives the usage in meter's own, disjoint dimensions (the event's
+`data.usage`, rated by the organization's rate card): `output_tokens` there excludes reasoning.
+It is the mapping of `meter.rating.providers`, kept here so the client needs nothing else; a test
+holds the two to the same answers.
 """
 
 from __future__ import annotations
@@ -79,6 +88,19 @@ class TokenUsage:
             out["model"] = self.model[:256]
         return out
 
+    def meter_usage(self) -> dict[str, Any]:
+        """The usage in meter's dimensions, each token in exactly one of them (zero counts left
+        out): `data.usage` of an event, or a check's estimate."""
+        reasoning = max(0, min(self.reasoning_tokens, self.output_tokens))
+        counts = {
+            "input_tokens": max(0, self.input_tokens),
+            "cached_input_tokens": max(0, self.cached_input_tokens),
+            "cache_write_tokens": max(0, self.cache_write_tokens),
+            "output_tokens": max(0, self.output_tokens) - reasoning,
+            "reasoning_tokens": reasoning,
+        }
+        return {"model": self.model or "unknown", **{k: n for k, n in counts.items() if n}}
+
     def credits(self, prices: Prices) -> Decimal:
         """The usage priced at `prices`, rounded up to the micro-credit (exact arithmetic)."""
         price = {
@@ -122,7 +144,7 @@ def _usage(response: Any) -> tuple[Mapping[str, Any], str | None]:
 
 def _int(doc: Mapping[str, Any] | None, key: str) -> int:
     value = doc.get(key) if doc is not None else None
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+    return max(0, int(value)) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _details(doc: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
@@ -142,6 +164,7 @@ def from_openai(response: Any) -> TokenUsage:
         prompt, output = _int(usage, "input_tokens"), _int(usage, "output_tokens")
         cached = _int(_details(usage, "input_tokens_details"), "cached_tokens")
         reasoning = _int(_details(usage, "output_tokens_details"), "reasoning_tokens")
+    cached = min(cached, prompt)
     return TokenUsage(
         provider="openai",
         input_tokens=prompt - cached,
@@ -162,4 +185,24 @@ def from_anthropic(response: Any) -> TokenUsage:
         cached_input_tokens=_int(usage, "cache_read_input_tokens"),
         cache_write_tokens=_int(usage, "cache_creation_input_tokens"),
         model=model,
+    )
+
+
+def from_gemini(response: Any) -> TokenUsage:
+    """Usage of a Google Gemini `generateContent` response (the object, its dict, or its
+    `usageMetadata`)."""
+    doc = _mapping(response)
+    meta = doc.get("usageMetadata", doc.get("usage_metadata"))
+    usage = _mapping(meta) if meta is not None else doc
+    model = doc.get("modelVersion", doc.get("model_version"))
+    prompt = _int(usage, "promptTokenCount")
+    cached = min(_int(usage, "cachedContentTokenCount"), prompt)
+    thoughts = _int(usage, "thoughtsTokenCount")
+    return TokenUsage(
+        provider="gemini",
+        input_tokens=prompt - cached,
+        output_tokens=_int(usage, "candidatesTokenCount") + thoughts,
+        cached_input_tokens=cached,
+        reasoning_tokens=thoughts,
+        model=model if isinstance(model, str) else None,
     )
