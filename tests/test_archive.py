@@ -133,8 +133,10 @@ async def test_migration_moves_an_existing_install(pg_dsn_clean: str, tmp_path: 
         before_l = await rows(conn, LINES_JSON)
         shared_before = await conn.fetch("SELECT * FROM shared_bucket_drawn ORDER BY 1, 2")
 
-        applied = await migrate(pg_dsn_clean)
-        assert applied[0] == "0017" and applied == sorted(applied)
+        for migration in discover():
+            if migration.version == "0017":
+                shutil.copy(migration.path, tmp_path / migration.path.name)
+        assert await migrate(pg_dsn_clean, tmp_path) == ["0017"]
 
         assert await rows(conn, SETTLEMENTS_JSON) == before_s
         starts = {(r["org_id"], r["key"]): r["period_start"] for r in before_s}
@@ -156,6 +158,7 @@ async def test_migration_moves_an_existing_install(pg_dsn_clean: str, tmp_path: 
     # The store settles on top; a redelivery in another period is still a duplicate.
     rng = random.Random(8)
     fresh = [settlement(rng, 1000 + i) for i in range(20)]
+    await migrate(pg_dsn_clean)  # the later migrations: the store of today writes
     assert await settle(pg_dsn_clean, fresh) == 20
     first = items[0]
     moved = dataclasses.replace(first, period=period_of(3), late=True)
