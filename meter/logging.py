@@ -6,7 +6,8 @@ and `redact_secrets` masks, in every value of every event (exception messages an
 tracebacks included):
 
 - credentials in URLs (`postgresql://user:pw@`, `redis://:pw@`) and `password=` pairs;
-- `Bearer` / `Basic` credentials and API keys (`mk_...`);
+- `Bearer` / `Basic` credentials, API keys (`mk_...`) and webhook signing secrets
+  (`whsec_...`);
 - secrets registered with `register_secret` (the admin token) wherever they appear;
 - the whole value of keys named like a credential (`authorization`, `password`, `token`, ...).
 
@@ -60,6 +61,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*):[^/?#\s]*@"), rf"\1:{REDACTED}@"),
     (re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s,;'\"]+"), rf"\1\2{REDACTED}"),
     (re.compile(r"\bmk_[A-Za-z0-9_-]+"), f"mk_{REDACTED}"),
+    # Webhook secrets are `whsec_` and standard base64 (`meter.webhooks.rules.new_secret`).
+    (re.compile(r"(?i)\bwhsec_[A-Za-z0-9+/_=-]+"), f"whsec_{REDACTED}"),
     (
         re.compile(r"(?i)\b(password|passwd|pwd)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|[^\s&;,]+)"),
         rf"\1\2{REDACTED}",
@@ -82,7 +85,7 @@ def register_secret(value: str | None) -> None:
     _secrets_re = re.compile("|".join(re.escape(s) for s in longest_first))
 
 
-_TRIGGERS = ("://", "bearer", "basic", "mk_", "pass", "pwd")
+_TRIGGERS = ("://", "bearer", "basic", "mk_", "whsec_", "pass", "pwd")
 """Every pattern of `_PATTERNS` needs one of these (lower-cased): text without any is left as
 is without running the patterns, which keeps a log line cheap."""
 

@@ -12,6 +12,7 @@ import pytest
 import structlog
 
 from meter.logging import LogFormat, configure_logging, redact
+from meter.webhooks.rules import new_secret
 
 
 class Terminal(io.StringIO):
@@ -146,3 +147,22 @@ def test_the_request_line_is_json_with_the_request_fields() -> None:
     configure_logging("warning", "json", stream=stream, cache_loggers=False)
     log_request(False, method="POST", route="/v1/check", status=200, us=87, request_id="r-3")
     assert stream.getvalue() == ""
+
+
+def test_webhook_secrets_are_masked_everywhere() -> None:
+    secret = new_secret()
+    rotated = "whsec_MfKQ9r8+GKYqrT/wjUPD8ILPZIo2LaLa=="  # every base64 character kind
+    assert redact(f"endpoint secret {secret}, previous {rotated}.") == (
+        "endpoint secret whsec_***, previous whsec_***."
+    )
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    try:
+        raise ValueError(f"cannot sign with {secret}")
+    except ValueError:
+        structlog.get_logger("t").warning("sign failed", body={"note": [rotated]}, exc_info=True)
+    logging.getLogger("aiokafka").warning("posting with %s", secret)
+    text = stream.getvalue()
+    assert secret.removeprefix("whsec_") not in text
+    assert rotated.removeprefix("whsec_") not in text
+    assert text.count("whsec_***") == 3, text
