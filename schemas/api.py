@@ -905,3 +905,46 @@ class UsageByModel(Model):
     period_start: datetime
     period_end: datetime
     models: list[ModelUsage]
+
+# --- alerts, a member's settlements ---------------------------------------------------------
+
+
+class AlertOut(Model):
+    """One alert of the organization, as recorded when it fired (`meter.alerts`)."""
+
+    alert_id: int
+    kind: Literal["member_limit", "billing_group_limit", "shared_pool_low", "org_quarantined"]
+    member_id: str | None
+    """Set for `member_limit`."""
+    billing_group_id: str | None
+    """Set for `billing_group_limit`."""
+    threshold_percent: int | None
+    """The threshold crossed; null for `org_quarantined`."""
+    used: CreditsOut | None
+    """Counted usage when it fired (member and billing-group limits)."""
+    limit: CreditsOut | None
+    remaining: CreditsOut | None
+    """Credits left in the shared pool when it fired (`shared_pool_low`)."""
+    granted: CreditsOut | None
+    reason: str | None
+    """Why the organization was quarantined (`org_quarantined`)."""
+    period_start: datetime
+    """The period it fired in (for `org_quarantined`: since when)."""
+    period_end: datetime
+    created_at: datetime
+    published_at: datetime | None
+    """When it was sent on the alerts topic."""
+
+
+class AlertList(Model):
+    alerts: list[AlertOut]
+    """Newest first."""
+    next_after: str | None
+    """Pass as `after` for the next page; null on the last page."""
+
+
+class SettlementList(Model):
+    settlements: list[SettlementOut]
+    """Newest first (by `settled_at`)."""
+    next_before: str | None
+    """Pass as `before` for the next page; null on the last page."""

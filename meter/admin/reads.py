@@ -77,7 +77,7 @@ def _cursor(text: str | None) -> int:
     return int(text)
 
 
-async def _org_exists(db: asyncpg.Pool, org_id: str) -> None:
+async def org_exists(db: asyncpg.Pool, org_id: str) -> None:
     if await db.fetchval(SELECT_ORG_EXISTS, org_id) is None:
         raise NotFound("organization not found", code="org_not_found")
 
@@ -103,7 +103,7 @@ async def buckets(
 ) -> api.Balances:
     """Every bucket's credits left (`balances`, the original map) and, per bucket, its grant
     (`buckets`): expired, revoked and empty ones only when `show_all`."""
-    await _org_exists(db, org_id)
+    await org_exists(db, org_id)
     left = await engine.balances(org_id, now_ms)
     rows = await db.fetch(SELECT_GRANTS, org_id)
     now = from_ms(now_ms)
@@ -183,17 +183,26 @@ def _lines(items: Any) -> list[api.SettlementLineOut]:
 
 async def settlement(db: asyncpg.Pool, org_id: str, key: str) -> api.SettlementOut:
     """What the event `key` drew; 404 `settlement_not_found` until its batch is written."""
-    await _org_exists(db, org_id)
+    await org_exists(db, org_id)
     row = await db.fetchrow(SELECT_SETTLEMENT, org_id, key)
     if row is None:
         raise NotFound("no settlement with this key (yet)", code="settlement_not_found")
     lines = await db.fetch(SELECT_SETTLEMENT_LINES, org_id, key)
     void = await db.fetchrow(SELECT_VOID, org_id, key)
+    return settlement_out(row, lines, void)
+
+
+def settlement_out(
+    row: asyncpg.Record, lines: Any, void: asyncpg.Record | None
+) -> api.SettlementOut:
+    """A settlement row (with `billing_group_name`), its lines and its void as the API shows
+    them."""
     void_out = None
     if void is not None:
         returned = void["returned"]
         items = orjson.loads(returned) if isinstance(returned, str | bytes) else returned
         void_out = api.SettlementVoidOut(voided_at=void["requested_at"], returned=_lines(items))
+    key = row["key"]
     source, ident = split_event_key(key)
     unassigned = row["billing_group"] == UNASSIGNED
     return api.SettlementOut(
@@ -228,7 +237,7 @@ async def dead_letters(
 ) -> api.DeadLetterList:
     """Dead letters newest first (of one organization, or all when `org_id` is None)."""
     if org_id is not None:
-        await _org_exists(db, org_id)
+        await org_exists(db, org_id)
     rows = await db.fetch(SELECT_DEAD_LETTERS, org_id, reason, _cursor(after), limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]

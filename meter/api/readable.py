@@ -1,5 +1,5 @@
 """Routes that let a client read its account (`meter.admin.reads`): the organization list, one
-settlement by event key, dead letters.
+settlement by event key, dead letters, alerts, a member's latest settlements.
 
 A settlement key is `<source> <id>` and a CloudEvents source is a URI (`//chat.example.com/api`):
 neither fits a path segment, so the key travels in the query, `?key=` or `?source=&id=`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
-from meter.admin import reads
+from meter.admin import history, reads
 from meter.api.http import Access, Call, Response, Route, model_response
 from meter.auth import Scope
 from meter.errors import InvalidInput
@@ -70,6 +70,29 @@ async def list_dead_letters(call: Call) -> Response:
     return model_response(page)
 
 
+async def list_alerts(call: Call) -> Response:
+    q = query(call, {"after", "limit"})
+    page = await history.alerts(
+        call.app.pool,
+        call.params["org_id"],
+        after=q.get("after"),
+        limit=reads.page_limit(q.get("limit")),
+    )
+    return model_response(page)
+
+
+async def list_member_settlements(call: Call) -> Response:
+    q = query(call, {"before", "limit"})
+    page = await history.member_settlements(
+        call.app.pool,
+        call.params["org_id"],
+        call.params["member_id"],
+        before=q.get("before"),
+        limit=reads.page_limit(q.get("limit")),
+    )
+    return model_response(page)
+
+
 A, OA = Access.ADMIN, Access.ORG
 
 ROUTES: list[Route] = [
@@ -82,4 +105,10 @@ ROUTES: list[Route] = [
     Route("GET", ORG_PATH + "/dead-letters", list_dead_letters,
           "Events that could not settle, newest first (`reason`, `after`, `limit`)", OA, READ,
           response=api.DeadLetterList, tag="ingest"),
+    Route("GET", ORG_PATH + "/alerts", list_alerts,
+          "Alerts that fired, newest first (`after` = the previous page's `next_after`, `limit`"
+          " 1..1000)", OA, READ, response=api.AlertList, tag="alerts"),
+    Route("GET", ORG_PATH + "/members/{member_id}/settlements", list_member_settlements,
+          "A member's settlements, newest first (`before` = the previous page's `next_before`,"
+          " `limit` 1..1000)", OA, READ, response=api.SettlementList, tag="credits"),
 ]  # fmt: skip
