@@ -730,7 +730,7 @@ WebhookEventType = Literal[
     "dead_letter",
 ]
 """What an endpoint subscribes to (`meter.webhooks.rules.EVENT_TYPES`); `alert.*` is every
-alert, `dead_letter` is reserved."""
+alert, `dead_letter` an event of the organization that could not settle."""
 WebhookUrl = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
 WebhookEventTypes = Annotated[list[WebhookEventType], Field(min_length=1, max_length=16)]
 

@@ -20,7 +20,9 @@ is the fallback of the rest.
 3. for the organizations whose shared buckets expired since the previous tick (every
    organization on the first tick): evaluate the shared pool's level now and record a
    `shared_pool` crossing in the alerts outbox (`meter.alerts.shared_pool_after_expiry`), once
-   per period and threshold as at a draw; the alert publisher sends it.
+   per period and threshold as at a draw; the alert publisher sends it;
+4. delete a bounded batch of dead letters, webhook messages and attempts older than 30 days
+   (`meter.admin.retention`).
 
 `watch_charges()` runs beside it: the settlement transaction whose on-demand totals cross a
 plan's charge threshold sends `NOTIFY meter_charges` with the organization's id (trigger of
@@ -55,6 +57,7 @@ from aiokafka import AIOKafkaProducer
 
 from meter import alerts, kafka
 from meter.admin import queries as q
+from meter.admin import retention
 from meter.admin.service import AdminService
 from meter.engine.periods import period_index, period_start
 from meter.engine.redis import RedisEngine
@@ -120,6 +123,8 @@ class TickReport:
     published: int = 0
     pool_alerts: int = 0
     """Shared-pool crossings recorded after expiries in this tick."""
+    purged: retention.Purged | None = None
+    """Old rows deleted in this tick (None when the purge failed)."""
     next_wake_ms: int | None = None
     """The soonest next period start of all organizations."""
 
@@ -177,6 +182,12 @@ class PeriodScheduler:
                 # An organization that failed is looked at again, over the longer interval.
                 self.pools_checked_ms = now
         report.published = await self.publish_charges()
+        try:
+            report.purged = await retention.purge(self.admin.pool)
+        except TRANSIENT:
+            raise
+        except Exception:
+            log.warning("retention purge failed", exc_info=True)
         return report
 
     async def _org(self, org_id: str, report: TickReport) -> tuple[int, int]:

@@ -21,7 +21,7 @@ ALERT_TYPES = tuple(f"alert.{kind}" for kind in KINDS.values())
 """One per alert kind of `meter.alerts` (`alert.shared_pool_low` is the pool running low)."""
 CHARGE_DUE = "charge.due"
 DEAD_LETTER = "dead_letter"
-"""Reserved: accepted in subscriptions, not sent yet."""
+"""An event of the organization could not settle (a `dead_letters` row, migration 0021)."""
 TEST = "webhook.test"
 """Sent by `POST .../test` to one endpoint, whatever it subscribes to."""
 ALL_ALERTS = "alert.*"

@@ -4,7 +4,8 @@ Runs in the scheduler role (`meter.roles.scheduler_work`, under the scheduler le
 alert publisher, supervised (component `webhooks` in `HEALTH` while failing). Each pass:
 
 1. renders the payload of new messages from their source rows with the encoders of the Kafka
-   events (`meter.alerts.alert_event`, `meter.admin.scheduler.charge_cloudevent`);
+   events (`meter.alerts.alert_event`, `meter.admin.scheduler.charge_cloudevent`) and, for dead
+   letters, `meter.webhooks.dead_letters`;
 2. claims due deliveries for its free slots (`FOR UPDATE SKIP LOCKED`, pushed `claim_s` into the
    future so a crash leaves them to be retried, never lost; at most `concurrency` attempts under
    way, `per_endpoint` to one endpoint, so a slow endpoint holds up no other), POSTs each as a
@@ -37,6 +38,8 @@ from meter import alerts
 from meter.metrics import REGISTRY
 from meter.supervise import Backoff, cancel_and_wait, supervise, wait_event
 from meter.webhooks import rules
+from meter.webhooks.dead_letters import SOURCE_PREFIX as DEAD_LETTER_SOURCE
+from meter.webhooks.dead_letters import dead_letter_events
 from meter.webhooks.targets import TargetForbidden, check_target, pin
 
 if TYPE_CHECKING:
@@ -218,13 +221,18 @@ class WebhookWorker:
 
         alert_ids: dict[int, str] = {}
         charge_keys: dict[tuple[str, str], str] = {}
+        dead_ids: dict[int, str] = {}
         for r in rows:
             kind, _, rest = r["source"].partition(":")
             if kind == "alert":
                 alert_ids[int(rest)] = r["message_id"]
             elif kind == "charge":
                 charge_keys[(r["org_id"], rest.removeprefix(r["org_id"] + ":"))] = r["message_id"]
+            elif kind + ":" == DEAD_LETTER_SOURCE:
+                dead_ids[int(rest)] = r["message_id"]
         events: dict[str, dict[str, Any]] = {}
+        if dead_ids:
+            events.update(await dead_letter_events(conn, dead_ids))
         if alert_ids:
             for a in await conn.fetch(SELECT_ALERTS, list(alert_ids)):
                 events[alert_ids[a["alert_id"]]] = orjson.loads(alerts.alert_event(a))
