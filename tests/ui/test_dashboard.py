@@ -3,18 +3,23 @@ the API answers, and the edits it makes are the API's."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest_asyncio
 from client.support import ADMIN_KEY, MeterRun, wait_totals
 from playwright.async_api import Page, expect
 
+from schemas.events import encode_event
 from ui.support import Org, grouped, make_org, ok, opened, screenshot, send_usage, sign_in
 
 MICRO = 1_000_000
 MEMBERS = 120
+PLAN = "enterprise"
 
 
 def usage() -> dict[str, list[int]]:
@@ -174,19 +179,38 @@ async def test_credits_and_a_pack_an_org_admin_may_not_add(
 
 
 async def test_an_admin_chooses_the_organization(page: Page, meter: MeterRun, org: Org) -> None:
+    # More organizations than one page of the chooser (50): the last one is on its second page.
+    last = f"zz-{uuid.uuid4().hex[:8]}"
+    with api(meter, ADMIN_KEY) as admin:
+        for i in range(50):
+            body = {
+                "org_id": f"{last[:-1]}-{i:02d}",
+                "name": f"Filler {i}",
+                "plan_id": "enterprise",
+            }
+            ok(admin.post("/v1/orgs", json=body), 201)
+        ok(
+            admin.post("/v1/orgs", json={"org_id": last, "name": "Last", "plan_id": "enterprise"}),
+            201,
+        )
+        listed = ok(admin.get("/v1/orgs", params={"limit": "50"}))
+    orgs = listed["orgs"]
+    assert isinstance(orgs, list) and listed["next_after"] is not None
     await sign_in(page, meter, ADMIN_KEY)
-    await expect(page.get_by_test_id("choose-org")).to_be_visible()
-    org_field = page.get_by_test_id("org-id")
-    if await org_field.count():  # no organization list in this API: the admin types the id
-        await org_field.fill(org.org_id)
-        await page.get_by_role("button", name="Open").click()
-    else:
-        await page.get_by_role("link", name=org.org_id).click()
+    chooser = page.get_by_test_id("choose-org")
+    await expect(chooser.locator("a[data-org]")).to_have_count(50)
+    shown = await chooser.locator("a[data-org]").evaluate_all("els => els.map(e => e.dataset.org)")
+    assert shown == [o["org_id"] for o in orgs]
+    await expect(chooser.locator(f"a[data-org='{last}']")).to_have_count(0)
+    await page.get_by_test_id("orgs-more").click()
+    await chooser.locator(f"a[data-org='{last}']").click()
+    await page.wait_for_selector("body[data-ready=overview]", state="attached")
+    await expect(page.locator("h1")).to_have_text("Last active")
+    # The organization of the tests, from the first page of the list.
+    await page.goto(f"{meter.url}/ui/#/")
+    await page.locator(f"a[data-org='{org.org_id}']").click()
     await page.wait_for_selector("body[data-ready=overview]", state="attached")
     await expect(page.get_by_test_id("total-credits").locator(".value")).to_have_text("7,249.5")
-    await opened(page, f"{meter.url}/ui/#/{org.org_id}/dead-letters", "dead-letters")
-    text = await page.locator("main").inner_text()
-    assert "Not available" in text or "Dead letters" in text
 
 
 async def test_another_organizations_key_sees_nothing(
@@ -234,3 +258,100 @@ async def test_a_member_moves_to_another_billing_group(
     with api(meter, org.org_admin_key) as client:
         member = ok(client.get(f"/v1/orgs/{org.org_id}/members/m003"))
     assert member["billing_group_id"] == "eng"
+
+
+def wait_dead_letters(
+    meter: MeterRun, org: Org, count: int, timeout_s: float = 60
+) -> list[dict[str, Any]]:
+    """The organization's dead letters once the consumer has recorded `count` of them."""
+    deadline = time.monotonic() + timeout_s
+    with api(meter, org.org_admin_key) as client:
+        while True:
+            letters = ok(client.get(f"/v1/orgs/{org.org_id}/dead-letters"))["dead_letters"]
+            assert isinstance(letters, list)
+            if len(letters) >= count:
+                return letters
+            assert time.monotonic() < deadline, f"{len(letters)} dead letters after {timeout_s}s"
+            time.sleep(0.2)
+
+
+async def test_dead_letters_show_what_the_consumer_refused(page: Page, meter: MeterRun) -> None:
+    tenant = make_org(meter, 1)
+    event = encode_event(
+        event_id="for-nobody", source="//dashboard-test", org_id=tenant.org_id,
+        member_id="nobody", credits=2 * MICRO, time_ms=time.time_ns() // 1_000_000,
+    )  # fmt: skip
+    with api(meter, tenant.product_key) as product:
+        r = product.post(
+            "/v1/events", content=event, headers={"content-type": "application/cloudevents+json"}
+        )
+    assert r.status_code == 202, r.text
+    [letter] = wait_dead_letters(meter, tenant, 1)
+    assert letter["reason"] == "unknown_member"
+
+    await sign_in(page, meter, tenant.org_admin_key)  # an org_admin key sees the page
+    await page.locator("#nav").get_by_role("link", name="Dead letters").click()
+    await page.wait_for_selector("body[data-ready=dead-letters]", state="attached")
+    row = page.locator(f"[data-dead-letter='{letter['id']}']")
+    await expect(row.locator("[data-col=reason]")).to_have_text("unknown_member")
+    await expect(row.locator("[data-col=detail]")).to_have_text(str(letter["detail"]))
+    assert "nobody" in str(letter["detail"])
+    where = f"{letter['topic']}/{letter['partition']}@{letter['offset']}"
+    await expect(row.locator("[data-col=where]")).to_have_text(where)
+    await row.locator("summary").click()
+    await expect(row.locator("pre.event")).to_have_text(event.decode())
+    assert "for-nobody" in event.decode()
+    await screenshot(page, "dead-letters")
+
+
+async def test_alerts_are_the_recorded_ones(page: Page, meter: MeterRun, org: Org) -> None:
+    with api(meter, org.org_admin_key) as client:
+        recorded = ok(client.get(f"/v1/orgs/{org.org_id}/alerts"))["alerts"]
+    assert isinstance(recorded, list)
+    # Engineering (period limit 500) drew far more: its 80 % and 100 % alerts fired.
+    eng = [a for a in recorded if a["kind"] == "billing_group_limit"]
+    assert sorted(a["threshold_percent"] for a in eng) == [80, 100]
+    await sign_in(page, meter, org.org_admin_key)
+    overview = page.get_by_test_id("alerts")
+    shown = await overview.locator("tr[data-alert]").evaluate_all(
+        "rows => rows.map(r => Number(r.dataset.alert))"
+    )
+    assert shown == [a["alert_id"] for a in recorded][:5]
+    hundred = next(a for a in eng if a["threshold_percent"] == 100)
+    row = overview.locator(f"tr[data-alert='{hundred['alert_id']}']")
+    await expect(row).to_contain_text("Billing group Engineering")
+    await expect(row).to_contain_text(
+        f"100% of its period limit reached: {grouped(hundred['used'])} of 500 credits"
+    )
+    await opened(page, f"{meter.url}/ui/#/{org.org_id}/charges", "charges")
+    listed = page.get_by_test_id("alerts").locator("tr[data-alert]")
+    await expect(listed).to_have_count(min(len(recorded), 20))
+
+
+async def test_a_members_latest_settlements(page: Page, meter: MeterRun) -> None:
+    tenant = make_org(meter, 1)
+    sent = send_usage(meter, tenant, {"m000": [(i + 1) * MICRO for i in range(25)]})
+    assert wait_totals(meter, tenant.org_id, sent)["events"] == sent
+    with api(meter, tenant.org_admin_key) as client:
+        every = ok(client.get(f"/v1/orgs/{tenant.org_id}/members/m000/settlements?limit=1000"))
+    settled = every["settlements"]
+    assert isinstance(settled, list) and len(settled) == 25
+    await sign_in(page, meter, tenant.org_admin_key)
+    await opened(page, f"{meter.url}/ui/#/{tenant.org_id}/member/m000", "member")
+    rows = page.get_by_test_id("settlements").locator("tbody tr")
+    await expect(rows).to_have_count(20)  # the first page
+    await page.get_by_test_id("settlements-more").click()
+    await expect(rows).to_have_count(25)
+    await expect(page.get_by_test_id("settlements-more")).to_be_hidden()
+    keys = await rows.evaluate_all("rows => rows.map(r => r.dataset.key)")
+    assert keys == [s["key"] for s in settled]  # newest first, as the API pages them
+    for i in (0, 24):
+        s, row = settled[i], rows.nth(i)
+        await expect(row.locator("[data-col=credits]")).to_have_text(grouped(s["credits"]))
+        drawn = ", ".join(
+            f"{b['kind']} {b['bucket_id']}: {grouped(b['amount'])}" for b in s["buckets"]
+        )
+        await expect(row.locator("[data-col=buckets]")).to_have_text(drawn)
+        await expect(row.locator("[data-col=event]")).to_have_text(s["id"])
+    # Past the member limit of 1,000 nothing is drawn: 25 x 13 on average stays within it.
+    assert all(s["member_limited"] is False for s in settled)

@@ -69,3 +69,23 @@ export function editForm(label, input, submit, testid) {
   });
   return form;
 }
+
+/** A button that loads the next page while `cursor` (a `next_after`/`next_before`) is set:
+ * `load(cursor)` appends the page and returns the next cursor. Hidden on the last page. */
+export function moreButton(testid, label, cursor, load) {
+  const message = h("span", { class: "message error" });
+  const button = h("button", { type: "button", "data-testid": testid, hidden: !cursor }, label);
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    message.textContent = "";
+    try {
+      cursor = await load(cursor);
+      button.hidden = !cursor;
+    } catch (error) {
+      message.textContent = explain(error);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return h("p", {}, button, message);
+}

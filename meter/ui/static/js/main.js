@@ -40,7 +40,6 @@ function header(org, page) {
   if (!whoami) return;
   if (org) {
     for (const [id, label] of PAGES) {
-      if (id === "dead-letters" && whoami.scope !== "admin") continue;
       nav.append(h("a", { href: `#/${encodeURIComponent(org)}/${id}`, class: page === id ? "here" : null }, label));
     }
   }
@@ -86,19 +85,39 @@ function signInForm(message) {
   key.focus();
 }
 
+/** One page of GET /v1/orgs into `box`, with a button for the next page while there is one. */
+async function listOrgs(box, after) {
+  const query = new URLSearchParams({ limit: "50" });
+  if (after) query.set("after", after);
+  const list = await call(`/v1/orgs?${query}`);
+  if (!after && !list.orgs.length) {
+    box.append(h("p", { class: "muted" }, "No organization yet: create one with POST /v1/orgs."));
+  }
+  const items = h("ul", { class: "orgs", "data-testid": "org-list" }, list.orgs.map((org) => h("li", {},
+    h("a", { href: `#/${encodeURIComponent(org.org_id)}/overview`, "data-org": org.org_id }, `${org.name} (${org.org_id})`),
+    org.status === "active" ? "" : h("span", { class: "pill" }, org.status))));
+  box.append(items);
+  if (list.next_after) {
+    const more = h("button", { type: "button", "data-testid": "orgs-more" }, "More organizations");
+    more.addEventListener("click", async () => {
+      more.remove();
+      try {
+        await listOrgs(box, list.next_after);
+      } catch (e) {
+        box.append(h("p", { class: "error" }, explain(e)));
+      }
+    });
+    box.append(more);
+  }
+}
+
 async function chooseOrg() {
   const box = h("div", { class: "panel signin", "data-testid": "choose-org" }, h("h1", {}, "Choose an organization"));
   main.replaceChildren(box);
-  document.body.dataset.ready = "choose-org";
   try {
-    const list = await call("/v1/orgs");
-    const orgs = list.organizations || list.orgs || [];
-    if (!orgs.length) box.append(h("p", { class: "muted" }, "No organization yet: create one with POST /v1/orgs."));
-    for (const org of orgs) {
-      box.append(h("p", {}, h("a", { href: `#/${encodeURIComponent(org.org_id)}/overview` }, `${org.name} (${org.org_id})`)));
-    }
-    return;
+    await listOrgs(box, null);
   } catch (e) {
+    // A billing key may not list organizations (403): it types the id instead.
     if (!(e instanceof ApiError) || ![403, 404, 405].includes(e.status)) {
       box.append(h("p", { class: "error" }, explain(e)));
     }
@@ -110,6 +129,7 @@ async function chooseOrg() {
     if (input.value.trim()) go(input.value.trim());
   });
   box.append(form);
+  document.body.dataset.ready = "choose-org";
 }
 
 async function route() {

@@ -1,9 +1,9 @@
-// Charges due (post-paid on-demand usage) and the alert thresholds crossed this period.
+// Charges due (post-paid on-demand usage) and the organization's alerts, newest first.
 
 import { call } from "../api.js";
 import { credits } from "../credits.js";
 import { day, empty, h, when } from "../dom.js";
-import { base, crossingList, crossings } from "./common.js";
+import { alertTable, alertsPage, base, groupNames } from "./common.js";
 
 function money(micros) {
   const m = BigInt(micros);
@@ -13,7 +13,9 @@ function money(micros) {
 
 export async function render(el, { org }) {
   const b = base(org);
-  const [charges, thresholds] = await Promise.all([call(`${b}/charges`), call(`${b}/alert-thresholds`)]);
+  const [charges, thresholds, alerts, names] = await Promise.all([
+    call(`${b}/charges`), call(`${b}/alert-thresholds`), alertsPage(org, { limit: 20 }), groupNames(org),
+  ]);
   el.append(h("h1", {}, "Charges due"));
   if (!charges.charges.length) {
     el.append(empty("No on-demand charges: they appear when members draw on-demand credits past the plan's threshold or at period end."));
@@ -27,6 +29,6 @@ export async function render(el, { org }) {
         h("td", { class: "num" }, money(c.amount_micros)), h("td", {}, when(c.due_at)),
         h("td", {}, c.published_at ? when(c.published_at) : "not yet"))))));
   }
-  el.append(h("h2", {}, "Alerts this period"), crossingList(await crossings(org, thresholds)),
+  el.append(h("h2", {}, "Alerts"), alertTable(org, alerts, names, { more: true, limit: 20 }),
     h("p", { class: "muted" }, `Thresholds: members ${thresholds.member.percents.join(", ") || "none"}% of their limit; billing groups ${thresholds.billing_group.percents.join(", ") || "none"}% of their period limit; shared pool at ${thresholds.shared_pool.percents.join(", ") || "none"}% left.`));
 }

@@ -1,8 +1,8 @@
 // What several pages show: the period in the organization's anchor terms, the shared pool.
 
 import { call } from "../api.js";
-import { percent, sum, toMicro } from "../credits.js";
-import { day, h, when } from "../dom.js";
+import { credits, sum, toMicro } from "../credits.js";
+import { day, h, moreButton, when } from "../dom.js";
 
 export function base(org) {
   return `/v1/orgs/${encodeURIComponent(org)}`;
@@ -39,36 +39,59 @@ export function sharedPool(grants, balances, now = Date.now()) {
   return { left, granted, soonest: holding[0] || null, count: live.length };
 }
 
-/** Threshold crossings the data shows now: billing groups against their period limit, the shared
- * pool against what it granted (the same comparisons the alert triggers make). */
-export async function crossings(org, thresholds) {
-  const b = base(org);
-  const [groups, report, grants, balances] = await Promise.all([
-    call(`${b}/billing-groups`), call(`${b}/reports/billing-groups`),
-    call(`${b}/grants`), call(`${b}/balances`),
-  ]);
-  const used = Object.fromEntries(report.billing_groups.map((g) => [g.billing_group_id, g.totals.credits]));
-  const out = [];
-  for (const g of groups.billing_groups) {
-    const pct = percent(used[g.billing_group_id] ?? "0", g.period_limit);
-    if (pct === null) continue;
-    const hit = thresholds.billing_group.percents.filter((t) => pct >= t).pop();
-    if (hit !== undefined) out.push({ subject: `Billing group ${g.name}`, text: `${pct}% of its period limit used (threshold ${hit}%)` });
-  }
-  const pool = sharedPool(grants.grants, balances.balances);
-  const leftPct = percent(pool.left, pool.granted);
-  if (leftPct !== null) {
-    const hit = thresholds.shared_pool.percents.filter((t) => leftPct <= t).shift();
-    if (hit !== undefined) out.push({ subject: "Shared pool", text: `${leftPct}% left (threshold ${hit}%)` });
-  }
-  return out;
+/** Names of the organization's billing groups by id (alerts name groups by id). */
+export async function groupNames(org) {
+  const groups = await call(`${base(org)}/billing-groups`);
+  return Object.fromEntries(groups.billing_groups.map((g) => [g.billing_group_id, g.name]));
 }
 
-export function crossingList(items) {
-  if (!items.length) {
-    return h("div", { class: "empty", "data-testid": "alerts" },
-      "No threshold crossed this period. Thresholds are set with PUT /v1/orgs/{org}/alert-thresholds.");
+/** One page of the organization's alerts, newest first (`after`: a previous `next_after`). */
+export function alertsPage(org, { limit = 20, after = null } = {}) {
+  const query = new URLSearchParams({ limit: String(limit) });
+  if (after) query.set("after", after);
+  return call(`${base(org)}/alerts?${query}`);
+}
+
+/** Who an alert is about and what it says, from the API's fields (credits as given). */
+export function alertText(a, names = {}) {
+  switch (a.kind) {
+    case "member_limit":
+      return [`Member ${a.member_id}`, `${a.threshold_percent}% of its limit reached: ${credits(a.used)} of ${credits(a.limit)} credits`];
+    case "billing_group_limit":
+      return [`Billing group ${names[a.billing_group_id] || a.billing_group_id}`,
+        `${a.threshold_percent}% of its period limit reached: ${credits(a.used)} of ${credits(a.limit)} credits`];
+    case "shared_pool_low":
+      return ["Shared pool", `down to ${a.threshold_percent}% or less: ${credits(a.remaining)} of ${credits(a.granted)} credits left`];
+    case "org_quarantined":
+      return ["Organization quarantined", `checks answer 503 and events are dead-lettered (reason ${a.reason})`];
+    default:
+      return [a.kind, ""];
   }
-  return h("ul", { class: "panel", "data-testid": "alerts" },
-    items.map((a) => h("li", {}, h("strong", {}, a.subject), " — ", a.text)));
+}
+
+function alertRow(a, names, org) {
+  const [subject, text] = alertText(a, names);
+  const who = a.kind === "member_limit"
+    ? h("a", { href: `#/${encodeURIComponent(org)}/member/${encodeURIComponent(a.member_id)}` }, subject)
+    : subject;
+  return h("tr", { "data-alert": a.alert_id, "data-kind": a.kind },
+    h("td", {}, when(a.created_at)), h("td", {}, h("strong", {}, who)), h("td", {}, text),
+    h("td", {}, `${day(a.period_start)} – ${day(a.period_end)}`));
+}
+
+/** A table of alerts, newest first; with `more`, a button fetches the next page into it. */
+export function alertTable(org, page, names, { more = false, limit = 20 } = {}) {
+  if (!page.alerts.length) {
+    return h("div", { class: "empty", "data-testid": "alerts" },
+      "No alert yet. Thresholds are set with PUT /v1/orgs/{org}/alert-thresholds.");
+  }
+  const body = h("tbody", {}, page.alerts.map((a) => alertRow(a, names, org)));
+  const table = h("table", { "data-testid": "alerts" },
+    h("thead", {}, h("tr", {}, ["When", "Subject", "Alert", "Period"].map((t) => h("th", {}, t)))), body);
+  if (!more) return table;
+  return h("div", {}, table, moreButton("alerts-more", "Older alerts", page.next_after, async (after) => {
+    const next = await alertsPage(org, { limit, after });
+    body.append(...next.alerts.map((a) => alertRow(a, names, org)));
+    return next.next_after;
+  }));
 }

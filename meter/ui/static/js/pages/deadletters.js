@@ -1,29 +1,46 @@
-// Dead letters of the organization (admin keys): events the pipeline refused, with the reason.
+// Dead letters of the organization: events that could not settle, newest first, with the reason
+// code, the message, where they were read and the event's text (its first 16 KiB).
 
-import { ApiError, call } from "../api.js";
-import { empty, h, when } from "../dom.js";
+import { call } from "../api.js";
+import { empty, h, moreButton, when } from "../dom.js";
 import { base } from "./common.js";
+
+const PAGE = 50;
+
+function page(org, after) {
+  const query = new URLSearchParams({ limit: String(PAGE) });
+  if (after) query.set("after", after);
+  return call(`${base(org)}/dead-letters?${query}`);
+}
+
+function row(d) {
+  const text = d.truncated ? `${d.event}\n… (truncated: the first 16 KiB)` : d.event;
+  return h("tr", { "data-dead-letter": d.id },
+    h("td", { "data-col": "when" }, when(d.created_at)),
+    h("td", { "data-col": "reason" }, h("code", {}, d.reason)),
+    h("td", { "data-col": "detail" }, d.detail),
+    h("td", { "data-col": "where", class: "muted" }, `${d.topic}/${d.partition}@${d.offset}`),
+    h("td", { "data-col": "event" },
+      h("details", {}, h("summary", {}, d.event.slice(0, 60) + (d.event.length > 60 ? "…" : "")),
+        h("pre", { class: "event" }, text))));
+}
 
 export async function render(el, { org }) {
   el.append(h("h1", {}, "Dead letters"));
-  let body;
-  try {
-    body = await call(`${base(org)}/dead-letters`);
-  } catch (e) {
-    if (e instanceof ApiError && e.code === "route_not_found") {
-      el.append(empty("Not available: this meter has no dead-letter route (GET /v1/orgs/{org}/dead-letters)."));
-      return;
-    }
-    throw e;
-  }
-  const items = body.dead_letters || body.items || [];
-  if (!items.length) {
-    el.append(empty("No dead letters: every event of this organization was accepted."));
+  const first = await page(org, null);
+  if (!first.dead_letters.length) {
+    el.append(empty("No dead letters: every event of this organization settled (they are kept 30 days)."));
     return;
   }
-  el.append(h("table", { "data-testid": "dead-letters" },
-    h("thead", {}, h("tr", {}, ["When", "Reason", "Event"].map((t) => h("th", {}, t)))),
-    h("tbody", {}, items.map((d) => h("tr", {},
-      h("td", {}, when(d.dead_at || d.time || d.received_at)), h("td", {}, d.reason || d.code || ""),
-      h("td", {}, h("code", {}, d.event_id || d.id || JSON.stringify(d).slice(0, 120))))))));
+  const body = h("tbody", {}, first.dead_letters.map(row));
+  el.append(
+    h("p", { class: "muted" }, "Kept 30 days. The dead-letter topic holds every one; meter dlq replay sends them again once fixed."),
+    h("table", { "data-testid": "dead-letters" },
+      h("thead", {}, h("tr", {}, ["When", "Reason", "Detail", "Read from", "Event"].map((t) => h("th", {}, t)))),
+      body),
+    moreButton("dead-letters-more", "Older", first.next_after, async (after) => {
+      const next = await page(org, after);
+      body.append(...next.dead_letters.map(row));
+      return next.next_after;
+    }));
 }

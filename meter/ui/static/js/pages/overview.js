@@ -1,10 +1,11 @@
-// Overview: the current period, credits drawn per kind, the shared pool, daily usage, alerts.
+// Overview: the current period, credits drawn per kind, the shared pool, daily usage, the
+// latest alerts (as the alert triggers recorded them).
 
 import { call } from "../api.js";
 import { dailyChart } from "../chart.js";
 import { credits } from "../credits.js";
 import { card, day, empty, h } from "../dom.js";
-import { base, crossingList, crossings, periodLine, sharedPool } from "./common.js";
+import { alertTable, alertsPage, base, groupNames, periodLine, sharedPool } from "./common.js";
 
 const KINDS = [
   ["credits", "Credits drawn"], ["seat", "Seat"], ["personal", "Personal"], ["shared", "Shared"],
@@ -13,9 +14,9 @@ const KINDS = [
 
 export async function render(el, { org }) {
   const b = base(org);
-  const [info, report, daily, grants, balances, thresholds] = await Promise.all([
+  const [info, report, daily, grants, balances, alerts, names] = await Promise.all([
     call(b), call(`${b}/reports/totals`), call(`${b}/reports/daily`), call(`${b}/grants`),
-    call(`${b}/balances`), call(`${b}/alert-thresholds`),
+    call(`${b}/balances`), alertsPage(org, { limit: 5 }), groupNames(org),
   ]);
   const t = report.totals;
   const pool = sharedPool(grants.grants, balances.balances);
@@ -31,7 +32,10 @@ export async function render(el, { org }) {
     t.events === 0
       ? empty("No usage settled this period yet: products send usage events to POST /v1/events.")
       : dailyChart(daily.days),
-    h("h2", {}, "Alerts this period"),
-    crossingList(await crossings(org, thresholds)),
+    h("h2", {}, "Recent alerts"),
+    alertTable(org, alerts, names),
+    ...(alerts.next_after
+      ? [h("p", {}, h("a", { href: `#/${encodeURIComponent(org)}/charges` }, "All alerts ›"))]
+      : []),
   );
 }
