@@ -906,6 +906,7 @@ class UsageByModel(Model):
     period_end: datetime
     models: list[ModelUsage]
 
+
 # --- alerts, a member's settlements ---------------------------------------------------------
 
 
