@@ -65,6 +65,7 @@ from meter.engine.types import Period
 from meter.plans.charges import ChargeDue, charge_event
 from meter.plans.expiry import ExpiryEntry
 from meter.redis_client import connect as redis_connect
+from meter.store import ENSURE_PARTITIONS, ms_to_datetime
 from meter.settings import Settings
 from meter.supervise import TRANSIENT, supervise, wait_event
 from schemas.events import format_time
@@ -85,6 +86,8 @@ CHARGES_CHANNEL = "meter_charges"
 MAX_CATCH_UP = 24
 """At most this many ended periods are looked back at when an organization is first seen or the
 scheduler was away for long."""
+PARTITIONS_EVERY_MS = 3_600_000
+"""How often a tick makes sure of the monthly settlement partitions ahead."""
 
 Publish = Callable[[str, bytes, bytes], Awaitable[None]]
 """`(topic, key, value)`: send one record and wait for the broker's acknowledgement."""
@@ -151,6 +154,8 @@ class PeriodScheduler:
         self.started: dict[str, int] = {}
         """Organization -> index of the last period this scheduler started."""
         self.pools_checked_ms: int | None = None
+        self.partitions_checked_ms: int | None = None
+        """When the monthly settlement partitions ahead were last made sure of (hourly)."""
         """When shared pools were last evaluated after expiries (None: not yet)."""
 
     async def tick(self) -> TickReport:
@@ -182,6 +187,12 @@ class PeriodScheduler:
                 # An organization that failed is looked at again, over the longer interval.
                 self.pools_checked_ms = now
         report.published = await self.publish_charges()
+        checked = self.partitions_checked_ms
+        if checked is None or now - checked >= PARTITIONS_EVERY_MS:
+            # This month's and the next two months' partitions exist before a settlement needs
+            # them (the store makes sure too, at a batch's first row of a new month).
+            await self.admin.pool.execute(ENSURE_PARTITIONS, ms_to_datetime(now))
+            self.partitions_checked_ms = now
         try:
             report.purged = await retention.purge(self.admin.pool)
         except TRANSIENT:

@@ -3,6 +3,7 @@ deliveries) and attempts older than 30 days, a bounded batch at a time, and keep
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -83,3 +84,31 @@ async def test_tick_deletes_what_is_older_than_30_days_in_bounded_batches(
     assert dead == set(letters["new"])
     assert msgs == deliveries == set(messages["new"])
     assert tries == set(attempts["new"])
+
+
+async def test_tick_makes_the_partitions_ahead(
+    app: App, new_topic: Callable[..., Awaitable[str]]
+) -> None:
+    # The partitions of two months ahead, empty, are dropped; the next tick makes them again.
+    now = app.admin.clock()
+    month = dt.datetime.fromtimestamp(now / 1000, dt.UTC).replace(day=1)
+    ahead = (month + dt.timedelta(days=70)).strftime("%Y_%m")
+    names = [f"settlements_{ahead}", f"settlement_lines_{ahead}"]
+    async with app.pool.acquire() as conn:
+        for name in names:
+            assert await conn.fetchval("SELECT count(*) FROM " + name) == 0
+            await conn.execute("DROP TABLE " + name)
+            assert await conn.fetchval("SELECT to_regclass($1)", name) is None
+    scheduler = await scheduler_for(app, new_topic)
+    await scheduler.tick()
+    async with app.pool.acquire() as conn:
+        for name in names:
+            assert await conn.fetchval("SELECT to_regclass($1)::text", name) == name
+    # Within the hour, a tick does not look again.
+    async with app.pool.acquire() as conn:
+        for name in names:
+            await conn.execute("DROP TABLE " + name)
+    await scheduler.tick()
+    async with app.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT to_regclass($1)", names[0]) is None
+        await conn.execute("SELECT meter_ensure_partitions(now(), 3)")
