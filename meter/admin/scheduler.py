@@ -65,8 +65,8 @@ from meter.engine.types import Period
 from meter.plans.charges import ChargeDue, charge_event
 from meter.plans.expiry import ExpiryEntry
 from meter.redis_client import connect as redis_connect
-from meter.store import ENSURE_PARTITIONS, ms_to_datetime
 from meter.settings import Settings
+from meter.store import ENSURE_PARTITIONS, ms_to_datetime
 from meter.supervise import TRANSIENT, supervise, wait_event
 from schemas.events import format_time
 
