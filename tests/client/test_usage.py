@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from types import SimpleNamespace
 
-from meter_client import MeterClient, Prices, from_anthropic, from_openai
+import pytest
+from meter_client import MeterClient, MeterError, Prices, from_anthropic, from_openai
 
 from client.support import MeterRun, make_tenant, wait_totals
 
@@ -96,3 +98,49 @@ def test_usage_is_recorded_as_an_event(meter: MeterRun) -> None:
                 hold.record(usage.credits(PRICES), attributes=usage.attributes())
     settled = wait_totals(meter, tenant.org_id, events=2)
     assert settled["events"] == 2 and settled["credits"] == "0.02372", settled
+
+
+def test_usage_is_rated_by_meter(meter: MeterRun) -> None:
+    # A card of the organization's own prices the model; the client sends usage, meter rates it.
+    tenant = make_tenant(meter)
+    per_million = {
+        "input_tokens": 2_500_000,
+        "cached_input_tokens": 1_250_000,
+        "output_tokens": 10_000_000,
+        "reasoning_tokens": 10_000_000,
+    }
+    card = {
+        "org_id": tenant.org_id,
+        "effective_from": "2020-01-01T00:00:00Z",
+        "models": {"gpt-test": {d: {"micros_per_million": n} for d, n in per_million.items()}},
+    }
+    with meter.admin() as admin:
+        r = admin.post("/v1/plans/teams/rate-cards", json=card)
+        assert r.status_code == 201, r.text
+    usage = from_openai({**CHAT_COMPLETION, "model": "gpt-test"}).meter_usage()
+    assert usage == {
+        "model": "gpt-test",
+        "input_tokens": 200,
+        "cached_input_tokens": 1000,
+        "output_tokens": 180,
+        "reasoning_tokens": 120,
+    }
+    with MeterClient(meter.url, tenant.product_key, policy="fail_closed") as client:
+        deadline = time.monotonic() + 10
+        while True:  # the API reloads its cards within a second
+            try:
+                decision = client.check(tenant.org_id, tenant.member_id, usage)
+                break
+            except MeterError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert decision.allowed and decision.decided_by == "meter"
+        with pytest.raises(ValueError, match="non-negative"):
+            client.check(tenant.org_id, tenant.member_id, {"model": "gpt-test", "input_tokens": -1})
+        client.record(tenant.org_id, tenant.member_id, usage, event_id="rated-1")
+    settled = wait_totals(meter, tenant.org_id, 1)
+    # 200 * 2.5 + 1000 * 1.25 + 180 * 10 + 120 * 10 credits per million tokens: as the
+    # client's own pricing of the same response.
+    assert settled["credits"] == "0.00475"
+    assert from_openai(CHAT_COMPLETION).credits(PRICES) == Decimal("0.00475")

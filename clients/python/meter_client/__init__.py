@@ -10,6 +10,7 @@ from meter_client.client import Hold, MeterClient
 from meter_client.events import usage_event
 from meter_client.spool import Spool
 from meter_client.types import (
+    Amount,
     Conflict,
     CreditsIn,
     Decision,
@@ -22,11 +23,13 @@ from meter_client.types import (
     QuotaDenied,
     Recorded,
     Unauthenticated,
+    UsageIn,
     credits_text,
 )
 from meter_client.usage import Prices, TokenUsage, from_anthropic, from_gemini, from_openai
 
 __all__ = [
+    "Amount",
     "AsyncHold",
     "AsyncMeterClient",
     "Conflict",
@@ -46,6 +49,7 @@ __all__ = [
     "Spool",
     "TokenUsage",
     "Unauthenticated",
+    "UsageIn",
     "credits_text",
     "from_anthropic",
     "from_gemini",

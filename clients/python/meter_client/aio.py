@@ -35,7 +35,7 @@ from meter_client.events import (
 )
 from meter_client.spool import Sender, Spool
 from meter_client.types import (
-    CreditsIn,
+    Amount,
     Decision,
     MeterError,
     MeterUnavailable,
@@ -102,7 +102,7 @@ class AsyncMeterClient:
         self,
         org_id: str,
         member_id: str,
-        credits: CreditsIn,
+        credits: Amount,
         *,
         policy: Policy | None = None,
         timeout_s: float | None = None,
@@ -118,7 +118,7 @@ class AsyncMeterClient:
         self,
         org_id: str,
         member_id: str,
-        credits: CreditsIn,
+        credits: Amount,
         *,
         reservation_id: str | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
@@ -144,7 +144,7 @@ class AsyncMeterClient:
         self,
         org_id: str,
         member_id: str,
-        credits: CreditsIn,
+        credits: Amount,
         *,
         event_id: str | None = None,
         reservation_id: str | None = None,
@@ -174,7 +174,7 @@ class AsyncMeterClient:
         self,
         org_id: str,
         member_id: str,
-        estimate: CreditsIn,
+        estimate: Amount,
         *,
         reservation_id: str | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
@@ -215,7 +215,7 @@ class AsyncHold:
         client: AsyncMeterClient,
         org_id: str,
         member_id: str,
-        estimate: CreditsIn,
+        estimate: Amount,
         reservation_id: str,
         ttl_ms: int,
         policy: Policy | None,
@@ -245,7 +245,7 @@ class AsyncHold:
 
     async def record(
         self,
-        credits: CreditsIn,
+        credits: Amount,
         *,
         attributes: dict[str, AttributeValue] | None = None,
         event_id: str | None = None,

@@ -28,7 +28,7 @@ from meter_client.events import (
 )
 from meter_client.spool import Sender, Spool
 from meter_client.types import (
-    CreditsIn,
+    Amount,
     Decision,
     MeterError,
     MeterUnavailable,
@@ -107,7 +107,7 @@ class MeterClient:
         self,
         org_id: str,
         member_id: str,
-        credits: CreditsIn,
+        credits: Amount,
         *,
         policy: Policy | None = None,
         timeout_s: float | None = None,
@@ -123,7 +123,7 @@ class MeterClient:
         self,
         org_id: str,
         member_id: str,
-        credits: CreditsIn,
+        credits: Amount,
         *,
         reservation_id: str | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
@@ -150,7 +150,7 @@ class MeterClient:
         self,
         org_id: str,
         member_id: str,
-        credits: CreditsIn,
+        credits: Amount,
         *,
         event_id: str | None = None,
         reservation_id: str | None = None,
@@ -182,7 +182,7 @@ class MeterClient:
         self,
         org_id: str,
         member_id: str,
-        estimate: CreditsIn,
+        estimate: Amount,
         *,
         reservation_id: str | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
@@ -223,7 +223,7 @@ class Hold:
         client: MeterClient,
         org_id: str,
         member_id: str,
-        estimate: CreditsIn,
+        estimate: Amount,
         reservation_id: str,
         ttl_ms: int,
         policy: Policy | None,
@@ -253,7 +253,7 @@ class Hold:
 
     def record(
         self,
-        credits: CreditsIn,
+        credits: Amount,
         *,
         attributes: dict[str, AttributeValue] | None = None,
         event_id: str | None = None,

@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 
 from meter_client.types import (
-    CreditsIn,
+    Amount,
     Decision,
     MeterError,
     MeterUnavailable,
-    credits_text,
+    amount_fields,
     error_from,
 )
 
@@ -45,19 +45,15 @@ def usage_event(
     *,
     org_id: str,
     member_id: str,
-    credits: CreditsIn,
+    credits: Amount,
     source: str,
     event_id: str | None = None,
     reservation_id: str | None = None,
     attributes: dict[str, AttributeValue] | None = None,
     time: datetime | None = None,
 ) -> dict[str, Any]:
-    """One usage event as a JSON-ready dict; credits as an exact decimal string."""
-    data: dict[str, Any] = {
-        "org_id": org_id,
-        "member_id": member_id,
-        "credits": credits_text(credits),
-    }
+    """One usage event as a JSON-ready dict; credits as an exact decimal string, or usage."""
+    data: dict[str, Any] = {"org_id": org_id, "member_id": member_id, **amount_fields(credits)}
     if reservation_id is not None:
         data["reservation_id"] = reservation_id
     if attributes:
@@ -89,20 +85,20 @@ class Request:
     content_type: str = "application/json"
 
 
-def check_request(org_id: str, member_id: str, credits: CreditsIn) -> Request:
+def check_request(org_id: str, member_id: str, credits: Amount) -> Request:
     """`POST /v1/check`."""
-    body = {"org_id": org_id, "member_id": member_id, "credits": credits_text(credits)}
+    body = {"org_id": org_id, "member_id": member_id, **amount_fields(credits)}
     return Request("POST", "/v1/check", dumps(body))
 
 
 def reserve_request(
-    org_id: str, member_id: str, credits: CreditsIn, reservation_id: str, ttl_ms: int
+    org_id: str, member_id: str, credits: Amount, reservation_id: str, ttl_ms: int
 ) -> Request:
     """`POST /v1/reserve`."""
     body = {
         "org_id": org_id,
         "member_id": member_id,
-        "credits": credits_text(credits),
+        **amount_fields(credits),
         "ttl_ms": ttl_ms,
         "reservation_id": reservation_id,
     }

@@ -7,6 +7,7 @@ or `decimal.Decimal`; outputs are `Decimal`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -17,6 +18,11 @@ Policy = Literal["fail_open", "fail_closed"]
 
 CreditsIn = str | int | Decimal
 """Credits as the caller gives them: a decimal string, whole credits, or a `Decimal`."""
+UsageIn = Mapping[str, str | int]
+"""Usage for meter to rate with the organization's rate card: `{"model": ..., "<dimension>":
+count, ...}` (e.g. `TokenUsage.meter_usage()`)."""
+Amount = CreditsIn | UsageIn
+"""What a call costs: credits, or usage that meter rates."""
 
 MAX_FRACTION_DIGITS = 6
 _MICRO = Decimal("0.000001")
@@ -203,3 +209,18 @@ class Recorded:
     event_id: str
     source: str
     spooled: bool = False
+
+
+def amount_fields(amount: Amount) -> dict[str, object]:
+    """The request fields of `amount`: `{"credits": "<decimal>"}`, or `{"usage": {...}}` for
+    usage (a model name and non-negative integer counts; meter checks the dimensions)."""
+    if isinstance(amount, Mapping):
+        model = amount.get("model")
+        if not isinstance(model, str) or not model:
+            raise ValueError("usage needs a model name")
+        counts = {k: v for k, v in amount.items() if k != "model"}
+        for name, count in counts.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"usage {name!r} must be a non-negative integer, not {count!r}")
+        return {"usage": {"model": model, **counts}}
+    return {"credits": credits_text(amount)}
