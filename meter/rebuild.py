@@ -14,38 +14,47 @@ Per organization (`rebuild_org`):
    compares a member limit with one or the other by the org's limit policy;
 5. `engine.restore`.
 
-A full rebuild ends by setting the epoch marker (`engine.set_epoch`); an absent marker means the
-Redis is new or lost its data.
+Loss detection is per organization: its state is all there iff its config hash holds `c` and
+not `b` (`meter.engine.redis.org_present`), which lives in the organization's own slot, so a
+Redis Cluster shard that restarts empty loses exactly the markers of the organizations it held.
+Every script sees it atomically: a lost organization answers `unknown_org` while PostgreSQL knows
+it. `rebuild_lost` rebuilds such organizations one at a time, each under its own lock.
 
 Quarantine (`meter.quarantine`): an organization whose state cannot be applied (the engine
 refuses a value, PostgreSQL a cast, a script fails: anything but a server being away) is
-quarantined instead of failing the rebuild, which goes on with the next one and sets the epoch
-with it left out. Organizations already quarantined are left out without trying (their marker is
-set again) until `release` rebuilds them. Transient errors still fail the rebuild, which is
+quarantined instead of failing the rebuild, which goes on with the next one. Organizations
+already quarantined are left out without trying (their marker is set again) until `release`
+rebuilds them. Transient errors still fail the rebuild, which is
 retried.
 
-Fencing: a settling consumer holds a shared PostgreSQL advisory lock (`Recovery`); a rebuild
-holds it exclusively. So no event is settled into a half-rebuilt Redis, and no batch settled
-before a rebuild is still being written while it reads PostgreSQL. A void holds it shared too,
-from its Redis apply until its record commits (`AdminService.void`), so a rebuild never reads
-PostgreSQL without a void that Redis already has. A consumer checks that its lock session is
-still there before each batch, and has Redis rebuilt again when a rebuild ran while it was not.
+Fencing: a settling consumer holds a shared PostgreSQL advisory lock (`Recovery`); an explicit
+rebuild (`meter rebuild`, `release`, the reconciler's `repair`) holds it exclusively, after
+taking the "rebuild wanted" lock (`WANT_KEY`) that makes consumers drain and let go at their next
+guard. So no event is settled into a half-rebuilt Redis, and no batch settled before a rebuild is
+still being written while it reads PostgreSQL. A void holds it shared too, from its Redis apply
+until its record commits (`AdminService.void`). A consumer that meets a lost organization
+finishes its own writes, then rebuilds that organization under the organization's lock
+(`ORG_LOCK_CLASS`) while still holding the shared one: events are keyed by organization, so no
+other consumer settles it meanwhile, and every other organization keeps settling. A consumer that
+finds its lock session gone rebuilds the organizations it settled since before it was last sure
+of it (a rebuild may have read PostgreSQL without their last batch).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import sys
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.cluster import RedisCluster
 
 from meter import quarantine
 from meter.admin import queries as q
@@ -53,7 +62,7 @@ from meter.admin.clock import from_ms
 from meter.admin.reconcile import apply_org
 from meter.admin.service import REBUILD_LOCK_KEY, AdminService, org_config
 from meter.engine.periods import period_at
-from meter.engine.redis import EPOCH_KEY
+from meter.engine.redis import begin_rebuild, end_rebuild, org_key
 from meter.engine.types import Engine, OrgConfig, Period
 from meter.plans.store import grant_of
 from meter.redis_client import connect as redis_connect
@@ -109,19 +118,24 @@ SELECT {_DRAWN} AS drawn, unfunded FROM org_period_totals
 WHERE org_id = $1 AND period_start = $2
 """
 
-# Delete the epoch marker if it still says ARGV[1].
-FORGET_EPOCH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+ORG_LOCK_CLASS = 0x6D657472
+"""First key of an organization's pg_advisory_lock(int, int) (the second: hashtext(org_id))."""
+LOCK_ORG = "SELECT pg_advisory_lock($1, hashtext($2))"
+UNLOCK_ORG = "SELECT pg_advisory_unlock($1, hashtext($2))"
+
+WANT_KEY = int.from_bytes(hashlib.sha256(b"meter.rebuild.want").digest()[:8], "big", signed=True)
+"""pg_advisory_lock key an explicit rebuild holds exclusively while it waits for and holds
+`LOCK_KEY`: consumers see it taken at their next guard, drain and let go of `LOCK_KEY`."""
+# One round trip per guard: answers (the session, and the lock with it, is still there) and says
+# whether a rebuild wants the lock (False).
+PROBE_WANTED = "SELECT pg_try_advisory_xact_lock_shared($1)"
+WAIT_WANTED = "SELECT pg_advisory_xact_lock_shared($1)"
+
+SELECT_KNOWN = "SELECT org_id FROM organizations WHERE org_id = ANY($1::text[]) ORDER BY org_id"
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def new_epoch(at_ms: int) -> str:
-    return f"{at_ms}-{uuid.uuid4().hex[:12]}"
 
 
 def _glob_escape(text: str) -> str:
@@ -133,7 +147,6 @@ class RebuildReport:
     orgs: int
     buckets: int
     counters: int
-    epoch: str | None
     quarantined: dict[str, str] = field(default_factory=dict)
     """Organizations left out, each with why: this rebuild's failure, or an earlier quarantine."""
 
@@ -171,11 +184,38 @@ def open_periods(org: OrgConfig, at_ms: int) -> list[tuple[Period, int]]:
 # -- rebuilding ---------------------------------------------------------------------------------
 
 
-async def delete_matching(redis: aioredis.Redis, pattern: str) -> int:
-    """Delete the keys matching the glob `pattern` (SCAN, then UNLINK in slices)."""
+def _primaries(redis: aioredis.Redis) -> list[Any] | None:
+    """The primaries of a Redis Cluster client (None for one server)."""
+    if isinstance(redis, RedisCluster):
+        return list(redis.get_primaries())
+    return None
+
+
+async def scan_keys(
+    redis: aioredis.Redis, pattern: str, *, slot_of: str | None = None
+) -> AsyncIterator[bytes]:
+    """The keys matching the glob `pattern`: SCAN on one server; on a cluster, SCAN on every
+    primary in turn, or only on the primary owning the slot of key `slot_of` (all of an
+    organization's keys share one slot)."""
+    primaries = _primaries(redis)
+    if primaries is None:
+        async for key in redis.scan_iter(match=pattern, count=1000):
+            yield key
+        return
+    cluster = cast(RedisCluster, redis)
+    nodes = primaries if slot_of is None else [cluster.get_node_from_key(slot_of)]
+    for node in nodes:
+        async for key in cluster.scan_iter(match=pattern, count=1000, target_nodes=node):
+            yield key
+
+
+async def delete_matching(
+    redis: aioredis.Redis, pattern: str, *, slot_of: str | None = None
+) -> int:
+    """Delete the keys matching the glob `pattern` (`scan_keys`, then UNLINK in slices)."""
     deleted = 0
     batch: list[bytes] = []
-    async for key in redis.scan_iter(match=pattern, count=1000):
+    async for key in scan_keys(redis, pattern, slot_of=slot_of):
         batch.append(key)
         if len(batch) >= 500:
             deleted += await redis.unlink(*batch)
@@ -187,7 +227,8 @@ async def delete_matching(redis: aioredis.Redis, pattern: str) -> int:
 
 async def clear_org(redis: aioredis.Redis, org_id: str) -> int:
     """Delete every Redis key of the organization."""
-    return await delete_matching(redis, f"meter:{{{_glob_escape(org_id)}}}:*")
+    pattern = f"meter:{{{_glob_escape(org_id)}}}:*"
+    return await delete_matching(redis, pattern, slot_of=org_key(org_id))
 
 
 async def rebuild_org(
@@ -199,7 +240,10 @@ async def rebuild_org(
     engine = admin.engine
     if clear:
         await clear_org(redis, org_id)
+    # Scripts take the org for absent from here until its state is all there again.
+    await begin_rebuild(redis, org_id)
     if not await apply_org(admin, org_id):
+        await redis.delete(org_key(org_id))
         return 0, 0
     async with admin.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         row = await conn.fetchrow(q.SELECT_ORG_CONFIG, org_id)
@@ -219,6 +263,7 @@ async def rebuild_org(
     for i, (usage, inside) in enumerate(usages):
         await engine.restore(org_id, left if i == 0 else {}, usage, inside)
         counters += len(usage)
+    await end_rebuild(redis, org_id)
     return len(left), counters
 
 
@@ -246,10 +291,10 @@ async def rebuild(
     releasing: bool = False,
 ) -> RebuildReport:
     """Rebuild the Redis state of `org_ids` (default: every organization, after deleting every
-    organization's keys, known to PostgreSQL or not) and set a new epoch. The caller holds the
+    organization's keys on every primary, known to PostgreSQL or not). The caller holds the
     rebuild lock exclusively (`exclusive_rebuild`, which passes `still_locked`: asked before
-    each organization and before the epoch, False raises `RebuildLockLost`), or knows nothing
-    settles meanwhile.
+    each organization, False raises `RebuildLockLost`), or the organizations' own locks
+    (`rebuild_lost`), or knows nothing settles meanwhile.
 
     An organization that cannot be applied is quarantined and left out; quarantined ones are
     left out without trying unless `releasing`, which tries them and ends the quarantine of
@@ -288,23 +333,16 @@ async def rebuild(
             log.warning("org_released", org_id=org_id)
         buckets += b
         counters += c
-    await check_lock()
-    epoch = new_epoch(at)
-    await engine.set_epoch(epoch)
     log.info(
-        "rebuilt",
-        orgs=len(org_ids),
-        buckets=buckets,
-        counters=counters,
-        quarantined=len(left_out),
-        epoch=epoch,
+        "rebuilt", orgs=len(org_ids), buckets=buckets, counters=counters, quarantined=len(left_out)
     )
-    return RebuildReport(len(org_ids), buckets, counters, epoch, left_out)
+    return RebuildReport(len(org_ids), buckets, counters, left_out)
 
 
 class RebuildLockLost(RuntimeError):
     """The session holding the rebuild lock ended before the rebuild was done: settling may have
-    started again, so the rebuild stops without setting an epoch."""
+    started again, so the rebuild stops (the organization it was at stays marked as being
+    rebuilt, so it is found lost and rebuilt again)."""
 
 
 async def session_answers(conn: asyncpg.Connection, timeout_s: float) -> bool:
@@ -336,21 +374,18 @@ async def exclusive_rebuild(
     engine: Engine,
     *,
     org_ids: Sequence[str] | None = None,
-    force: bool = False,
     probe_timeout_s: float = LOCK_PROBE_TIMEOUT_S,
     releasing: bool = False,
-) -> RebuildReport | None:
-    """Take the rebuild lock exclusively (waiting for settling consumers to let go of it), then
-    rebuild if `force` or the epoch marker is absent. None when there was nothing to do.
-
-    The lock's session is asked whether it is still there before each organization and before
-    the new epoch is set; when it is gone (`RebuildLockLost`) consumers may be settling or
-    rebuilding again, so this rebuild stops and leaves the epoch unset for them."""
+) -> RebuildReport:
+    """Take the "rebuild wanted" lock, then the rebuild lock exclusively (settling consumers see
+    the first at their next guard, drain and let go of the second), and rebuild `org_ids` (or
+    everything). The lock's session is asked whether it is still there before each
+    organization; when it is gone (`RebuildLockLost`) consumers may be settling again, so this
+    rebuild stops."""
     conn = await asyncpg.connect(dsn)
     try:
+        await conn.execute("SELECT pg_advisory_lock($1)", WANT_KEY)
         await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
-        if not force and await engine.epoch() is not None:
-            return None
 
         async def still_locked() -> bool:
             return await session_answers(conn, probe_timeout_s)
@@ -372,10 +407,9 @@ async def exclusive_rebuild(
 
 
 async def release(dsn: str, redis: aioredis.Redis, engine: Engine, org_id: str) -> str | None:
-    """End an organization's quarantine: rebuild it now under the rebuild lock (the epoch marker
-    is deleted first so that settling consumers let go of the lock, as `meter rebuild` does)
-    and, when it rebuilds, delete its quarantine. None on success, else why it stays
-    quarantined."""
+    """End an organization's quarantine: rebuild it now under the rebuild lock (as `meter
+    rebuild` does) and, when it rebuilds, delete its quarantine. None on success, else why it
+    stays quarantined."""
     conn = await asyncpg.connect(dsn)
     try:
         held = await quarantine.get(conn, org_id)
@@ -383,15 +417,50 @@ async def release(dsn: str, redis: aioredis.Redis, engine: Engine, org_id: str) 
         await conn.close()
     if held is None:
         return f"{org_id!r} is not quarantined"
-    await redis.delete(EPOCH_KEY)
     try:
-        report = await exclusive_rebuild(
-            dsn, redis, engine, org_ids=[org_id], force=True, releasing=True
-        )
+        report = await exclusive_rebuild(dsn, redis, engine, org_ids=[org_id], releasing=True)
     except RebuildLockLost as exc:
         return f"{exc}; run it again"
-    assert report is not None
     return report.quarantined.get(org_id)
+
+
+async def missing_orgs(pool: asyncpg.Pool, engine: Engine, org_ids: Collection[str]) -> list[str]:
+    """Those of `org_ids` PostgreSQL knows whose state Redis does not hold (lost, half rebuilt,
+    never applied, or quarantined: a rebuild marks those again)."""
+    known = [r["org_id"] for r in await pool.fetch(SELECT_KNOWN, list(org_ids))]
+    return [o for o in known if not await engine.has_org(o)]
+
+
+async def rebuild_lost(
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    engine: Engine,
+    org_ids: Collection[str],
+    *,
+    conn: asyncpg.Connection,
+    force: bool = False,
+    still_locked: Callable[[], Awaitable[bool]] | None = None,
+) -> RebuildReport:
+    """Rebuild, one at a time, each of `org_ids` PostgreSQL knows whose state Redis lost (all of
+    them if `force`), under that organization's own lock taken on `conn`: one that another
+    process rebuilt meanwhile is left as it is. Organizations not named are never blocked."""
+    known = [r["org_id"] for r in await pool.fetch(SELECT_KNOWN, list(org_ids))]
+    total = RebuildReport(0, 0, 0)
+    for org_id in known:
+        await conn.execute(LOCK_ORG, ORG_LOCK_CLASS, org_id)
+        try:
+            if not force and await engine.has_org(org_id):
+                continue
+            report = await rebuild(pool, redis, engine, org_ids=[org_id], still_locked=still_locked)
+        finally:
+            await conn.execute(UNLOCK_ORG, ORG_LOCK_CLASS, org_id)
+        total = RebuildReport(
+            total.orgs + report.orgs,
+            total.buckets + report.buckets,
+            total.counters + report.counters,
+            {**total.quarantined, **report.quarantined},
+        )
+    return total
 
 
 async def repair(
@@ -401,34 +470,45 @@ async def repair(
     *,
     probe_timeout_s: float = LOCK_PROBE_TIMEOUT_S,
 ) -> RebuildReport | None:
-    """Rebuild what Redis lost, for a process that finds it out (the admin reconciler) while no
-    consumer may be running to do it: everything when the epoch marker is gone (as `Recovery`
-    does), else the organizations PostgreSQL knows that have no state in Redis (keys lost one
-    by one, an apply that failed), with the marker deleted first so that settling consumers let
-    go of the rebuild lock. Under the lock taken exclusively on a connection of `pool`; None
-    when another process rebuilt meanwhile."""
-    everything = await engine.epoch() is None
-    if not everything:
-        await redis.delete(EPOCH_KEY)
+    """Rebuild what Redis lost, for a process that finds it out (the admin reconciler) and may
+    not know what consumers are writing: the organizations PostgreSQL knows that have no state
+    in Redis, each alone under the rebuild lock (taken exclusively on a connection of `pool`,
+    after the "rebuild wanted" lock, so consumers drain and let go of it only for that one
+    organization's rebuild). None when nothing was missing."""
+    org_ids = [r["org_id"] for r in await pool.fetch(q.SELECT_ORG_IDS)]
+    missing = await missing_orgs(pool, engine, org_ids)
+    if not missing:
+        return None
+    total = RebuildReport(0, 0, 0)
     async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
-        try:
-            if await engine.epoch() is not None:
-                return None
 
-            async def still_locked() -> bool:
-                return await session_answers(conn, probe_timeout_s)
+        async def still_locked() -> bool:
+            return await session_answers(conn, probe_timeout_s)
 
-            org_ids: list[str] | None = None
-            if not everything:
-                known = [r["org_id"] for r in await pool.fetch(q.SELECT_ORG_IDS)]
-                org_ids = [o for o in known if not await engine.has_org(o)]
-            return await rebuild(pool, redis, engine, org_ids=org_ids, still_locked=still_locked)
-        finally:
-            with contextlib.suppress(
-                OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError
-            ):
-                await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+        for org_id in missing:
+            await conn.execute("SELECT pg_advisory_lock($1)", WANT_KEY)
+            try:
+                await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+                try:
+                    report = await rebuild_lost(
+                        pool, redis, engine, [org_id], conn=conn, still_locked=still_locked
+                    )
+                finally:
+                    with contextlib.suppress(*_GONE):
+                        await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+            finally:
+                with contextlib.suppress(*_GONE):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", WANT_KEY)
+            total = RebuildReport(
+                total.orgs + report.orgs,
+                total.buckets + report.buckets,
+                total.counters + report.counters,
+                {**total.quarantined, **report.quarantined},
+            )
+    return total
+
+
+_GONE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 # -- the consumer's guard -----------------------------------------------------------------------
@@ -437,22 +517,21 @@ async def repair(
 class Recovery:
     """Lets a consumer settle only into a Redis that holds PostgreSQL's state.
 
-    `guard()` before settling a batch: holds the rebuild lock shared (on a connection of its own)
-    and reads the epoch marker; when it is absent, lets go of the lock, drains (the consumer
-    finishes the batch it is writing), rebuilds under the exclusive lock unless another process
-    already did, and starts over. `still_valid()` after settling: False when the epoch changed
-    meanwhile (Redis restarted empty while settling): the batch must be dropped, not written.
+    `guard()` before settling a batch: holds the rebuild lock shared (on a connection of its
+    own) and, in the same round trip that proves the session is still there, asks whether an
+    explicit rebuild wants the lock (`WANT_KEY` taken): if so, drains (finishes the batch being
+    written), lets go of the lock and waits for that rebuild before taking it again.
+
+    `recover(org_ids, drain)` when a batch met organizations without state that PostgreSQL knows
+    (their shard restarted empty): drains, then rebuilds each under its own lock
+    (`rebuild_lost`); the consumer settles their events again. Other organizations are not
+    held up beyond that.
 
     The lock lives as long as its PostgreSQL session, which a restart or a terminated backend
-    ends without the client necessarily knowing (`is_closed()` stays False until something is
-    sent). So `guard()` has the session answer a query: one round trip per batch, bounded by
-    `LOCK_PROBE_TIMEOUT_S` (a session that answers holds the lock: it is let go only with it).
-    A lost lock is taken again on a new connection. While it was not held a rebuild may have
-    run, and what this consumer settled since its last guard may have reached PostgreSQL after
-    that rebuild read it: if the epoch changed, the consumer deletes the marker, drains and has
-    Redis rebuilt again before settling. The marker being the same proves no rebuild touched
-    Redis meanwhile: each one ends with a new marker, and one in progress keeps the lock from
-    being taken again until it has.
+    ends without the client necessarily knowing. A lost lock is taken again on a new connection.
+    While it was not held an explicit rebuild may have run and read PostgreSQL before this
+    consumer's last batches reached it: the consumer drains, then rebuilds the organizations it
+    settled since before its last good guard (`settling()` tells it which).
     """
 
     def __init__(
@@ -468,10 +547,15 @@ class Recovery:
         self._engine = engine
         self._probe_timeout_s = probe_timeout_s
         self._conn: asyncpg.Connection | None = None
-        self._epoch: str | None = None
+        self._pool: asyncpg.Pool | None = None
         self._lost = False
         """The lock was found lost since Redis was last known to hold what this consumer wrote."""
+        self._recent: set[str] = set()
+        self._previous: set[str] = set()
+        """Organizations settled since the last good guard, and in the interval before it (a
+        batch settled then may still be being written)."""
         self.rebuilds = 0
+        """Organizations this consumer rebuilt."""
         self.locks_lost = 0
 
     @property
@@ -479,63 +563,104 @@ class Recovery:
         """The lock connection is open, as far as the client knows (no round trip)."""
         return self._conn is not None and not self._conn.is_closed()
 
-    async def _hold(self) -> None:
+    def settling(self, org_ids: Collection[str]) -> None:
+        """The consumer is about to settle events of these organizations."""
+        self._recent.update(org_ids)
+
+    async def _probe(self, conn: asyncpg.Connection) -> bool | None:
+        """Whether no rebuild wants the lock; None when the session does not answer."""
+        if conn.is_closed():
+            return None
+        try:
+            return bool(await conn.fetchval(PROBE_WANTED, WANT_KEY, timeout=self._probe_timeout_s))
+        except _GONE as exc:
+            log.warning("rebuild_lock_lost", error=repr(exc))
+            return None
+
+    async def _hold(self) -> bool:
+        """Hold the lock; False when an explicit rebuild wants it."""
         conn = self._conn
         if conn is not None:
-            if await session_answers(conn, self._probe_timeout_s):
-                return
+            free = await self._probe(conn)
+            if free is not None:
+                return free
             self._conn = None
             self._lost = True
             self.locks_lost += 1
             conn.terminate()  # whatever the session's state, this client is done with it
         conn = await asyncpg.connect(self._dsn)
         try:
+            await conn.execute(WAIT_WANTED, WANT_KEY)  # an explicit rebuild runs first
             await conn.execute("SELECT pg_advisory_lock_shared($1)", LOCK_KEY)
         except BaseException:
             conn.terminate()
             raise
         self._conn = conn
+        return True
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             await end_session(conn, self._probe_timeout_s)
 
-    async def _forget_epoch(self, epoch: str) -> None:
-        await self._redis.eval(FORGET_EPOCH, 1, EPOCH_KEY, epoch)
+    async def _pool_of(self) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=2)
+        return self._pool
 
     async def guard(self, drain: Callable[[], Awaitable[None]]) -> None:
         while True:
-            await self._hold()
-            epoch = await self._engine.epoch()
-            if epoch is not None and (not self._lost or self._epoch in (None, epoch)):
-                self._epoch = epoch
+            if not await self._hold():
+                log.info("rebuild_wanted", action="drain")
+                await drain()
+                await self._drop()
+                continue
+            if self._lost:
+                log.warning("rebuild_lock_retaken", action="rebuild", orgs=len(self._touched()))
+                await drain()  # what may have reached PostgreSQL after a rebuild read it
+                await self._rebuild(self._touched(), force=True)
                 self._lost = False
-                return
-            if epoch is None:
-                log.warning("redis_lost_data", action="rebuild")
-            else:
-                log.warning("rebuilt_while_lock_lost", action="rebuild", epoch=epoch)
-                # Every consumer lets go of the lock on seeing no marker, so the rebuild can run.
-                await self._forget_epoch(epoch)
-            await drain()
-            await self._drop()
-            try:
-                report = await exclusive_rebuild(self._dsn, self._redis, self._engine)
-            except RebuildLockLost:
-                continue  # the epoch stays unset: rebuilt again, by this process or another
-            self._lost = False  # drained first: whatever rebuilt Redis read what was written
-            if report is not None:
-                self.rebuilds += 1
+            self._previous, self._recent = self._recent, set()
+            return
+
+    def _touched(self) -> set[str]:
+        return self._recent | self._previous
+
+    async def _rebuild(self, org_ids: Collection[str], *, force: bool = False) -> RebuildReport:
+        conn = self._conn
+        assert conn is not None
+        report = await rebuild_lost(
+            await self._pool_of(), self._redis, self._engine, org_ids, conn=conn, force=force
+        )
+        self.rebuilds += report.orgs
+        return report
+
+    async def recover(
+        self, org_ids: Collection[str], drain: Callable[[], Awaitable[None]]
+    ) -> set[str]:
+        """Rebuild those of `org_ids` (met without state) whose state is lost, after draining.
+        Returns the organizations whose events should be settled again: those PostgreSQL knows
+        (rebuilt now, by another process meanwhile, or quarantined: they then answer so)."""
+        pool = await self._pool_of()
+        known = {r["org_id"] for r in await pool.fetch(SELECT_KNOWN, list(org_ids))}
+        if not known:
+            return known
+        log.warning("redis_lost_orgs", action="rebuild", orgs=len(known))
+        await drain()
+        await self.guard(drain)
+        await self._rebuild(known)
+        return known
 
     async def still_valid(self) -> bool:
-        """No round trip on the lock connection: dropping a batch only matters when Redis changed
-        under it, which a changed (or absent) epoch shows; a lock lost meanwhile is found by the
-        next `guard()`, before that batch's successor settles."""
-        return self.held and await self._engine.epoch() == self._epoch
+        """The lock connection is still open (no round trip): a lock lost meanwhile is found by
+        the next `guard()`, before that batch's successor settles."""
+        return self.held
 
     async def close(self) -> None:
         await self._drop()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -557,21 +682,19 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
             client = redis_connect(services.redis_url)
             try:
                 engine = RedisEngine(client)
-                # Settling consumers notice the missing marker, let go of the lock and wait.
-                await client.delete(EPOCH_KEY)
+                # Settling consumers see the "rebuild wanted" lock, drain and let go of theirs.
                 report = await exclusive_rebuild(
-                    services.postgres_dsn, client, engine, org_ids=args.orgs, force=True
+                    services.postgres_dsn, client, engine, org_ids=args.orgs
                 )
             except RebuildLockLost as exc:
-                # Settling consumers rebuild on their own when they find no marker.
+                # The organization it was at stays marked: whoever meets it rebuilds it.
                 print(f"meter rebuild: {exc}; run it again", file=sys.stderr)
                 return 1
             finally:
                 await client.aclose()
-        assert report is not None
         print(
             f"rebuilt {report.orgs} organizations: {report.buckets} buckets, "
-            f"{report.counters} counters; epoch {report.epoch}"
+            f"{report.counters} counters"
         )
         for org_id, why in sorted(report.quarantined.items()):
             print(f"meter rebuild: {org_id} left out, quarantined: {why}", file=sys.stderr)

@@ -35,7 +35,6 @@ from consumers.settle import ConsumerOptions, settling
 from meter import alerts, metrics
 from meter.engine.redis import RedisEngine
 from meter.engine.types import MICRO, Grant, Kind, MemberConfig, OrgConfig, OrgStatus, PeriodKind
-from meter.rebuild import new_epoch
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.store import ms_to_datetime
@@ -143,8 +142,6 @@ class _World:
                 await engine.put_member(MemberConfig(org, f"m{m}"))
             for grant in self._grants(org, t):
                 await engine.apply_grant(grant)
-        # Redis holds PostgreSQL's state, as after `meter rebuild`.
-        await engine.set_epoch(new_epoch(t))
 
     def events(
         self, n: int, prefix: str, time_ms: int | None = None

@@ -327,12 +327,6 @@ class Engine(Protocol):
         nothing to expired buckets, so no later call changes its result. Returns the number of
         buckets dropped (they leave `balances()` too)."""
 
-    async def epoch(self) -> str | None:
-        """The store's epoch marker: None when the store is new or lost its data."""
-
-    async def set_epoch(self, value: str) -> None:
-        """Set the epoch marker (after a rebuild, or on a new store)."""
-
     async def has_org(self, org_id: str) -> bool:
         """Whether the store holds the organization's state (False: never applied, lost, or
         quarantined)."""
