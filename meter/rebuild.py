@@ -232,11 +232,19 @@ async def clear_org(redis: aioredis.Redis, org_id: str) -> int:
 
 
 async def rebuild_org(
-    admin: AdminService, redis: aioredis.Redis, org_id: str, at_ms: int, *, clear: bool = True
+    admin: AdminService,
+    redis: aioredis.Redis,
+    org_id: str,
+    at_ms: int,
+    *,
+    clear: bool = True,
+    still_locked: Callable[[], Awaitable[bool]] | None = None,
 ) -> tuple[int, int]:
     """Rebuild one organization's Redis state from PostgreSQL as of `at_ms` (the admin's clock
     must say the same), deleting its keys first unless `clear` is False (already done).
-    Returns (buckets, counters) restored; (0, 0) for an unknown org."""
+    Returns (buckets, counters) restored; (0, 0) for an unknown org. When `still_locked()`
+    says False at the end, raises `RebuildLockLost` leaving the organization marked as being
+    rebuilt (what it read may miss a batch written since: whoever meets it rebuilds it)."""
     engine = admin.engine
     if clear:
         await clear_org(redis, org_id)
@@ -263,6 +271,8 @@ async def rebuild_org(
     for i, (usage, inside) in enumerate(usages):
         await engine.restore(org_id, left if i == 0 else {}, usage, inside)
         counters += len(usage)
+    if still_locked is not None and not await still_locked():
+        raise RebuildLockLost(f"the rebuild lock's session ended while {org_id!r} was rebuilt")
     await end_rebuild(redis, org_id)
     return len(left), counters
 
@@ -323,7 +333,9 @@ async def rebuild(
             left_out[org_id] = f"quarantined since {earlier.since.isoformat()}: {earlier.details}"
             continue
         try:
-            b, c = await rebuild_org(admin, redis, org_id, at, clear=not cleared)
+            b, c = await rebuild_org(
+                admin, redis, org_id, at, clear=not cleared, still_locked=still_locked
+            )
         except Exception as exc:
             if isinstance(exc, RebuildLockLost) or quarantine.is_transient(exc):
                 raise
@@ -615,11 +627,11 @@ class Recovery:
                 await drain()
                 await self._drop()
                 continue
-            if self._lost:
+            if self._lost and self._touched():
                 log.warning("rebuild_lock_retaken", action="rebuild", orgs=len(self._touched()))
                 await drain()  # what may have reached PostgreSQL after a rebuild read it
                 await self._rebuild(self._touched(), force=True)
-                self._lost = False
+            self._lost = False
             self._previous, self._recent = self._recent, set()
             return
 
