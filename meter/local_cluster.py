@@ -290,13 +290,17 @@ class LocalRedisCluster:
         target: ClusterNode,
         *,
         while_migrating: Callable[[], Awaitable[None]] | None = None,
-        batch: int = 10,
+        batch: int | None = None,
     ) -> ClusterNode:
         """Move `slot` to primary `target` as resharding does: SETSLOT IMPORTING on the target,
-        MIGRATING on the owner, MIGRATE its keys `batch` at a time as `valkey-cli --cluster
-        reshard` does (`while_migrating` runs after the first slice, with the slot split between
-        the two), then SETSLOT NODE on every primary.
-        Returns the previous owner."""
+        MIGRATING on the owner, MIGRATE its keys, then SETSLOT NODE on every primary;
+        `while_migrating` runs after the first MIGRATE, the slot still MIGRATING (the owner
+        answers ASK for the keys it no longer has). Returns the previous owner.
+
+        By default every key of the slot moves in one MIGRATE, so an organization's keys are
+        never split between two nodes: a script that touches a key already moved fails there
+        after its earlier writes were applied. `batch` moves that many keys per MIGRATE, as
+        `valkey-cli --cluster reshard --cluster-pipeline N` does (only to show that hazard)."""
         source = next(
             self.node_at(i.endpoint)
             for i in await self.topology()
@@ -312,7 +316,8 @@ class LocalRedisCluster:
             await _cmd(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
             first = True
             while True:
-                keys = cast(list[bytes], await _cmd(src, "CLUSTER", "GETKEYSINSLOT", slot, batch))
+                count = batch or cast(int, await _cmd(src, "CLUSTER", "COUNTKEYSINSLOT", slot))
+                keys = cast(list[bytes], await _cmd(src, "CLUSTER", "GETKEYSINSLOT", slot, count))
                 if keys:
                     await _cmd(src, "MIGRATE", LOCALHOST, target.port, "", 0, 5000, "KEYS", *keys)
                 if first and while_migrating is not None:
@@ -320,15 +325,12 @@ class LocalRedisCluster:
                 first = False
                 if not keys and not await _cmd(src, "CLUSTER", "COUNTKEYSINSLOT", slot):
                     break
-            await _cmd(dst, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-            await _cmd(src, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-            for node in await self.primaries():
-                if node is not source and node is not target:
-                    client = node.client()
-                    try:
-                        await _cmd(client, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-                    finally:
-                        await client.aclose()
+            for node in [target, source, *await self.primaries()]:
+                client = node.client()
+                try:
+                    await _cmd(client, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+                finally:
+                    await client.aclose()
         finally:
             await src.aclose()
             await dst.aclose()
