@@ -67,7 +67,8 @@ async def apply_org(admin: AdminService, org_id: str) -> bool:
         grants = await conn.fetch(q.SELECT_LIVE_GRANTS, org_id, from_ms(admin.clock()))
         revoked = await conn.fetch(q.SELECT_REVOKED_GRANTS, org_id)
     engine = admin.engine
-    await engine.put_org(org_config(org))
+    # Only where its state is (or a rebuild is putting it back): a lost one stays absent.
+    await engine.put_org(org_config(org), create=False)
     for g in groups:
         await engine.put_billing_group(
             BillingGroupConfig(org_id, g["billing_group_id"], g["period_limit"])

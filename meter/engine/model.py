@@ -138,9 +138,10 @@ class Ledger:
 
     # -- configuration -------------------------------------------------------------------------
 
-    def put_org(self, org: OrgConfig) -> None:
+    def put_org(self, org: OrgConfig, *, create: bool = True) -> None:
         validate_org(org)
-        self.orgs[org.org_id] = org
+        if create or org.org_id in self.orgs:
+            self.orgs[org.org_id] = org
 
     def put_member(self, member: MemberConfig) -> None:
         validate_member(member)

@@ -257,12 +257,12 @@ class RedisEngine:
 
     # -- configuration -------------------------------------------------------------------------
 
-    async def put_org(self, org: OrgConfig) -> None:
+    async def put_org(self, org: OrgConfig, *, create: bool = True) -> None:
         validate_org(org)
         await self._call(
             "put_org", org.org_id, org.status.value, org.period_kind.value, org.anchor_ms,
             org.rolling_days, org.limit_policy.value, _opt(org.default_member_limit),
-            org.grace_ms,
+            org.grace_ms, "1" if create else "0",
         )  # fmt: skip
 
     async def put_member(self, member: MemberConfig) -> None:

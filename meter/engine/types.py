@@ -229,7 +229,9 @@ class Engine(Protocol):
     """What both engine implementations offer. The Redis one is async; the model is sync and
     offers the same methods without `await` (see `model.Ledger`)."""
 
-    async def put_org(self, org: OrgConfig) -> None: ...
+    async def put_org(self, org: OrgConfig, *, create: bool = True) -> None:
+        """Create or replace the organization's config; with `create` False only replace it (an
+        organization whose state was lost stays absent, to be rebuilt)."""
 
     async def put_member(self, member: MemberConfig) -> None: ...
 

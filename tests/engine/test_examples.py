@@ -367,3 +367,16 @@ async def test_org_marker(engine: Any, org_id: str) -> None:
     assert (await engine.check(org_id, "ann", 1, NOW)).reason is Reason.UNKNOWN_ORG
     await setup_org(engine, org_id)
     assert await engine.has_org(org_id)
+
+
+async def test_put_org_without_create_only_replaces(engine: Any, org_id: str) -> None:
+    """`put_org(create=False)` (an update, the reconciler) leaves an organization without state
+    absent, to be rebuilt, rather than bring back a config without its buckets."""
+    org = OrgConfig(org_id, OrgStatus.ACTIVE, PeriodKind.MONTHLY, JAN1)
+    await engine.put_org(org, create=False)
+    assert not await engine.has_org(org_id)
+    await engine.put_org(org)
+    await engine.put_member(MemberConfig(org_id, "ann"))
+    await engine.put_org(replace(org, status=OrgStatus.SUSPENDED), create=False)
+    assert await engine.has_org(org_id)
+    assert (await engine.check(org_id, "ann", 1, NOW)).reason is Reason.ORG_INACTIVE
