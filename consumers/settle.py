@@ -62,7 +62,8 @@ from meter.engine.redis import EncodedResults, RedisEngine, settle_encoded
 from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, Reason, UsageEvent
 from meter.health import HEALTH
 from meter.quarantine import ORG_QUARANTINED
-from meter.rebuild import Recovery, quarantine_org
+from meter.rebuild import quarantine_org
+from meter.recovery import Recovery
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.store import Encoded, OffsetAdvance, OffsetConflict, SettlementStore

@@ -22,11 +22,11 @@ from meter.migrate import migrate
 from meter.rebuild import (
     LOCK_KEY,
     RebuildLockLost,
-    Recovery,
     exclusive_rebuild,
     open_periods,
     period_usage,
 )
+from meter.recovery import Recovery
 from meter.services import PostgresServer, create_database, with_database
 from meter.store import SettlementStore
 
