@@ -61,11 +61,12 @@ from meter.admin.issuance import SeatPeriods
 from meter.admin.service import AdminService
 from meter.engine.model import validate_events
 from meter.engine.redis import EncodedResults, RedisEngine, settle_encoded
-from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, UsageEvent
+from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, Reason, UsageEvent
 from meter.health import HEALTH
 from meter.quarantine import ORG_QUARANTINED
 from meter.rating.book import CardCache, org_plans
-from meter.rebuild import Recovery, quarantine_org
+from meter.rebuild import quarantine_org
+from meter.recovery import Recovery
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.store import Encoded, OffsetAdvance, OffsetConflict, SettlementStore
@@ -119,7 +120,7 @@ class ConsumerOptions:
     drain_timeout_s: float = 10.0
     """How long a rebalance or shutdown waits for the batch being written before abandoning it."""
     idle_guard_s: float = 1.0
-    """While no records arrive, how often the epoch marker is still checked (so a rebuild
+    """While no records arrive, how often the rebuild lock is still checked (so a rebuild
     elsewhere does not wait on an idle consumer)."""
 
 
@@ -587,8 +588,17 @@ class SettleConsumer:
                 return await self._settle_org(org_id, by_org[org_id], at_ms, refused)
 
         orgs = list(by_org)
-        settled = await asyncio.gather(*(one(org) for org in orgs))
-        return dict(zip(orgs, settled, strict=True)), refused
+        if self.recovery is not None:
+            self.recovery.settling(orgs)
+        settled = dict(zip(orgs, await asyncio.gather(*(one(org) for org in orgs)), strict=True))
+        lost = [o for o, (_, (_, bodies)) in settled.items() if Reason.UNKNOWN_ORG.value in bodies]
+        if lost and self.recovery is not None:
+            # Organizations PostgreSQL knows answered unknown_org: their shard lost them.
+            # Rebuild those (after this consumer's writes) and settle their events again.
+            again = await self._retry("recovery", self.recovery.recover, lost, self._drain)
+            redone = await asyncio.gather(*(one(org) for org in again))
+            settled.update(zip(again, redone, strict=True))
+        return settled, refused
 
     async def _settle_org(
         self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[Identity, str]

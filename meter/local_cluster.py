@@ -8,17 +8,20 @@
 
 Faults: `kill_primary(node)` SIGKILLs a primary and waits until one of its replicas has taken
 over its slots; `restart(node)` brings a killed node back (empty: it rejoins as a replica of
-whoever took its slots). Production never imports this module.
+whoever took its slots); `flush_primary(node)` empties one shard (its replicas follow), as a
+primary restarted without persistence would be. `migrate_slot` moves one slot between primaries
+by the standard resharding steps. Production never imports this module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 import redis.asyncio as aioredis
 import structlog
@@ -271,3 +274,74 @@ class LocalRedisCluster:
         is healthy with it."""
         await node.start()
         await self.wait_ready(timeout_s)
+
+    async def flush_primary(self, node: ClusterNode) -> None:
+        """FLUSHALL on one primary: its shard is empty, its replicas follow, the others keep
+        their data."""
+        client = node.client()
+        try:
+            await client.flushall()
+        finally:
+            await client.aclose()
+
+    async def migrate_slot(
+        self,
+        slot: int,
+        target: ClusterNode,
+        *,
+        while_migrating: Callable[[], Awaitable[None]] | None = None,
+        batch: int | None = None,
+    ) -> ClusterNode:
+        """Move `slot` to primary `target` as resharding does: SETSLOT IMPORTING on the target,
+        MIGRATING on the owner, MIGRATE its keys, then SETSLOT NODE on every primary;
+        `while_migrating` runs after the first MIGRATE, the slot still MIGRATING (the owner
+        answers ASK for the keys it no longer has). Returns the previous owner.
+
+        By default every key of the slot moves in one MIGRATE, so an organization's keys are
+        never split between two nodes: a script that touches a key already moved fails there
+        after its earlier writes were applied. `batch` moves that many keys per MIGRATE, as
+        `valkey-cli --cluster reshard --cluster-pipeline N` does (only to show that hazard)."""
+        source = next(
+            self.node_at(i.endpoint)
+            for i in await self.topology()
+            if i.primary and any(a <= slot <= b for a, b in i.slots)
+        )
+        if source is target:
+            raise ValueError(f"slot {slot} is already on {target.endpoint}")
+        src, dst = source.client(), target.client()
+        try:
+            src_id = _text(await _cmd(src, "CLUSTER", "MYID"))
+            dst_id = _text(await _cmd(dst, "CLUSTER", "MYID"))
+            await _cmd(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            await _cmd(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            first = True
+            while True:
+                count = batch or cast(int, await _cmd(src, "CLUSTER", "COUNTKEYSINSLOT", slot))
+                keys = cast(list[bytes], await _cmd(src, "CLUSTER", "GETKEYSINSLOT", slot, count))
+                if keys:
+                    await _cmd(src, "MIGRATE", LOCALHOST, target.port, "", 0, 5000, "KEYS", *keys)
+                if first and while_migrating is not None:
+                    await while_migrating()
+                first = False
+                if not keys and not await _cmd(src, "CLUSTER", "COUNTKEYSINSLOT", slot):
+                    break
+            for node in [target, source, *await self.primaries()]:
+                client = node.client()
+                try:
+                    await _cmd(client, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+                finally:
+                    await client.aclose()
+        finally:
+            await src.aclose()
+            await dst.aclose()
+        await self.wait_ready()
+        return source
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _cmd(client: aioredis.Redis, *args: str | int | bytes) -> object:
+    """A raw command of one node."""
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]

@@ -1,5 +1,5 @@
-"""`meter rebuild`: reconstruct Redis from PostgreSQL, and the consumer's guard against a Redis
-that lost its data.
+"""`meter rebuild`: reconstruct Redis from PostgreSQL, all of it or the organizations it lost
+(the consumer's guard, which calls it, is `meter.recovery`).
 
 Per organization (`rebuild_org`):
 
@@ -15,38 +15,47 @@ Per organization (`rebuild_org`):
    compares a member limit with one or the other by the org's limit policy;
 5. `engine.restore`.
 
-A full rebuild ends by setting the epoch marker (`engine.set_epoch`); an absent marker means the
-Redis is new or lost its data.
+Loss detection is per organization: its state is all there iff its config hash holds `c` and
+not `b` (`meter.engine.redis.org_present`), which lives in the organization's own slot, so a
+Redis Cluster shard that restarts empty loses exactly the markers of the organizations it held.
+Every script sees it atomically: a lost organization answers `unknown_org` while PostgreSQL knows
+it. `rebuild_lost` rebuilds such organizations one at a time, each under its own lock.
 
 Quarantine (`meter.quarantine`): an organization whose state cannot be applied (the engine
 refuses a value, PostgreSQL a cast, a script fails: anything but a server being away) is
-quarantined instead of failing the rebuild, which goes on with the next one and sets the epoch
-with it left out. Organizations already quarantined are left out without trying (their marker is
-set again) until `release` rebuilds them. Transient errors still fail the rebuild, which is
+quarantined instead of failing the rebuild, which goes on with the next one. Organizations
+already quarantined are left out without trying (their marker is set again) until `release`
+rebuilds them. Transient errors still fail the rebuild, which is
 retried.
 
-Fencing: a settling consumer holds a shared PostgreSQL advisory lock (`Recovery`); a rebuild
-holds it exclusively. So no event is settled into a half-rebuilt Redis, and no batch settled
-before a rebuild is still being written while it reads PostgreSQL. A void holds it shared too,
-from its Redis apply until its record commits (`AdminService.void`), so a rebuild never reads
-PostgreSQL without a void that Redis already has. A consumer checks that its lock session is
-still there before each batch, and has Redis rebuilt again when a rebuild ran while it was not.
+Fencing: a settling consumer holds a shared PostgreSQL advisory lock (`meter.recovery`); an explicit
+rebuild (`meter rebuild`, `release`, the reconciler's `repair`) holds it exclusively, after
+taking the "rebuild wanted" lock (`WANT_KEY`) that makes consumers drain and let go at their next
+guard. So no event is settled into a half-rebuilt Redis, and no batch settled before a rebuild is
+still being written while it reads PostgreSQL. A void holds it shared too, from its Redis apply
+until its record commits (`AdminService.void`). A consumer that meets a lost organization
+finishes its own writes, then rebuilds that organization under the organization's lock
+(`ORG_LOCK_CLASS`) while still holding the shared one: events are keyed by organization, so no
+other consumer settles it meanwhile, and every other organization keeps settling. A consumer that
+finds its lock session gone rebuilds the organizations it settled since before it was last sure
+of it (a rebuild may have read PostgreSQL without their last batch).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import sys
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.cluster import RedisCluster
 
 from meter import quarantine
 from meter.admin import queries as q
@@ -54,7 +63,7 @@ from meter.admin.clock import from_ms
 from meter.admin.reconcile import apply_org
 from meter.admin.service import REBUILD_LOCK_KEY, AdminService, org_config
 from meter.engine.periods import period_at
-from meter.engine.redis import EPOCH_KEY
+from meter.engine.redis import REBUILDING, begin_rebuild, end_rebuild, org_key
 from meter.engine.types import Engine, OrgConfig, Period
 from meter.plans.store import grant_of
 from meter.redis_client import connect as redis_connect
@@ -69,7 +78,8 @@ LOCK_KEY = REBUILD_LOCK_KEY
 """pg_advisory_lock key: settling and voids hold it shared, rebuilding exclusively."""
 
 LOCK_PROBE_TIMEOUT_S = 5.0
-"""How long `Recovery` waits for its lock connection to answer before taking it for lost."""
+"""How long a lock session (`meter.recovery.Recovery`'s, a rebuild's) may take to answer before
+it is taken for lost."""
 
 # -- SQL ----------------------------------------------------------------------------------------
 
@@ -113,19 +123,20 @@ SELECT {_DRAWN} AS drawn, unfunded FROM org_period_totals
 WHERE org_id = $1 AND period_start = $2
 """
 
-# Delete the epoch marker if it still says ARGV[1].
-FORGET_EPOCH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+ORG_LOCK_CLASS = 0x6D657472
+"""First key of an organization's pg_advisory_lock(int, int) (the second: hashtext(org_id))."""
+LOCK_ORG = "SELECT pg_advisory_lock($1, hashtext($2))"
+UNLOCK_ORG = "SELECT pg_advisory_unlock($1, hashtext($2))"
+
+WANT_KEY = int.from_bytes(hashlib.sha256(b"meter.rebuild.want").digest()[:8], "big", signed=True)
+"""pg_advisory_lock key an explicit rebuild holds exclusively while it waits for and holds
+`LOCK_KEY`: consumers see it taken at their next guard, drain and let go of `LOCK_KEY`."""
+
+SELECT_KNOWN = "SELECT org_id FROM organizations WHERE org_id = ANY($1::text[]) ORDER BY org_id"
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def new_epoch(at_ms: int) -> str:
-    return f"{at_ms}-{uuid.uuid4().hex[:12]}"
 
 
 def _glob_escape(text: str) -> str:
@@ -137,7 +148,6 @@ class RebuildReport:
     orgs: int
     buckets: int
     counters: int
-    epoch: str | None
     quarantined: dict[str, str] = field(default_factory=dict)
     """Organizations left out, each with why: this rebuild's failure, or an earlier quarantine."""
 
@@ -175,11 +185,38 @@ def open_periods(org: OrgConfig, at_ms: int) -> list[tuple[Period, int]]:
 # -- rebuilding ---------------------------------------------------------------------------------
 
 
-async def delete_matching(redis: aioredis.Redis, pattern: str) -> int:
-    """Delete the keys matching the glob `pattern` (SCAN, then UNLINK in slices)."""
+def _primaries(redis: aioredis.Redis) -> list[Any] | None:
+    """The primaries of a Redis Cluster client (None for one server)."""
+    if isinstance(redis, RedisCluster):
+        return list(redis.get_primaries())
+    return None
+
+
+async def scan_keys(
+    redis: aioredis.Redis, pattern: str, *, slot_of: str | None = None
+) -> AsyncIterator[bytes]:
+    """The keys matching the glob `pattern`: SCAN on one server; on a cluster, SCAN on every
+    primary in turn, or only on the primary owning the slot of key `slot_of` (all of an
+    organization's keys share one slot)."""
+    primaries = _primaries(redis)
+    if primaries is None:
+        async for key in redis.scan_iter(match=pattern, count=1000):
+            yield key
+        return
+    cluster = cast(RedisCluster, redis)
+    nodes = primaries if slot_of is None else [cluster.get_node_from_key(slot_of)]
+    for node in nodes:
+        async for key in cluster.scan_iter(match=pattern, count=1000, target_nodes=node):
+            yield key
+
+
+async def delete_matching(
+    redis: aioredis.Redis, pattern: str, *, slot_of: str | None = None
+) -> int:
+    """Delete the keys matching the glob `pattern` (`scan_keys`, then UNLINK in slices)."""
     deleted = 0
     batch: list[bytes] = []
-    async for key in redis.scan_iter(match=pattern, count=1000):
+    async for key in scan_keys(redis, pattern, slot_of=slot_of):
         batch.append(key)
         if len(batch) >= 500:
             deleted += await redis.unlink(*batch)
@@ -191,19 +228,31 @@ async def delete_matching(redis: aioredis.Redis, pattern: str) -> int:
 
 async def clear_org(redis: aioredis.Redis, org_id: str) -> int:
     """Delete every Redis key of the organization."""
-    return await delete_matching(redis, f"meter:{{{_glob_escape(org_id)}}}:*")
+    pattern = f"meter:{{{_glob_escape(org_id)}}}:*"
+    return await delete_matching(redis, pattern, slot_of=org_key(org_id))
 
 
 async def rebuild_org(
-    admin: AdminService, redis: aioredis.Redis, org_id: str, at_ms: int, *, clear: bool = True
+    admin: AdminService,
+    redis: aioredis.Redis,
+    org_id: str,
+    at_ms: int,
+    *,
+    clear: bool = True,
+    still_locked: Callable[[], Awaitable[bool]] | None = None,
 ) -> tuple[int, int]:
     """Rebuild one organization's Redis state from PostgreSQL as of `at_ms` (the admin's clock
     must say the same), deleting its keys first unless `clear` is False (already done).
-    Returns (buckets, counters) restored; (0, 0) for an unknown org."""
+    Returns (buckets, counters) restored; (0, 0) for an unknown org. When `still_locked()`
+    says False at the end, raises `RebuildLockLost` leaving the organization marked as being
+    rebuilt (what it read may miss a batch written since: whoever meets it rebuilds it)."""
     engine = admin.engine
     if clear:
         await clear_org(redis, org_id)
+    # Scripts take the org for absent from here until its state is all there again.
+    await begin_rebuild(redis, org_id)
     if not await apply_org(admin, org_id):
+        await redis.delete(org_key(org_id))
         return 0, 0
     async with admin.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         row = await conn.fetchrow(q.SELECT_ORG_CONFIG, org_id)
@@ -223,6 +272,9 @@ async def rebuild_org(
     for i, (usage, inside) in enumerate(usages):
         await engine.restore(org_id, left if i == 0 else {}, usage, inside)
         counters += len(usage)
+    if still_locked is not None and not await still_locked():
+        raise RebuildLockLost(f"the rebuild lock's session ended while {org_id!r} was rebuilt")
+    await end_rebuild(redis, org_id)
     return len(left), counters
 
 
@@ -250,10 +302,10 @@ async def rebuild(
     releasing: bool = False,
 ) -> RebuildReport:
     """Rebuild the Redis state of `org_ids` (default: every organization, after deleting every
-    organization's keys, known to PostgreSQL or not) and set a new epoch. The caller holds the
+    organization's keys on every primary, known to PostgreSQL or not). The caller holds the
     rebuild lock exclusively (`exclusive_rebuild`, which passes `still_locked`: asked before
-    each organization and before the epoch, False raises `RebuildLockLost`), or knows nothing
-    settles meanwhile.
+    each organization, False raises `RebuildLockLost`), or the organizations' own locks
+    (`rebuild_lost`), or knows nothing settles meanwhile.
 
     An organization that cannot be applied is quarantined and left out; quarantined ones are
     left out without trying unless `releasing`, which tries them and ends the quarantine of
@@ -282,7 +334,9 @@ async def rebuild(
             left_out[org_id] = f"quarantined since {earlier.since.isoformat()}: {earlier.details}"
             continue
         try:
-            b, c = await rebuild_org(admin, redis, org_id, at, clear=not cleared)
+            b, c = await rebuild_org(
+                admin, redis, org_id, at, clear=not cleared, still_locked=still_locked
+            )
         except Exception as exc:
             if isinstance(exc, RebuildLockLost) or quarantine.is_transient(exc):
                 raise
@@ -292,23 +346,16 @@ async def rebuild(
             log.warning("org_released", org_id=org_id)
         buckets += b
         counters += c
-    await check_lock()
-    epoch = new_epoch(at)
-    await engine.set_epoch(epoch)
     log.info(
-        "rebuilt",
-        orgs=len(org_ids),
-        buckets=buckets,
-        counters=counters,
-        quarantined=len(left_out),
-        epoch=epoch,
+        "rebuilt", orgs=len(org_ids), buckets=buckets, counters=counters, quarantined=len(left_out)
     )
-    return RebuildReport(len(org_ids), buckets, counters, epoch, left_out)
+    return RebuildReport(len(org_ids), buckets, counters, left_out)
 
 
 class RebuildLockLost(RuntimeError):
     """The session holding the rebuild lock ended before the rebuild was done: settling may have
-    started again, so the rebuild stops without setting an epoch."""
+    started again, so the rebuild stops (the organization it was at stays marked as being
+    rebuilt, so it is found lost and rebuilt again)."""
 
 
 async def session_answers(conn: asyncpg.Connection, timeout_s: float) -> bool:
@@ -340,21 +387,18 @@ async def exclusive_rebuild(
     engine: Engine,
     *,
     org_ids: Sequence[str] | None = None,
-    force: bool = False,
     probe_timeout_s: float = LOCK_PROBE_TIMEOUT_S,
     releasing: bool = False,
-) -> RebuildReport | None:
-    """Take the rebuild lock exclusively (waiting for settling consumers to let go of it), then
-    rebuild if `force` or the epoch marker is absent. None when there was nothing to do.
-
-    The lock's session is asked whether it is still there before each organization and before
-    the new epoch is set; when it is gone (`RebuildLockLost`) consumers may be settling or
-    rebuilding again, so this rebuild stops and leaves the epoch unset for them."""
+) -> RebuildReport:
+    """Take the "rebuild wanted" lock, then the rebuild lock exclusively (settling consumers see
+    the first at their next guard, drain and let go of the second), and rebuild `org_ids` (or
+    everything). The lock's session is asked whether it is still there before each
+    organization; when it is gone (`RebuildLockLost`) consumers may be settling again, so this
+    rebuild stops."""
     conn = await asyncpg.connect(dsn)
     try:
+        await conn.execute("SELECT pg_advisory_lock($1)", WANT_KEY)
         await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
-        if not force and await engine.epoch() is not None:
-            return None
 
         async def still_locked() -> bool:
             return await session_answers(conn, probe_timeout_s)
@@ -376,10 +420,9 @@ async def exclusive_rebuild(
 
 
 async def release(dsn: str, redis: aioredis.Redis, engine: Engine, org_id: str) -> str | None:
-    """End an organization's quarantine: rebuild it now under the rebuild lock (the epoch marker
-    is deleted first so that settling consumers let go of the lock, as `meter rebuild` does)
-    and, when it rebuilds, delete its quarantine. None on success, else why it stays
-    quarantined."""
+    """End an organization's quarantine: rebuild it now under the rebuild lock (as `meter
+    rebuild` does) and, when it rebuilds, delete its quarantine. None on success, else why it
+    stays quarantined."""
     conn = await asyncpg.connect(dsn)
     try:
         held = await quarantine.get(conn, org_id)
@@ -387,15 +430,59 @@ async def release(dsn: str, redis: aioredis.Redis, engine: Engine, org_id: str) 
         await conn.close()
     if held is None:
         return f"{org_id!r} is not quarantined"
-    await redis.delete(EPOCH_KEY)
     try:
-        report = await exclusive_rebuild(
-            dsn, redis, engine, org_ids=[org_id], force=True, releasing=True
-        )
+        report = await exclusive_rebuild(dsn, redis, engine, org_ids=[org_id], releasing=True)
     except RebuildLockLost as exc:
         return f"{exc}; run it again"
-    assert report is not None
     return report.quarantined.get(org_id)
+
+
+async def missing_orgs(redis: aioredis.Redis, org_ids: Sequence[str]) -> list[str]:
+    """Those of `org_ids` whose state Redis does not hold (lost, half rebuilt, never applied, or
+    quarantined: a rebuild marks those again): `org_present`'s HMGET, pipelined by the
+    thousand (a cluster client sends each slice's commands to their primaries)."""
+    missing: list[str] = []
+    for first in range(0, len(org_ids), 1000):
+        part = org_ids[first : first + 1000]
+        pipe = redis.pipeline(transaction=False)
+        for org_id in part:
+            pipe.hmget(org_key(org_id), ["c", REBUILDING])
+        for org_id, (config, rebuilding) in zip(part, await pipe.execute(), strict=True):
+            if config is None or rebuilding is not None:
+                missing.append(org_id)
+    return missing
+
+
+async def rebuild_lost(
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    engine: Engine,
+    org_ids: Collection[str],
+    *,
+    conn: asyncpg.Connection,
+    force: bool = False,
+    still_locked: Callable[[], Awaitable[bool]] | None = None,
+) -> RebuildReport:
+    """Rebuild, one at a time, each of `org_ids` PostgreSQL knows whose state Redis lost (all of
+    them if `force`), under that organization's own lock taken on `conn`: one that another
+    process rebuilt meanwhile is left as it is. Organizations not named are never blocked."""
+    known = [r["org_id"] for r in await pool.fetch(SELECT_KNOWN, list(org_ids))]
+    total = RebuildReport(0, 0, 0)
+    for org_id in known:
+        await conn.execute(LOCK_ORG, ORG_LOCK_CLASS, org_id)
+        try:
+            if not force and await engine.has_org(org_id):
+                continue
+            report = await rebuild(pool, redis, engine, org_ids=[org_id], still_locked=still_locked)
+        finally:
+            await conn.execute(UNLOCK_ORG, ORG_LOCK_CLASS, org_id)
+        total = RebuildReport(
+            total.orgs + report.orgs,
+            total.buckets + report.buckets,
+            total.counters + report.counters,
+            {**total.quarantined, **report.quarantined},
+        )
+    return total
 
 
 async def repair(
@@ -405,141 +492,46 @@ async def repair(
     *,
     probe_timeout_s: float = LOCK_PROBE_TIMEOUT_S,
 ) -> RebuildReport | None:
-    """Rebuild what Redis lost, for a process that finds it out (the admin reconciler) while no
-    consumer may be running to do it: everything when the epoch marker is gone (as `Recovery`
-    does), else the organizations PostgreSQL knows that have no state in Redis (keys lost one
-    by one, an apply that failed), with the marker deleted first so that settling consumers let
-    go of the rebuild lock. Under the lock taken exclusively on a connection of `pool`; None
-    when another process rebuilt meanwhile."""
-    everything = await engine.epoch() is None
-    if not everything:
-        await redis.delete(EPOCH_KEY)
+    """Rebuild what Redis lost, for a process that finds it out (the admin reconciler) and may
+    not know what consumers are writing: the organizations PostgreSQL knows that have no state
+    in Redis, each alone under the rebuild lock (taken exclusively on a connection of `pool`,
+    after the "rebuild wanted" lock, so consumers drain and let go of it only for that one
+    organization's rebuild). None when nothing was missing."""
+    org_ids = [r["org_id"] for r in await pool.fetch(q.SELECT_ORG_IDS)]
+    missing = await missing_orgs(redis, org_ids)
+    if not missing:
+        return None
+    total = RebuildReport(0, 0, 0)
     async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
-        try:
-            if await engine.epoch() is not None:
-                return None
 
-            async def still_locked() -> bool:
-                return await session_answers(conn, probe_timeout_s)
+        async def still_locked() -> bool:
+            return await session_answers(conn, probe_timeout_s)
 
-            org_ids: list[str] | None = None
-            if not everything:
-                known = [r["org_id"] for r in await pool.fetch(q.SELECT_ORG_IDS)]
-                org_ids = [o for o in known if not await engine.has_org(o)]
-            return await rebuild(pool, redis, engine, org_ids=org_ids, still_locked=still_locked)
-        finally:
-            with contextlib.suppress(
-                OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError
-            ):
-                await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
-
-
-# -- the consumer's guard -----------------------------------------------------------------------
-
-
-class Recovery:
-    """Lets a consumer settle only into a Redis that holds PostgreSQL's state.
-
-    `guard()` before settling a batch: holds the rebuild lock shared (on a connection of its own)
-    and reads the epoch marker; when it is absent, lets go of the lock, drains (the consumer
-    finishes the batch it is writing), rebuilds under the exclusive lock unless another process
-    already did, and starts over. `still_valid()` after settling: False when the epoch changed
-    meanwhile (Redis restarted empty while settling): the batch must be dropped, not written.
-
-    The lock lives as long as its PostgreSQL session, which a restart or a terminated backend
-    ends without the client necessarily knowing (`is_closed()` stays False until something is
-    sent). So `guard()` has the session answer a query: one round trip per batch, bounded by
-    `LOCK_PROBE_TIMEOUT_S` (a session that answers holds the lock: it is let go only with it).
-    A lost lock is taken again on a new connection. While it was not held a rebuild may have
-    run, and what this consumer settled since its last guard may have reached PostgreSQL after
-    that rebuild read it: if the epoch changed, the consumer deletes the marker, drains and has
-    Redis rebuilt again before settling. The marker being the same proves no rebuild touched
-    Redis meanwhile: each one ends with a new marker, and one in progress keeps the lock from
-    being taken again until it has.
-    """
-
-    def __init__(
-        self,
-        dsn: str,
-        redis: aioredis.Redis,
-        engine: Engine,
-        *,
-        probe_timeout_s: float = LOCK_PROBE_TIMEOUT_S,
-    ) -> None:
-        self._dsn = dsn
-        self._redis = redis
-        self._engine = engine
-        self._probe_timeout_s = probe_timeout_s
-        self._conn: asyncpg.Connection | None = None
-        self._epoch: str | None = None
-        self._lost = False
-        """The lock was found lost since Redis was last known to hold what this consumer wrote."""
-        self.rebuilds = 0
-        self.locks_lost = 0
-
-    @property
-    def held(self) -> bool:
-        """The lock connection is open, as far as the client knows (no round trip)."""
-        return self._conn is not None and not self._conn.is_closed()
-
-    async def _hold(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            if await session_answers(conn, self._probe_timeout_s):
-                return
-            self._conn = None
-            self._lost = True
-            self.locks_lost += 1
-            conn.terminate()  # whatever the session's state, this client is done with it
-        conn = await asyncpg.connect(self._dsn)
-        try:
-            await conn.execute("SELECT pg_advisory_lock_shared($1)", LOCK_KEY)
-        except BaseException:
-            conn.terminate()
-            raise
-        self._conn = conn
-
-    async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await end_session(conn, self._probe_timeout_s)
-
-    async def _forget_epoch(self, epoch: str) -> None:
-        await self._redis.eval(FORGET_EPOCH, 1, EPOCH_KEY, epoch)
-
-    async def guard(self, drain: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            await self._hold()
-            epoch = await self._engine.epoch()
-            if epoch is not None and (not self._lost or self._epoch in (None, epoch)):
-                self._epoch = epoch
-                self._lost = False
-                return
-            if epoch is None:
-                log.warning("redis_lost_data", action="rebuild")
-            else:
-                log.warning("rebuilt_while_lock_lost", action="rebuild", epoch=epoch)
-                # Every consumer lets go of the lock on seeing no marker, so the rebuild can run.
-                await self._forget_epoch(epoch)
-            await drain()
-            await self._drop()
+        for org_id in missing:
+            await conn.execute("SELECT pg_advisory_lock($1)", WANT_KEY)
             try:
-                report = await exclusive_rebuild(self._dsn, self._redis, self._engine)
-            except RebuildLockLost:
-                continue  # the epoch stays unset: rebuilt again, by this process or another
-            self._lost = False  # drained first: whatever rebuilt Redis read what was written
-            if report is not None:
-                self.rebuilds += 1
+                await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
+                try:
+                    report = await rebuild_lost(
+                        pool, redis, engine, [org_id], conn=conn, still_locked=still_locked
+                    )
+                finally:
+                    with contextlib.suppress(*SESSION_GONE):
+                        await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+            finally:
+                with contextlib.suppress(*SESSION_GONE):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", WANT_KEY)
+            total = RebuildReport(
+                total.orgs + report.orgs,
+                total.buckets + report.buckets,
+                total.counters + report.counters,
+                {**total.quarantined, **report.quarantined},
+            )
+    return total
 
-    async def still_valid(self) -> bool:
-        """No round trip on the lock connection: dropping a batch only matters when Redis changed
-        under it, which a changed (or absent) epoch shows; a lock lost meanwhile is found by the
-        next `guard()`, before that batch's successor settles."""
-        return self.held and await self._engine.epoch() == self._epoch
 
-    async def close(self) -> None:
-        await self._drop()
+SESSION_GONE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+"""What a PostgreSQL session that went away raises."""
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -561,21 +553,19 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
             client = redis_connect(services.redis_url)
             try:
                 engine = RedisEngine(client)
-                # Settling consumers notice the missing marker, let go of the lock and wait.
-                await client.delete(EPOCH_KEY)
+                # Settling consumers see the "rebuild wanted" lock, drain and let go of theirs.
                 report = await exclusive_rebuild(
-                    services.postgres_dsn, client, engine, org_ids=args.orgs, force=True
+                    services.postgres_dsn, client, engine, org_ids=args.orgs
                 )
             except RebuildLockLost as exc:
-                # Settling consumers rebuild on their own when they find no marker.
+                # The organization it was at stays marked: whoever meets it rebuilds it.
                 print(f"meter rebuild: {exc}; run it again", file=sys.stderr)
                 return 1
             finally:
                 await client.aclose()
-        assert report is not None
         print(
             f"rebuilt {report.orgs} organizations: {report.buckets} buckets, "
-            f"{report.counters} counters; epoch {report.epoch}"
+            f"{report.counters} counters"
         )
         for org_id, why in sorted(report.quarantined.items()):
             print(f"meter rebuild: {org_id} left out, quarantined: {why}", file=sys.stderr)

@@ -9,8 +9,8 @@ the seat-month balance are put to the engine unseated, so their checks say `no_s
 Only an organization whose state the engine holds is reconciled. One without state (Redis lost
 it, or it was never applied) is not: `apply_grant` would add each bucket at its full amount and
 give back the credits already drawn. It is rebuilt from PostgreSQL instead, under the rebuild
-lock (`meter.rebuild.repair`), as is everything when the epoch marker is gone and no consumer
-rebuilt yet. Quarantined organizations (`meter.quarantine`) are left alone.
+lock (`meter.rebuild.repair`), one organization at a time. Quarantined organizations
+(`meter.quarantine`) are left alone.
 
 `run_reconciler` runs supervised (`meter.supervise`): a PostgreSQL or Redis outage during a pass
 is retried with backoff until the pass succeeds; the loop only ends when cancelled.
@@ -67,7 +67,8 @@ async def apply_org(admin: AdminService, org_id: str) -> bool:
         grants = await conn.fetch(q.SELECT_LIVE_GRANTS, org_id, from_ms(admin.clock()))
         revoked = await conn.fetch(q.SELECT_REVOKED_GRANTS, org_id)
     engine = admin.engine
-    await engine.put_org(org_config(org))
+    # Only where its state is (or a rebuild is putting it back): a lost one stays absent.
+    await engine.put_org(org_config(org), create=False)
     for g in groups:
         await engine.put_billing_group(
             BillingGroupConfig(org_id, g["billing_group_id"], g["period_limit"])
@@ -133,11 +134,8 @@ async def repair(admin: AdminService) -> bool:
 
 async def reconcile_all(admin: AdminService) -> int:
     """Reconcile every organization; returns how many failed (they stay dirty). Organizations
-    without state, or all when the epoch marker is gone, are rebuilt (`repair`). A server that
+    without state are rebuilt (`repair`). A server that
     cannot be reached stops the pass (raised): the other organizations would fail alike."""
-    state = state_engine(admin)
-    if state is not None and await state.epoch() is None:
-        return 0 if await repair(admin) else 1
     failed = 0
     absent: list[str] = []
     for row in await admin.pool.fetch(q.SELECT_ORG_IDS):

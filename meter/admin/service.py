@@ -370,7 +370,7 @@ class AdminService:
             )
             row = await self._org_row(conn, org_id)
         cfg = org_config(row)
-        await self._apply(org_id, lambda: self.engine.put_org(cfg))
+        await self._apply(org_id, lambda: self.engine.put_org(cfg, create=False))
         return org_out(row)
 
     async def org_exists(self, org_id: str) -> None:

@@ -51,7 +51,7 @@ from meter.api.http import (
 )
 from meter.api.resp import PipelinedRedis, supports
 from meter.auth import KeyVerifier
-from meter.engine.redis import EPOCH_KEY, RedisEngine
+from meter.engine.redis import RedisEngine
 from meter.engine.types import EngineInputError
 from meter.errors import (
     InvalidInput,
@@ -292,10 +292,9 @@ class App:
             miss_rate=self.settings.auth_miss_rate,
             miss_burst=self.settings.auth_miss_burst,
         )
-        if await self._redis.get(EPOCH_KEY) is None:
-            # Redis is new or lost its data: rebuild it (or wait for whoever does) before
-            # serving, rather than answer 503 to checks until the reconciler's first pass.
-            await repair(self._admin)
+        # Organizations Redis lost (a new or emptied server, a shard that restarted empty):
+        # rebuild them before serving, rather than answer 503 until the reconciler's first pass.
+        await repair(self._admin)
         self._tasks.append(
             asyncio.create_task(run_reconciler(self._admin, self.reconcile_interval_s))
         )

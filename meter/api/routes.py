@@ -34,7 +34,6 @@ from meter.api.http import (
     parse_body,
 )
 from meter.auth import PLATFORM, Scope
-from meter.engine.redis import EPOCH_KEY
 from meter.engine.types import CheckResult, Reason
 from meter.errors import InvalidInput, NotFound, OrgQuarantined, Unavailable
 from meter.health import HEALTH
@@ -144,17 +143,19 @@ def check_payload(result: CheckResult) -> dict[str, Any]:
 async def absent_org(call: Call, org_id: str, reason: Reason) -> None:
     """An organization without state in Redis: 503 when it exists (quarantined, or Redis being
     rebuilt), so that no caller takes `unknown_org` for an answer about a real organization. An
-    organization-bound key proves its organization exists; for an admin key an absent epoch
-    marker says Redis is not rebuilt yet. Either way the reconciler is asked to repair at once.
-    Only denied answers get here: checks of known organizations pay nothing for it."""
+    organization-bound key proves its organization exists; for an admin key PostgreSQL says
+    (the organization's state lives on one shard, which may have restarted empty). Either way the
+    reconciler is asked to repair it at once. Only denied answers get here: checks of known
+    organizations pay nothing for it."""
     if reason is Reason.ORG_QUARANTINED:
         raise OrgQuarantined(f"organization {org_id!r} is quarantined; an operator must release it")
-    if await call.app.redis.get(EPOCH_KEY) is None:
-        call.app.admin.want_repair(None)
-        raise Unavailable("quota state is being rebuilt; retry shortly")
-    if call.who.org_id == org_id:
-        call.app.admin.want_repair(org_id)
-        raise Unavailable("quota state is being rebuilt; retry shortly")
+    if call.who.org_id != org_id:
+        try:
+            await call.app.admin.org_exists(org_id)
+        except NotFound:
+            return
+    call.app.admin.want_repair(org_id)
+    raise Unavailable("quota state is being rebuilt; retry shortly")
 
 
 async def check(call: Call) -> Response:

@@ -41,7 +41,6 @@ from meter.engine.redis import RedisEngine
 from meter.engine.types import MICRO, Grant, Kind, MemberConfig, OrgConfig, OrgStatus, PeriodKind
 from meter.rating.book import ensure_first_card
 from meter.rating.dimensions import Usage
-from meter.rebuild import new_epoch
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.store import ms_to_datetime
@@ -161,8 +160,6 @@ class _World:
             },
         }
         await ensure_first_card(conn, self.plan, card, "bench")
-        # Redis holds PostgreSQL's state, as after `meter rebuild`.
-        await engine.set_epoch(new_epoch(t))
 
     def events(
         self, n: int, prefix: str, time_ms: int | None = None, *, usage: bool = False

@@ -135,13 +135,13 @@ class Ledger:
         self.results: dict[str, dict[str, Settlement]] = defaultdict(dict)
         self.voids: dict[str, dict[str, VoidResult]] = defaultdict(dict)
         self.holds: dict[str, dict[str, Hold]] = defaultdict(dict)
-        self.epoch_marker: str | None = None
 
     # -- configuration -------------------------------------------------------------------------
 
-    def put_org(self, org: OrgConfig) -> None:
+    def put_org(self, org: OrgConfig, *, create: bool = True) -> None:
         validate_org(org)
-        self.orgs[org.org_id] = org
+        if create or org.org_id in self.orgs:
+            self.orgs[org.org_id] = org
 
     def put_member(self, member: MemberConfig) -> None:
         validate_member(member)
@@ -482,13 +482,6 @@ class Ledger:
         for slot in gone:
             del buckets[slot]
         return len(gone)
-
-    def epoch(self) -> str | None:
-        return self.epoch_marker
-
-    def set_epoch(self, value: str) -> None:
-        check_id("epoch", value)
-        self.epoch_marker = value
 
     def has_org(self, org_id: str) -> bool:
         return org_id in self.orgs

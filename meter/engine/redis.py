@@ -77,13 +77,31 @@ MAX_BATCH = 2000
 
 USAGE_FIELDS = {"a": "member:", "s": "member_shared:", "g": "group:"}
 COUNTER_FIELDS = {name: code for code, name in USAGE_FIELDS.items()}
-EPOCH_KEY = "meter:epoch"
-"""The one global key: the store's epoch marker (absent on a new or emptied Redis)."""
+REBUILDING = "b"
+"""Field of the org's config hash set while the org is rebuilt: its state is all there (the
+org's loss marker, lost with its shard) iff the field `c` is set and this one is not."""
 
 
 def org_key(org_id: str) -> str:
     """The organization's config key; every other key of the org shares its prefix and slot."""
     return f"meter:{{{org_id}}}:o"
+
+
+async def org_present(redis: aioredis.Redis, org_id: str) -> bool:
+    """Whether the organization's state is all there: config set, no rebuild in progress (the
+    test every script makes, `load_org` in `lua/lib.lua`)."""
+    config, rebuilding = await redis.hmget(org_key(org_id), ["c", REBUILDING])
+    return config is not None and rebuilding is None
+
+
+async def begin_rebuild(redis: aioredis.Redis, org_id: str) -> None:
+    """Mark the organization as being rebuilt: scripts take it for absent until `end_rebuild`."""
+    await redis.hset(org_key(org_id), REBUILDING, "1")
+
+
+async def end_rebuild(redis: aioredis.Redis, org_id: str) -> None:
+    """The organization's state is all there again."""
+    await redis.hdel(org_key(org_id), REBUILDING)
 
 
 def lua_file(name: str) -> str:
@@ -239,12 +257,12 @@ class RedisEngine:
 
     # -- configuration -------------------------------------------------------------------------
 
-    async def put_org(self, org: OrgConfig) -> None:
+    async def put_org(self, org: OrgConfig, *, create: bool = True) -> None:
         validate_org(org)
         await self._call(
             "put_org", org.org_id, org.status.value, org.period_kind.value, org.anchor_ms,
             org.rolling_days, org.limit_policy.value, _opt(org.default_member_limit),
-            org.grace_ms,
+            org.grace_ms, "1" if create else "0",
         )  # fmt: skip
 
     async def put_member(self, member: MemberConfig) -> None:
@@ -387,17 +405,9 @@ class RedisEngine:
         check_instant("now_ms", now_ms)
         return int(await self._call("prune", org_id, now_ms))
 
-    async def epoch(self) -> str | None:
-        value = await self._redis.get(EPOCH_KEY)
-        return None if value is None else _str(value)
-
-    async def set_epoch(self, value: str) -> None:
-        check_id("epoch", value)
-        await self._redis.set(EPOCH_KEY, value)
-
     async def has_org(self, org_id: str) -> bool:
         check_org_id(org_id)
-        return bool(await self._redis.exists(org_key(org_id)))
+        return await org_present(self._redis, org_id)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -476,8 +486,11 @@ async def settle_encoded(
 __all__ = [
     "UNASSIGNED",
     "RedisEngine",
+    "begin_rebuild",
     "decode_settlement",
     "encode_settlement",
+    "end_rebuild",
     "org_key",
+    "org_present",
     "settle_encoded",
 ]

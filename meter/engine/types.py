@@ -229,7 +229,9 @@ class Engine(Protocol):
     """What both engine implementations offer. The Redis one is async; the model is sync and
     offers the same methods without `await` (see `model.Ledger`)."""
 
-    async def put_org(self, org: OrgConfig) -> None: ...
+    async def put_org(self, org: OrgConfig, *, create: bool = True) -> None:
+        """Create or replace the organization's config; with `create` False only replace it (an
+        organization whose state was lost stays absent, to be rebuilt)."""
 
     async def put_member(self, member: MemberConfig) -> None: ...
 
@@ -326,12 +328,6 @@ class Engine(Protocol):
         last valid instant closed (end + grace) more than a week before `now_ms`. Voids return
         nothing to expired buckets, so no later call changes its result. Returns the number of
         buckets dropped (they leave `balances()` too)."""
-
-    async def epoch(self) -> str | None:
-        """The store's epoch marker: None when the store is new or lost its data."""
-
-    async def set_epoch(self, value: str) -> None:
-        """Set the epoch marker (after a rebuild, or on a new store)."""
 
     async def has_org(self, org_id: str) -> bool:
         """Whether the store holds the organization's state (False: never applied, lost, or

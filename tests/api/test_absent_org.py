@@ -1,5 +1,6 @@
 """Checks of an organization that exists but has no state in Redis answer 503, never
-`unknown_org`: while Redis is rebuilt (no epoch marker) and while it is quarantined."""
+`unknown_org`: while its state is rebuilt (its marker gone with its keys) and while it is
+quarantined."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import httpx
 from api.support import make_org
 from meter import quarantine
 from meter.api import App
-from meter.engine.redis import EPOCH_KEY
+from meter.engine.redis import org_present
 from meter.rebuild import clear_org
 
 
@@ -22,10 +23,9 @@ async def test_checks_of_an_org_without_state(app: App, admin: httpx.AsyncClient
     reserve = check | {"reservation_id": "r1"}
     assert (await admin.post("/v1/check", json=check)).status_code == 200
 
-    # Redis lost its data: the epoch marker is gone and the org's keys with it. The first check
-    # answers 503 and asks the reconciler to repair at once; until it has, checks answer 503,
-    # afterwards about the member again: never `unknown_org`.
-    await app.redis.delete(EPOCH_KEY)
+    # Redis lost the org's keys, its marker with them (its shard restarted empty). The first
+    # check answers 503 and asks the reconciler to repair at once; until it has, checks answer
+    # 503, afterwards about the member again: never `unknown_org`.
     await clear_org(app.redis, org)
     r = await admin.post("/v1/check", json=check)
     assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
@@ -39,7 +39,7 @@ async def test_checks_of_an_org_without_state(app: App, admin: httpx.AsyncClient
                 assert r.json()["error"]["code"] == "unavailable", r.text
             else:
                 assert r.status_code == 200 and r.json()["reason"] != "unknown_org", r.text
-        if r.status_code == 200 and await app.redis.get(EPOCH_KEY) is not None:
+        if r.status_code == 200 and await org_present(app.redis, org):
             break
         assert asyncio.get_running_loop().time() < deadline, "Redis was not repaired"
         await asyncio.sleep(0.05)

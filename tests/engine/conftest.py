@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from meter.engine.model import Ledger
-from meter.engine.redis import EPOCH_KEY, RedisEngine
+from meter.engine.redis import RedisEngine
 from meter.local_cluster import LocalRedisCluster
 from meter.redis_client import connect
 
@@ -49,10 +49,7 @@ async def engine(engine_url: str | None) -> AsyncIterator[Any]:
     if engine_url is None:
         yield AsyncLedger()
         return
-    client = connect(engine_url)
-    # Organizations are unique per test; the epoch marker is the one key they share (the
-    # session's Redis is flushed by `redis`, the cluster is not).
-    await client.delete(EPOCH_KEY)
+    client = connect(engine_url)  # organizations are unique per test: no key is shared
     try:
         yield RedisEngine(client)
     finally:

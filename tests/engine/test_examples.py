@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from meter.engine.model import Ledger
 from meter.engine.periods import period_at, prorate
-from meter.engine.redis import EPOCH_KEY, RedisEngine
+from meter.engine.redis import RedisEngine
 from meter.engine.types import (
     MICRO,
     BillingGroupConfig,
@@ -362,10 +361,22 @@ async def test_restore_checks_names_before_changing_anything(engine: Any, org_id
     assert await engine.usage(org_id, MARCH.end_ms) == {}
 
 
-async def test_epoch_marker(engine: Any, redis: aioredis.Redis) -> None:
-    assert await engine.epoch() is None  # a new store (`redis` is flushed)
-    await engine.set_epoch("2024-03-10T00:00:00Z/1")
-    assert await engine.epoch() == "2024-03-10T00:00:00Z/1"
-    with pytest.raises(EngineInputError):
-        await engine.set_epoch("")
-    await redis.delete(EPOCH_KEY)
+async def test_org_marker(engine: Any, org_id: str) -> None:
+    """`has_org`: the organization's state is there once its config is put, not before."""
+    assert not await engine.has_org(org_id)
+    assert (await engine.check(org_id, "ann", 1, NOW)).reason is Reason.UNKNOWN_ORG
+    await setup_org(engine, org_id)
+    assert await engine.has_org(org_id)
+
+
+async def test_put_org_without_create_only_replaces(engine: Any, org_id: str) -> None:
+    """`put_org(create=False)` (an update, the reconciler) leaves an organization without state
+    absent, to be rebuilt, rather than bring back a config without its buckets."""
+    org = OrgConfig(org_id, OrgStatus.ACTIVE, PeriodKind.MONTHLY, JAN1)
+    await engine.put_org(org, create=False)
+    assert not await engine.has_org(org_id)
+    await engine.put_org(org)
+    await engine.put_member(MemberConfig(org_id, "ann"))
+    await engine.put_org(replace(org, status=OrgStatus.SUSPENDED), create=False)
+    assert await engine.has_org(org_id)
+    assert (await engine.check(org_id, "ann", 1, NOW)).reason is Reason.ORG_INACTIVE

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from consumers.settle import ConsumerOptions, SettleConsumer, build_consumer
 from meter.engine.redis import RedisEngine
-from meter.rebuild import Recovery
+from meter.recovery import Recovery
 from meter.settings import Settings
 
 

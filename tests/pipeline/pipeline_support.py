@@ -86,14 +86,13 @@ class World:
         return world
 
     async def apply(self, engine: RedisEngine) -> None:
-        """Put the world into Redis and mark Redis as holding the store's state (the epoch)."""
+        """Put the world into Redis (each organization's config is its loss marker)."""
         for org in self.orgs:
             await engine.put_org(org)
         for member in self.members:
             await engine.put_member(member)
         for grant in self.grants:
             await engine.apply_grant(grant)
-        await engine.set_epoch(f"world-{self.now_ms}")
 
     async def store(self, dsn: str) -> None:
         """Write the world into PostgreSQL's administration tables, as the admin API would: the

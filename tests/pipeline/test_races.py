@@ -16,17 +16,17 @@ import redis.asyncio as aioredis
 from pipeline_support import World, wait_for
 
 from meter.admin import AdminService
-from meter.engine.redis import EPOCH_KEY, RedisEngine
+from meter.engine.redis import RedisEngine
 from meter.engine.types import UsageEvent
 from meter.migrate import migrate
 from meter.rebuild import (
     LOCK_KEY,
     RebuildLockLost,
-    Recovery,
     exclusive_rebuild,
     open_periods,
     period_usage,
 )
+from meter.recovery import Recovery
 from meter.services import PostgresServer, create_database, with_database
 from meter.store import SettlementStore
 
@@ -99,7 +99,7 @@ async def test_void_during_rebuild_is_kept(
     assert voided.lines
 
     rebuilding = PausedRestore(redis)
-    rebuild = asyncio.create_task(exclusive_rebuild(dsn, redis, rebuilding, force=True))
+    rebuild = asyncio.create_task(exclusive_rebuild(dsn, redis, rebuilding))
     await asyncio.wait_for(rebuilding.reached.wait(), 30)
     admin = AdminService(pool, engine, clock=lambda: at + 1_000)
     void = asyncio.create_task(admin.void(org_id, voided.key, "test"))
@@ -134,16 +134,15 @@ async def test_void_during_rebuild_is_kept(
     assert await engine.usage(org_id, now) == usage
 
 
-async def test_rebuild_whose_lock_session_ends_sets_no_epoch(
+async def test_rebuild_whose_lock_session_ends_leaves_the_org_marked(
     migrated_dsn: str, redis: aioredis.Redis, engine: RedisEngine
 ) -> None:
     dsn = migrated_dsn
     world = World.build(n_orgs=1, members_per_org=2, seed=62)
     await world.store(dsn)
     await world.apply(engine)
-    await redis.delete(EPOCH_KEY)
     rebuilding = PausedRestore(redis)
-    rebuild = asyncio.create_task(exclusive_rebuild(dsn, redis, rebuilding, force=True))
+    rebuild = asyncio.create_task(exclusive_rebuild(dsn, redis, rebuilding))
     await asyncio.wait_for(rebuilding.reached.wait(), 30)
     # The rebuild's lock session ends (a restart, a lost host): consumers may settle again.
     holders = [r["pid"] for r in await lock_rows(dsn) if r["granted"]]
@@ -156,7 +155,7 @@ async def test_rebuild_whose_lock_session_ends_sets_no_epoch(
     rebuilding.resume.set()
     with pytest.raises(RebuildLockLost):
         await asyncio.wait_for(rebuild, 30)
-    assert await engine.epoch() is None
+    assert not await engine.has_org(world.orgs[0].org_id)  # found lost, rebuilt again
     assert await lock_rows(dsn) == []
 
 
@@ -245,10 +244,13 @@ async def test_lock_session_gone_without_notice(
     relayed = dsn.replace(host_port, f"127.0.0.1:{await proxy.start()}")
     recovery = Recovery(relayed, redis, engine, probe_timeout_s=0.5)
     drains = Drains()
+    world = World.build(n_orgs=2, members_per_org=2, seed=63)
+    await world.store(dsn)
+    await world.apply(engine)
     try:
-        await engine.set_epoch("before-1")
         await recovery.guard(drains)
         assert await held_shared(dsn)
+        recovery.settling(["org-0"])  # a batch of org-0 settles, its write may be in flight
 
         proxy.sever()
 
@@ -257,24 +259,24 @@ async def test_lock_session_gone_without_notice(
 
         await wait_for(lock_gone, timeout_s=30, what="PostgreSQL to end the severed session")
         # Nothing stops a rebuild now; another process runs one.
-        other = await asyncio.wait_for(exclusive_rebuild(dsn, redis, engine, force=True), 30)
-        assert other is not None and other.epoch is not None
+        other = await asyncio.wait_for(exclusive_rebuild(dsn, redis, engine), 30)
+        assert other.orgs == 2
         assert recovery.held  # the client side never heard of it
 
         # Before settling again the consumer finds its lock gone and takes it again. A rebuild
-        # ran while it was not held: what the consumer settled since its last guard may have
-        # been written after that rebuild read PostgreSQL, so it drains and rebuilds once more.
+        # may have run while it was not held: what the consumer settled since before its last
+        # guard may have been written after that rebuild read PostgreSQL, so it drains and
+        # rebuilds those organizations (org-0 alone) once more.
         await asyncio.wait_for(recovery.guard(drains), 30)
         assert await held_shared(dsn)
         assert recovery.locks_lost == 1
         assert drains.count == 1 and recovery.rebuilds == 1
-        assert await engine.epoch() not in (None, "before-1", other.epoch)
+        assert await engine.has_org("org-0") and await engine.has_org("org-1")
         assert await recovery.still_valid()
 
         # A lock that is still held costs one round trip and changes nothing.
-        epoch = await engine.epoch()
         await recovery.guard(drains)
-        assert drains.count == 1 and recovery.rebuilds == 1 and await engine.epoch() == epoch
+        assert drains.count == 1 and recovery.rebuilds == 1
     finally:
         await asyncio.wait_for(recovery.close(), 30)
         await proxy.close()
@@ -288,30 +290,33 @@ async def test_postgres_restart_with_a_rebuild_meanwhile(
     await migrate(dsn)
     recovery = Recovery(dsn, redis, engine)
     drains = Drains()
+    world = World.build(n_orgs=2, members_per_org=2, seed=64)
+    await world.store(dsn)
+    await world.apply(engine)
     try:
-        await engine.set_epoch("before-1")
         await recovery.guard(drains)
         assert await held_shared(dsn)
 
-        # A restart alone: the lock is taken again, nothing is rebuilt.
+        # A restart alone, nothing settled meanwhile: the lock is taken again, nothing rebuilt.
         await private_postgres.stop()
         await private_postgres.start()
         await recovery.guard(drains)
         assert await held_shared(dsn)
         assert recovery.locks_lost == 1
         assert drains.count == 0 and recovery.rebuilds == 0
-        assert await engine.epoch() == "before-1"
 
-        # A restart with Redis rebuilt by another process before this one guards again.
+        # A restart with Redis rebuilt by another process before this one guards again, after
+        # it settled org-1: that organization is drained and rebuilt once more.
+        recovery.settling(["org-1"])
         await private_postgres.stop()
         await private_postgres.start()
-        other = await asyncio.wait_for(exclusive_rebuild(dsn, redis, engine, force=True), 30)
-        assert other is not None
+        other = await asyncio.wait_for(exclusive_rebuild(dsn, redis, engine), 30)
+        assert other.orgs == 2
         await asyncio.wait_for(recovery.guard(drains), 30)
         assert await held_shared(dsn)
         assert recovery.locks_lost == 2
         assert drains.count == 1 and recovery.rebuilds == 1
-        assert await engine.epoch() not in (None, "before-1", other.epoch)
+        assert await engine.has_org("org-0") and await engine.has_org("org-1")
     finally:
         with contextlib.suppress(Exception):
             await recovery.close()

@@ -5,7 +5,9 @@
 -- script's KEYS[1] (the org's config key P .. "o"), so all of them hash to KEYS[1]'s slot:
 --   o           hash   c: org config status|period_kind|anchor|rolling_days|limit_policy|
 --                      default_limit|grace; ps pe: the last current period; hm: a lower bound of
---                      the live holds' expiries, absent when there are none
+--                      the live holds' expiries, absent when there are none; b: set while the
+--                      org is being rebuilt. The org's state is all there (its loss marker) iff
+--                      c is set and b is not: a shard that restarts empty loses it with the data
 --   g           hash   billing group id -> period limit ("" = unlimited)
 --   m           hash   member id -> its config and buckets, one string:
 --                      seated|limit|group|removed, then per bucket in burn-down order
@@ -112,9 +114,12 @@ local function period_at(org, t)
   return period_start(k), period_start(k + 1)
 end
 
-local function load_org(P)
-  local v = redis.call('HMGET', P .. 'o', 'c', 'ps', 'pe', 'hm')
-  if not v[1] then return nil end
+-- The org's config, or nil when its state is not all there: no config (never applied, or lost
+-- with its shard), or the field b set (a rebuild of it is in progress; `rebuilding` reads it
+-- anyway, for restore).
+local function load_org(P, rebuilding)
+  local v = redis.call('HMGET', P .. 'o', 'c', 'ps', 'pe', 'hm', 'b')
+  if not v[1] or (v[5] and not rebuilding) then return nil end
   local st, pk, an, rd, lp, dl, gr = string.match(v[1],
     '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31(.*)$')
   local org = {

@@ -8,7 +8,7 @@ local now = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 
 local P = string.sub(org_key, 1, -2)
-local org = load_org(P)
+local org = load_org(P, true)
 if not org then return {'unknown_org', ''} end
 
 -- Each bucket id's bucket; false when more than one owner has it.
