@@ -434,7 +434,8 @@ class Ledger:
         for line in s.lines:
             bucket = buckets.get((_owner(line.kind, s.member_id), line.bucket_id))
             if bucket is not None and now_ms < bucket.grant.expires_at_ms:
-                bucket.left += line.amount
+                # Capped, as the Lua caps it: a bucket never holds more than MAX_AMOUNT.
+                bucket.left = min(bucket.left + line.amount, MAX_AMOUNT)
                 returned.append(line)
         if now_ms <= s.period.end_ms + org.grace_ms:
             self._count(s, -1)

@@ -289,3 +289,22 @@ async def test_engine_input_validation_raises_only_engine_input_error(
 
 def test_ledger_has_revoke_grant() -> None:
     assert Ledger().revoke_grant("o", None, "b", 0) is None
+
+
+async def test_a_void_never_fills_a_bucket_past_the_bound(
+    pair: tuple[AsyncLedger, RedisEngine],
+) -> None:
+    # Returning more than the bucket can hold (here: more than was ever drawn) caps it at
+    # MAX_AMOUNT in both engines, exactly; past 2^53 Lua's doubles would round.
+    n = MAX_AMOUNT - 10**6 + 2
+    org = f"iv{next(ORGS)}"
+    for engine in pair:
+        await setup_org(engine, org)
+        await engine.put_member(MemberConfig(org, "a"))
+        await engine.apply_grant(Grant(org, "b", Kind.SHARED, 10**6, JAN1, FAR, JAN1))
+        lines = (Line("b", Kind.SHARED, n),)
+        settlement = Settlement("k", org, "a", 1, NOW, MARCH, lines=lines)
+        assert (await engine.void(org, "k", NOW, settlement)).voided
+    model, redis_engine = pair
+    assert await model.balances(org, NOW) == await redis_engine.balances(org, NOW)
+    assert (await redis_engine.balances(org, NOW))["b"] == MAX_AMOUNT

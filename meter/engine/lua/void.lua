@@ -48,7 +48,10 @@ for j = 10, #s - 2, 3 do
   if kind == 'h' then drawn_shared = drawn_shared + amount end
   local b = bucket(kind == 'h' and '' or mid, id)
   if b and now < b.exp then
-    b.left = b.left + amount
+    -- Capped at MAX_AMOUNT, as the model caps it: a sum past 2^53 would not be exact here.
+    local left = b.left + amount
+    if left > MAX_AMOUNT then left = MAX_AMOUNT end
+    b.left = left
     b.owner.dirty = true
     returned[#returned + 1] = id
     returned[#returned + 1] = kind
