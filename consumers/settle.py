@@ -629,7 +629,7 @@ class SettleConsumer:
         for seq in [s for s in self._inflight_keys if s <= committed]:
             del self._inflight_keys[seq]
         for pending in self._inflight_keys.values():
-            existing.update(k for k in keys if k in pending)
+            existing |= pending.intersection(keys)
         return drop_keys(decoded, existing)
 
     async def _rate(self, decoded: Decoded) -> None:
