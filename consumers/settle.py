@@ -749,6 +749,7 @@ class SettleConsumer:
             return
         except Stopping:
             log.warning("batch_abandoned", seq=batch.seq, records=batch.records)
+            self._resync = True  # the batches queued behind it start from its offsets: drop them
             return
         self._committed_seq = batch.seq
         self._progress_at = time.monotonic()
