@@ -7,10 +7,12 @@ A fixed chain of stages per batch:
     organization -> dead-letter what cannot settle
     -> write settlements + offsets in one PostgreSQL transaction -> `engine.confirm`
 
-Two batches at most are in memory: while one is written to PostgreSQL the next is polled and
-settled. Writing retries with exponential backoff while PostgreSQL is unavailable; until it
-succeeds nothing more is polled (backpressure). Engine results stay pending in Redis until
-confirmed, so retrying, abandoning or re-reading a batch is always safe.
+While one write runs, the next batches are polled and settled; they are written together in
+the next transaction (up to `write_max_records`), so a slow PostgreSQL gets fewer, larger writes
+(each total row touched once per write, not per batch). Writing retries with exponential backoff
+while PostgreSQL is unavailable; once the next write is full nothing more is polled
+(backpressure). Engine results stay pending in Redis until confirmed, so retrying, abandoning or
+re-reading a batch is always safe.
 
 No event waits on the scheduler for its period's seats: before an organization's events settle,
 `meter.admin.issuance.SeatPeriods` makes sure the seats of their events' periods are issued
@@ -122,6 +124,9 @@ class ConsumerOptions:
     idle_guard_s: float = 1.0
     """While no records arrive, how often the rebuild lock is still checked (so a rebuild
     elsewhere does not wait on an idle consumer)."""
+    write_max_records: int = 40_000
+    """Batches settled while a write is in flight wait and are written together in the next
+    transaction (one offset advance, one totals statement), up to this many records."""
 
 
 @dataclass
@@ -140,6 +145,41 @@ class Batch:
     replayed: int
     polled_at: float
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def merge_batches(batches: list[Batch]) -> Batch:
+    """Consecutive batches of one generation as one write: each partition advances from the
+    first batch's expected offset to the last batch's next offset."""
+    if len(batches) == 1:
+        return batches[0]
+    first, last = batches[0], batches[-1]
+    advances: dict[int, OffsetAdvance] = {}
+    store: list[Encoded] = []
+    keys_by_org: dict[str, list[str]] = {}
+    timings: dict[str, float] = {}
+    for b in batches:
+        for o in b.offsets:
+            known = advances.get(o.partition)
+            expected = o.expected if known is None else known.expected
+            advances[o.partition] = OffsetAdvance(o.partition, expected, o.next_offset)
+        store.extend(b.store)
+        for org_id, keys in b.keys_by_org.items():
+            keys_by_org.setdefault(org_id, []).extend(keys)
+        for name, value in b.timings.items():
+            timings[name] = timings.get(name, 0.0) + value
+    return Batch(
+        seq=last.seq,
+        generation=last.generation,
+        offsets=list(advances.values()),
+        store=store,
+        keys_by_org=keys_by_org,
+        records=sum(b.records for b in batches),
+        duplicates=sum(b.duplicates for b in batches),
+        dead=sum(b.dead for b in batches),
+        replayed=sum(b.replayed for b in batches),
+        polled_at=first.polled_at,
+        timings=timings,
+    )
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -233,6 +273,9 @@ class SettleConsumer:
         self._committed_seq = 0
         self._inflight_keys: dict[int, set[Identity]] = {}
         self._write_task: asyncio.Task[None] | None = None
+        self._queued: list[Batch] = []
+        """Batches settled while a write was in flight, written together next."""
+        self._queued_records = 0
         self._confirm_task: asyncio.Task[None] | None = None
         self._unconfirmed: dict[str, list[str]] = {}
         """Keys written to PostgreSQL and not yet confirmed to the engine, per organization."""
@@ -303,8 +346,10 @@ class SettleConsumer:
                 timeout_ms=opts.batch_max_wait_ms, max_records=opts.batch_max_records
             )
             metrics.consumer_positions(self.consumer, self.topic, self._expected)
+            if self._queued:
+                await self._flush_if_idle()
             if not polled:
-                if self._unconfirmed and (self._write_task is None or self._write_task.done()):
+                if self._unconfirmed and self._writer_idle():
                     self._start_confirm()
                 if time.monotonic() - self._guarded_at > opts.idle_guard_s:
                     await self._guard()
@@ -315,11 +360,32 @@ class SettleConsumer:
             batch = await self._prepare(polled, generation)
             if batch is None:
                 continue
-            await self._finish_write(None)
             if batch.generation != self._generation or self._resync:
                 continue  # a rebalance happened meanwhile; resync re-reads from PostgreSQL
             self._inflight_keys[batch.seq] = {(item[1], item[0]) for item in batch.store}
-            self._write_task = asyncio.create_task(self._write(batch))
+            self._queued.append(batch)
+            self._queued_records += batch.records
+            if self._queued_records + opts.batch_max_records > opts.write_max_records:
+                # Backpressure: the next batch would not fit the next write.
+                await self._wait_write(None)
+            await self._flush_if_idle()
+
+    def _writer_idle(self) -> bool:
+        return self._write_task is None or self._write_task.done()
+
+    async def _flush_if_idle(self) -> None:
+        """With no write in flight, write every queued batch in one transaction, in a task of
+        its own (a write that failed meanwhile sends the consumer to resync instead)."""
+        if not self._writer_idle():
+            return
+        await self._wait_write(None)  # done already: reap its outcome
+        if self._resync:
+            self._queued, self._queued_records = [], 0
+            return
+        if not self._queued:
+            return
+        queued, self._queued, self._queued_records = self._queued, [], 0
+        self._write_task = asyncio.create_task(self._write(merge_batches(queued)))
 
     def lag(self) -> int:
         """Records on the assigned partitions after what PostgreSQL holds (as of the last
@@ -564,7 +630,7 @@ class SettleConsumer:
         for seq in [s for s in self._inflight_keys if s <= committed]:
             del self._inflight_keys[seq]
         for pending in self._inflight_keys.values():
-            existing.update(k for k in keys if k in pending)
+            existing |= pending.intersection(keys)
         return drop_keys(decoded, existing)
 
     async def _rate(self, decoded: Decoded) -> None:
@@ -693,6 +759,7 @@ class SettleConsumer:
             return
         except Stopping:
             log.warning("batch_abandoned", seq=batch.seq, records=batch.records)
+            self._resync = True  # the batches queued behind it start from its offsets: drop them
             return
         self._committed_seq = batch.seq
         self._progress_at = time.monotonic()
@@ -778,7 +845,22 @@ class SettleConsumer:
                 await asyncio.wait({task})
 
     async def _finish_write(self, timeout_s: float | None) -> None:
-        """Wait for the batch being written; after `timeout_s` abandon it (cancel)."""
+        """Write the queued batches and wait for every write; after `timeout_s` abandon what is
+        still being written (cancel)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            await self._wait_write(left)
+            if not self._writer_idle():
+                continue  # another write started meanwhile: wait for it too
+            if not self._queued or self._resync:
+                break
+            await self._flush_if_idle()
+        if self._writer_idle():
+            self._queued, self._queued_records = [], 0
+
+    async def _wait_write(self, timeout_s: float | None) -> None:
+        """Wait for the write in flight; after `timeout_s` abandon it (cancel)."""
         task = self._write_task
         if task is None:
             return

@@ -1,0 +1,99 @@
+"""Batches settled while a write is held up are written together, exactly once."""
+
+from __future__ import annotations
+
+import asyncpg  # type: ignore[import-untyped]
+from conftest import Running
+from pipeline_support import (
+    World,
+    assert_consistent,
+    caught_up,
+    make_events,
+    produce_events,
+    wait_for,
+)
+
+from consumers.settle import Batch, ConsumerOptions, merge_batches
+from meter.engine.redis import RedisEngine
+from meter.settings import Settings
+from meter.store import OffsetAdvance
+
+
+def _batch(seq: int, offsets: list[OffsetAdvance], keys: list[str]) -> Batch:
+    return Batch(
+        seq=seq,
+        generation=1,
+        offsets=offsets,
+        store=[(k, "org", "enc", None, None) for k in keys],
+        keys_by_org={"org": list(keys)},
+        records=len(keys),
+        duplicates=1,
+        dead=0,
+        replayed=0,
+        polled_at=float(seq),
+        timings={"engine_ms": 1.0},
+    )
+
+
+def test_merged_batches_advance_each_partition_from_first_to_last() -> None:
+    a = _batch(1, [OffsetAdvance(0, 10, 12), OffsetAdvance(1, 5, 6)], ["a", "b"])
+    b = _batch(2, [OffsetAdvance(0, 12, 15)], ["c"])
+    c = _batch(3, [OffsetAdvance(1, 6, 9), OffsetAdvance(2, 0, 4)], ["d"])
+    merged = merge_batches([a, b, c])
+    assert sorted(merged.offsets, key=lambda o: o.partition) == [
+        OffsetAdvance(0, 10, 15),
+        OffsetAdvance(1, 5, 9),
+        OffsetAdvance(2, 0, 4),
+    ]
+    assert [item[0] for item in merged.store] == ["a", "b", "c", "d"]
+    assert merged.keys_by_org == {"org": ["a", "b", "c", "d"]}
+    assert (merged.seq, merged.records, merged.duplicates) == (3, 4, 3)
+    assert merged.polled_at == 1.0
+    assert merged.timings == {"engine_ms": 3.0}
+    assert merge_batches([a]) is a
+
+
+async def test_batches_held_up_by_a_locked_total_are_written_together_once(
+    pipe_settings: Settings, engine: RedisEngine, running: Running
+) -> None:
+    assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
+    dsn, topic = pipe_settings.postgres_dsn, pipe_settings.usage_topic
+    world = World.build(n_orgs=4, members_per_org=5)
+    await world.apply(engine)
+    first = make_events(world, 50, prefix="w")
+    await produce_events(pipe_settings.kafka_bootstrap, topic, first)
+    options = ConsumerOptions(batch_max_records=50, write_max_records=2_000)
+    consumer = running.start(pipe_settings, engine, options)
+
+    async def settled_first() -> bool:
+        return await caught_up(
+            pipe_settings.kafka_bootstrap or "", dsn, pipe_settings.consumer_group, topic
+        )
+
+    await wait_for(settled_first, what="first events settled")
+    writes_before = consumer.batches
+
+    # Hold every write up on a lock of a total table while more batches are polled and settled.
+    blocker = await asyncpg.connect(dsn)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE member_period_totals IN EXCLUSIVE MODE")
+        rest = make_events(world, 600, seed=3, prefix="x")
+        await produce_events(pipe_settings.kafka_bootstrap, topic, rest)
+        prepared = consumer._seq
+
+        async def queued() -> bool:
+            return consumer._seq >= prepared + 4
+
+        await wait_for(queued, what="batches settled behind the held write")
+        await tx.rollback()
+    finally:
+        await blocker.close()
+
+    await wait_for(settled_first, what="every event settled")
+    await running.stop_all()
+    writes = consumer.batches - writes_before
+    batches = consumer._seq - prepared
+    assert writes < batches, (writes, batches)
+    await assert_consistent(world, engine, dsn, [*first, *rest])
