@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs, parse_qsl
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -255,6 +255,24 @@ class Call:
     def who(self) -> Principal:
         assert self.principal is not None, "route without authentication"
         return self.principal
+
+
+def query_params(call: Call, known: Collection[str]) -> dict[str, str]:
+    """The query string as a dict; an unknown or repeated parameter is 422 `invalid_query`."""
+    if not call.query:
+        return {}
+    try:
+        parsed = parse_qs(call.query.decode(), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise InvalidInput("query string is not UTF-8", code="invalid_query") from None
+    out: dict[str, str] = {}
+    for name, values in parsed.items():
+        if name not in known:
+            raise InvalidInput(f"unknown query parameter {name[:40]!r}", code="invalid_query")
+        if len(values) != 1:
+            raise InvalidInput(f"query parameter {name!r} given twice", code="invalid_query")
+        out[name] = values[0]
+    return out
 
 
 Handler = Callable[[Call], Awaitable[Response]]

@@ -3,9 +3,15 @@ is immutable), and the rating of a check's or reservation's usage estimate (`met
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
-
-from meter.api.http import Access, Call, Response, Route, model_response, parse_body
+from meter.api.http import (
+    Access,
+    Call,
+    Response,
+    Route,
+    model_response,
+    parse_body,
+    query_params,
+)
 from meter.auth import Scope
 from meter.errors import InvalidInput, NotFound
 from meter.money import format_credits
@@ -98,17 +104,7 @@ async def usage_by_model(call: Call) -> Response:
 
 
 def _query(call: Call) -> dict[str, str]:
-    try:
-        parsed = parse_qs(call.query.decode(), keep_blank_values=True)
-    except UnicodeDecodeError:
-        raise InvalidInput("query string is not UTF-8", code="invalid_query") from None
-    out: dict[str, str] = {}
-    for name, values in parsed.items():
-        if name not in ("period", "member_id") or len(values) != 1:
-            raise InvalidInput(f"query parameter {name[:40]!r} is unknown or repeated",
-                               code="invalid_query")  # fmt: skip
-        out[name] = values[0]
-    return out
+    return query_params(call, ("period", "member_id"))
 
 
 A, OA = Access.ADMIN, Access.ORG

@@ -7,34 +7,14 @@ neither fits a path segment, so the key travels in the query, `?key=` or `?sourc
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
-
 from meter.admin import history, reads
-from meter.api.http import Access, Call, Response, Route, model_response
+from meter.api.http import Access, Call, Response, Route, model_response, query_params
 from meter.auth import Scope
 from meter.errors import InvalidInput
 from schemas import api
 
 READ = (Scope.ORG_ADMIN, Scope.BILLING)
 ORG_PATH = "/v1/orgs/{org_id}"
-
-
-def query(call: Call, known: set[str]) -> dict[str, str]:
-    """The query string as a dict; an unknown or repeated parameter is 422 `invalid_query`."""
-    if not call.query:
-        return {}
-    try:
-        parsed = parse_qs(call.query.decode(), keep_blank_values=True, strict_parsing=False)
-    except UnicodeDecodeError:
-        raise InvalidInput("query string is not UTF-8", code="invalid_query") from None
-    out: dict[str, str] = {}
-    for name, values in parsed.items():
-        if name not in known:
-            raise InvalidInput(f"unknown query parameter {name!r}", code="invalid_query")
-        if len(values) != 1:
-            raise InvalidInput(f"query parameter {name!r} given twice", code="invalid_query")
-        out[name] = values[0]
-    return out
 
 
 def flag(value: str | None, name: str) -> bool:
@@ -46,7 +26,7 @@ def flag(value: str | None, name: str) -> bool:
 
 
 async def list_orgs(call: Call) -> Response:
-    q = query(call, {"status", "after", "limit"})
+    q = query_params(call, {"status", "after", "limit"})
     page = await reads.list_orgs(
         call.app.pool, q.get("status"), q.get("after", ""), reads.page_limit(q.get("limit"))
     )
@@ -54,12 +34,12 @@ async def list_orgs(call: Call) -> Response:
 
 
 async def get_settlement(call: Call) -> Response:
-    key = reads.event_key_of(query(call, {"key", "source", "id"}))
+    key = reads.event_key_of(query_params(call, {"key", "source", "id"}))
     return model_response(await reads.settlement(call.app.pool, call.params["org_id"], key))
 
 
 async def list_dead_letters(call: Call) -> Response:
-    q = query(call, {"reason", "after", "limit"})
+    q = query_params(call, {"reason", "after", "limit"})
     page = await reads.dead_letters(
         call.app.pool,
         call.params["org_id"],
@@ -71,7 +51,7 @@ async def list_dead_letters(call: Call) -> Response:
 
 
 async def list_alerts(call: Call) -> Response:
-    q = query(call, {"after", "limit"})
+    q = query_params(call, {"after", "limit"})
     page = await history.alerts(
         call.app.pool,
         call.params["org_id"],
@@ -82,7 +62,7 @@ async def list_alerts(call: Call) -> Response:
 
 
 async def list_member_settlements(call: Call) -> Response:
-    q = query(call, {"before", "limit"})
+    q = query_params(call, {"before", "limit"})
     page = await history.member_settlements(
         call.app.pool,
         call.params["org_id"],

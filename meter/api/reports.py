@@ -11,9 +11,7 @@ and usage).
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
-
-from meter.api.http import Access, Call, Response, Route, model_response
+from meter.api.http import Access, Call, Response, Route, model_response, query_params
 from meter.auth import Scope
 from meter.errors import InvalidInput
 from meter.reports import Reports, billing_group_filter, export
@@ -26,18 +24,7 @@ _KNOWN = {"period", "billing_group", "after", "limit"}
 
 
 def _query(call: Call) -> dict[str, str]:
-    try:
-        parsed = parse_qs(call.query.decode(), keep_blank_values=True, strict_parsing=False)
-    except UnicodeDecodeError:
-        raise InvalidInput("query string is not UTF-8", code="invalid_query") from None
-    out: dict[str, str] = {}
-    for name, values in parsed.items():
-        if name not in _KNOWN:
-            raise InvalidInput(f"unknown query parameter {name!r}", code="invalid_query")
-        if len(values) != 1:
-            raise InvalidInput(f"query parameter {name!r} given twice", code="invalid_query")
-        out[name] = values[0]
-    return out
+    return query_params(call, _KNOWN)
 
 
 def _reports(call: Call) -> Reports:

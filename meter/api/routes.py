@@ -32,6 +32,7 @@ from meter.api.http import (
     json_response,
     model_response,
     parse_body,
+    query_params,
 )
 from meter.auth import PLATFORM, Scope
 from meter.engine.types import CheckResult, Reason
@@ -354,7 +355,7 @@ async def list_grants(call: Call) -> Response:
 
 
 async def balances(call: Call) -> Response:
-    show_all = readable.flag(readable.query(call, {"all"}).get("all"), "all")
+    show_all = readable.flag(query_params(call, {"all"}).get("all"), "all")
     app = call.app
     org_id = call.params["org_id"]
     return model_response(
