@@ -123,6 +123,9 @@ CREATE TEMP TABLE IF NOT EXISTS stage_settlements (
 CREATE TEMP TABLE IF NOT EXISTS stage_lines (
     key text, org_id text, bucket_id text, kind text, amount bigint, period_start timestamptz
 ) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_rated (
+    org_id text, period_start timestamptz, member_id text, credits bigint, rating jsonb
+) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_totals (
     org_id text, member_id text, billing_group text,
     period_start timestamptz, period_end timestamptz, day date,
@@ -203,6 +206,29 @@ def _add_totals(source: str, sums: str, day: str) -> str:
     return ", ".join(ctes)
 
 
+def _add_model_totals(source: str) -> str:
+    """Data-modifying CTEs adding the rated rows of `source` (columns org_id, period_start,
+    member_id, credits, rating) to the totals by model and dimension (0022_model_totals.sql)."""
+    return f"""model_totals AS (
+    INSERT INTO model_period_totals AS t (org_id, period_start, member_id, model, events, credits)
+    SELECT org_id, period_start, member_id, rating->>'model', count(*), sum(credits)
+    FROM {source} WHERE rating IS NOT NULL
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (org_id, period_start, member_id, model) DO UPDATE
+    SET events = t.events + excluded.events, credits = t.credits + excluded.credits
+), model_dimension_totals AS (
+    INSERT INTO model_dimension_period_totals AS t
+        (org_id, period_start, member_id, model, dimension, quantity, credits)
+    SELECT r.org_id, r.period_start, r.member_id, r.rating->>'model', l->>'dimension',
+           sum((l->>'quantity')::numeric), sum((l->>'credits')::numeric)
+    FROM {source} AS r, jsonb_array_elements(r.rating->'lines') AS l
+    WHERE r.rating IS NOT NULL
+    GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (org_id, period_start, member_id, model, dimension) DO UPDATE
+    SET quantity = t.quantity + excluded.quantity, credits = t.credits + excluded.credits
+)"""
+
+
 MOVE_STAGED = f"""
 WITH keys AS (
     INSERT INTO settlement_keys (org_id, key, period_start)
@@ -226,8 +252,18 @@ WITH keys AS (
     INSERT INTO settlement_lines (key, org_id, bucket_id, kind, amount, period_start)
     SELECT l.key, l.org_id, l.bucket_id, l.kind, l.amount, l.period_start
     FROM stage_lines l JOIN ins USING (org_id, key)
-), {_add_totals("fresh", _SUMS, "(event_time AT TIME ZONE 'UTC')::date")}
+), {_add_totals("fresh", _SUMS, "(event_time AT TIME ZONE 'UTC')::date")},
+rated AS (
+    INSERT INTO stage_rated SELECT org_id, period_start, member_id, credits, rating
+    FROM fresh WHERE rating IS NOT NULL
+)
 SELECT count(*) FROM ins
+"""
+
+# The rated settlements MOVE_STAGED inserted, added to the totals by model after the others.
+ADD_RATED_TOTALS = f"""
+WITH {_add_model_totals("stage_rated")}
+SELECT 1
 """
 
 
@@ -238,6 +274,16 @@ _STAGED_SUMS = """sum(events), sum(credits), sum(seat), sum(personal), sum(share
 # to every total table: each total row is touched once per batch.
 ADD_STAGED_TOTALS = f"""
 WITH {_add_totals("stage_totals", _STAGED_SUMS, "day")}
+SELECT 1
+"""
+
+# The rated settlements of a batch written directly (arrays of their organizations, period
+# starts, members, credits and ratings) added to the totals by model.
+ADD_MODEL_TOTALS = f"""
+WITH rated AS (
+    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::bigint[], $5::jsonb[])
+        AS r (org_id, period_start, member_id, credits, rating)
+), {_add_model_totals("rated")}
 SELECT 1
 """
 
@@ -512,7 +558,17 @@ class SettlementStore:
                     "stage_totals", records=rows.totals, columns=_TOTAL_COLUMNS
                 )
                 await conn.execute(ADD_STAGED_TOTALS)
-                await conn.execute(APPLY_PENDING_VOIDS)
+                rated = [r for r in rows.settlements if r[14] is not None]
+                if rated:
+                    await conn.execute(
+                        ADD_MODEL_TOTALS,
+                        [r[1] for r in rated],
+                        [r[4] for r in rated],
+                        [r[2] for r in rated],
+                        [r[7] for r in rated],
+                        [r[14] for r in rated],
+                    )
+                await _apply_pending_voids(conn)
                 return len(rows.settlements)
         except asyncpg.UniqueViolationError:
             pass  # some keys are settled already: write again, skipping them
@@ -528,8 +584,17 @@ class SettlementStore:
                 )
             inserted: int = await conn.fetchval(MOVE_STAGED)
             if inserted:
-                await conn.execute(APPLY_PENDING_VOIDS)
+                await conn.execute(ADD_RATED_TOTALS)
+                await _apply_pending_voids(conn)
             return inserted
+
+
+async def _apply_pending_voids(conn: asyncpg.Connection) -> None:
+    """Take the settlements whose void came before them out of every total (`totals_pending`)."""
+    voided = await conn.fetch(APPLY_PENDING_VOIDS)
+    if voided:
+        keys = [r["key"] for r in voided]
+        await conn.execute(SUBTRACT_MODEL_TOTALS, keys, [r["org_id"] for r in voided])
 
 
 async def _advance(
@@ -608,10 +673,10 @@ v AS (
     FROM (SELECT org_id, day, {_SUMS} FROM v GROUP BY 1, 2) AS x (org_id, day, {_X})
     WHERE t.org_id = x.org_id AND t.day = x.day
 )
-SELECT count(*) FROM v
 """
 
-VOID_TOTALS = f"WITH due AS (SELECT $1::text AS key, $2::text AS org_id), {_SUBTRACT}"
+VOID_TOTALS = f"""WITH due AS (SELECT $1::text AS key, $2::text AS org_id), {_SUBTRACT}
+SELECT count(*) FROM v"""
 
 APPLY_PENDING_VOIDS = f"""
 WITH due AS (
@@ -619,7 +684,38 @@ WITH due AS (
     FROM settlements s
     WHERE w.totals_pending AND s.key = w.event_key AND s.org_id = w.org_id
     RETURNING w.event_key AS key, w.org_id
-), {_SUBTRACT}"""
+), {_SUBTRACT}
+SELECT key, org_id FROM v"""
+
+# Voided settlements (arrays of keys and organizations) taken out of the totals by model. A
+# statement of its own, after the other totals, as the batch writes add to them: both take the
+# period totals' row locks first, then the model totals', so the two never wait on each other
+# in a cycle.
+SUBTRACT_MODEL_TOTALS = """
+WITH due AS (SELECT * FROM unnest($1::text[], $2::text[]) AS d (key, org_id)),
+rated AS (
+    SELECT s.org_id, s.period_start, s.member_id, s.credits, s.rating
+    FROM due JOIN settlements s ON s.key = due.key AND s.org_id = due.org_id
+    WHERE s.rating IS NOT NULL
+), model_totals AS (
+    UPDATE model_period_totals AS t
+    SET events = t.events - x.events, credits = t.credits - x.credits
+    FROM (SELECT org_id, period_start, member_id, rating->>'model', count(*), sum(credits)
+          FROM rated GROUP BY 1, 2, 3, 4)
+        AS x (org_id, period_start, member_id, model, events, credits)
+    WHERE t.org_id = x.org_id AND t.period_start = x.period_start
+      AND t.member_id = x.member_id AND t.model = x.model
+), model_dimension_totals AS (
+    UPDATE model_dimension_period_totals AS t
+    SET quantity = t.quantity - x.quantity, credits = t.credits - x.credits
+    FROM (SELECT r.org_id, r.period_start, r.member_id, r.rating->>'model', l->>'dimension',
+                 sum((l->>'quantity')::numeric), sum((l->>'credits')::numeric)
+          FROM rated AS r, jsonb_array_elements(r.rating->'lines') AS l GROUP BY 1, 2, 3, 4, 5)
+        AS x (org_id, period_start, member_id, model, dimension, quantity, credits)
+    WHERE t.org_id = x.org_id AND t.period_start = x.period_start
+      AND t.member_id = x.member_id AND t.model = x.model AND t.dimension = x.dimension
+)
+SELECT 1"""
 
 SETTLEMENT_EXISTS = "SELECT 1 FROM settlements WHERE key = $1 AND org_id = $2"
 
@@ -680,6 +776,7 @@ async def record_void(
             return False
         if exists:
             await conn.execute(VOID_TOTALS, key, org_id)
+            await conn.execute(SUBTRACT_MODEL_TOTALS, [key], [org_id])
         return True
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from schemas.api import CreditsOut, Model
+from pydantic import Field
+
+from schemas.api import CreditsOut, Model, ModelUsage
 
 
 class Totals(Model):
@@ -98,6 +100,8 @@ class MemberReport(Model):
     member: MemberTotals
     billing_groups: list[MemberGroupShare]
     """How the member's usage of the period was attributed (several groups if reassigned)."""
+    models: list[ModelUsage] = Field(default_factory=list)
+    """The member's rated usage of the period by model and dimension (usage events only)."""
 
 
 class DayTotals(Model):

@@ -14,7 +14,6 @@ from meter.api.http import (
 )
 from meter.auth import Scope
 from meter.errors import InvalidInput, NotFound
-from meter.money import format_credits
 from meter.rating import report
 from meter.rating.book import StoredCard, create_card, get_card, list_cards
 from meter.rating.dimensions import Usage
@@ -83,22 +82,14 @@ async def usage_by_model(call: Call) -> Response:
     org_id = call.params["org_id"]
     period = await Reports(call.app.pool, call.app.clock).period(org_id, query.get("period"))
     member_id = query.get("member_id")
-    models = await report.usage_by_model(call.app.pool, org_id, period.start, period.end, member_id)
+    models = await report.usage_by_model(call.app.pool, org_id, period.start, member_id)
     return model_response(
         api.UsageByModel(
             org_id=org_id,
             member_id=member_id,
             period_start=period.start,
             period_end=period.end,
-            models=[
-                api.ModelUsage(
-                    model=m["model"],
-                    events=m["events"],
-                    credits=format_credits(m["credits"]),
-                    dimensions={d: api.DimensionUsage(**v) for d, v in m["dimensions"].items()},
-                )
-                for m in models
-            ],
+            models=report.models_out(models),
         )
     )
 

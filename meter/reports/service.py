@@ -18,6 +18,7 @@ from meter.engine.periods import DAY_MS, period_at
 from meter.engine.types import UNASSIGNED, OrgConfig, OrgStatus, Period, PeriodKind
 from meter.errors import InvalidInput, NotFound
 from meter.money import format_credits
+from meter.rating.report import models_out, usage_by_model
 from meter.reports import queries as q
 from schemas import reports as r
 
@@ -233,8 +234,13 @@ class Reports:
             for g in await self.pool.fetch(q.MEMBER_GROUPS, org_id, period.start, member_id)
         ]
         shares.sort(key=lambda s: (s.name, s.billing_group_id))
+        models = await usage_by_model(self.pool, org_id, period.start, member_id)
         return r.MemberReport(
-            org_id=org_id, period=period.out(), member=_member_out(row), billing_groups=shares
+            org_id=org_id,
+            period=period.out(),
+            member=_member_out(row),
+            billing_groups=shares,
+            models=models_out(models),
         )
 
     async def daily(

@@ -11,13 +11,15 @@ from pipeline_support import DAY_MS, World, caught_up, dlq_reasons, produce, rea
 
 from meter.admin.service import AdminService
 from meter.engine.redis import RedisEngine
+from meter.engine.types import VoidResult
 from meter.rating import report, rerate
 from meter.rating.book import create_card
 from meter.rating.card import card_from_json
 from meter.rating.dimensions import Usage
 from meter.rating.rate import rate
+from meter.reports.service import Reports
 from meter.settings import Settings
-from meter.store import ms_to_datetime
+from meter.store import record_void
 from schemas.events import encode_event
 
 PLAN_CARD = {
@@ -149,10 +151,14 @@ async def test_usage_events_are_rated_and_recorded(
     assert rows["//rate after"][0] == 1235 * 2 + 1000 + 333 * 3
     assert rows["//rate after"][1]["card_version"] == v3.card.version  # type: ignore[index]
 
-    # Rated usage by model and dimension: exact sums of the lines, charged credits per model.
-    by_model = await report.usage_by_model(
-        pool, "org-0", ms_to_datetime(t - DAY_MS), ms_to_datetime(t + DAY_MS)
+    # Rated usage by model and dimension: exact sums of the lines, charged credits per model,
+    # from the totals by model (0022), which the batch writes keep in step.
+    starts = await pool.fetch(
+        "SELECT DISTINCT period_start FROM settlements WHERE org_id = 'org-0'"
     )
+    assert len(starts) == 1
+    period_start = starts[0]["period_start"]
+    by_model = await report.usage_by_model(pool, "org-0", period_start)
     assert by_model == [
         {
             "model": "gpt-4o-2024-08-06",
@@ -174,12 +180,34 @@ async def test_usage_events_are_rated_and_recorded(
             },
         },
     ]
-    assert (
-        await report.usage_by_model(
-            pool, "org-0", ms_to_datetime(t - DAY_MS), ms_to_datetime(t + DAY_MS), "nobody"
-        )
-        == []
+    assert await report.usage_by_model(pool, "org-0", period_start, "nobody") == []
+    # The same from a scan of the rated settlements: the totals hold what the rows hold.
+    scanned = await pool.fetch(
+        "SELECT rating->>'model' AS model, count(*) AS events, sum(credits) AS credits"
+        " FROM settlements WHERE org_id = 'org-0' AND rating IS NOT NULL GROUP BY 1 ORDER BY 1"
     )
+    assert [(m["model"], m["events"], m["credits"]) for m in by_model] == [
+        (r["model"], r["events"], r["credits"]) for r in scanned
+    ]
+    # The member report carries the member's own usage by model.
+    member = await pool.fetchval(
+        "SELECT member_id FROM settlements WHERE org_id = 'org-0'"
+        " AND rating->>'model' = 'gpt-4o-mini-2024-07-18'"
+    )
+    member_report = await Reports(pool, lambda: t).member("org-0", member, None)
+    own = await report.usage_by_model(pool, "org-0", period_start, member)
+    assert "gpt-4o-mini-2024-07-18" in [m.model for m in member_report.models]
+    assert member_report.models == report.models_out(own)
+    # A void takes its settlement back out; the report no longer needs the rows (archived).
+    async with pool.acquire() as conn:
+        mini = await conn.fetchrow(
+            "SELECT key, rating FROM settlements WHERE org_id = 'org-0'"
+            " AND rating->>'model' = 'gpt-4o-mini-2024-07-18'"
+        )
+        result = VoidResult(mini["key"], True, ())
+        assert await record_void(conn, "org-0", mini["key"], result, t)
+        await conn.execute("DELETE FROM settlements WHERE org_id = 'org-0'")
+    assert await report.usage_by_model(pool, "org-0", period_start) == by_model[:1]
 
 
 async def test_rerate_corrects_a_window_exactly_once(
