@@ -710,6 +710,10 @@ class SettlementOut(Model):
     settled_at: datetime
     void: SettlementVoidOut | None
     """Set once the settlement was voided."""
+    rating: dict[str, Any] | None = None
+    """How a usage event was rated (`meter/rating/README.md`): card version, model, rule,
+    credits and per-dimension lines, exact decimals as strings; null for an event that carried
+    credits."""
 
 
 class OrgList(Model):

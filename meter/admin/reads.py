@@ -224,7 +224,13 @@ def settlement_out(
         reservation_id=row["reservation_id"],
         settled_at=row["settled_at"],
         void=void_out,
+        rating=_json(row["rating"]),
     )
+
+
+def _json(value: Any) -> Any:
+    """A jsonb column as asyncpg gives it (text, unless a codec decoded it)."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
 async def dead_letters(

@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 from conftest import Running
 from pipeline_support import DAY_MS, World, caught_up, dlq_reasons, produce, read_topic, wait_for
 
+from meter.admin import reads
 from meter.admin.service import AdminService
 from meter.engine.redis import RedisEngine
 from meter.engine.types import VoidResult
@@ -124,6 +125,9 @@ async def test_usage_events_are_rated_and_recorded(
     assert rows["//rate mini"][0] == 5  # 5*0.15 + 7*0.6 = 4.95 -> 5
     assert rows["//rate mini"][1]["rule"] == "gpt-4o-mini*"  # type: ignore[index]
     assert rows["//rate plain"] == (1_500_000, None)
+    # The settlement read shows how the event was rated, and nothing for a credits event.
+    read = await reads.settlement(pool, "org-0", "//rate mini")
+    assert read.rating == rows["//rate mini"][1] and read.credits == "0.000005"
     # org-1's override: its own rule, and a default rate for unknown models.
     assert rows["//rate llama1"][0] == 2_000_000
     assert rows["//rate llama1"][1]["card_version"] == v2.card.version  # type: ignore[index]
