@@ -37,8 +37,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.settle import ConsumerOptions, settling
 from meter import alerts, metrics
+from meter.engine.periods import period_at
 from meter.engine.redis import RedisEngine
 from meter.engine.types import MICRO, Grant, Kind, MemberConfig, OrgConfig, OrgStatus, PeriodKind
+from meter.plans.store import INSERT_SEAT_PERIOD
 from meter.rating.book import ensure_first_card
 from meter.rating.dimensions import Usage
 from meter.redis_client import connect as redis_connect
@@ -75,6 +77,15 @@ class _World:
         self.members = members
         self.plan = f"bench-{self.run}"
         self.member_limit = 100 * MICRO
+
+    def _config(self, org: str, t: int) -> OrgConfig:
+        return OrgConfig(
+            org,
+            OrgStatus.ACTIVE,
+            PeriodKind.MONTHLY,
+            anchor_ms=t - DAY_MS,
+            default_member_limit=self.member_limit,
+        )
 
     def _grants(self, org: str, t: int) -> list[Grant]:
         grants = [
@@ -134,16 +145,17 @@ class _World:
                     "granted_at",
                 ),
             )
+            # The period's seats are recorded issued, as the scheduler leaves them at its
+            # start: the settle rate is measured in a period under way. (Lazy issuance at a
+            # period's first event, `meter.admin.issuance`, is measured in meter/plans/README.)
+            period = period_at(self._config(self.orgs[0], t), t)
+            await conn.executemany(
+                INSERT_SEAT_PERIOD,
+                [(org, ms_to_datetime(period.start_ms), ms_to_datetime(period.end_ms))
+                 for org in self.orgs],
+            )  # fmt: skip
         for org in self.orgs:
-            await engine.put_org(
-                OrgConfig(
-                    org,
-                    OrgStatus.ACTIVE,
-                    PeriodKind.MONTHLY,
-                    anchor_ms=t - DAY_MS,
-                    default_member_limit=self.member_limit,
-                )
-            )
+            await engine.put_org(self._config(org, t))
             for m in range(self.members):
                 await engine.put_member(MemberConfig(org, f"m{m}"))
             for grant in self._grants(org, t):
