@@ -39,8 +39,6 @@ import asyncpg  # type: ignore[import-untyped]
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from consumers import offsets
 from consumers.dead_letters import record_dead_letters
@@ -69,6 +67,7 @@ from meter.quarantine import ORG_QUARANTINED
 from meter.rating.book import CardCache, org_plans
 from meter.rebuild import quarantine_org
 from meter.recovery import Recovery
+from meter.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.store import Encoded, OffsetAdvance, OffsetConflict, SettlementStore
@@ -92,8 +91,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
-    RedisConnectionError,
-    RedisTimeoutError,
+    *REDIS_UNAVAILABLE,
     KafkaError,
 )
 """Failures a stage retries with backoff: the server is down, restarting or overloaded."""

@@ -31,11 +31,10 @@ from typing import TYPE_CHECKING
 
 import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meter.engine.types import EngineInputError
+from meter.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from meter.redis_client import connect as redis_connect
 
 if TYPE_CHECKING:
@@ -57,8 +56,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
-    RedisConnectionError,
-    RedisTimeoutError,
+    *REDIS_UNAVAILABLE,
     ReadOnlyError,
 )
 

@@ -20,6 +20,19 @@ from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError,  # refused, reset, or loading its data (BusyLoadingError)
+    RedisTimeoutError,
+    ClusterError,  # a cluster still redirecting or failing over when the client gave up
+    TryAgainError,  # a multi-key command during a slot migration
+    SlotNotCoveredError,  # no primary owns the slot yet (a failover under way)
+)
+"""Redis is down, frozen or (a cluster) failing over: retry later. Everything else Redis answers
+is about the command or the data."""
 
 SINGLE_SCHEMES = ("redis://", "rediss://", "unix://")
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")

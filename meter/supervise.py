@@ -33,10 +33,9 @@ from typing import Any, NoReturn
 import asyncpg  # type: ignore[import-untyped]
 import structlog
 from aiokafka.errors import KafkaError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meter.health import HEALTH, Health
+from meter.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 
 log = structlog.get_logger("meter.supervise")
 
@@ -47,8 +46,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
-    RedisConnectionError,
-    RedisTimeoutError,
+    *REDIS_UNAVAILABLE,
     KafkaError,
 )
 """A server down, restarting, overloaded or unreachable: retried quietly."""

@@ -24,7 +24,6 @@ from typing import Any, Protocol, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
-import redis.exceptions
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -63,6 +62,7 @@ from meter.errors import (
 )
 from meter.logging import log_request
 from meter.rating.book import CardCache
+from meter.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.supervise import cancel_and_wait
@@ -113,7 +113,6 @@ _POSTGRES_DOWN = (
     asyncpg.InsufficientResourcesError,  # 53: too many connections, disk full
     asyncpg.InterfaceError,  # the pool or the connection is closed
 )
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def edge_error(exc: Exception) -> MeterError | None:
@@ -126,7 +125,7 @@ def edge_error(exc: Exception) -> MeterError | None:
         return InvalidInput("a value in the request cannot be stored", code="invalid_input")
     if isinstance(exc, _POSTGRES_DOWN):
         return Unavailable("PostgreSQL is not available; retry later")
-    if isinstance(exc, _REDIS_DOWN):
+    if isinstance(exc, REDIS_UNAVAILABLE):
         return Unavailable("Redis is not available; retry later")
     if isinstance(exc, KafkaError):
         return Unavailable("Kafka is not available; retry later")

@@ -18,7 +18,7 @@ from api.support import FAR, make_org
 from meter.api import App
 from meter.api.app import edge_error
 from meter.api.http import MAX_JSON_DEPTH
-from meter.errors import InvalidInput
+from meter.errors import InvalidInput, Unavailable
 from schemas.events import encode_event
 
 BAD = "bad\x00text"
@@ -186,3 +186,26 @@ async def test_data_exceptions_from_postgresql_are_422(migrated_dsn: str) -> Non
         mapped = edge_error(exc)
         assert isinstance(mapped, InvalidInput), exc
         assert mapped.code == "invalid_input"
+
+
+def test_a_redis_cluster_failing_over_is_unavailable_and_retried() -> None:
+    """What a cluster raises while it fails over or migrates a slot (redirects until the client
+    gives up, no primary for the slot, TRYAGAIN) is a 503 on the API and a retry in every loop,
+    never a 500 or a quarantined organization; what Redis says about the command is neither."""
+    from redis.exceptions import ClusterError, ResponseError, SlotNotCoveredError, TryAgainError
+
+    from consumers.settle import TRANSIENT
+    from meter.quarantine import is_transient
+    from meter.supervise import TRANSIENT as SUPERVISED_TRANSIENT
+
+    for exc in (
+        ClusterError("TTL exhausted."),
+        SlotNotCoveredError("slot 5 is not covered"),
+        TryAgainError("TRYAGAIN"),
+    ):
+        assert isinstance(edge_error(exc), Unavailable), exc
+        assert isinstance(exc, TRANSIENT) and isinstance(exc, SUPERVISED_TRANSIENT), exc
+        assert is_transient(exc), exc
+    wrong = ResponseError("ERR Error running script")
+    assert edge_error(wrong) is None
+    assert not isinstance(wrong, TRANSIENT) and not is_transient(wrong)
