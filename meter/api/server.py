@@ -1,4 +1,4 @@
-"""Serving the API with uvicorn (httptools, uvloop when the loop is uvloop's), as a task.
+"""The API served by uvicorn as a task (httptools; uvloop, which every `meter` command runs on).
 
 uvicorn writes a response's head and its body to the socket separately: two `send` system calls
 per answer, which on the quota path cost more than the handler. `HttpProtocol` gives uvicorn a
