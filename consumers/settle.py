@@ -70,7 +70,15 @@ from meter.recovery import Recovery
 from meter.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
-from meter.store import Encoded, OffsetAdvance, OffsetConflict, SettlementStore
+from meter.store import (
+    BatchRows,
+    Encoded,
+    OffsetAdvance,
+    OffsetConflict,
+    SettlementStore,
+    batch_rows,
+    merge_rows,
+)
 from meter.supervise import wait_event
 from schemas.events import DecodedEvent, EventError, decode_event
 
@@ -136,6 +144,8 @@ class Batch:
     offsets: list[OffsetAdvance]
     store: list[Encoded]
     """Settlements to write: key, organization, engine encoding, attributes."""
+    rows: BatchRows
+    """Their COPY records, built as the batch settles (off the write's critical path)."""
     keys_by_org: dict[str, list[str]]
     records: int
     duplicates: int
@@ -170,6 +180,7 @@ def merge_batches(batches: list[Batch]) -> Batch:
         generation=last.generation,
         offsets=list(advances.values()),
         store=store,
+        rows=merge_rows([b.rows for b in batches]),
         keys_by_org=keys_by_org,
         records=sum(b.records for b in batches),
         duplicates=sum(b.duplicates for b in batches),
@@ -598,12 +609,17 @@ class SettleConsumer:
             await self._retry("record_dead_letters", record_dead_letters, self.store.pool, dead)
         t_dlq = time.perf_counter() - t0
 
+        t0 = time.perf_counter()
+        rows = batch_rows(sorted_.store)
+        t_rows = time.perf_counter() - t0
+
         self._seq += 1
         return Batch(
             seq=self._seq,
             generation=generation,
             offsets=offsets,
             store=sorted_.store,
+            rows=rows,
             keys_by_org=sorted_.keys_by_org,
             records=len(records),
             duplicates=duplicates,
@@ -615,6 +631,7 @@ class SettleConsumer:
                 "lookup_ms": t_lookup * 1000,
                 "engine_ms": t_engine * 1000,
                 "dlq_ms": t_dlq * 1000,
+                "rows_ms": t_rows * 1000,
             },
         )
 
@@ -750,6 +767,7 @@ class SettleConsumer:
                 self.topic,
                 batch.store,
                 batch.offsets,
+                batch.rows,
             )
         except OffsetConflict as exc:
             log.warning("offsets_fenced", partitions=list(exc.partitions), seq=batch.seq)

@@ -16,15 +16,31 @@ from pipeline_support import (
 from consumers.settle import Batch, ConsumerOptions, merge_batches
 from meter.engine.redis import RedisEngine
 from meter.settings import Settings
-from meter.store import OffsetAdvance
+from meter.store import BatchRows, Encoded, OffsetAdvance, batch_rows, merge_rows
+
+DAY_MS = 86_400_000
+START = 1_796_083_200_000  # a period start, midnight UTC
+
+
+def _encoded(key: str, org_id: str, member: str, at_ms: int, end_ms: int, amount: int) -> Encoded:
+    """A settlement as the engine encodes it: a seat line and, for odd amounts, a pool line."""
+    lines = [f"{org_id}-{member}-seat", "s", str(amount - amount % 2)]
+    if amount % 2:
+        lines += [f"{org_id}-pool", "h", "1"]
+    enc = "\x1f".join(
+        [member, str(amount), str(at_ms), str(START), str(end_ms), "g1", "0", "0", "", *lines]
+    )
+    return (key, org_id, enc, None, None)
 
 
 def _batch(seq: int, offsets: list[OffsetAdvance], keys: list[str]) -> Batch:
+    store = [_encoded(k, "org", "m", START + i, START + 30 * DAY_MS, 3) for i, k in enumerate(keys)]
     return Batch(
         seq=seq,
         generation=1,
         offsets=offsets,
-        store=[(k, "org", "enc", None, None) for k in keys],
+        store=store,
+        rows=batch_rows(store),
         keys_by_org={"org": list(keys)},
         records=len(keys),
         duplicates=1,
@@ -51,6 +67,32 @@ def test_merged_batches_advance_each_partition_from_first_to_last() -> None:
     assert merged.polled_at == 1.0
     assert merged.timings == {"engine_ms": 3.0}
     assert merge_batches([a]) is a
+    assert sorted(merged.rows.settlements) == sorted(batch_rows(merged.store).settlements)
+
+
+def _sorted(rows: BatchRows) -> tuple[list[tuple[object, ...]], ...]:
+    return sorted(rows.settlements), sorted(rows.lines), sorted(rows.totals), sorted(rows.keys)
+
+
+def test_merged_rows_are_the_rows_of_the_merged_batches() -> None:
+    """Rows built per batch and merged for one write are exactly those built for all the
+    batches at once: same settlements, lines and keys, totals added up per member, billing
+    group, period and day (two days, two organizations, a period end that moved later)."""
+    end, later = START + 30 * DAY_MS, START + 31 * DAY_MS
+    parts = [
+        [
+            _encoded(f"k{b}-{i}", f"o{i % 2}", f"m{i % 3}", START + (i % 2) * DAY_MS + b, end, i)
+            for i in range(1, 40)
+        ]
+        for b in range(3)
+    ]
+    parts.append([_encoded("k-late", "o0", "m0", START + 5, later, 7)])
+    merged = merge_rows([batch_rows(p) for p in parts])
+    whole = batch_rows([item for p in parts for item in p])
+    assert _sorted(merged) == _sorted(whole)
+    assert merged.settlements == sorted(merged.settlements)
+    assert merged.starts == whole.starts and len(merged.starts) == 1
+    assert len(merged.totals) < sum(len(batch_rows(p).totals) for p in parts)
 
 
 async def test_batches_held_up_by_a_locked_total_are_written_together_once(
