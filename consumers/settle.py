@@ -130,7 +130,7 @@ class ConsumerOptions:
     idle_guard_s: float = 1.0
     """While no records arrive, how often the rebuild lock is still checked (so a rebuild
     elsewhere does not wait on an idle consumer)."""
-    write_max_records: int = 40_000
+    write_max_records: int = 80_000
     """Batches settled while a write is in flight wait and are written together in the next
     transaction (one offset advance, one totals statement), up to this many records."""
 
