@@ -4,13 +4,13 @@
 - `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://` with TLS): a
   Redis (or Valkey) Cluster reached through any of the seed nodes listed. The client (redis-py's
   asyncio `RedisCluster`) learns the slot map from them, sends each command to the primary owning
-  its first key's slot, follows MOVED and ASK, sends SCRIPT LOAD to every primary, and refreshes
+  its first key's slot, follows MOVED and ASK, sends FUNCTION LOAD to every primary, and refreshes
   the slot map after a failover. Every key of an organization carries the hash tag `{org_id}`,
-  so each engine script runs on the one primary owning that organization.
+  so each engine function runs on the one primary owning that organization.
 
 `connect` returns the cluster client typed as `redis.asyncio.Redis`: it serves the commands meter
-sends (EVALSHA, SCRIPT LOAD, GET/SET/EXISTS/DELETE of one key, SCAN over every primary, PING),
-which is all the engine, the rebuild and the admin service use.
+sends (FCALL, FCALL_RO, FUNCTION LOAD, GET/SET/EXISTS/DELETE of one key, SCAN over every
+primary, PING), which is all the engine, the rebuild and the admin service use.
 """
 
 from __future__ import annotations
