@@ -2,15 +2,16 @@
 
 - `redis://`, `rediss://`, `unix://`: one server (redis-py's `Redis.from_url`), the default.
 - `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://` with TLS): a
-  Redis (or Valkey) Cluster reached through any of the seed nodes listed. The client (redis-py's
-  asyncio `RedisCluster`) learns the slot map from them, sends each command to the primary owning
-  its first key's slot, follows MOVED and ASK, sends SCRIPT LOAD to every primary, and refreshes
-  the slot map after a failover. Every key of an organization carries the hash tag `{org_id}`,
-  so each engine script runs on the one primary owning that organization.
+  Redis (or Valkey) Cluster reached through any of the seed nodes listed. The client
+  (`MeterCluster`, redis-py's asyncio `RedisCluster`) learns the slot map from them, sends each
+  command to the primary owning its first key's slot, follows MOVED and ASK, sends FUNCTION LOAD
+  to every primary, and refreshes the slot map after a failover. Every key of an organization
+  carries the hash tag `{org_id}`, so each engine function runs on the one primary owning that
+  organization.
 
 `connect` returns the cluster client typed as `redis.asyncio.Redis`: it serves the commands meter
-sends (EVALSHA, SCRIPT LOAD, GET/SET/EXISTS/DELETE of one key, SCAN over every primary, PING),
-which is all the engine, the rebuild and the admin service use.
+sends (FCALL, FCALL_RO, FUNCTION LOAD, GET/SET/EXISTS/DELETE of one key, SCAN over every
+primary, PING), which is all the engine, the rebuild and the admin service use.
 """
 
 from __future__ import annotations
@@ -36,6 +37,20 @@ is about the command or the data."""
 
 SINGLE_SCHEMES = ("redis://", "rediss://", "unix://")
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+FUNCTION_CALLS = ("FCALL", "FCALL_RO")
+
+
+class MeterCluster(RedisCluster):
+    """redis-py's asyncio cluster client, routing FCALL and FCALL_RO by the keys they name, as
+    it routes EVALSHA. redis-py asks a server for the keys of a function call (COMMAND GETKEYS,
+    one round trip, always to the same node, which fails while that node is down)."""
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        if command.upper() in FUNCTION_CALLS and len(args) >= 2 and int(args[1]) > 0:
+            slots = {self.keyslot(key) for key in args[2 : 2 + int(args[1])]}
+            if len(slots) == 1:
+                return slots.pop()
+        return await super()._determine_slot(command, *args)
 
 
 def is_cluster(url: str) -> bool:
@@ -74,7 +89,7 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     if not is_cluster(url):
         return aioredis.Redis.from_url(url, **options)
     seeds, username, password = cluster_seeds(url)
-    client = RedisCluster(
+    client = MeterCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in seeds],
         username=username,
         password=password,

@@ -244,7 +244,7 @@ class AdminService:
         self.clock = clock
         self.redis = redis
         """A full Redis client, for the reconciler's repairs when the engine's client speaks
-        only EVALSHA (the API's); None: the engine's own."""
+        only FCALL (the API's); None: the engine's own."""
         self.plans = PlansStore(pool)
         self.dirty: set[str] = set()
         """Organizations whose last Redis apply failed; the reconciler repairs them."""

@@ -273,7 +273,7 @@ class App:
         )
         url = self.services.redis_url
         if supports(url):
-            # The engine only sends EVALSHA / SCRIPT LOAD: pipelined on one connection.
+            # The engine only sends FCALL / FCALL_RO / FUNCTION LOAD: pipelined on one connection.
             self._fast_redis = PipelinedRedis(url, timeout_s=timeout, connect_timeout_s=timeout)
             self._engine = RedisEngine(cast(aioredis.Redis, self._fast_redis))
         else:

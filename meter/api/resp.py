@@ -1,12 +1,13 @@
 """A minimal pipelined Redis client for the quota hot path.
 
-The engine talks to Redis only through `EVALSHA` and `SCRIPT LOAD`. redis-py's asyncio client
-checks a connection out of its pool for every command, which costs more than the Lua script
-itself; this client keeps one connection. A command issued while none is in flight is written at
-once; others pipeline on the wire (the commands issued in one event-loop iteration leave in one
-write), and replies are matched to callers in order (RESP replies come back in command order).
-Replies are parsed by hiredis. Errors are redis-py's exception classes, so the engine's
-`NoScriptError` handling works unchanged.
+The engine talks to Redis only through `FCALL`, `FCALL_RO` and `FUNCTION LOAD`. redis-py's
+asyncio client checks a connection out of its pool for every command, which costs more than the
+Lua function itself; this client keeps one connection. A command issued while none is in flight
+is written at once; others pipeline on the wire (the commands issued in one event-loop iteration
+leave in one write), and replies are matched to callers in order (RESP replies come back in
+command order). Replies are parsed by hiredis. Errors are redis-py's exception classes with
+redis-py's messages (without the `ERR ` prefix), so the engine handles a missing function alike
+on both clients.
 
 Only plain `redis://` and `unix://` URLs are handled (`supports`); others use redis-py.
 
@@ -27,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 TIMEOUT_S = 0.5
@@ -58,10 +59,7 @@ def _encode(args: tuple[Any, ...]) -> bytes:
 
 
 def _error(reply: hiredis.ReplyError) -> ResponseError:
-    message = str(reply)
-    if message.startswith("NOSCRIPT"):
-        return NoScriptError(message)
-    return ResponseError(message)
+    return ResponseError(str(reply).removeprefix("ERR "))
 
 
 class _Protocol(asyncio.Protocol):
@@ -147,7 +145,7 @@ class _Protocol(asyncio.Protocol):
 
 
 class PipelinedRedis:
-    """`evalsha`, `script_load` and `execute` over one auto-pipelined connection."""
+    """`fcall`, `fcall_ro`, `function_load` and `execute` over one auto-pipelined connection."""
 
     def __init__(
         self, url: str, *, timeout_s: float = TIMEOUT_S, connect_timeout_s: float = TIMEOUT_S
@@ -207,11 +205,16 @@ class PipelinedRedis:
         proto.send(_encode(args), future)
         return await future
 
-    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        return await self.execute("EVALSHA", sha, numkeys, *keys_and_args)
+    async def fcall(self, function: str, numkeys: int, *keys_and_args: Any) -> Any:
+        return await self.execute("FCALL", function, numkeys, *keys_and_args)
 
-    async def script_load(self, script: str) -> Any:
-        return await self.execute("SCRIPT", "LOAD", script)
+    async def fcall_ro(self, function: str, numkeys: int, *keys_and_args: Any) -> Any:
+        return await self.execute("FCALL_RO", function, numkeys, *keys_and_args)
+
+    async def function_load(self, code: str, replace: bool = False) -> Any:
+        if replace:
+            return await self.execute("FUNCTION", "LOAD", "REPLACE", code)
+        return await self.execute("FUNCTION", "LOAD", code)
 
     async def aclose(self) -> None:
         proto, self._proto = self._proto, None

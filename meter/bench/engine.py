@@ -4,8 +4,9 @@ Sets up `--orgs` organizations with `--members` members in all (each member a se
 bucket, each organization three shared packs, billing groups with limits and member limits, so
 every event walks the full rule set), then settles `--events` synthetic events per batch size in
 batches of that size, one script call per batch, the organizations in parallel. Reported per
-batch size: events/s seen by this client, and Redis CPU microseconds per event: the `evalsha`
-time of INFO commandstats over the run (settle and confirm scripts) divided by the events.
+batch size: events/s seen by this client, and Redis CPU microseconds per event: the `fcall` and
+`fcall_ro` time of INFO commandstats over the run (settle and confirm functions) divided by the
+events.
 Then `--calls` checks and as many reservations (one credit each, distinct ids) on the first
 organization, random members: Redis CPU microseconds per call of each. Also the Redis memory per
 member (every key of the organizations except the pending results, which `confirm` removes).
@@ -47,10 +48,10 @@ KEY_SUFFIXES = ("o", "g", "m", "sh", "r", "v", "h", "hx", "ha")
 
 
 async def _redis_usec(client: aioredis.Redis) -> int:
-    """Redis CPU microseconds spent in scripts so far (commands a script runs are counted in
-    its time, and again under their own names, so only the scripts are summed)."""
+    """Redis CPU microseconds spent in the engine's functions so far (commands a function runs
+    are counted in its time, and again under their own names, so only the calls are summed)."""
     stats = await client.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("usec", 0))
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("usec", 0)) for c in ("fcall", "fcall_ro"))
 
 
 async def _setup(engine: RedisEngine, org: OrgConfig, members: int) -> list[str]:

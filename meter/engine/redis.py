@@ -1,22 +1,28 @@
-"""The credit engine on Redis: the rules of `README.md` as Lua scripts, atomic per organization.
+"""The credit engine on Redis: the rules of `README.md` as Lua, atomic per organization.
 
-Each script in `lua/` is prepended with the definitions of `lua/lib.lua` it uses (directly or
-through other definitions: a script pays only for the helpers it needs), loaded once (SCRIPT
-LOAD) and called with EVALSHA, reloaded when the server answers NOSCRIPT. Every key of an
-organization carries the hash tag `{org_id}` (layout in `lua/lib.lua`), so one organization lives
-in one Redis Cluster slot and each call is one script on one shard.
+The engine is one Redis Functions library (`library()`): the helpers of `lua/lib.lua` defined
+once when the library loads, then each script of `lua/` registered as a function taking
+`KEYS`/`ARGV` (flag `no-writes` for the read-only ones, called with FCALL_RO). The library's
+name and its functions' names carry a short hash of its source, so a newer meter loads a new
+library beside the one an older meter still calls during a rolling deploy (`FUNCTION LOAD
+REPLACE` replaces only the same version). It is loaded at first use, and again whenever the
+server answers that a function does not exist (a Redis restarted empty, a promoted replica, the
+new owner of a migrated slot: on a Redis Cluster, FUNCTION LOAD goes to every primary). Every
+key of an organization carries the hash tag `{org_id}` (layout in `lua/lib.lua`), so one
+organization lives in one Redis Cluster slot and each call is one function on one shard.
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import ResponseError
 
 from meter.engine.model import (
     hold_ttl,
@@ -109,46 +115,59 @@ def lua_file(name: str) -> str:
     return (resources.files("meter.engine") / "lua" / f"{name}.lua").read_text()
 
 
-_DEFINITION = re.compile(r"^local (?:function )?([A-Za-z_][\w, ]*?)\s*(?:=|\()", re.MULTILINE)
-_WORD = re.compile(r"[A-Za-z_]\w*")
-_COMMENT = re.compile(r"--[^\n]*")
+READ_ONLY = frozenset({"balances", "usage"})
+"""Scripts that write nothing: registered `no-writes`, called with FCALL_RO."""
+FLAGS = {"balances": "no-writes", "usage": "no-writes", "check": "allow-oom"}
+"""Flags of the functions. A function without `no-writes` is refused whole by a Redis over its
+`maxmemory`; a check still answers there (its only writes drop expired holds and cache the
+current period), as it did as a script that wrote nothing."""
+_VERSION = "@version@"
+_GLOBALS = "string, table, math, tonumber, unpack, redis, pairs, ipairs"
+_PRELUDE = f"""#!lua name=meter_{_VERSION}
+-- The globals the engine uses, bound as upvalues by each function's first call: a library's
+-- global lookups go through a metatable (a third slower), and its top level sees only the
+-- loading API (`redis.register_function`), so they cannot be bound here.
+local register_function = redis.register_function
+local function runtime_globals() return {_GLOBALS} end
+local {_GLOBALS}
+local function bind_globals() {_GLOBALS} = runtime_globals() end
+"""
 
 
-def _words(text: str) -> set[str]:
-    """The identifiers of Lua `text`, comments left out (no string of ours holds "--")."""
-    return set(_WORD.findall(_COMMENT.sub("", text)))
+@dataclass(frozen=True)
+class Library:
+    """The engine as one Redis Functions library."""
 
-
-def lib_definitions() -> list[tuple[frozenset[str], str]]:
-    """The top-level definitions of `lua/lib.lua` in file order: (names defined, text). Each runs
-    from its `local` line to the next top-level `local` line."""
-    text = lua_file("lib")
-    starts = [m.start() for m in _DEFINITION.finditer(text)]
-    out = []
-    for start, end in zip(starts, [*starts[1:], len(text)], strict=True):
-        match = _DEFINITION.match(text, start)
-        assert match is not None
-        names = frozenset(n.strip() for n in match.group(1).split(","))
-        out.append((names, text[start:end]))
-    return out
+    name: str
+    source: str
+    functions: Mapping[str, str]
+    """Script name -> the name it is registered under."""
 
 
 @cache
-def script_source(name: str) -> str:
-    """The text loaded for script `name`: the definitions of `lib` it needs, then the script."""
-    body = lua_file(name)
-    defs = lib_definitions()
-    wanted = _words(body)
-    used = [False] * len(defs)
-    changed = True
-    while changed:
-        changed = False
-        for i, (names, text) in enumerate(defs):
-            if not used[i] and names & wanted:
-                used[i] = changed = True
-                wanted.update(_words(text))
-    parts = [text for (_, text), needed in zip(defs, used, strict=True) if needed]
-    return "".join(parts) + "\n" + body
+def library() -> Library:
+    """The library: `lua/lib.lua` once, then each script of `SCRIPTS` as a function. Its name,
+    and each function's, carry the first 12 hex digits of the SHA-1 of its source."""
+    parts = [_PRELUDE, lua_file("lib")]
+    for name in SCRIPTS:
+        flags = f"'{FLAGS[name]}'" if name in FLAGS else ""
+        parts.append(
+            f"\nregister_function{{function_name='meter_{name}_{_VERSION}', flags={{{flags}}},"
+            f" callback=function(KEYS, ARGV) if not redis then bind_globals() end\n"
+            f"{lua_file(name)}\nend}}\n"
+        )
+    template = "".join(parts)
+    version = hashlib.sha1(template.encode()).hexdigest()[:12]
+    return Library(
+        name=f"meter_{version}",
+        source=template.replace(_VERSION, version),
+        functions={name: f"meter_{name}_{version}" for name in SCRIPTS},
+    )
+
+
+def function_missing(exc: ResponseError) -> bool:
+    """Whether the server answered that the function called does not exist."""
+    return str(exc).removeprefix("ERR ").startswith("Function not found")
 
 
 def _str(value: Any) -> str:
@@ -237,23 +256,27 @@ class RedisEngine:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
-        self._sha: dict[str, str] = {}
+        self._loaded = False
 
     async def load_scripts(self) -> None:
-        """SCRIPT LOAD every script (done lazily on first use too)."""
-        for name in SCRIPTS:
-            self._sha[name] = _str(await self._redis.script_load(script_source(name)))
+        """FUNCTION LOAD REPLACE the library (every primary of a cluster); done lazily on first
+        use, and again when the server answers that a function does not exist."""
+        await self._redis.function_load(library().source, replace=True)
+        self._loaded = True
 
     async def _call(self, name: str, org_id: str, *args: str | int) -> Any:
-        sha = self._sha.get(name)
-        if sha is None:
-            sha = self._sha[name] = _str(await self._redis.script_load(script_source(name)))
+        if not self._loaded:
+            await self.load_scripts()
+        call = self._redis.fcall_ro if name in READ_ONLY else self._redis.fcall
+        function = library().functions[name]
         key = org_key(org_id)
         try:
-            return await self._redis.evalsha(sha, 1, key, *args)
-        except NoScriptError:
-            self._sha[name] = _str(await self._redis.script_load(script_source(name)))
-            return await self._redis.evalsha(self._sha[name], 1, key, *args)
+            return await call(function, 1, key, *args)
+        except ResponseError as exc:
+            if not function_missing(exc):
+                raise
+        await self.load_scripts()
+        return await call(function, 1, key, *args)
 
     # -- configuration -------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from meter.api.resp import PipelinedRedis
@@ -25,10 +25,16 @@ async def test_concurrent_commands_get_their_own_replies(
         await asyncio.gather(*(client.execute("SET", f"k{i}", i) for i in range(500)))
         replies = await asyncio.gather(*(client.execute("GET", f"k{i}") for i in range(500)))
         assert replies == [str(i).encode() for i in range(500)]
-        sha = await client.script_load("return {KEYS[1], ARGV[1]}")
-        assert await client.evalsha(sha.decode(), 1, "a", "b") == [b"a", b"b"]
-        with pytest.raises(NoScriptError):
-            await client.evalsha("0" * 40, 0)
+        code = (
+            "#!lua name=resp_test\n"
+            "redis.register_function{function_name='resp_test_echo', flags={'no-writes'},"
+            " callback=function(keys, args) return {keys[1], args[1]} end}"
+        )
+        assert await client.function_load(code, replace=True) == b"resp_test"
+        assert await client.fcall("resp_test_echo", 1, "a", "b") == [b"a", b"b"]
+        assert await client.fcall_ro("resp_test_echo", 1, "a", "b") == [b"a", b"b"]
+        with pytest.raises(ResponseError, match=r"^Function not found"):
+            await client.fcall("resp_test_nothing", 0)
         with pytest.raises(ResponseError):
             await client.execute("NOT-A-COMMAND")
         assert await client.execute("PING") == b"PONG"

@@ -1,5 +1,5 @@
-"""The engine on the local Redis Cluster: scripts on every primary, loaded again where a primary
-forgot them, and each organization's keys on the primary owning its hash tag's slot."""
+"""The engine on the local Redis Cluster: its library on every primary, loaded again where a
+primary forgot it, and each organization's keys on the primary owning its hash tag's slot."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
-from meter.engine.redis import SCRIPTS, RedisEngine, org_key
+from meter.engine.redis import RedisEngine, library, org_key
 from meter.engine.types import LimitPolicy, OrgConfig, OrgStatus, PeriodKind, Reason
 from meter.local_cluster import ClusterNode, LocalRedisCluster
 from meter.redis_client import connect
@@ -24,38 +24,40 @@ async def cluster_engine(redis_cluster: LocalRedisCluster) -> AsyncIterator[Redi
         await client.aclose()
 
 
-async def _scripts_on(node: ClusterNode, shas: list[str]) -> list[bool]:
+async def _library_on(node: ClusterNode) -> bool:
     direct = node.client()
     try:
-        return [bool(x) for x in await direct.script_exists(*shas)]
+        return bool(await direct.function_list(library=library().name))
     finally:
         await direct.aclose()
 
 
-async def test_scripts_are_loaded_on_every_primary(
-    redis_cluster: LocalRedisCluster, cluster_engine: RedisEngine
-) -> None:
-    await cluster_engine.load_scripts()
-    shas = [cluster_engine._sha[name] for name in SCRIPTS]
-    for node in await redis_cluster.primaries():
-        assert await _scripts_on(node, shas) == [True] * len(shas)
-
-
-async def test_a_primary_that_forgot_its_scripts_is_given_them_again(
-    redis_cluster: LocalRedisCluster, cluster_engine: RedisEngine
-) -> None:
-    await cluster_engine.load_scripts()
+async def _flush_functions(redis_cluster: LocalRedisCluster) -> None:
     for node in await redis_cluster.primaries():
         direct = node.client()
         try:
-            await direct.script_flush()
+            await direct.function_flush()
         finally:
             await direct.aclose()
+
+
+async def test_the_library_is_loaded_on_every_primary(
+    redis_cluster: LocalRedisCluster, cluster_engine: RedisEngine
+) -> None:
+    await cluster_engine.load_scripts()
+    for node in await redis_cluster.primaries():
+        assert await _library_on(node)
+
+
+async def test_a_primary_that_forgot_the_library_is_given_it_again(
+    redis_cluster: LocalRedisCluster, cluster_engine: RedisEngine
+) -> None:
+    await cluster_engine.load_scripts()
+    await _flush_functions(redis_cluster)
     result = await cluster_engine.check("nobody-here", "m", 1, NOW)
     assert result.reason is Reason.UNKNOWN_ORG
-    sha = cluster_engine._sha["check"]
     for node in await redis_cluster.primaries():
-        assert await _scripts_on(node, [sha]) == [True]
+        assert await _library_on(node)
 
 
 async def test_each_organization_lives_on_the_primary_owning_its_slot(

@@ -1,4 +1,5 @@
-"""Each Lua script run directly against Redis, asserting the keys it leaves behind."""
+"""Each Lua function of the engine run directly against Redis, asserting the keys it leaves
+behind."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from meter.engine.redis import SEP, org_key, script_source
+from meter.engine.redis import SEP, library, org_key
 
 ORG = "acme"
 P = "meter:{acme}:"
@@ -16,7 +17,8 @@ MARCH_END = 1_711_929_600_000  # 2024-04-01
 
 
 async def run(redis: aioredis.Redis, name: str, *args: Any) -> Any:
-    return await redis.eval(script_source(name), 1, org_key(ORG), *args)
+    await redis.function_load(library().source, replace=True)
+    return await redis.fcall(library().functions[name], 1, org_key(ORG), *args)
 
 
 def packed(*events: tuple[Any, ...]) -> str:

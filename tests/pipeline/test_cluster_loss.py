@@ -214,10 +214,10 @@ async def test_a_slot_migrated_mid_stream(
 
     async def while_migrating() -> None:
         # The slot is split: its keys moved, the source answers ASK. The target forgot its
-        # scripts (as a restarted node would): EVALSHA there answers NOSCRIPT first.
+        # functions (as a restarted node would): FCALL there answers "Function not found" first.
         direct = target.client()
         try:
-            await direct.script_flush()
+            await direct.function_flush()
         finally:
             await direct.aclose()
         await produce_events(bootstrap, topic, busy[: len(busy) // 2])

@@ -1,6 +1,6 @@
--- Shared helpers. Each script of this folder is loaded with the top-level definitions of this file
--- it uses, directly or through other definitions (see redis.py): a definition runs from its
--- `local` line to the next top-level `local` line, so keep each one self-contained.
+-- Shared helpers, defined once when the engine's function library loads (see redis.py), before
+-- the scripts of this folder, each registered as a function. The top level runs where Redis
+-- offers only the loading API: it defines, and computes with literals only.
 -- Every key of an organization starts with the prefix P = "meter:{<org_id>}:", derived from the
 -- script's KEYS[1] (the org's config key P .. "o"), so all of them hash to KEYS[1]'s slot:
 --   o           hash   c: org config status|period_kind|anchor|rolling_days|limit_policy|
@@ -35,7 +35,8 @@ local PRUNE_AFTER_MS = 7 * DAY -- model.PRUNE_AFTER_MS
 -- the field _ of every counters hash: a hash holding one is a hashtable for good. As a listpack (up
 -- to 512 fields by default) each field read or written is a scan of the whole hash, and a batch
 -- reads and writes two fields per member it settles.
-local COUNTER_PAD = string.rep('_', 72)
+-- A literal: the library's top level runs where Redis 7.0 offers no `string`.
+local COUNTER_PAD = '________________________________________________________________________'
 -- Rank of a bucket by the byte of its kind code (seat, personal, shared, on_demand).
 local RANK_OF = {[115] = 0, [112] = 1, [104] = 2, [111] = 3}
 
