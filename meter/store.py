@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -347,17 +347,14 @@ DAY_MS = 86_400_000
 
 @dataclass(slots=True)
 class BatchRows:
-    """A batch as COPY records: settlements (sorted by key), their keys (`settlement_keys`),
-    lines, and totals summed per (org, member, billing group, period start, UTC day of the event
-    time). The consumer builds them as each batch settles, off the write's critical path, and
-    `merge_rows` joins the batches one transaction writes."""
+    """A batch as COPY records: settlements (sorted by key), lines, and totals summed per
+    (org, member, billing group, period start, UTC day of the event time). The consumer builds
+    them as each batch settles, off the write's critical path, and `merge_rows` joins the
+    batches one transaction writes."""
 
     settlements: list[tuple[Any, ...]]
     lines: list[tuple[Any, ...]]
     totals: list[tuple[Any, ...]]
-    keys: list[tuple[Any, ...]] = field(default_factory=list)
-    starts: set[dt.datetime] = field(default_factory=set)
-    """The period starts of the settlements (their partitions)."""
 
 
 def merge_rows(parts: Sequence[BatchRows]) -> BatchRows:
@@ -368,15 +365,11 @@ def merge_rows(parts: Sequence[BatchRows]) -> BatchRows:
         return parts[0]
     settlements: list[tuple[Any, ...]] = []
     lines: list[tuple[Any, ...]] = []
-    keys: list[tuple[Any, ...]] = []
-    starts: set[dt.datetime] = set()
     sums: dict[tuple[Any, ...], list[Any]] = {}
     ends: dict[tuple[Any, ...], dt.datetime] = {}
     for part in parts:
         settlements += part.settlements
         lines += part.lines
-        keys += part.keys
-        starts |= part.starts
         for row in part.totals:
             period = (row[0], row[3])
             if period not in ends or row[4] > ends[period]:
@@ -391,7 +384,7 @@ def merge_rows(parts: Sequence[BatchRows]) -> BatchRows:
     for total in sums.values():
         total[4] = ends[total[0], total[3]]
     settlements.sort()
-    return BatchRows(settlements, lines, [tuple(t) for t in sums.values()], keys, starts)
+    return BatchRows(settlements, lines, [tuple(t) for t in sums.values()])
 
 
 def batch_rows(items: Iterable[Encoded]) -> BatchRows:
@@ -439,7 +432,6 @@ def batch_rows(items: Iterable[Encoded]) -> BatchRows:
             )
         )  # fmt: skip
     rows.sort()
-    keys = [(r[1], r[0], r[4]) for r in rows]
     totals: list[tuple[Any, ...]] = []
     for (org_id, member_id, group, start, day), t in sums.items():
         date = days.get(day)
@@ -447,8 +439,7 @@ def batch_rows(items: Iterable[Encoded]) -> BatchRows:
             date = days[day] = ms_to_datetime(day * DAY_MS).date()
         end_text = ends[org_id, start][1]
         totals.append((org_id, member_id, group, instant(start), instant(end_text), date, *t))
-    starts = {instants[start] for start in {key[3] for key in sums}}
-    return BatchRows(rows, lines, totals, keys, starts)
+    return BatchRows(rows, lines, totals)
 
 
 # -- the store ----------------------------------------------------------------------------------
@@ -582,13 +573,13 @@ class SettlementStore:
             return 0
         if rows is None:
             rows = batch_rows(items)
-        await self._ensure_partitions(rows.starts)
+        await self._ensure_partitions({r[4] for r in rows.settlements})
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 await _advance(conn, group_id, topic, offsets)
                 await conn.copy_records_to_table(
                     "settlement_keys",
-                    records=rows.keys,
+                    records=[(r[1], r[0], r[4]) for r in rows.settlements],
                     columns=_KEY_COLUMNS,
                 )
                 await conn.copy_records_to_table(

@@ -115,12 +115,12 @@ def lua_file(name: str) -> str:
     return (resources.files("meter.engine") / "lua" / f"{name}.lua").read_text()
 
 
-READ_ONLY = frozenset({"balances", "usage"})
-"""Scripts that write nothing: registered `no-writes`, called with FCALL_RO."""
 FLAGS = {"balances": "no-writes", "usage": "no-writes", "check": "allow-oom"}
 """Flags of the functions. A function without `no-writes` is refused whole by a Redis over its
 `maxmemory`; a check still answers there (its only writes drop expired holds and cache the
 current period), as it did as a script that wrote nothing."""
+READ_ONLY = frozenset(name for name, flag in FLAGS.items() if flag == "no-writes")
+"""Functions that write nothing, called with FCALL_RO."""
 _VERSION = "@version@"
 _GLOBALS = "string, table, math, tonumber, unpack, redis, pairs, ipairs"
 _PRELUDE = f"""#!lua name=meter_{_VERSION}
