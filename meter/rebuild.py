@@ -358,6 +358,18 @@ class RebuildLockLost(RuntimeError):
     rebuilt, so it is found lost and rebuilt again)."""
 
 
+SESSION_GONE: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    # The server's notice that it ended the session (pg_terminate_backend, a shutdown) read
+    # while the connection is idle leaves asyncpg refusing the next query this way.
+    asyncpg.InternalClientError,
+)
+"""What a probe or a close of a session that is gone raises."""
+
+
 async def session_answers(conn: asyncpg.Connection, timeout_s: float) -> bool:
     """Whether `conn`'s session is still there, which is whether a lock it took is still held
     (advisory locks are let go only with their session). A server that does not answer within
@@ -366,7 +378,7 @@ async def session_answers(conn: asyncpg.Connection, timeout_s: float) -> bool:
         return False
     try:
         await conn.fetchval("SELECT 1", timeout=timeout_s)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except SESSION_GONE as exc:
         log.warning("rebuild_lock_lost", error=repr(exc))
         return False
     return True
@@ -377,7 +389,7 @@ async def end_session(conn: asyncpg.Connection, timeout_s: float) -> None:
     answer gets the connection aborted (asyncpg does it when the close fails)."""
     if conn.is_closed():
         return
-    with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    with contextlib.suppress(*SESSION_GONE):
         await conn.close(timeout=timeout_s)
 
 
