@@ -41,6 +41,14 @@ from meter.engine.redis import KIND_CODE, SEP, encode_settlement
 from meter.engine.types import Kind, Line, Settlement, VoidResult
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+"""PostgreSQL's epoch: a `timestamptz` is an int64 of microseconds since it."""
+PG_EPOCH_MS = 946_684_800_000
+_MICROSECOND = dt.timedelta(microseconds=1)
+_PG_INFINITY = (1 << 63) - 1
+_PG_NEGATIVE_INFINITY = -(1 << 63)
+_INFINITY = dt.datetime.max
+_NEGATIVE_INFINITY = dt.datetime.min
 
 log = structlog.get_logger("meter.store")
 
@@ -48,6 +56,45 @@ log = structlog.get_logger("meter.store")
 def ms_to_datetime(ms: int) -> dt.datetime:
     """Epoch milliseconds to an aware UTC datetime, without floats."""
     return EPOCH + dt.timedelta(milliseconds=ms)
+
+
+def pg_instant(ms: int) -> int:
+    """Epoch milliseconds as a `timestamptz` value for the store's connections (microseconds
+    since PostgreSQL's epoch): what the COPY records of a batch hold instead of datetimes."""
+    return (ms - PG_EPOCH_MS) * 1000
+
+
+def pg_instant_datetime(value: int | dt.datetime) -> dt.datetime:
+    """A `timestamptz` value of a batch record (`pg_instant`, or a datetime) as a datetime."""
+    if isinstance(value, dt.datetime):
+        return value
+    return PG_EPOCH + value * _MICROSECOND
+
+
+def _encode_timestamptz(value: Any) -> tuple[int]:
+    """`timestamptz` parameters and COPY values on the store's connections: an int is taken as
+    microseconds since PostgreSQL's epoch (`pg_instant`, one integer to write where asyncpg's
+    datetime conversion costs 0.6 us a value, a fifth of a COPY's client time); a datetime or a
+    date converts as asyncpg's own codec does (a naive value is local time)."""
+    if type(value) is int:
+        return (value,)
+    if type(value) is dt.date:
+        value = dt.datetime(value.year, value.month, value.day).astimezone()
+    if value == _INFINITY:
+        return (_PG_INFINITY,)
+    if value == _NEGATIVE_INFINITY:
+        return (_PG_NEGATIVE_INFINITY,)
+    return ((value.astimezone(dt.UTC) - PG_EPOCH) // _MICROSECOND,)
+
+
+def _decode_timestamptz(value: tuple[int]) -> dt.datetime:
+    """A `timestamptz` read on the store's connections: as asyncpg's own codec gives it."""
+    (us,) = value
+    if us == _PG_INFINITY:
+        return _INFINITY
+    if us == _PG_NEGATIVE_INFINITY:
+        return _NEGATIVE_INFINITY
+    return PG_EPOCH + dt.timedelta(microseconds=us)
 
 
 class OffsetConflict(Exception):
@@ -366,7 +413,7 @@ def merge_rows(parts: Sequence[BatchRows]) -> BatchRows:
     settlements: list[tuple[Any, ...]] = []
     lines: list[tuple[Any, ...]] = []
     sums: dict[tuple[Any, ...], list[Any]] = {}
-    ends: dict[tuple[Any, ...], dt.datetime] = {}
+    ends: dict[tuple[Any, ...], Any] = {}
     for part in parts:
         settlements += part.settlements
         lines += part.lines
@@ -388,19 +435,20 @@ def merge_rows(parts: Sequence[BatchRows]) -> BatchRows:
 
 
 def batch_rows(items: Iterable[Encoded]) -> BatchRows:
-    """COPY records of a batch for the direct write, built straight from the encoded results."""
+    """COPY records of a batch for the direct write, built straight from the encoded results.
+    Instants are `pg_instant` integers, which the store's connections write as they are."""
     rows: list[tuple[Any, ...]] = []
     lines: list[tuple[Any, ...]] = []
     sums: dict[tuple[str, str, str, str, int], list[int]] = {}
     ends: dict[tuple[str, str], tuple[int, str]] = {}
-    instants: dict[str, dt.datetime] = {}
+    instants: dict[str, int] = {}
     days: dict[int, dt.date] = {}
     code_kind, code_slot, flag_bits = _CODE_KIND, _CODE_SLOT, _FLAGS
 
-    def instant(ms: str) -> dt.datetime:
+    def instant(ms: str) -> int:
         value = instants.get(ms)
         if value is None:
-            value = instants[ms] = ms_to_datetime(int(ms))
+            value = instants[ms] = (int(ms) - PG_EPOCH_MS) * 1000
         return value
 
     for key, org_id, enc, attributes, rating in items:
@@ -420,6 +468,7 @@ def batch_rows(items: Iterable[Encoded]) -> BatchRows:
         total[1] += credits
         total[6] += unfunded
         period_start = instant(start)
+        event_time = (int(time_text) - PG_EPOCH_MS) * 1000
         for i in range(9, len(f) - 2, 3):
             code, amount = f[i + 1], int(f[i + 2])
             total[code_slot[code]] += amount
@@ -427,7 +476,7 @@ def batch_rows(items: Iterable[Encoded]) -> BatchRows:
         rows.append(
             (
                 key, org_id, member_id, group, period_start, instant(end_text),
-                instant(time_text), credits, unfunded, *flag_bits[f[7]], f[8] or None,
+                event_time, credits, unfunded, *flag_bits[f[7]], f[8] or None,
                 attributes, rating,
             )
         )  # fmt: skip
@@ -446,6 +495,13 @@ def batch_rows(items: Iterable[Encoded]) -> BatchRows:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "timestamptz",
+        schema="pg_catalog",
+        encoder=_encode_timestamptz,
+        decoder=_decode_timestamptz,
+        format="tuple",
+    )
     await conn.execute(CREATE_STAGING)
 
 
@@ -573,7 +629,9 @@ class SettlementStore:
             return 0
         if rows is None:
             rows = batch_rows(items)
-        await self._ensure_partitions({r[4] for r in rows.settlements})
+        await self._ensure_partitions(
+            pg_instant_datetime(start) for start in {r[4] for r in rows.settlements}
+        )
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 await _advance(conn, group_id, topic, offsets)

@@ -351,7 +351,10 @@ class RedisEngine:
     async def confirm(self, org_id: str, keys: Sequence[str]) -> None:
         check_org_id(org_id)
         if keys:
-            await self._call("confirm", org_id, *keys)
+            packed = "".join([f"{key}\x1e" for key in keys])
+            if packed.count("\x1e") != len(keys):
+                raise EngineInputError("keys must not contain control characters")
+            await self._call("confirm", org_id, packed)
 
     # -- checks and reservations ---------------------------------------------------------------
 

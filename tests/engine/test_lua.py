@@ -107,7 +107,7 @@ async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
     assert (await redis.get(P + "sh")).endswith(b"\x1d1000")
     assert (await run(redis, "void", MARCH_END, "e1", ""))[0] == b"dup"
 
-    assert await run(redis, "confirm", "e1", "nope") == 1
+    assert await run(redis, "confirm", "e1\x1enope\x1e") == 1
     assert await redis.exists(P + "r") == 0
 
 

@@ -1,10 +1,17 @@
 -- Forget stored settlement results the settlement store now holds.
+-- ARGV[1]: the keys packed in one string, each ended by \30 (one argument instead of one per key:
+-- a client packs a single string some thirty times faster than thousands of arguments).
 local org_key = KEYS[1]
-local keys = ARGV
+local packed = ARGV[1]
 
 local P = string.sub(org_key, 1, -2)
+local keys, n = {}, 0
+for key in string.gmatch(packed, '([^\30]*)\30') do
+  n = n + 1
+  keys[n] = key
+end
 local removed = 0
-for first = 1, #keys, 1000 do
-  removed = removed + redis.call('HDEL', P .. 'r', unpack(keys, first, math.min(first + 999, #keys)))
+for first = 1, n, 1000 do
+  removed = removed + redis.call('HDEL', P .. 'r', unpack(keys, first, math.min(first + 999, n)))
 end
 return removed
