@@ -1,10 +1,11 @@
 """`meter archive --before YYYY-MM`: move closed months of settlements out of PostgreSQL.
 
-`settlements` and `settlement_lines` are partitioned by UTC month of period start
-(schemas/migrations/0017_settlement_partitions.sql). For each monthly partition wholly before
-the given month, in one transaction per month:
+`settlements` is partitioned by UTC month of period start
+(schemas/migrations/0017_settlement_partitions.sql), and each settlement holds its lines
+(0023_lines_in_settlements.sql). For each monthly partition wholly before the given month, in
+one transaction per month:
 
-1. lock the month's two partitions against writes (SHARE), and refuse when a period of the month
+1. lock the month's partition against writes (SHARE), and refuse when a period of the month
    may still take settlements (its end plus the organization's grace is not past);
 2. verify the rows against `org_period_totals`, the totals reports read: per organization and
    period, the settlements not voided (count, credits, unfunded) and their lines (per kind) must
@@ -12,8 +13,8 @@ the given month, in one transaction per month:
 3. write the rows to `settlements-YYYY-MM.jsonl.gz` in the archive directory (gzip'd JSON lines,
    settlements then lines, each with a `"table"` field), and `<file>.sha256` beside it;
 4. add the lines' credits per bucket to `archived_bucket_drawn` (so the rebuild still knows what
-   a bucket gave), record the month in `settlement_archives`, detach both partitions and drop
-   them (or keep them detached, `--keep`).
+   a bucket gave), record the month in `settlement_archives`, detach the partition and drop it
+   (or keep it detached, `--keep`).
 
 A month already in `settlement_archives` is skipped, so running it again is safe; a run that
 stopped half-way left its month attached and redoes it. `settlement_keys` keeps the identity of
@@ -113,10 +114,10 @@ ORDER BY org_id, period_start
 LIMIT 5
 """  # noqa: E501
 
-COUNTS = "SELECT (SELECT count(*) FROM {settlements}), (SELECT count(*) FROM {lines})"
+COUNTS = "SELECT (SELECT count(*) FROM {settlements}), (SELECT count(*) FROM {lines} l)"
 
 SETTLEMENT_ROWS = """
-SELECT (jsonb_build_object('table', 'settlements') || to_jsonb(s))::text
+SELECT (jsonb_build_object('table', 'settlements') || (to_jsonb(s) - 'lines'))::text
 FROM {settlements} s ORDER BY s.org_id, s.key
 """
 LINE_ROWS = """
@@ -126,7 +127,7 @@ FROM {lines} l ORDER BY l.org_id, l.key, l.bucket_id
 
 ADD_BUCKET_DRAWN = """
 INSERT INTO archived_bucket_drawn AS d (org_id, bucket_id, drawn)
-SELECT org_id, bucket_id, sum(amount) FROM {lines} GROUP BY 1, 2 ORDER BY 1, 2
+SELECT org_id, bucket_id, sum(amount) FROM {lines} l GROUP BY 1, 2 ORDER BY 1, 2
 ON CONFLICT (org_id, bucket_id) DO UPDATE SET drawn = d.drawn + excluded.drawn
 """
 
@@ -332,12 +333,12 @@ async def _archive_month(
     progress: Callable[[str, int], Progress] | None,
 ) -> MonthArchive:
     suffix = f"{month:%Y_%m}"
-    tables = {"settlements": f"settlements_{suffix}", "lines": f"settlement_lines_{suffix}"}
+    tables = {"settlements": f"settlements_{suffix}", "lines": _lines_of(f"settlements_{suffix}")}
     lo, hi = _at(month), _at(_next_month(month))
     label = f"{month:%Y-%m}"
     async with conn.transaction():
         await conn.execute("SET LOCAL TimeZone = 'UTC'")
-        await conn.execute(f"LOCK TABLE {tables['settlements']}, {tables['lines']} IN SHARE MODE")
+        await conn.execute(f"LOCK TABLE {tables['settlements']} IN SHARE MODE")
         still_open = await conn.fetch(STILL_OPEN.format(**tables), lo, hi)
         if still_open:
             which = ", ".join(f"{r['org_id']} until {r['period_end']:%Y-%m-%d}" for r in still_open)
@@ -360,11 +361,9 @@ async def _archive_month(
         # give up rather than stall settlement behind a long query.
         await conn.execute(f"SET LOCAL lock_timeout = '{int(DETACH_LOCK_TIMEOUT_S * 1000)}ms'")
         try:
-            for parent, table in (("settlements", tables["settlements"]),
-                                  ("settlement_lines", tables["lines"])):  # fmt: skip
-                await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {table}")
-                if not keep:
-                    await conn.execute(f"DROP TABLE {table}")
+            await conn.execute(f"ALTER TABLE settlements DETACH PARTITION {tables['settlements']}")
+            if not keep:
+                await conn.execute(f"DROP TABLE {tables['settlements']}")
         except asyncpg.LockNotAvailableError as exc:
             raise LockTimeout(f"{label}: the partitions could not be detached: {exc}") from exc
     log.info(
@@ -372,6 +371,14 @@ async def _archive_month(
         kept=keep,
     )  # fmt: skip
     return MonthArchive(month, path, digest, settlements, lines, int(credits), keep)
+
+
+def _lines_of(partition: str) -> str:
+    """The lines of a month's partition, as rows of `settlement_lines` (a subquery)."""
+    return (
+        "(SELECT s.key, s.org_id, l.bucket_id, l.kind, l.amount, s.period_start"
+        f" FROM {partition} s CROSS JOIN LATERAL meter_lines(s.lines) AS l)"
+    )
 
 
 def _mismatch(r: asyncpg.Record) -> str:

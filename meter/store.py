@@ -5,10 +5,10 @@
 1. advance the consumer offsets of the batch's partitions, each only from the offset the writer
    expects (a stale group member finds a different value and gets `OffsetConflict`, which rolls
    the whole transaction back);
-2. COPY the settlements and their lines straight into `settlements` / `settlement_lines`, and
-   the batch's totals, summed per member, billing group, period and day, into a session-local
-   staging table; one statement adds the staged totals to every total table with
-   INSERT ... ON CONFLICT DO UPDATE, so each total row is touched once per batch;
+2. COPY the settlements, each with its lines in its row (column `lines`, 0023), straight into
+   `settlements`, and the batch's totals, summed per member, billing group, period and day,
+   into a session-local staging table; one statement adds the staged totals to every total
+   table with INSERT ... ON CONFLICT DO UPDATE, so each total row is touched once per batch;
 3. when an (organization, key) is already present (the COPY fails with a unique violation: a
    duplicate the consumer could not see coming), the transaction is rolled back and written again
    the careful way: COPY into staging tables, move them with ON CONFLICT DO NOTHING, and add
@@ -17,10 +17,11 @@
 `record_void` records a void and takes its settlement back out of every total.
 
 Settlements are identified by (organization, key) (0011_settlement_identity.sql): the same
-source + id in two organizations are two events. `settlements` and `settlement_lines` are
-partitioned by month of period start (0017_settlement_partitions.sql); the identity lives in the
-unpartitioned `settlement_keys`, written first in every batch (its unique violation is what sends
-a batch down the careful path), and the store has each month's partitions created ahead.
+source + id in two organizations are two events. `settlements` is partitioned by month of period
+start (0017_settlement_partitions.sql; since 0023_lines_in_settlements.sql each row holds its
+lines, which the view `settlement_lines` lists); the identity lives in the unpartitioned
+`settlement_keys`, written first in every batch (its unique violation is what sends a batch down
+the careful path), and the store has each month's partitions created ahead.
 
 Tables: schemas/migrations/0002_settlements.sql, and the reporting totals of
 0004_reports.sql (member x billing group x period, organization x day), voids of 0006_voids.sql.
@@ -37,7 +38,7 @@ import asyncpg  # type: ignore[import-untyped]
 import orjson
 import structlog
 
-from meter.engine.redis import KIND_CODE, SEP, encode_settlement
+from meter.engine.redis import SEP, encode_settlement
 from meter.engine.types import Kind, Line, Settlement, VoidResult
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -137,10 +138,10 @@ _STAGE_COLUMNS = (
     "personal",
     "shared",
     "on_demand",
+    "lines",
 )
-_LINE_COLUMNS = ("key", "org_id", "bucket_id", "kind", "amount", "period_start")
 _KEY_COLUMNS = ("org_id", "key", "period_start")
-_SETTLEMENT_COLUMNS = _STAGE_COLUMNS[:15]
+_SETTLEMENT_COLUMNS = (*_STAGE_COLUMNS[:15], "lines")
 """The columns of `settlements` a batch writes (`settled_at` is the server's clock)."""
 _TOTAL_COLUMNS = (
     "org_id",
@@ -165,10 +166,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_settlements (
     credits bigint, unfunded bigint,
     member_limited boolean, group_limited boolean, late boolean,
     reservation_id text, attributes jsonb, rating jsonb,
-    seat bigint, personal bigint, shared bigint, on_demand bigint
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_lines (
-    key text, org_id text, bucket_id text, kind text, amount bigint, period_start timestamptz
+    seat bigint, personal bigint, shared bigint, on_demand bigint, lines text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_rated (
     org_id text, period_start timestamptz, member_id text, credits bigint, rating jsonb
@@ -286,19 +284,15 @@ WITH keys AS (
 ), ins AS (
     INSERT INTO settlements (key, org_id, member_id, billing_group, period_start, period_end,
                              event_time, credits, unfunded, member_limited, group_limited, late,
-                             reservation_id, attributes, rating)
+                             reservation_id, attributes, rating, lines)
     SELECT DISTINCT ON (org_id, key) key, org_id, member_id, billing_group, period_start,
            period_end, event_time, credits, unfunded, member_limited, group_limited, late,
-           reservation_id, attributes, rating
+           reservation_id, attributes, rating, lines
     FROM stage_settlements JOIN keys USING (org_id, key)
     ORDER BY org_id, key
     RETURNING org_id, key
 ), fresh AS (
     SELECT s.* FROM stage_settlements s JOIN ins USING (org_id, key)
-), lines AS (
-    INSERT INTO settlement_lines (key, org_id, bucket_id, kind, amount, period_start)
-    SELECT l.key, l.org_id, l.bucket_id, l.kind, l.amount, l.period_start
-    FROM stage_lines l JOIN ins USING (org_id, key)
 ), {_add_totals("fresh", _SUMS, "(event_time AT TIME ZONE 'UTC')::date")},
 rated AS (
     INSERT INTO stage_rated SELECT org_id, period_start, member_id, credits, rating
@@ -343,8 +337,7 @@ Encoded = tuple[str, str, str, str | None, str | None]
 as JSON text (or None) and how a usage event was rated (`meter.rating.rate.Rating`) as JSON text
 (None for an event that carried credits)."""
 
-# Line kinds by their letter in the encoding: the `kind` column, and the slot of a totals row.
-_CODE_KIND = {code: kind.value for kind, code in KIND_CODE.items()}
+# Line kinds by their letter in the encoding: the slot of a totals row.
 _CODE_SLOT = {"s": 2, "p": 3, "h": 4, "o": 5}
 _FLAGS = {str(f): (bool(f & 1), bool(f & 2), bool(f & 4)) for f in range(8)}
 
@@ -361,10 +354,9 @@ def encoded(settlements: Iterable[tuple[Settlement, str | None]]) -> list[Encode
     return out
 
 
-def stage_rows(items: Iterable[Encoded]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Settlement and line records for the staging tables."""
+def stage_rows(items: Iterable[Encoded]) -> list[tuple[Any, ...]]:
+    """Settlement records (with their lines) for the staging table."""
     rows: list[tuple[Any, ...]] = []
-    lines: list[tuple[Any, ...]] = []
     instants: dict[str, dt.datetime] = {}
 
     def instant(ms: str) -> dt.datetime:
@@ -377,16 +369,15 @@ def stage_rows(items: Iterable[Encoded]) -> tuple[list[tuple[Any, ...]], list[tu
         f = enc.split(SEP)
         by_kind = [0, 0, 0, 0, 0, 0]
         for i in range(9, len(f) - 2, 3):
-            code, amount = f[i + 1], int(f[i + 2])
-            by_kind[_CODE_SLOT[code]] += amount
-            lines.append((key, org_id, f[i], _CODE_KIND[code], amount, instant(f[3])))
+            by_kind[_CODE_SLOT[f[i + 1]]] += int(f[i + 2])
         rows.append(
             (
                 key, org_id, f[0], f[5], instant(f[3]), instant(f[4]), instant(f[2]), int(f[1]),
                 int(f[6]), *_FLAGS[f[7]], f[8] or None, attributes, rating, *by_kind[2:],
+                SEP.join(f[9:]),
             )
         )  # fmt: skip
-    return rows, lines
+    return rows
 
 
 DAY_MS = 86_400_000
@@ -394,13 +385,12 @@ DAY_MS = 86_400_000
 
 @dataclass(slots=True)
 class BatchRows:
-    """A batch as COPY records: settlements (sorted by key), lines, and totals summed per
-    (org, member, billing group, period start, UTC day of the event time). The consumer builds
-    them as each batch settles, off the write's critical path, and `merge_rows` joins the
-    batches one transaction writes."""
+    """A batch as COPY records: settlements (sorted by key, each with its lines), and totals
+    summed per (org, member, billing group, period start, UTC day of the event time). The
+    consumer builds them as each batch settles, off the write's critical path, and `merge_rows`
+    joins the batches one transaction writes."""
 
     settlements: list[tuple[Any, ...]]
-    lines: list[tuple[Any, ...]]
     totals: list[tuple[Any, ...]]
 
 
@@ -411,12 +401,10 @@ def merge_rows(parts: Sequence[BatchRows]) -> BatchRows:
     if len(parts) == 1:
         return parts[0]
     settlements: list[tuple[Any, ...]] = []
-    lines: list[tuple[Any, ...]] = []
     sums: dict[tuple[Any, ...], list[Any]] = {}
     ends: dict[tuple[Any, ...], Any] = {}
     for part in parts:
         settlements += part.settlements
-        lines += part.lines
         for row in part.totals:
             period = (row[0], row[3])
             if period not in ends or row[4] > ends[period]:
@@ -431,19 +419,18 @@ def merge_rows(parts: Sequence[BatchRows]) -> BatchRows:
     for total in sums.values():
         total[4] = ends[total[0], total[3]]
     settlements.sort()
-    return BatchRows(settlements, lines, [tuple(t) for t in sums.values()])
+    return BatchRows(settlements, [tuple(t) for t in sums.values()])
 
 
 def batch_rows(items: Iterable[Encoded]) -> BatchRows:
     """COPY records of a batch for the direct write, built straight from the encoded results.
     Instants are `pg_instant` integers, which the store's connections write as they are."""
     rows: list[tuple[Any, ...]] = []
-    lines: list[tuple[Any, ...]] = []
     sums: dict[tuple[str, str, str, str, int], list[int]] = {}
     ends: dict[tuple[str, str], tuple[int, str]] = {}
     instants: dict[str, int] = {}
     days: dict[int, dt.date] = {}
-    code_kind, code_slot, flag_bits = _CODE_KIND, _CODE_SLOT, _FLAGS
+    code_slot, flag_bits, sep = _CODE_SLOT, _FLAGS, SEP
 
     def instant(ms: str) -> int:
         value = instants.get(ms)
@@ -469,15 +456,13 @@ def batch_rows(items: Iterable[Encoded]) -> BatchRows:
         total[6] += unfunded
         period_start = instant(start)
         event_time = (int(time_text) - PG_EPOCH_MS) * 1000
-        for i in range(9, len(f) - 2, 3):
-            code, amount = f[i + 1], int(f[i + 2])
-            total[code_slot[code]] += amount
-            lines.append((key, org_id, f[i], code_kind[code], amount, period_start))
+        for i in range(10, len(f) - 1, 3):
+            total[code_slot[f[i]]] += int(f[i + 1])
         rows.append(
             (
                 key, org_id, member_id, group, period_start, instant(end_text),
                 event_time, credits, unfunded, *flag_bits[f[7]], f[8] or None,
-                attributes, rating,
+                attributes, rating, sep.join(f[9:]),
             )
         )  # fmt: skip
     rows.sort()
@@ -488,7 +473,7 @@ def batch_rows(items: Iterable[Encoded]) -> BatchRows:
             date = days[day] = ms_to_datetime(day * DAY_MS).date()
         end_text = ends[org_id, start][1]
         totals.append((org_id, member_id, group, instant(start), instant(end_text), date, *t))
-    return BatchRows(rows, lines, totals)
+    return BatchRows(rows, totals)
 
 
 # -- the store ----------------------------------------------------------------------------------
@@ -643,10 +628,6 @@ class SettlementStore:
                 await conn.copy_records_to_table(
                     "settlements", records=rows.settlements, columns=_SETTLEMENT_COLUMNS
                 )
-                if rows.lines:
-                    await conn.copy_records_to_table(
-                        "settlement_lines", records=rows.lines, columns=_LINE_COLUMNS
-                    )
                 await conn.copy_records_to_table(
                     "stage_totals", records=rows.totals, columns=_TOTAL_COLUMNS
                 )
@@ -665,16 +646,12 @@ class SettlementStore:
                 return len(rows.settlements)
         except asyncpg.UniqueViolationError:
             pass  # some keys are settled already: write again, skipping them
-        staged, lines = stage_rows(items)
+        staged = stage_rows(items)
         async with self.pool.acquire() as conn, conn.transaction():
             await _advance(conn, group_id, topic, offsets)
             await conn.copy_records_to_table(
                 "stage_settlements", records=staged, columns=_STAGE_COLUMNS
             )
-            if lines:
-                await conn.copy_records_to_table(
-                    "stage_lines", records=lines, columns=_LINE_COLUMNS
-                )
             inserted: int = await conn.fetchval(MOVE_STAGED)
             if inserted:
                 await conn.execute(ADD_RATED_TOTALS)
@@ -730,8 +707,7 @@ v AS (
            coalesce(sum(l.amount) FILTER (WHERE l.kind = 'shared'), 0) AS shared,
            coalesce(sum(l.amount) FILTER (WHERE l.kind = 'on_demand'), 0) AS on_demand
     FROM due JOIN settlements s ON s.key = due.key AND s.org_id = due.org_id
-    LEFT JOIN settlement_lines l
-        ON l.org_id = s.org_id AND l.key = s.key AND l.period_start = s.period_start
+    LEFT JOIN LATERAL meter_lines(s.lines) AS l ON true
     GROUP BY s.org_id, s.key, s.period_start
 ), member_totals AS (
     UPDATE member_period_totals AS t SET {_SUB}

@@ -37,6 +37,12 @@ def test_main_tunes_the_collector_before_the_command_runs(
         seen.append(gc.get_threshold()[0])
         return 0
 
+    import meter.kafka
+    import meter.logging
+
+    # main's process-wide set-up, which other tests' log captures must not inherit
+    monkeypatch.setattr(meter.logging, "configure_logging", lambda *a, **k: None)
+    monkeypatch.setattr(meter.kafka, "configure", lambda settings: None)
     monkeypatch.setattr(cli, "build_parser", _parser_with(handler))
     assert cli.main(["noop"]) == 0
     assert seen == [cli.GC_YOUNG_THRESHOLD]

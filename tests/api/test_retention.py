@@ -93,7 +93,7 @@ async def test_tick_makes_the_partitions_ahead(
     now = app.admin.clock()
     month = dt.datetime.fromtimestamp(now / 1000, dt.UTC).replace(day=1)
     ahead = (month + dt.timedelta(days=70)).strftime("%Y_%m")
-    names = [f"settlements_{ahead}", f"settlement_lines_{ahead}"]
+    names = [f"settlements_{ahead}"]
     async with app.pool.acquire() as conn:
         for name in names:
             assert await conn.fetchval("SELECT count(*) FROM " + name) == 0

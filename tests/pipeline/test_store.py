@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import asyncpg  # type: ignore[import-untyped]
+import pytest
 
 from meter.engine.types import Kind, Line, Period, Settlement
 from meter.store import DAY_MS, OffsetAdvance, OffsetConflict, SettlementStore
@@ -117,3 +118,69 @@ async def test_direct_and_careful_writes_keep_totals(migrated_dsn: str) -> None:
         await assert_totals_recomputed(migrated_dsn)
     finally:
         await store.close()
+
+
+async def test_each_settlement_holds_its_lines_and_the_view_lists_them(migrated_dsn: str) -> None:
+    rng = random.Random(12)
+    batch = [settlement(rng, i) for i in range(120)]
+    assert any(len(s.lines) > 1 for s in batch) and any(not s.lines for s in batch)
+    store = SettlementStore(migrated_dsn)
+    try:
+        await store.load_offsets("g", "t", {0: 0})
+        direct = [(s, None) for s in batch[:80]]
+        assert await store.write_batch("g", "t", direct, [OffsetAdvance(0, 0, 80)]) == 80
+        careful = [(s, None) for s in batch[60:]]  # 20 settled already: the careful path
+        assert await store.write_batch("g", "t", careful, [OffsetAdvance(0, 80, 140)]) == 40
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(migrated_dsn)
+    try:
+        for s in batch:
+            stored = await conn.fetchval(
+                "SELECT lines FROM settlements WHERE org_id = $1 AND key = $2", s.org_id, s.key
+            )
+            assert stored == "\x1f".join(
+                f"{ln.bucket_id}\x1f{_CODE[ln.kind]}\x1f{ln.amount}" for ln in s.lines
+            )
+            listed = await conn.fetch(
+                "SELECT bucket_id, kind, amount, period_start FROM settlement_lines"
+                " WHERE org_id = $1 AND key = $2",
+                s.org_id,
+                s.key,
+            )
+            assert [(r[0], r[1], r[2]) for r in listed] == [
+                (ln.bucket_id, ln.kind.value, ln.amount) for ln in s.lines
+            ]
+            assert all(r[3].timestamp() * 1000 == s.period.start_ms for r in listed)  # type: ignore[union-attr]
+        # A line inserted through the view is appended to its settlement; a bad one is refused.
+        s = next(s for s in batch if not s.lines)
+        await conn.execute(
+            "INSERT INTO settlement_lines (key, org_id, bucket_id, kind, amount)"
+            " VALUES ($1, $2, 'extra', 'on_demand', 7)",
+            s.key,
+            s.org_id,
+        )
+        assert (
+            await conn.fetchval(
+                "SELECT lines FROM settlements WHERE org_id = $1 AND key = $2", s.org_id, s.key
+            )
+            == "extra\x1fo\x1f7"
+        )
+        for bad in ("'b', 'gift', 7", "'b', 'seat', 0", "E'b\\x1fc', 'seat', 7"):
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute(
+                    "INSERT INTO settlement_lines (key, org_id, bucket_id, kind, amount)"
+                    f" VALUES ($1, $2, {bad})",
+                    s.key,
+                    s.org_id,
+                )
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            await conn.execute(
+                "INSERT INTO settlement_lines (key, org_id, bucket_id, kind, amount)"
+                " VALUES ('//s nowhere', 'org-0', 'b', 'seat', 7)"
+            )
+    finally:
+        await conn.close()
+
+
+_CODE = {Kind.SEAT: "s", Kind.PERSONAL: "p", Kind.SHARED: "h", Kind.ON_DEMAND: "o"}

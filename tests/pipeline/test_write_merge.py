@@ -71,7 +71,7 @@ def test_merged_batches_advance_each_partition_from_first_to_last() -> None:
 
 
 def _sorted(rows: BatchRows) -> tuple[list[tuple[object, ...]], ...]:
-    return sorted(rows.settlements), sorted(rows.lines), sorted(rows.totals)
+    return sorted(rows.settlements), sorted(rows.totals)
 
 
 def test_merged_rows_are_the_rows_of_the_merged_batches() -> None:
