@@ -295,7 +295,8 @@ class LocalRedisCluster:
         """Move `slot` to primary `target` as resharding does: SETSLOT IMPORTING on the target,
         MIGRATING on the owner, MIGRATE its keys, then SETSLOT NODE on every primary;
         `while_migrating` runs after the first MIGRATE, the slot still MIGRATING (the owner
-        answers ASK for the keys it no longer has). Returns the previous owner.
+        answers ASK for the keys it no longer has); when it fails, the move is completed before
+        its error is raised, so the cluster is never left split. Returns the previous owner.
 
         By default every key of the slot moves in one MIGRATE, so an organization's keys are
         never split between two nodes: a script that touches a key already moved fails there
@@ -309,6 +310,7 @@ class LocalRedisCluster:
         if source is target:
             raise ValueError(f"slot {slot} is already on {target.endpoint}")
         src, dst = source.client(), target.client()
+        failure: Exception | None = None
         try:
             src_id = _text(await _cmd(src, "CLUSTER", "MYID"))
             dst_id = _text(await _cmd(dst, "CLUSTER", "MYID"))
@@ -321,7 +323,10 @@ class LocalRedisCluster:
                 if keys:
                     await _cmd(src, "MIGRATE", LOCALHOST, target.port, "", 0, 5000, "KEYS", *keys)
                 if first and while_migrating is not None:
-                    await while_migrating()
+                    try:
+                        await while_migrating()
+                    except Exception as exc:  # the move completes; the failure is raised after
+                        failure = exc
                 first = False
                 if not keys and not await _cmd(src, "CLUSTER", "COUNTKEYSINSLOT", slot):
                     break
@@ -335,6 +340,8 @@ class LocalRedisCluster:
             await src.aclose()
             await dst.aclose()
         await self.wait_ready()
+        if failure is not None:
+            raise failure
         return source
 
 

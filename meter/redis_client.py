@@ -16,11 +16,13 @@ primary, PING), which is all the engine, the rebuild and the admin service use.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, cast
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,10 +42,35 @@ CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 FUNCTION_CALLS = ("FCALL", "FCALL_RO")
 
 
+class _LastInFirstOut(deque[Connection]):
+    """A node's free connections, the one released last taken first."""
+
+    def popleft(self) -> Connection:
+        return self.pop()
+
+
 class MeterCluster(RedisCluster):
-    """redis-py's asyncio cluster client, routing FCALL and FCALL_RO by the keys they name, as
-    it routes EVALSHA. redis-py asks a server for the keys of a function call (COMMAND GETKEYS,
-    one round trip, always to the same node, which fails while that node is down)."""
+    """redis-py's asyncio cluster client with two changes:
+
+    - FCALL and FCALL_RO are routed by the keys they name, as EVALSHA is. redis-py asks a
+      server for the keys of a function call (COMMAND GETKEYS, one round trip, always to the
+      same node, which fails while that node is down).
+    - A node reached by an ASK redirection serves the command on the connection that carried
+      ASKING. redis-py sends ASKING and then the command as two calls, each taking a free
+      connection of the node (first in, first out): with two or more free, the command went
+      out without ASKING, the importing node answered MOVED back to the owner, and the call
+      bounced between them until it failed with "TTL exhausted" for as long as the slot was
+      split. The node's free connections are taken last in, first out, and nothing runs
+      between the two calls, so the command takes the connection ASKING was just sent on.
+    """
+
+    def get_node(
+        self, host: str | None = None, port: int | None = None, node_name: str | None = None
+    ) -> ClusterNode | None:
+        node = super().get_node(host, port, node_name)
+        if node is not None and not isinstance(node._free, _LastInFirstOut):
+            node._free = _LastInFirstOut(node._free, maxlen=node._free.maxlen)
+        return node
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
         if command.upper() in FUNCTION_CALLS and len(args) >= 2 and int(args[1]) > 0:

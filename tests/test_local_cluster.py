@@ -3,6 +3,10 @@ by hash tag, and a primary's SIGKILL answered by its replica's promotion."""
 
 from __future__ import annotations
 
+import asyncio
+
+from redis.crc import key_slot
+
 from meter.engine.redis import org_key
 from meter.local_cluster import ClusterNode, LocalRedisCluster
 from meter.redis_client import connect
@@ -49,3 +53,46 @@ async def _wait_replicated(node: ClusterNode) -> None:
         assert await direct.execute_command("WAIT", 1, 5000) == 1
     finally:
         await direct.aclose()
+
+
+async def test_a_key_in_a_slot_being_moved_is_reached_through_ask(
+    redis_cluster: LocalRedisCluster,
+) -> None:
+    """While a slot is split, the owner answers ASK for a key already moved; the client sends
+    ASKING and the command on one connection, however many connections it holds to the
+    importing node (ASKING on one and the command on another is answered MOVED, back to the
+    owner, until the client gives up)."""
+    client = connect(redis_cluster.url)
+    key = org_key("asked-for")
+    slot = key_slot(key.encode())
+    source = await _owner(redis_cluster, slot)
+    target = next(n for n in await redis_cluster.primaries() if n is not source)
+    on_target = [org_key(f"on-target-{i}") for i in range(100)]
+    there = [k for k in on_target if await _owner(redis_cluster, key_slot(k.encode())) is target]
+    read: list[object] = []
+
+    async def while_migrating() -> None:
+        read.append(await client.get(key))
+        await client.set(key, "written while split")
+        read.append(await client.get(key))
+
+    try:
+        await client.set(key, "moved")
+        # Several commands at once open as many connections to the importing node.
+        assert await asyncio.gather(*(client.get(there[0]) for _ in range(8))) == [None] * 8
+        await redis_cluster.migrate_slot(slot, target, while_migrating=while_migrating)
+        assert read == [b"moved", b"written while split"]
+        assert await client.get(key) == b"written while split"
+    finally:
+        if await _owner(redis_cluster, slot) is not source:
+            await redis_cluster.migrate_slot(slot, source)
+        await client.delete(key)
+        await client.aclose()
+
+
+async def _owner(redis_cluster: LocalRedisCluster, slot: int) -> ClusterNode:
+    return next(
+        redis_cluster.node_at(info.endpoint)
+        for info in await redis_cluster.topology()
+        if info.primary and any(first <= slot <= last for first, last in info.slots)
+    )
