@@ -164,15 +164,15 @@ local function decode_buckets(v, owner)
   local out, n = {}, 0
   for kind, from, exp, id in string.gmatch(v, '\30(%a)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)') do
     n = n + 1
-    out[n] = {id = id, kind = kind, rank = RANK_OF[string.byte(kind)], from = tonumber(from),
-              exp = tonumber(exp), owner = owner}
+    out[n] = {id = id, kind = kind, rank = RANK_OF[string.byte(kind)], from = from + 0,
+              exp = exp + 0, owner = owner}
   end
   local p = string.find(v, '\29', 1, true)
   if n > 0 then
     local i = 0
     for left in string.gmatch(string.sub(v, p + 1), '[^\31]+') do
       i = i + 1
-      out[i].left = tonumber(left)
+      out[i].left = left + 0
     end
   end
   owner.v, owner.p, owner.buckets = v, p, out
@@ -203,7 +203,7 @@ local function lazy_member(member_id, v)
             lpos = p + 1}
   end
   return {id = member_id, known = true, seated = seated == '1',
-          limit = limit ~= '' and tonumber(limit) or nil, group = group, removed = removed ~= '',
+          limit = limit ~= '' and limit + 0 or nil, group = group, removed = removed ~= '',
           buckets = {}, v = v, p = p, pos = pos, lpos = p + 1, dirty = false, gid = false,
           gf = false, fa = false, fs = false, glimit = false}
 end
@@ -218,8 +218,8 @@ local function member_bucket(m, k)
     local kind, from, exp, id, nxt = string.match(v, '^\30(.)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)()', m.pos)
     if not kind then return nil end
     local left, lnxt = string.match(v, '^([^\31]*)()', m.lpos)
-    b = {id = id, kind = kind, rank = RANK_OF[string.byte(kind)], from = tonumber(from),
-         exp = tonumber(exp), left = tonumber(left), owner = m}
+    b = {id = id, kind = kind, rank = RANK_OF[string.byte(kind)], from = from + 0, exp = exp + 0,
+         left = left + 0, owner = m}
     bs[i] = b
     m.pos, m.lpos = nxt, lnxt + 1
   end
@@ -228,7 +228,11 @@ end
 
 -- A lazy_member's value with the credits left of its decoded buckets as they are now.
 local function encode_member(m)
-  local lefts, bs, v = {}, m.buckets, m.v
+  local bs, v = m.buckets, m.v
+  if #bs == 1 and m.lpos <= #v then -- one bucket drawn of several: one string, no list
+    return string.sub(v, 1, m.p) .. fmt(bs[1].left) .. SEP .. string.sub(v, m.lpos)
+  end
+  local lefts = {}
   for i = 1, #bs do lefts[i] = fmt(bs[i].left) end
   local out = string.sub(v, 1, m.p) .. table.concat(lefts, SEP)
   if m.lpos <= #v then out = out .. SEP .. string.sub(v, m.lpos) end
@@ -248,8 +252,10 @@ end
 -- The greedy draw of README "Limits" over the buckets usable at t, walked in burn-down order
 -- straight from a lazy_member and the shared pool, taking at most the bucket's field `field` (left,
 -- or what a check found available): flat {bucket, amount, ...} and its length, unfunded, flags.
-local function draw_at(m, shared, t, need, shared_policy, mroom, groom, field)
-  local lines, nl, mflag, gflag = {false, false}, 0, false, false
+-- The lines go into `into` when given (a table the caller reuses: entries past the length are
+-- stale), else into a new table.
+local function draw_at(m, shared, t, need, shared_policy, mroom, groom, field, into)
+  local lines, nl, mflag, gflag = into or {false, false}, 0, false, false
   local i, j, b = 1, 1, nil
   while need > 0 do
     b, i, j = next_bucket(m, shared, i, j)
@@ -356,7 +362,7 @@ local function load_groups(P)
 end
 
 local function num(v)
-  if v then return tonumber(v) end
+  if v then return v + 0 end
   return 0
 end
 

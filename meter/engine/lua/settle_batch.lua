@@ -89,7 +89,7 @@ for i = 1, n do
   if not stored[i] then
     local mem = members[mids[i]]
     if mem.known then
-      local t = tonumber(times[i])
+      local t = times[i] + 0
       if not (cur and cur.ps <= t and t < cur.pe) then cur = period_record(period_at(org, t)) end
       local c = cur
       if now > c.pe + grace then
@@ -135,6 +135,7 @@ end
 -- Pass 2: settle in order.
 local fresh = {}
 local new_results, nr = {}, 0
+local scratch = {false, false, false, false}
 local active, shared_policy, default_limit = org.active, org.shared_policy, org.default_limit
 for i = 1, n do
   local key = keys[i]
@@ -149,7 +150,7 @@ for i = 1, n do
   else
     local mid = mids[i]
     local mem = members[mid]
-    local credits = tonumber(amounts[i])
+    local credits = amounts[i] + 0
     local rid = rids[i]
     local vals, dirty = c.vals, c.dirty
     local group, gf = mem.gid, mem.gf
@@ -168,7 +169,7 @@ for i = 1, n do
         if groom < 0 then groom = 0 end
       end
       lines, nl, unfunded, mflag, gflag = draw_at(mem, shared, ev_at[i], credits, shared_policy,
-        mroom, groom, 'left')
+        mroom, groom, 'left', scratch)
     end
 
     local drawn, drawn_shared = 0, 0
@@ -189,14 +190,25 @@ for i = 1, n do
         local hold = redis.call('HGET', P .. 'h', rid)
         if hold and string.sub(hold, 1, #mid + 1) == mid .. SEP then drop_hold(P, rid, hold) end
       end
-      local result = mid .. SEP .. amounts[i] .. SEP .. times[i] .. SEP .. c.ss .. SEP .. c.es
-        .. SEP .. group .. SEP .. (unfunded == 0 and '0' or fmt(unfunded)) .. SEP
-        .. FLAGS[(mflag and 1 or 0) + (gflag and 2 or 0) + (ev_late[i] and 4 or 0)] .. SEP .. rid
+      local flags = FLAGS[(mflag and 1 or 0) + (gflag and 2 or 0) + (ev_late[i] and 4 or 0)]
+      local result
+      if nl == 2 then -- most events draw from one bucket: the result is built in one piece
+        local b, amount = lines[1], lines[2]
+        result = mid .. SEP .. amounts[i] .. SEP .. times[i] .. SEP .. c.ss .. SEP .. c.es
+          .. SEP .. group .. SEP .. (unfunded == 0 and '0' or fmt(unfunded)) .. SEP .. flags
+          .. SEP .. rid .. SEP .. b.id .. SEP .. b.kind .. SEP .. fmt(amount)
+      else
+        result = mid .. SEP .. amounts[i] .. SEP .. times[i] .. SEP .. c.ss .. SEP .. c.es
+          .. SEP .. group .. SEP .. (unfunded == 0 and '0' or fmt(unfunded)) .. SEP .. flags
+          .. SEP .. rid
+        for j = 1, nl - 1, 2 do
+          result = result .. SEP .. lines[j].id .. SEP .. lines[j].kind .. SEP .. fmt(lines[j + 1])
+        end
+      end
       for j = 1, nl - 1, 2 do
-        local b, amount = lines[j], lines[j + 1]
-        b.left = b.left - amount
+        local b = lines[j]
+        b.left = b.left - lines[j + 1]
         b.owner.dirty = true
-        result = result .. SEP .. b.id .. SEP .. b.kind .. SEP .. fmt(amount)
       end
       if drawn ~= 0 then
         local fa = mem.fa
