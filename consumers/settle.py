@@ -60,7 +60,7 @@ from meter import alerts, kafka, metrics
 from meter.admin.issuance import SeatPeriods
 from meter.admin.service import AdminService
 from meter.engine.model import validate_events
-from meter.engine.redis import EncodedResults, RedisEngine, settle_encoded
+from meter.engine.redis import EncodedResults, RedisEngine, settle_encoded, settle_pipelined
 from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, Reason, UsageEvent
 from meter.health import HEALTH
 from meter.quarantine import ORG_QUARANTINED
@@ -661,18 +661,23 @@ class SettleConsumer:
     async def _settle(
         self, by_org: dict[str, list[UsageEvent]], at_ms: int
     ) -> tuple[dict[str, Settled], dict[Identity, str]]:
-        """One engine call per organization. Returns what settled per org, and the events the
-        engine refused as input (`EngineInputError`), (organization, key) -> why."""
+        """One engine call per organization, all in one round trip where the engine allows
+        (`_settle_at_once`). Returns what settled per org, and the events the engine refused as
+        input (`EngineInputError`), (organization, key) -> why."""
         refused: dict[Identity, str] = {}
         limit = asyncio.Semaphore(self.options.org_concurrency)
-
-        async def one(org_id: str) -> Settled:
-            async with limit:
-                return await self._settle_org(org_id, by_org[org_id], at_ms, refused)
-
         orgs = list(by_org)
         if self.recovery is not None:
             self.recovery.settling(orgs)
+        ready = await self._settle_at_once(by_org, at_ms)
+
+        async def one(org_id: str) -> Settled:
+            done = ready.pop(org_id, None)
+            if done is not None:
+                return by_org[org_id], done
+            async with limit:
+                return await self._settle_org(org_id, by_org[org_id], at_ms, refused)
+
         settled = dict(zip(orgs, await asyncio.gather(*(one(org) for org in orgs)), strict=True))
         lost = [o for o, (_, (_, bodies)) in settled.items() if Reason.UNKNOWN_ORG.value in bodies]
         if lost and self.recovery is not None:
@@ -682,6 +687,35 @@ class SettleConsumer:
             redone = await asyncio.gather(*(one(org) for org in again))
             settled.update(zip(again, redone, strict=True))
         return settled, refused
+
+    async def _settle_at_once(
+        self, by_org: dict[str, list[UsageEvent]], at_ms: int
+    ) -> dict[str, EncodedResults]:
+        """On one Redis, the settle calls of the organizations whose seats are issued go out as
+        one pipeline (`settle_pipelined`): a batch's hundred calls cost one round trip instead
+        of a hundred. What it did not settle (seats to issue first, an input error, a server
+        error, Redis unavailable) goes one organization at a time, as before, with its retries,
+        its input checks and its quarantine; settling again what the pipeline applied answers
+        the stored results."""
+        engine = self._redis_engine
+        if engine is None or engine.is_cluster or len(by_org) < 2:
+            return {}
+        seats = self.seats
+        calls = [
+            (org_id, events)
+            for org_id, events in by_org.items()
+            if events and (seats is None or seats.covers(org_id, max(e.time_ms for e in events)))
+        ]
+        try:
+            answers = await settle_pipelined(engine, calls, at_ms, trusted=self.trusted)
+        except TRANSIENT as exc:
+            log.info("pipeline_unavailable", error=repr(exc))
+            return {}
+        return {
+            org_id: answer
+            for (org_id, _), answer in zip(calls, answers, strict=True)
+            if not isinstance(answer, Exception)
+        }
 
     async def _settle_org(
         self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[Identity, str]
