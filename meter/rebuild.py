@@ -542,10 +542,6 @@ async def repair(
     return total
 
 
-SESSION_GONE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-"""What a PostgreSQL session that went away raises."""
-
-
 # -- command line -------------------------------------------------------------------------------
 
 

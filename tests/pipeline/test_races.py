@@ -22,9 +22,11 @@ from meter.migrate import migrate
 from meter.rebuild import (
     LOCK_KEY,
     RebuildLockLost,
+    end_session,
     exclusive_rebuild,
     open_periods,
     period_usage,
+    session_answers,
 )
 from meter.recovery import Recovery
 from meter.services import PostgresServer, create_database, with_database
@@ -157,6 +159,26 @@ async def test_rebuild_whose_lock_session_ends_leaves_the_org_marked(
         await asyncio.wait_for(rebuild, 30)
     assert not await engine.has_org(world.orgs[0].org_id)  # found lost, rebuilt again
     assert await lock_rows(dsn) == []
+
+
+async def test_a_session_the_server_ended_is_gone_whenever_it_is_asked(migrated_dsn: str) -> None:
+    """However soon after the server ends a session the probe asks, the answer is "gone": asyncpg
+    raises one thing when the server's notice is read before the query and another (an
+    InternalClientError) when it is read while the query is being sent."""
+    killer = await asyncpg.connect(migrated_dsn)
+    try:
+        for attempt in range(30):
+            conn = await asyncpg.connect(migrated_dsn)
+            try:
+                assert await session_answers(conn, 5.0)
+                await killer.fetchval("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+                for _ in range(attempt % 3):
+                    await asyncio.sleep(0)
+                assert not await session_answers(conn, 5.0)
+            finally:
+                await end_session(conn, 5.0)
+    finally:
+        await killer.close()
 
 
 # -- the consumer's lock session -----------------------------------------------------------------
