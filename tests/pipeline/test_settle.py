@@ -15,6 +15,7 @@ from pipeline_support import (
     wait_for,
 )
 
+from consumers.settle import ConsumerOptions
 from meter.engine.redis import RedisEngine
 from meter.settings import Settings
 
@@ -96,4 +97,29 @@ async def test_empty_and_foreign_records_do_not_stop_the_partition(
     running.start(pipe_settings, engine)
     await _drained(pipe_settings)
     await running.stop_all()
+    await assert_consistent(world, engine, pipe_settings.postgres_dsn, events)
+
+
+async def test_a_key_sent_again_in_the_next_batches_settles_once(
+    pipe_settings: Settings, engine: RedisEngine, running: Running
+) -> None:
+    """Each event comes again a few records later, so most duplicates fall in the next batch
+    or the one after: looked up in PostgreSQL while the batch before is still being settled or
+    written, and with every result confirmed (gone from Redis) as soon as it is written. Each
+    key settles once, whichever of the lookup, the batches in flight or Redis catches it."""
+    world = World.build(n_orgs=2, members_per_org=4, seed=21)
+    await world.apply(engine)
+    events = make_events(world, 400, seed=22)
+    stream = []
+    for i, event in enumerate(events):
+        stream.append(event)
+        if i >= 7:
+            stream.append(events[i - 7])
+    assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
+    await produce_events(pipe_settings.kafka_bootstrap, pipe_settings.usage_topic, stream)
+    options = ConsumerOptions(batch_max_records=10, confirm_max_keys=1, confirm_interval_s=0.0)
+    consumer = running.start(pipe_settings, engine, options)
+    await _drained(pipe_settings)
+    await running.stop(consumer)
+    assert consumer.settled == len(events)
     await assert_consistent(world, engine, pipe_settings.postgres_dsn, events)
