@@ -706,10 +706,12 @@ class SettleConsumer:
             for org_id, events in by_org.items()
             if events and (seats is None or seats.covers(org_id, max(e.time_ms for e in events)))
         ]
+        if not calls:
+            return {}
         try:
             answers = await settle_pipelined(engine, calls, at_ms, trusted=self.trusted)
-        except TRANSIENT as exc:
-            log.info("pipeline_unavailable", error=repr(exc))
+        except Exception as exc:  # each organization alone says what it is, and retries
+            log.warning("pipeline_failed", orgs=len(calls), error=repr(exc))
             return {}
         return {
             org_id: answer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncpg  # type: ignore[import-untyped]
+import pytest
 from conftest import Running
 from pipeline_support import (
     Produced,
@@ -15,6 +16,7 @@ from pipeline_support import (
     wait_for,
 )
 
+from consumers import settle as settle_module
 from consumers.settle import ConsumerOptions
 from meter.engine.redis import RedisEngine
 from meter.settings import Settings
@@ -121,5 +123,38 @@ async def test_a_key_sent_again_in_the_next_batches_settles_once(
     consumer = running.start(pipe_settings, engine, options)
     await _drained(pipe_settings)
     await running.stop(consumer)
+    assert consumer.settled == len(events)
+    await assert_consistent(world, engine, pipe_settings.postgres_dsn, events)
+
+
+async def test_a_pipeline_that_fails_leaves_each_organization_to_settle_alone(
+    pipe_settings: Settings,
+    engine: RedisEngine,
+    running: Running,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Settling a batch's organizations in one pipeline only saves round trips: when it fails
+    whole, each organization is settled alone, and every event once."""
+    tried: list[int] = []
+
+    async def broken(engine: RedisEngine, calls: list[object], *args: object, **kw: object) -> None:
+        tried.append(len(calls))
+        raise RuntimeError("the pipeline broke")
+
+    monkeypatch.setattr(settle_module, "settle_pipelined", broken)
+    world = World.build(n_orgs=4, members_per_org=3, seed=31)
+    await world.apply(engine)
+    events = make_events(world, 300, seed=32)
+    assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
+    bootstrap, topic = pipe_settings.kafka_bootstrap, pipe_settings.usage_topic
+    # The first batch issues the period's seats (alone, organization by organization); the
+    # pipeline is tried from the next ones.
+    await produce_events(bootstrap, topic, events[:50])
+    consumer = running.start(pipe_settings, engine, ConsumerOptions(batch_max_records=40))
+    await _drained(pipe_settings)
+    await produce_events(bootstrap, topic, events[50:])
+    await _drained(pipe_settings)
+    await running.stop(consumer)
+    assert tried and max(tried) > 1
     assert consumer.settled == len(events)
     await assert_consistent(world, engine, pipe_settings.postgres_dsn, events)
