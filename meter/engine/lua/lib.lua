@@ -189,20 +189,20 @@ end
 -- A member for settling (member_id, its value in m or nil): its config decoded now, each bucket
 -- (head and credits left) only when a draw walks to it, since most events are covered by the
 -- first eligible bucket. The member fields of a full decode, but buckets fill up in order, as
--- member_bucket reads them: pos is where the next head starts, lpos its credits left. The fields
--- settling adds later are created here too, so the table is allocated once.
+-- member_bucket reads them: pos is where the next head starts, lpos its credits left. seated is
+-- nil for a member never put (unknown). The fields settling adds later are created here too, so
+-- the table is allocated once (with 16 fields or fewer, its hash part takes 16 slots, not 32).
 local function lazy_member(member_id, v)
   if not v then
-    return {id = member_id, known = false, group = '', buckets = {}, v = '\29', p = 1, pos = 1,
-            lpos = 2}
+    return {id = member_id, group = '', buckets = {}, v = '\29', p = 1, pos = 1, lpos = 2}
   end
   local seated, limit, group, removed, pos = string.match(v, '^([01])\31([^\31]*)\31([^\31]*)\31([^\30\29]*)()')
   local p = string.find(v, '\29', pos or 1, true)
   if not seated then
-    return {id = member_id, known = false, group = '', buckets = {}, v = v, p = p, pos = 1,
+    return {id = member_id, group = '', buckets = {}, v = v, p = p, pos = 1,
             lpos = p + 1}
   end
-  return {id = member_id, known = true, seated = seated == '1',
+  return {id = member_id, seated = seated == '1',
           limit = limit ~= '' and limit + 0 or nil, group = group, removed = removed ~= '',
           buckets = {}, v = v, p = p, pos = pos, lpos = p + 1, dirty = false, gid = false,
           gf = false, fa = false, fs = false, glimit = false}
@@ -381,7 +381,7 @@ end
 local function check_core(P, org, mid, credits, now)
   if not org then return {reason = missing_org(P)} end
   local mem = load_member(P, mid)
-  if not mem.known or mem.removed then return {reason = 'unknown_member'} end
+  if mem.seated == nil or mem.removed then return {reason = 'unknown_member'} end
   if not org.active then return {reason = 'org_inactive'} end
   if not mem.seated then return {reason = 'no_seat'} end
 
