@@ -89,6 +89,7 @@ local function period_record(ps, pe)
   end
   return c
 end
+local group_fields = {} -- group id -> its counter field and its limit (false: none)
 local cur = nil
 if org.ps then cur = period_record(org.ps, org.pe) end
 local grace = org.grace
@@ -109,9 +110,14 @@ for i = 1, n do
         c.seen[mem] = true
         if not mem.gf then
           local gid = group_of(groups, mem)
-          local glimit = groups[gid]
-          mem.gid, mem.gf, mem.fa, mem.fs = gid, 'g' .. gid, 'a' .. mem.id, 's' .. mem.id
-          if glimit and glimit ~= '' then mem.glimit = tonumber(glimit) end
+          local g = group_fields[gid]
+          if not g then
+            local glimit = groups[gid]
+            g = {field = 'g' .. gid, limit = glimit and glimit ~= '' and tonumber(glimit)}
+            group_fields[gid] = g
+          end
+          mem.gid, mem.gf, mem.fa, mem.fs = gid, g.field, 'a' .. mem.id, 's' .. mem.id
+          mem.glimit = g.limit
         end
         local fields, nf = c.fields, c.nf
         fields[nf + 1], fields[nf + 2] = mem.fa, mem.fs
