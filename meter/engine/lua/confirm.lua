@@ -6,9 +6,15 @@ local packed = ARGV[1]
 
 local P = string.sub(org_key, 1, -2)
 local keys, n = {}, 0
-for key in string.gmatch(packed, '([^\30]*)\30') do
-  n = n + 1
-  keys[n] = key
+do -- plain searches: see settle_batch.lua
+  local find, sub = string.find, string.sub
+  local i, last = 1, #packed
+  while i <= last do
+    local e = find(packed, '\30', i, true)
+    n = n + 1
+    keys[n] = sub(packed, i, e - 1)
+    i = e + 1
+  end
 end
 local removed = 0
 for first = 1, n, 1000 do
