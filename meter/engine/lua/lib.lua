@@ -191,7 +191,7 @@ end
 -- first eligible bucket. The member fields of a full decode, but buckets fill up in order, as
 -- member_bucket reads them: pos is where the next head starts, lpos its credits left. seated is
 -- nil for a member never put (unknown). The fields settling adds later are created here too, so
--- the table is allocated once (with 16 fields or fewer, its hash part takes 16 slots, not 32).
+-- the table is allocated once (with 16 fields or fewer its hash part takes 16 slots, not 32).
 local function lazy_member(member_id, v)
   if not v then
     return {id = member_id, group = '', buckets = {}, v = '\29', p = 1, pos = 1, lpos = 2}
@@ -204,8 +204,8 @@ local function lazy_member(member_id, v)
   end
   return {id = member_id, seated = seated == '1',
           limit = limit ~= '' and limit + 0 or nil, group = group, removed = removed ~= '',
-          buckets = {}, v = v, p = p, pos = pos, lpos = p + 1, dirty = false, gid = false,
-          gf = false, fa = false, fs = false, glimit = false}
+          buckets = {}, v = v, p = p, pos = pos, lpos = p + 1, dirty = false, grp = false,
+          fa = false, fs = false}
 end
 
 -- The k-th bucket of a lazy_member (nil past the last), decoding the buckets up to it.

@@ -98,7 +98,8 @@ local function period_record(ps, pe)
   end
   return c
 end
-local group_fields = {} -- group id -> its counter field and its limit (false: none)
+-- group id -> the group's record for this batch: id, counter field, limit (nil: none)
+local group_of_id = {}
 local cur = nil
 if org.ps then cur = period_record(org.ps, org.pe) end
 local grace = org.grace
@@ -117,24 +118,24 @@ for i = 1, n do
       ev_c[i], ev_at[i] = c, t
       if not c.seen[mem] then
         c.seen[mem] = true
-        if not mem.gf then
+        local g = mem.grp
+        if not g then
           local gid = group_of(groups, mem)
-          local g = group_fields[gid]
+          g = group_of_id[gid]
           if not g then
             local glimit = groups[gid]
-            g = {field = 'g' .. gid, limit = glimit and glimit ~= '' and tonumber(glimit)}
-            group_fields[gid] = g
+            g = {id = gid, field = 'g' .. gid, limit = glimit and glimit ~= '' and tonumber(glimit)}
+            group_of_id[gid] = g
           end
-          mem.gid, mem.gf, mem.fa, mem.fs = gid, g.field, 'a' .. mem.id, 's' .. mem.id
-          mem.glimit = g.limit
+          mem.grp, mem.fa, mem.fs = g, 'a' .. mem.id, 's' .. mem.id
         end
         local fields, nf = c.fields, c.nf
         fields[nf + 1], fields[nf + 2] = mem.fa, mem.fs
         nf = nf + 2
-        if not c.seen[mem.gf] then
-          c.seen[mem.gf] = true
+        if not c.seen[g] then
+          c.seen[g] = true
           nf = nf + 1
-          fields[nf] = mem.gf
+          fields[nf] = g.field
         end
         c.nf = nf
       end
@@ -175,7 +176,8 @@ for i = 1, n do
     local credits = amounts[i] + 0
     local rid = rids[i]
     local vals, dirty = c.vals, c.dirty
-    local group, gf = mem.gid, mem.gf
+    local g = mem.grp
+    local group, gf = g.id, g.field
     local lines, nl, unfunded, mflag, gflag = nil, 0, credits, false, false
     if active then
       local limit = mem.limit
@@ -185,7 +187,7 @@ for i = 1, n do
         mroom = limit - vals[shared_policy and mem.fs or mem.fa]
         if mroom < 0 then mroom = 0 end
       end
-      local glimit = mem.glimit
+      local glimit = g.limit
       if glimit then
         groom = glimit - vals[gf]
         if groom < 0 then groom = 0 end
