@@ -186,56 +186,61 @@ local function encode_owner(o)
   return string.sub(o.v, 1, o.p) .. table.concat(lefts, SEP)
 end
 
--- A member for settling (member_id, its value in m or nil): its config decoded now, each bucket
--- (head and credits left) only when a draw walks to it, since most events are covered by the
--- first eligible bucket. The member fields of a full decode, but buckets fill up in order, as
--- member_bucket reads them: pos is where the next head starts, lpos its credits left. seated is
--- nil for a member never put (unknown). The fields settling adds later are created here too, so
--- the table is allocated once (with 16 fields or fewer its hash part takes 16 slots, not 32).
+-- A member for settling or checking (member_id, its value in m or nil): its config decoded now,
+-- each bucket (head and credits left) only when a draw walks to it, since most events are
+-- covered by the first eligible bucket. An array, indexed by the M_ names below: a table
+-- constructor fills an array in one step, where each named field is a hash insert of its own,
+-- and a batch makes one of these for each member it settles.
+--   M_ID, M_SEATED (nil: a member never put, unknown), M_LIMIT (nil: the org's default),
+--   M_GROUP, M_REMOVED; M_BUCKETS: the buckets decoded so far, in order; M_V: the value, M_P:
+--   the offset of its \29, M_POS: where the next bucket head starts, M_LPOS: its credits left;
+--   M_DIRTY: a bucket's credits left changed; and for settle_batch, M_GRP (the member's group
+--   record), M_FA and M_FS (its counter fields), created here so the array is allocated once.
+-- The owner of a bucket (bucket.owner) is such a member, or the shared pool's table, which
+-- marks a change at M_DIRTY too.
+local M_ID, M_SEATED, M_LIMIT, M_GROUP, M_REMOVED, M_BUCKETS, M_V, M_P = 1, 2, 3, 4, 5, 6, 7, 8
+local M_POS, M_LPOS, M_DIRTY, M_GRP, M_FA, M_FS = 9, 10, 11, 12, 13, 14
 local function lazy_member(member_id, v)
   if not v then
-    return {id = member_id, group = '', buckets = {}, v = '\29', p = 1, pos = 1, lpos = 2}
+    return {member_id, nil, nil, '', nil, {}, '\29', 1, 1, 2, false, false, false, false}
   end
   local seated, limit, group, removed, pos = string.match(v, '^([01])\31([^\31]*)\31([^\31]*)\31([^\30\29]*)()')
   local p = string.find(v, '\29', pos or 1, true)
   if not seated then
-    return {id = member_id, group = '', buckets = {}, v = v, p = p, pos = 1,
-            lpos = p + 1}
+    return {member_id, nil, nil, '', nil, {}, v, p, 1, p + 1, false, false, false, false}
   end
-  return {id = member_id, seated = seated == '1',
-          limit = limit ~= '' and limit + 0 or nil, group = group, removed = removed ~= '',
-          buckets = {}, v = v, p = p, pos = pos, lpos = p + 1, dirty = false, grp = false,
-          fa = false, fs = false}
+  return {member_id, seated == '1', limit ~= '' and limit + 0 or nil, group, removed ~= '', {}, v,
+          p, pos, p + 1, false, false, false, false}
 end
 
 -- The k-th bucket of a lazy_member (nil past the last), decoding the buckets up to it.
 local function member_bucket(m, k)
-  local bs = m.buckets
+  local bs = m[M_BUCKETS]
   local b = bs[k]
   if b then return b end
-  local v = m.v
+  local v = m[M_V]
   for i = #bs + 1, k do
-    local kind, from, exp, id, nxt = string.match(v, '^\30(.)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)()', m.pos)
+    local kind, from, exp, id, nxt = string.match(v, '^\30(.)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)()', m[M_POS])
     if not kind then return nil end
-    local left, lnxt = string.match(v, '^([^\31]*)()', m.lpos)
+    local left, lnxt = string.match(v, '^([^\31]*)()', m[M_LPOS])
     b = {id = id, kind = kind, rank = RANK_OF[string.byte(kind)], from = from + 0, exp = exp + 0,
          left = left + 0, owner = m}
     bs[i] = b
-    m.pos, m.lpos = nxt, lnxt + 1
+    m[M_POS], m[M_LPOS] = nxt, lnxt + 1
   end
   return b
 end
 
 -- A lazy_member's value with the credits left of its decoded buckets as they are now.
 local function encode_member(m)
-  local bs, v = m.buckets, m.v
-  if #bs == 1 and m.lpos <= #v then -- one bucket drawn of several: one string, no list
-    return string.sub(v, 1, m.p) .. fmt(bs[1].left) .. SEP .. string.sub(v, m.lpos)
+  local bs, v, lpos = m[M_BUCKETS], m[M_V], m[M_LPOS]
+  if #bs == 1 and lpos <= #v then -- one bucket drawn of several: one string, no list
+    return string.sub(v, 1, m[M_P]) .. fmt(bs[1].left) .. SEP .. string.sub(v, lpos)
   end
   local lefts = {}
   for i = 1, #bs do lefts[i] = fmt(bs[i].left) end
-  local out = string.sub(v, 1, m.p) .. table.concat(lefts, SEP)
-  if m.lpos <= #v then out = out .. SEP .. string.sub(v, m.lpos) end
+  local out = string.sub(v, 1, m[M_P]) .. table.concat(lefts, SEP)
+  if lpos <= #v then out = out .. SEP .. string.sub(v, lpos) end
   return out
 end
 
@@ -243,7 +248,7 @@ end
 -- lazy_member and the shared pool: the member's seat and personal buckets, the pool, then the
 -- member's on_demand buckets. Returns it (nil past the end) and the positions after it.
 local function next_bucket(m, shared, i, j)
-  local b = m.buckets[i] or member_bucket(m, i)
+  local b = m[M_BUCKETS][i] or member_bucket(m, i)
   if b and (b.rank < 2 or j > #shared) then return b, i + 1, j end
   if j <= #shared then return shared[j], i, j + 1 end
   return nil, i, j
@@ -305,7 +310,8 @@ end
 
 -- The member's billing group if it exists, else Unassigned ("").
 local function group_of(groups, mem)
-  if mem.group ~= '' and groups[mem.group] then return mem.group end
+  local group = mem[M_GROUP]
+  if group ~= '' and groups[group] then return group end
   return ''
 end
 
@@ -381,15 +387,15 @@ end
 local function check_core(P, org, mid, credits, now)
   if not org then return {reason = missing_org(P)} end
   local mem = load_member(P, mid)
-  if mem.seated == nil or mem.removed then return {reason = 'unknown_member'} end
+  if mem[M_SEATED] == nil or mem[M_REMOVED] then return {reason = 'unknown_member'} end
   if not org.active then return {reason = 'org_inactive'} end
-  if not mem.seated then return {reason = 'no_seat'} end
+  if not mem[M_SEATED] then return {reason = 'no_seat'} end
 
   local _, _, ss, es = current_period(org, now)
   local group, glimit = '', nil
-  if mem.group ~= '' then
-    glimit = redis.call('HGET', P .. 'g', mem.group)
-    if glimit then group = mem.group end
+  if mem[M_GROUP] ~= '' then
+    glimit = redis.call('HGET', P .. 'g', mem[M_GROUP])
+    if glimit then group = mem[M_GROUP] end
   end
   local shared = load_shared(P)
   local list = eligible(mem, shared, now)
@@ -401,7 +407,7 @@ local function check_core(P, org, mid, credits, now)
   end
   local used = redis.call('HMGET', P .. 'c:' .. ss, 'a' .. mid, 's' .. mid, 'g' .. group)
 
-  local limit = mem.limit
+  local limit = mem[M_LIMIT]
   if limit == nil then limit = org.default_limit end
   local mroom, groom
   if limit then

@@ -76,7 +76,7 @@ do
     local got = redis.call('HMGET', P .. 'm', unpack(ids, first, last))
     for j = 1, #got do
       local mem = lazy_member(ids[first + j - 1], got[j] or nil)
-      members[mem.id] = mem
+      members[mem[M_ID]] = mem
     end
   end
   if org.active then shared = load_shared(P) end
@@ -106,7 +106,7 @@ local grace = org.grace
 for i = 1, n do
   if not stored[i] then
     local mem = members[mids[i]]
-    if mem.seated ~= nil then
+    if mem[M_SEATED] ~= nil then
       local t = times[i] + 0
       if not (cur and cur.ps <= t and t < cur.pe) then cur = period_record(period_at(org, t)) end
       local c = cur
@@ -118,7 +118,7 @@ for i = 1, n do
       ev_c[i], ev_at[i] = c, t
       if not c.seen[mem] then
         c.seen[mem] = true
-        local g = mem.grp
+        local g = mem[M_GRP]
         if not g then
           local gid = group_of(groups, mem)
           g = group_of_id[gid]
@@ -127,10 +127,10 @@ for i = 1, n do
             g = {id = gid, field = 'g' .. gid, limit = glimit and glimit ~= '' and tonumber(glimit)}
             group_of_id[gid] = g
           end
-          mem.grp, mem.fa, mem.fs = g, 'a' .. mem.id, 's' .. mem.id
+          mem[M_GRP], mem[M_FA], mem[M_FS] = g, 'a' .. mem[M_ID], 's' .. mem[M_ID]
         end
         local fields, nf = c.fields, c.nf
-        fields[nf + 1], fields[nf + 2] = mem.fa, mem.fs
+        fields[nf + 1], fields[nf + 2] = mem[M_FA], mem[M_FS]
         nf = nf + 2
         if not c.seen[g] then
           c.seen[g] = true
@@ -176,15 +176,15 @@ for i = 1, n do
     local credits = amounts[i] + 0
     local rid = rids[i]
     local vals, dirty = c.vals, c.dirty
-    local g = mem.grp
+    local g, fa, fs = mem[M_GRP], mem[M_FA], mem[M_FS]
     local group, gf = g.id, g.field
     local lines, nl, unfunded, mflag, gflag = nil, 0, credits, false, false
     if active then
-      local limit = mem.limit
+      local limit = mem[M_LIMIT]
       if limit == nil then limit = default_limit end
       local mroom, groom
       if limit then
-        mroom = limit - vals[shared_policy and mem.fs or mem.fa]
+        mroom = limit - vals[shared_policy and fs or fa]
         if mroom < 0 then mroom = 0 end
       end
       local glimit = g.limit
@@ -194,7 +194,7 @@ for i = 1, n do
       end
       -- Most events are covered whole by the member's first bucket: then the draw is that one
       -- line, taken here without draw_at's walk (which would find the same).
-      local t, b = ev_at[i], mem.buckets[1] or member_bucket(mem, 1)
+      local t, b = ev_at[i], mem[M_BUCKETS][1] or member_bucket(mem, 1)
       if credits > 0 and b and b.rank < 2 and b.from <= t and t < b.exp and b.left >= credits
           and (shared_policy or not mroom or mroom >= credits)
           and (not groom or groom >= credits) then
@@ -215,8 +215,8 @@ for i = 1, n do
     -- Counters stay exact (below 2^53): an event that would push one past is refused whole.
     -- A sum of two values below 2^53 rounds, if at all, to a double above MAX_AMOUNT.
     if vals.u + unfunded > MAX_AMOUNT or (drawn ~= 0 and (vals.d + drawn > MAX_AMOUNT
-        or vals[mem.fa] + drawn > MAX_AMOUNT or vals[gf] + drawn > MAX_AMOUNT
-        or vals[mem.fs] + drawn_shared > MAX_AMOUNT)) then
+        or vals[fa] + drawn > MAX_AMOUNT or vals[gf] + drawn > MAX_AMOUNT
+        or vals[fs] + drawn_shared > MAX_AMOUNT)) then
       status[i] = 'x'
       out[i + 1] = 'counter_overflow'
     else
@@ -243,17 +243,16 @@ for i = 1, n do
       for j = 1, nl - 1, 2 do
         local b = lines[j]
         b.left = b.left - lines[j + 1]
-        b.owner.dirty = true
+        b.owner[M_DIRTY] = true
       end
       if drawn ~= 0 then
-        local fa = mem.fa
         vals[fa] = vals[fa] + drawn
         vals[gf] = vals[gf] + drawn
         vals.d = vals.d + drawn
         dirty[fa], dirty[gf], dirty.d = true, true, true
         if drawn_shared ~= 0 then
-          vals[mem.fs] = vals[mem.fs] + drawn_shared
-          dirty[mem.fs] = true
+          vals[fs] = vals[fs] + drawn_shared
+          dirty[fs] = true
         end
       end
       if unfunded ~= 0 then
@@ -274,7 +273,7 @@ end
 do
   local args, na = {}, 0
   for id, mem in pairs(members) do
-    if mem.dirty then
+    if mem[M_DIRTY] then
       args[na + 1] = id
       args[na + 2] = encode_member(mem)
       na = na + 2
@@ -283,7 +282,7 @@ do
   for first = 1, na, 1000 do
     redis.call('HSET', P .. 'm', unpack(args, first, math.min(first + 999, na)))
   end
-  if shared and shared[1] and shared[1].owner.dirty then
+  if shared and shared[1] and shared[1].owner[M_DIRTY] then
     redis.call('SET', P .. 'sh', encode_owner(shared[1].owner))
   end
 end
