@@ -115,13 +115,18 @@ async def test_holds_reserve_release_expire(redis: aioredis.Redis) -> None:
     await setup(redis)
     reply = await run(redis, "reserve", NOW, "ann", 120, "r1", 1000)
     assert reply[0] == b"" and reply[-2:] == [b"r1", str(NOW + 1000).encode()]
+    # Each hash of holds has a pad field that keeps it a hashtable, found without a scan.
+    pad = "_" * 72
     assert await hash_of(redis, P + "h") == {
         "r1": SEP.join(["ann", str(NOW + 1000), "team", "120", "20", "seat", "100", "pool", "20"]),
+        SEP: pad,
     }  # fmt: skip
     assert await redis.zrange(P + "hx", 0, -1, withscores=True) == [(b"r1", NOW + 1000)]
     assert await hash_of(redis, P + "ha") == {
-        "aann": "120", "sann": "20", "gteam": "120", "bseat": "100", "bpool": "20",
+        "aann": "120", "sann": "20", "gteam": "120", "bseat": "100", "bpool": "20", "_": pad,
     }  # fmt: skip
+    for key in ("h", "ha"):
+        assert await redis.object("encoding", P + key) == b"hashtable"
     assert await run(redis, "reserve", NOW, "ann", 1, "r1", 1000) == [
         b"held", str(NOW + 1000).encode(),
     ]  # fmt: skip

@@ -21,6 +21,10 @@
 --   r           hash   settlement key -> stored result, until confirmed
 --   v           hash   settlement key -> void result
 --   h / hx / ha hash / zset / hash: live holds by id, their expiry, and the sums they hold
+--                      (a<m> s<m> g<group> b<bucket>); h has the field \31 and ha the field _,
+--                      both COUNTER_PAD, for the reason the counters have it (an org with
+--                      hundreds of live holds reads several fields of ha per check); both go
+--                      with the pads alone when a cleaning finds no hold left
 --   q           string set while the organization is quarantined (meter/quarantine.py): it then
 --                      has no other key, and its checks and events answer org_quarantined
 -- Amounts and instants are integers below 2^53, exact in Lua's doubles; they cross the
@@ -357,6 +361,7 @@ local function clean_holds(P, org, now)
   else
     org.hm = nil
     redis.call('HDEL', org.key, 'hm')
+    redis.call('DEL', P .. 'h', P .. 'ha') -- what is left is their pads
   end
 end
 

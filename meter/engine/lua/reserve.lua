@@ -54,8 +54,8 @@ for field, value in pairs(sums) do
   args[n + 2] = fmt(value)
   n = n + 2
 end
-if n > 0 then redis.call('HSET', P .. 'ha', unpack(args)) end
-redis.call('HSET', P .. 'h', reservation_id, table.concat(parts, SEP))
+if n > 0 then redis.call('HSET', P .. 'ha', '_', COUNTER_PAD, unpack(args)) end
+redis.call('HSET', P .. 'h', reservation_id, table.concat(parts, SEP), '\31', COUNTER_PAD)
 redis.call('ZADD', P .. 'hx', fmt(expires), reservation_id)
 if not org.hm or expires < org.hm then redis.call('HSET', org.key, 'hm', fmt(expires)) end
 reply[#reply + 1] = reservation_id
