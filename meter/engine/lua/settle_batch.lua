@@ -179,6 +179,7 @@ for i = 1, n do
     local g, fa, fs = mem[M_GRP], mem[M_FA], mem[M_FS]
     local group, gf = g.id, g.field
     local lines, nl, unfunded, mflag, gflag = nil, 0, credits, false, false
+    local whole = false -- the draw is one line of a member's bucket, of all the credits
     if active then
       local limit = mem[M_LIMIT]
       if limit == nil then limit = default_limit end
@@ -198,7 +199,7 @@ for i = 1, n do
       if credits > 0 and b and b.rank < 2 and b.from <= t and t < b.exp and b.left >= credits
           and (shared_policy or not mroom or mroom >= credits)
           and (not groom or groom >= credits) then
-        lines, nl, unfunded = scratch, 2, 0
+        lines, nl, unfunded, whole = scratch, 2, 0, true
         scratch[1], scratch[2] = b, credits
       else
         lines, nl, unfunded, mflag, gflag = draw_at(mem, shared, t, credits, shared_policy, mroom,
@@ -207,10 +208,14 @@ for i = 1, n do
     end
 
     local drawn, drawn_shared = 0, 0
-    for j = 1, nl - 1, 2 do
-      local amount = lines[j + 1]
-      drawn = drawn + amount
-      if lines[j].rank == 2 then drawn_shared = drawn_shared + amount end
+    if whole then
+      drawn = credits
+    else
+      for j = 1, nl - 1, 2 do
+        local amount = lines[j + 1]
+        drawn = drawn + amount
+        if lines[j].rank == 2 then drawn_shared = drawn_shared + amount end
+      end
     end
     -- Counters stay exact (below 2^53): an event that would push one past is refused whole.
     -- A sum of two values below 2^53 rounds, if at all, to a double above MAX_AMOUNT.
@@ -240,10 +245,16 @@ for i = 1, n do
           result = result .. SEP .. lines[j].id .. SEP .. lines[j].kind .. SEP .. fmt(lines[j + 1])
         end
       end
-      for j = 1, nl - 1, 2 do
-        local b = lines[j]
-        b.left = b.left - lines[j + 1]
-        b.owner[M_DIRTY] = true
+      if whole then
+        local b = lines[1]
+        b.left = b.left - credits
+        mem[M_DIRTY] = true
+      else
+        for j = 1, nl - 1, 2 do
+          local b = lines[j]
+          b.left = b.left - lines[j + 1]
+          b.owner[M_DIRTY] = true
+        end
       end
       if drawn ~= 0 then
         vals[fa] = vals[fa] + drawn
