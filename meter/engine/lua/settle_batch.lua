@@ -102,7 +102,7 @@ end
 local group_of_id = {}
 local cur = nil
 if org.ps then cur = period_record(org.ps, org.pe) end
-local grace = org.grace
+local grace, shared_policy = org.grace, org.shared_policy
 for i = 1, n do
   if not stored[i] then
     local mem = members[mids[i]]
@@ -129,9 +129,14 @@ for i = 1, n do
           end
           mem[M_GRP], mem[M_FA], mem[M_FS] = g, 'a' .. mem[M_ID], 's' .. mem[M_ID]
         end
-        local fields, nf = c.fields, c.nf
-        fields[nf + 1], fields[nf + 2] = mem[M_FA], mem[M_FS]
-        nf = nf + 2
+        -- The member's shared-pool counter bounds its room only under the shared limit policy;
+        -- else it is read when the member first draws from the pool (pass 2).
+        local fields, nf = c.fields, c.nf + 1
+        fields[nf] = mem[M_FA]
+        if shared_policy then
+          nf = nf + 1
+          fields[nf] = mem[M_FS]
+        end
         if not c.seen[g] then
           c.seen[g] = true
           nf = nf + 1
@@ -159,7 +164,7 @@ end
 local fresh = {}
 local new_results, nr = {}, 0
 local scratch = {false, false, false, false}
-local active, shared_policy, default_limit = org.active, org.shared_policy, org.default_limit
+local active, default_limit = org.active, org.default_limit
 for i = 1, n do
   local key = keys[i]
   local prior = stored[i] or fresh[key]
@@ -217,11 +222,12 @@ for i = 1, n do
         if lines[j].rank == 2 then drawn_shared = drawn_shared + amount end
       end
     end
+    if drawn_shared ~= 0 and not vals[fs] then vals[fs] = num(redis.call('HGET', c.key, fs)) end
     -- Counters stay exact (below 2^53): an event that would push one past is refused whole.
     -- A sum of two values below 2^53 rounds, if at all, to a double above MAX_AMOUNT.
     if vals.u + unfunded > MAX_AMOUNT or (drawn ~= 0 and (vals.d + drawn > MAX_AMOUNT
         or vals[fa] + drawn > MAX_AMOUNT or vals[gf] + drawn > MAX_AMOUNT
-        or vals[fs] + drawn_shared > MAX_AMOUNT)) then
+        or (drawn_shared ~= 0 and vals[fs] + drawn_shared > MAX_AMOUNT))) then
       status[i] = 'x'
       out[i + 1] = 'counter_overflow'
     else
