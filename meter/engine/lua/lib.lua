@@ -199,22 +199,23 @@ end
 --   M_GROUP, M_REMOVED; M_BUCKETS: the buckets decoded so far, in order; M_V: the value, M_P:
 --   the offset of its \29, M_POS: where the next bucket head starts, M_LPOS: its credits left;
 --   M_DIRTY: a bucket's credits left changed; and for settle_batch, M_GRP (the member's group
---   record), M_FA and M_FS (its counter fields), created here so the array is allocated once.
+--   record), M_FA and M_FS (its counter fields) and M_PERIOD (the period record it was last
+--   seen in), created here so the array is allocated once.
 -- The owner of a bucket (bucket.owner) is such a member, or the shared pool's table, which
 -- marks a change at M_DIRTY too.
 local M_ID, M_SEATED, M_LIMIT, M_GROUP, M_REMOVED, M_BUCKETS, M_V, M_P = 1, 2, 3, 4, 5, 6, 7, 8
-local M_POS, M_LPOS, M_DIRTY, M_GRP, M_FA, M_FS = 9, 10, 11, 12, 13, 14
+local M_POS, M_LPOS, M_DIRTY, M_GRP, M_FA, M_FS, M_PERIOD = 9, 10, 11, 12, 13, 14, 15
 local function lazy_member(member_id, v)
   if not v then
-    return {member_id, nil, nil, '', nil, {}, '\29', 1, 1, 2, false, false, false, false}
+    return {member_id, nil, nil, '', nil, {}, '\29', 1, 1, 2, false, false, false, false, false}
   end
   local seated, limit, group, removed, pos = string.match(v, '^([01])\31([^\31]*)\31([^\31]*)\31([^\30\29]*)()')
   local p = string.find(v, '\29', pos or 1, true)
   if not seated then
-    return {member_id, nil, nil, '', nil, {}, v, p, 1, p + 1, false, false, false, false}
+    return {member_id, nil, nil, '', nil, {}, v, p, 1, p + 1, false, false, false, false, false}
   end
   return {member_id, seated == '1', limit ~= '' and limit + 0 or nil, group, removed ~= '', {}, v,
-          p, pos, p + 1, false, false, false, false}
+          p, pos, p + 1, false, false, false, false, false}
 end
 
 -- The k-th bucket of a lazy_member (nil past the last), decoding the buckets up to it.

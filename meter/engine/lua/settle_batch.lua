@@ -116,8 +116,8 @@ for i = 1, n do
         t = now
       end
       ev_c[i], ev_at[i] = c, t
-      if not c.seen[mem] then
-        c.seen[mem] = true
+      if mem[M_PERIOD] ~= c then -- first seen in this period (or again after another one)
+        mem[M_PERIOD] = c
         local g = mem[M_GRP]
         if not g then
           local gid = group_of(groups, mem)
@@ -127,7 +127,8 @@ for i = 1, n do
             g = {id = gid, field = 'g' .. gid, limit = glimit and glimit ~= '' and tonumber(glimit)}
             group_of_id[gid] = g
           end
-          mem[M_GRP], mem[M_FA], mem[M_FS] = g, 'a' .. mem[M_ID], 's' .. mem[M_ID]
+          mem[M_GRP], mem[M_FA] = g, 'a' .. mem[M_ID]
+          if shared_policy then mem[M_FS] = 's' .. mem[M_ID] end
         end
         -- The member's shared-pool counter bounds its room only under the shared limit policy;
         -- else it is read when the member first draws from the pool (pass 2).
@@ -222,7 +223,13 @@ for i = 1, n do
         if lines[j].rank == 2 then drawn_shared = drawn_shared + amount end
       end
     end
-    if drawn_shared ~= 0 and not vals[fs] then vals[fs] = num(redis.call('HGET', c.key, fs)) end
+    if drawn_shared ~= 0 and not vals[fs] then
+      if not fs then
+        fs = 's' .. mid
+        mem[M_FS] = fs
+      end
+      vals[fs] = num(redis.call('HGET', c.key, fs))
+    end
     -- Counters stay exact (below 2^53): an event that would push one past is refused whole.
     -- A sum of two values below 2^53 rounds, if at all, to a double above MAX_AMOUNT.
     if vals.u + unfunded > MAX_AMOUNT or (drawn ~= 0 and (vals.d + drawn > MAX_AMOUNT
