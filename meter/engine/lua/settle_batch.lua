@@ -99,7 +99,7 @@ local function period_record(ps, pe)
   return c
 end
 -- group id -> the group's record for this batch: id, counter field, limit (nil: none)
-local group_of_id = {}
+local group_records = {}
 local cur = nil
 if org.ps then cur = period_record(org.ps, org.pe) end
 local grace, shared_policy = org.grace, org.shared_policy
@@ -121,11 +121,11 @@ for i = 1, n do
         local g = mem[M_GRP]
         if not g then
           local gid = group_of(groups, mem)
-          g = group_of_id[gid]
+          g = group_records[gid]
           if not g then
             local glimit = groups[gid]
             g = {id = gid, field = 'g' .. gid, limit = glimit and glimit ~= '' and tonumber(glimit)}
-            group_of_id[gid] = g
+            group_records[gid] = g
           end
           mem[M_GRP], mem[M_FA] = g, 'a' .. mem[M_ID]
           if shared_policy then mem[M_FS] = 's' .. mem[M_ID] end
@@ -223,7 +223,7 @@ for i = 1, n do
         if lines[j].rank == 2 then drawn_shared = drawn_shared + amount end
       end
     end
-    if drawn_shared ~= 0 and not vals[fs] then
+    if drawn_shared ~= 0 and not (fs and vals[fs]) then -- its first draw from the pool here
       if not fs then
         fs = 's' .. mid
         mem[M_FS] = fs
