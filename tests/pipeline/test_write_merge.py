@@ -16,7 +16,7 @@ from pipeline_support import (
 from consumers.settle import Batch, ConsumerOptions, merge_batches
 from meter.engine.redis import RedisEngine
 from meter.settings import Settings
-from meter.store import BatchRows, Encoded, OffsetAdvance, batch_rows, merge_rows
+from meter.store import BatchRows, Encoded, OffsetAdvance, batch_rows, by_identity, merge_rows
 
 DAY_MS = 86_400_000
 START = 1_796_083_200_000  # a period start, midnight UTC
@@ -90,7 +90,10 @@ def test_merged_rows_are_the_rows_of_the_merged_batches() -> None:
     merged = merge_rows([batch_rows(p) for p in parts])
     whole = batch_rows([item for p in parts for item in p])
     assert _sorted(merged) == _sorted(whole)
-    assert merged.settlements == sorted(merged.settlements)
+    # Written in (organization, key) order, the order of the unique indexes.
+    identities = [(row[1], row[0]) for row in merged.settlements]
+    assert identities == sorted(identities) and identities != sorted(identities, key=lambda i: i[1])
+    assert whole.settlements == sorted(whole.settlements, key=by_identity)
     assert len(merged.totals) < sum(len(batch_rows(p).totals) for p in parts)
 
 
