@@ -49,6 +49,7 @@ from consumers.stages import (
     Identity,
     Record,
     Settled,
+    chunks,
     decode_batch,
     drop_keys,
     encode_results,
@@ -75,8 +76,8 @@ from meter.store import (
     Encoded,
     OffsetAdvance,
     OffsetConflict,
+    RowsBuilder,
     SettlementStore,
-    batch_rows,
     merge_rows,
 )
 from meter.supervise import wait_event
@@ -92,6 +93,11 @@ T = TypeVar("T")
 
 HEALTH_COMPONENT = "consumer"
 """The settlement consumer's name in `meter.health.HEALTH`."""
+
+YIELD_EVERY = 1_000
+"""Records a batch's decoding, and settlements its COPY records, handled between two yields to
+the event loop. A batch prepares while the batches before it are written: each statement of the
+write waits for the loop, which a whole batch decoded in one go held for 50 ms and more."""
 
 
 TRANSIENT: tuple[type[BaseException], ...] = (
@@ -572,7 +578,10 @@ class SettleConsumer:
             self._expected[advance.partition] = advance.next_offset
 
         t0 = time.perf_counter()
-        decoded = decode_batch(records, self.decoder, now_ms())
+        decoded, at = Decoded(), now_ms()
+        for part in chunks(records, YIELD_EVERY):
+            decode_batch(part, self.decoder, at, into=decoded)
+            await asyncio.sleep(0)
         t_decode = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -610,7 +619,11 @@ class SettleConsumer:
         t_dlq = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        rows = batch_rows(sorted_.store)
+        builder = RowsBuilder()
+        for items in chunks(sorted_.store, YIELD_EVERY):
+            builder.add(items)
+            await asyncio.sleep(0)
+        rows = builder.rows()
         t_rows = time.perf_counter() - t0
 
         self._seq += 1

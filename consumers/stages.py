@@ -85,8 +85,12 @@ class Decoded:
     events: int = 0
 
 
-def decode_batch(records: Iterable[Record], decoder: Decoder, now_ms: int) -> Decoded:
-    out = Decoded()
+def decode_batch(
+    records: Iterable[Record], decoder: Decoder, now_ms: int, into: Decoded | None = None
+) -> Decoded:
+    """Decode `records` into a new `Decoded`, or added to `into` (a batch decoded a slice at a
+    time, in order, is the batch decoded at once)."""
+    out = Decoded() if into is None else into
     by_org = out.by_org
     keyed = out.records
     attributes = out.attributes

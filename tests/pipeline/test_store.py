@@ -120,6 +120,29 @@ async def test_direct_and_careful_writes_keep_totals(migrated_dsn: str) -> None:
         await store.close()
 
 
+async def test_existing_keys_are_the_settled_ones_of_each_organization(migrated_dsn: str) -> None:
+    rng = random.Random(13)
+    batch = [settlement(rng, i) for i in range(60)]
+    store = SettlementStore(migrated_dsn)
+    try:
+        await store.load_offsets("g", "t", {0: 0})
+        written = [(s, None) for s in batch[:40]]
+        assert await store.write_batch("g", "t", written, [OffsetAdvance(0, 0, 40)]) == 40
+        settled = {(s.org_id, s.key) for s in batch[:40]}
+        # The same key in the other organization is another event, not settled.
+        asked = [(s.org_id, s.key) for s in batch] + [("org-9", batch[0].key)]
+        asked += [(s.org_id.replace("0", "x").replace("1", "0").replace("x", "1"), s.key)
+                  for s in batch[:40]]  # fmt: skip
+        rng.shuffle(asked)
+        expected = settled & set(asked)
+        assert await store.existing_keys(asked) == expected
+        assert await store.existing_keys([("org-0", "//s none")]) == set()
+        with pytest.raises(ValueError, match="control characters"):
+            await store.existing_keys([("org-0", "//s a\x1e//s b")])
+    finally:
+        await store.close()
+
+
 async def test_each_settlement_holds_its_lines_and_the_view_lists_them(migrated_dsn: str) -> None:
     rng = random.Random(12)
     batch = [settlement(rng, i) for i in range(120)]
