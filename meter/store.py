@@ -391,9 +391,8 @@ DAY_MS = 86_400_000
 
 @dataclass(slots=True)
 class BatchRows:
-    """A batch as COPY records: settlements (sorted by organization and key, each with its
-    lines; `by_identity`), and totals
-    summed per (org, member, billing group, period start, UTC day of the event time). The
+    """A batch as COPY records: settlements (each with its lines, in `by_identity` order), and
+    totals summed per (org, member, billing group, period start, UTC day of the event time). The
     consumer builds them as each batch settles, off the write's critical path, and `merge_rows`
     joins the batches one transaction writes."""
 
