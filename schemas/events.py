@@ -49,7 +49,12 @@ key identifies the pair exactly.
 
 Two implementations give the same verdicts, and a test holds them to it:
 
-- `decode_event`: the fast path for the consumer and the HTTP ingest: `orjson` and hand checks.
+- `decode_event`: the fast path for the consumer and the HTTP ingest. A `msgspec` structure
+  (`_Structure`) reads the shape of an event with no extension attributes straight into typed
+  fields, and the hand checks of the values follow; any event it does not accept whole is read
+  again by `orjson` into plain objects and checked by hand from the start (`decode_checked`),
+  which also says what is wrong. So a refusal is always that path's, and the structure only
+  saves time (about half of a valid event's decoding).
 - `schemas.event_model.UsageEventModel` / `validate_event`: the pydantic model, source of the
   exported JSON Schema.
 
@@ -76,6 +81,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final, Literal, NamedTuple, NoReturn, Protocol
 
+import msgspec
 import orjson
 
 from meter.engine.types import MAX_AMOUNT, UsageEvent
@@ -362,8 +368,116 @@ def _credits_literal(raw: bytes) -> str:
     return str(exact)
 
 
+class _Data(msgspec.Struct, forbid_unknown_fields=True):
+    org_id: str
+    member_id: str
+    credits: str | int | float | None = None
+    usage: dict[str, Any] | None = None
+    reservation_id: str | None = None
+    attributes: dict[str, Any] | None = None
+
+
+class _Structure(msgspec.Struct, forbid_unknown_fields=True):
+    """The shape of an event without extension attributes, for `msgspec` to read."""
+
+    specversion: Literal["1.0"]
+    id: str
+    source: str
+    type: Literal["meter.usage.v1"]
+    time: str
+    subject: str
+    data: _Data
+    datacontenttype: Literal["application/json"] | None = None
+
+
+_read_structure = msgspec.json.Decoder(_Structure).decode
+
+
+def _known_id(value: str | None) -> bool:
+    """Whether `value` is an id (remembered once it was one)."""
+    if value in _known_ids:
+        return True
+    if value is None or _ID(value) is None:
+        return False
+    _remember(_known_ids, value)
+    return True
+
+
+def _micro_credits(raw: bytes, credits: Any, maximum: int) -> int:
+    """Micro-credits of `data.credits` (a string, an int or a float read from `raw`)."""
+    kind = type(credits)
+    micro = _known_credits.get(credits) if kind is str else None
+    if micro is not None and micro <= maximum:
+        return micro
+    try:
+        micro = parse_credits(_credits_literal(raw) if kind is float else credits, maximum=maximum)
+    except CreditsError as exc:
+        raise _Invalid("invalid_credits", f"data.credits: {exc.code}: {exc.message}") from None
+    if kind is str:
+        if len(_known_credits) >= _CACHE_SIZE:
+            _known_credits.clear()
+        _known_credits[credits] = micro
+    return micro
+
+
+def _decode_structured(raw: bytes, now_ms: int, limits: EventLimits) -> DecodedEvent | None:
+    """The event read by `_Structure` and checked, or None when anything is off (the reason is
+    then `decode_checked`'s to give)."""
+    try:
+        doc = _read_structure(raw)
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deep
+        return None
+    data = doc.data
+    source, subject, credits, usage_doc = doc.source, doc.subject, data.credits, data.usage
+    if (
+        not _known_id(doc.id)
+        or not _known_id(subject)
+        or not _known_id(data.org_id)
+        or data.member_id != subject
+        or (data.reservation_id is not None and not _known_id(data.reservation_id))
+        or (credits is None) == (usage_doc is None)
+    ):
+        return None
+    if source not in _known_sources:
+        if len(source) > MAX_SOURCE_CHARS or (
+            _SOURCE_PLAIN(source) is None and _SOURCE(source) is None
+        ):
+            return None
+        _remember(_known_sources, source)
+    try:
+        attributes = _check_attributes(data.attributes)
+        if attributes is not data.attributes and data.attributes is not None:
+            return None  # an integer widened to a float: the checked path reads it as orjson does
+        time_ms = parse_time_ms(doc.time)
+        if usage_doc is not None:
+            usage: Usage | None = parse_usage(usage_doc)
+            micro = 0
+        else:
+            usage = None
+            micro = _micro_credits(raw, credits, min(limits.max_event_credits, MAX_AMOUNT))
+    except (_Invalid, TimeError, UsageError):
+        return None
+    if time_ms > now_ms + limits.max_future_skew_s * 1000:
+        return None
+    event = UsageEvent(
+        f"{source} {doc.id}", data.org_id, subject, micro, time_ms, data.reservation_id
+    )
+    return DecodedEvent(event, attributes, usage)
+
+
 def decode_event(raw: bytes, now_ms: int, limits: EventLimits) -> DecodedEvent | EventError:
     """Validate one raw event; the fast path the consumer runs per message."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return EventError("event_too_large", f"event is larger than {MAX_EVENT_BYTES} bytes")
+    decoded = _decode_structured(raw, now_ms, limits)
+    if decoded is not None:
+        return decoded
+    return decode_checked(raw, now_ms, limits)
+
+
+def decode_checked(raw: bytes, now_ms: int, limits: EventLimits) -> DecodedEvent | EventError:
+    """`decode_event` by hand checks of the event read into plain objects: the path that says
+    what is wrong with an event."""
     if len(raw) > MAX_EVENT_BYTES:
         return EventError("event_too_large", f"event is larger than {MAX_EVENT_BYTES} bytes")
     try:
@@ -446,26 +560,14 @@ def _decode(raw: bytes, doc: Any, now_ms: int, limits: EventLimits) -> DecodedEv
     except TimeError as exc:
         raise _Invalid(exc.code, f"time: {exc.message}") from None
     usage: Usage | None = None
-    maximum = min(limits.max_event_credits, MAX_AMOUNT)
-    micro: int | None = 0
+    micro = 0
     if usage_doc is not None:
         try:
             usage = parse_usage(usage_doc)
         except UsageError as exc:
             raise _Invalid("invalid_usage", f"data.{exc.message}") from None
     else:
-        micro = _known_credits.get(credits) if kind is str else None
-    if micro is None or micro > maximum:
-        try:
-            micro = parse_credits(
-                _credits_literal(raw) if kind is float else credits, maximum=maximum
-            )
-        except CreditsError as exc:
-            raise _Invalid("invalid_credits", f"data.credits: {exc.code}: {exc.message}") from None
-        if kind is str:
-            if len(_known_credits) >= _CACHE_SIZE:
-                _known_credits.clear()
-            _known_credits[credits] = micro
+        micro = _micro_credits(raw, credits, min(limits.max_event_credits, MAX_AMOUNT))
     if subject != member_id:
         raise _Invalid("subject_mismatch", "subject must equal data.member_id")
     if time_ms > now_ms + limits.max_future_skew_s * 1000:

@@ -21,6 +21,8 @@ from schemas.events import (
     MAX_EVENT_BYTES,
     DecodedEvent,
     EventError,
+    _decode_structured,
+    decode_checked,
     decode_event,
     encode_event,
     event_key,
@@ -62,8 +64,11 @@ def good() -> Doc:
 
 
 def both(raw: bytes, now: int = NOW, limits: Limits = LIMITS) -> DecodedEvent | EventError:
-    """The verdict of the fast decoder, after checking that the model gives the same one."""
+    """The verdict of the fast decoder, after checking that the model gives the same one, and
+    that reading the event by its structure gives what the hand checks alone give."""
     fast = decode_event(raw, now, limits)
+    checked = decode_checked(raw, now, limits)
+    assert fast == checked, (raw, fast, checked)
     model = validate_event(raw, now, limits)
     if isinstance(fast, EventError):
         assert isinstance(model, EventError), (raw, fast, model)
@@ -568,6 +573,34 @@ def test_decoder_and_model_agree(mutations: list[tuple[str, Any]], remove: bool)
             continue  # "data" replaced by a non-object earlier: nothing to put into
     result = both(orjson.dumps(doc))
     event(result.code if isinstance(result, EventError) else "valid")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: None,
+        put("data.credits", 2),
+        put("data.credits", orjson.Fragment(b"1.5")),
+        drop("datacontenttype"),
+        put("data.reservation_id", None),
+        drop("data.attributes"),
+        lambda d: d["data"].update(credits=None, usage={"model": "m-1", "input_tokens": 3}),
+    ],
+)
+def test_common_events_are_read_by_their_structure(change: Callable[[Doc], object]) -> None:
+    raw = with_(change)
+    structured = _decode_structured(raw, NOW, LIMITS)
+    assert structured is not None
+    assert structured == decode_checked(raw, NOW, LIMITS)
+
+
+def test_events_the_structure_does_not_hold_are_checked_by_hand() -> None:
+    raw = with_(put("traceparent", "00-abc"))  # an extension attribute
+    assert _decode_structured(raw, NOW, LIMITS) is None
+    assert isinstance(decode_event(raw, NOW, LIMITS), DecodedEvent)
+    bad = with_(put("data.member_id", "someone-else"))
+    assert _decode_structured(bad, NOW, LIMITS) is None
+    assert code_of(bad) == "subject_mismatch"
 
 
 # --- keys, encoder, time, schema file -----------------------------------------------------
