@@ -207,3 +207,19 @@ async def test_each_settlement_holds_its_lines_and_the_view_lists_them(migrated_
 
 
 _CODE = {Kind.SEAT: "s", Kind.PERSONAL: "p", Kind.SHARED: "h", Kind.ON_DEMAND: "o"}
+
+
+async def test_store_connections_go_back_to_the_pool_without_a_reset(migrated_dsn: str) -> None:
+    """Releasing a store connection costs no round trip: asyncpg's reset query (`RESET ALL` and
+    the rest) is not sent, so a session setting outlives the release."""
+    store = SettlementStore(migrated_dsn)
+    await store.open()
+    try:
+        async with store.pool.acquire() as conn:
+            await conn.execute("SET application_name = 'meter-store-test'")
+            pid = conn.get_server_pid()
+        async with store.pool.acquire() as conn:
+            assert conn.get_server_pid() == pid
+            assert await conn.fetchval("SHOW application_name") == "meter-store-test"
+    finally:
+        await store.close()
