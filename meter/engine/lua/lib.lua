@@ -43,6 +43,8 @@ local PRUNE_AFTER_MS = 7 * DAY -- model.PRUNE_AFTER_MS
 local COUNTER_PAD = '________________________________________________________________________'
 -- Rank of a bucket by the byte of its kind code (seat, personal, shared, on_demand).
 local RANK_OF = {[115] = 0, [112] = 1, [104] = 2, [111] = 3}
+-- A settlement's flags (1 member limit, 2 group limit, 4 late) as their stored digit.
+local FLAG_CODE = {[0] = '0', '1', '2', '3', '4', '5', '6', '7'}
 
 -- Integers as decimal strings (%d converts through a 64-bit long: exact below 2^53, and twice
 -- as fast as tostring).
@@ -201,10 +203,10 @@ end
 --   M_DIRTY: a bucket's credits left changed; and for settle_batch, M_GRP (the member's group
 --   record), M_FA and M_FS (its counter fields) and M_PERIOD (the period record it was last
 --   seen in), created here so the array is allocated once.
--- The owner of a bucket (bucket.owner) is such a member, or the shared pool's table, which
--- marks a change at M_DIRTY too.
+-- The shared pool is such an array too (shared_pool), whose value is read at M_KEY when a draw
+-- first walks to it. The owner of a bucket (bucket.owner) is a member or the pool.
 local M_ID, M_SEATED, M_LIMIT, M_GROUP, M_REMOVED, M_BUCKETS, M_V, M_P = 1, 2, 3, 4, 5, 6, 7, 8
-local M_POS, M_LPOS, M_DIRTY, M_GRP, M_FA, M_FS, M_PERIOD = 9, 10, 11, 12, 13, 14, 15
+local M_POS, M_LPOS, M_DIRTY, M_GRP, M_FA, M_FS, M_PERIOD, M_KEY = 9, 10, 11, 12, 13, 14, 15, 16
 local function lazy_member(member_id, v)
   if not v then
     return {member_id, nil, nil, '', nil, {}, '\29', 1, 1, 2, false, false, false, false, false}
@@ -224,6 +226,11 @@ local function member_bucket(m, k)
   local b = bs[k]
   if b then return b end
   local v = m[M_V]
+  if not v then -- the shared pool, first reached
+    v = redis.call('GET', m[M_KEY]) or '\29'
+    local p = string.find(v, '\29', 1, true)
+    m[M_V], m[M_P], m[M_LPOS] = v, p, p + 1
+  end
   for i = #bs + 1, k do
     local kind, from, exp, id, nxt = string.match(v, '^\30(.)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)()', m[M_POS])
     if not kind then return nil end
@@ -250,12 +257,14 @@ local function encode_member(m)
 end
 
 -- The bucket at positions i (member) and j (shared pool) of the burn-down order of a
--- lazy_member and the shared pool: the member's seat and personal buckets, the pool, then the
+-- lazy_member and the shared_pool: the member's seat and personal buckets, the pool, then the
 -- member's on_demand buckets. Returns it (nil past the end) and the positions after it.
 local function next_bucket(m, shared, i, j)
   local b = m[M_BUCKETS][i] or member_bucket(m, i)
-  if b and (b.rank < 2 or j > #shared) then return b, i + 1, j end
-  if j <= #shared then return shared[j], i, j + 1 end
+  if b and b.rank < 2 then return b, i + 1, j end
+  local s = shared[M_BUCKETS][j] or member_bucket(shared, j)
+  if s then return s, i, j + 1 end
+  if b then return b, i + 1, j end
   return nil, i, j
 end
 
@@ -293,11 +302,10 @@ local function load_member(P, member_id)
   return lazy_member(member_id, redis.call('HGET', P .. 'm', member_id))
 end
 
--- The shared pool's buckets (their owner: {id = ''}).
-local function load_shared(P)
-  local v = redis.call('GET', P .. 'sh')
-  if not v then return {} end
-  return decode_buckets(v, {id = ''})
+-- The shared pool as a lazy_member without config, read when a draw first walks to its
+-- buckets: most events are covered by their member's seat.
+local function shared_pool(P)
+  return {'', nil, nil, '', nil, {}, nil, nil, 1, nil, false, false, false, false, false, P .. 'sh'}
 end
 
 -- The buckets of a lazy_member and the shared pool usable at t, in burn-down order.
@@ -403,7 +411,7 @@ local function check_core(P, org, mid, credits, now)
     glimit = redis.call('HGET', P .. 'g', mem[M_GROUP])
     if glimit then group = mem[M_GROUP] end
   end
-  local shared = load_shared(P)
+  local shared = shared_pool(P)
   local list = eligible(mem, shared, now)
   local held = {}
   if org.hm then

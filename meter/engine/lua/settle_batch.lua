@@ -79,9 +79,8 @@ do
       members[mem[M_ID]] = mem
     end
   end
-  if org.active then shared = load_shared(P) end
+  if org.active then shared = shared_pool(P) end
 end
-local FLAGS = {[0] = '0', '1', '2', '3', '4', '5', '6', '7'}
 
 -- Pass 1: period (a record shared by its events) and whether it is late, for each event not
 -- already settled; group of each member; which counters the batch reads.
@@ -242,7 +241,7 @@ for i = 1, n do
         local hold = redis.call('HGET', P .. 'h', rid)
         if hold and string.sub(hold, 1, #mid + 1) == mid .. SEP then drop_hold(P, rid, hold) end
       end
-      local flags = FLAGS[(mflag and 1 or 0) + (gflag and 2 or 0) + (ev_late[i] and 4 or 0)]
+      local flags = FLAG_CODE[(mflag and 1 or 0) + (gflag and 2 or 0) + (ev_late[i] and 4 or 0)]
       local result
       if nl == 2 then -- most events draw from one bucket: the result is built in one piece
         local b, amount = lines[1], lines[2]
@@ -306,9 +305,7 @@ do
   for first = 1, na, 1000 do
     redis.call('HSET', P .. 'm', unpack(args, first, math.min(first + 999, na)))
   end
-  if shared and shared[1] and shared[1].owner[M_DIRTY] then
-    redis.call('SET', P .. 'sh', encode_owner(shared[1].owner))
-  end
+  if shared and shared[M_DIRTY] then redis.call('SET', P .. 'sh', encode_member(shared)) end
 end
 for _, c in pairs(periods) do
   local args, na = {}, 0
