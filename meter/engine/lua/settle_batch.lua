@@ -99,8 +99,9 @@ local function period_record(ps, pe)
 end
 -- group id -> the group's record for this batch: id, counter field, limit (nil: none)
 local group_records = {}
-local cur = nil
-if org.ps then cur = period_record(org.ps, org.pe) end
+-- The period containing now, which the org hash caches: most events fall in it, and the
+-- calendar arithmetic is then done once a period, not once a call.
+local cur = period_record(current_period(org, now))
 local grace, shared_policy = org.grace, org.shared_policy
 for i = 1, n do
   if not stored[i] then
@@ -149,7 +150,9 @@ for i = 1, n do
 end
 for _, c in pairs(periods) do
   local fields, vals = c.fields, c.vals
-  for first = 1, c.nf, 500 do
+  -- (a period no event falls in, such as the current one when all are older, has no fields
+  -- past d u _, and is neither read nor written)
+  for first = 1, c.nf > 3 and c.nf or 0, 500 do
     local last = math.min(first + 499, c.nf)
     local got = redis.call('HMGET', c.key, unpack(fields, first, last))
     if first == 1 then
