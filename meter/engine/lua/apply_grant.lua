@@ -18,10 +18,10 @@ else
   v = redis.call('HGET', P .. 'm', member_id) or '\29'
 end
 
-local rank, exp, gr = RANK_OF[string.byte(kind)], tonumber(expires_at), tonumber(granted_at)
+local rank, exp, gr = RANK_OF[kind], tonumber(expires_at), tonumber(granted_at)
 -- true when the new bucket goes before the stored one
 local function before(k, e, g, id)
-  local r = RANK_OF[string.byte(k)]
+  local r = RANK_OF[k]
   if rank ~= r then return rank < r end
   e = tonumber(e)
   if exp ~= e then return exp < e end

@@ -41,8 +41,8 @@ local PRUNE_AFTER_MS = 7 * DAY -- model.PRUNE_AFTER_MS
 -- reads and writes two fields per member it settles.
 -- A literal: the library's top level runs where Redis 7.0 offers no `string`.
 local COUNTER_PAD = '________________________________________________________________________'
--- Rank of a bucket by the byte of its kind code (seat, personal, shared, on_demand).
-local RANK_OF = {[115] = 0, [112] = 1, [104] = 2, [111] = 3}
+-- Rank of a bucket by its kind code (seat, personal, shared, on_demand).
+local RANK_OF = {s = 0, p = 1, h = 2, o = 3}
 -- A settlement's flags (1 member limit, 2 group limit, 4 late) as their stored digit.
 local FLAG_CODE = {[0] = '0', '1', '2', '3', '4', '5', '6', '7'}
 
@@ -129,13 +129,14 @@ local function load_org(P, rebuilding)
   if not v[1] or (v[5] and not rebuilding) then return nil end
   local st, pk, an, rd, lp, dl, gr = string.match(v[1],
     '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31(.*)$')
+  -- (numbers by arithmetic, `s + 0`: one strtod, where tonumber makes two)
   local org = {
-    key = P .. 'o', active = st == 'active', monthly = pk == 'monthly', anchor = tonumber(an),
-    len = tonumber(rd) * DAY, shared_policy = lp == 'shared', grace = tonumber(gr),
+    key = P .. 'o', active = st == 'active', monthly = pk == 'monthly', anchor = an + 0,
+    len = rd * DAY, shared_policy = lp == 'shared', grace = gr + 0,
   }
-  if dl ~= '' then org.default_limit = tonumber(dl) end
-  if v[2] then org.ps, org.pe, org.ss, org.es = tonumber(v[2]), tonumber(v[3]), v[2], v[3] end
-  if v[4] then org.hm = tonumber(v[4]) end
+  if dl ~= '' then org.default_limit = dl + 0 end
+  if v[2] then org.ps, org.pe, org.ss, org.es = v[2] + 0, v[3] + 0, v[2], v[3] end
+  if v[4] then org.hm = v[4] + 0 end
   return org
 end
 
@@ -170,7 +171,7 @@ local function decode_buckets(v, owner)
   local out, n = {}, 0
   for kind, from, exp, id in string.gmatch(v, '\30(%a)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)') do
     n = n + 1
-    out[n] = {id = id, kind = kind, rank = RANK_OF[string.byte(kind)], from = from + 0,
+    out[n] = {id = id, kind = kind, rank = RANK_OF[kind], from = from + 0,
               exp = exp + 0, owner = owner}
   end
   local p = string.find(v, '\29', 1, true)
@@ -235,7 +236,7 @@ local function member_bucket(m, k)
     local kind, from, exp, id, nxt = string.match(v, '^\30(.)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)()', m[M_POS])
     if not kind then return nil end
     local left, lnxt = string.match(v, '^([^\31]*)()', m[M_LPOS])
-    b = {id = id, kind = kind, rank = RANK_OF[string.byte(kind)], from = from + 0, exp = exp + 0,
+    b = {id = id, kind = kind, rank = RANK_OF[kind], from = from + 0, exp = exp + 0,
          left = left + 0, owner = m}
     bs[i] = b
     m[M_POS], m[M_LPOS] = nxt, lnxt + 1

@@ -23,7 +23,7 @@ for left in string.gmatch(string.sub(v, p + 1), '[^\31]+') do lefts[#lefts + 1] 
 local buckets, n, found = {}, 0, nil
 for k, from, e, g, id in string.gmatch(head, '\30(%a)([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\30]*)') do
   n = n + 1
-  buckets[n] = {kind = k, rank = RANK_OF[string.byte(k)], from = from, exp = e, g = g, id = id,
+  buckets[n] = {kind = k, rank = RANK_OF[k], from = from, exp = e, g = g, id = id,
                 left = lefts[n]}
   if id == bucket_id then found = n end
 end

@@ -6,7 +6,7 @@
 -- result = member|credits|time|period_start|period_end|group|unfunded|flags|reservation_id,
 -- then bucket|kind|amount per line; flags: 1 member limit, 2 group limit, 4 late.
 local org_key = KEYS[1]
-local now = tonumber(ARGV[1])
+local now = ARGV[1] + 0
 local packed = ARGV[2]
 
 local P = string.sub(org_key, 1, -2)
@@ -86,11 +86,11 @@ end
 -- already settled; group of each member; which counters the batch reads.
 local ev_c, ev_at, ev_late = {}, {}, {}
 local periods = {} -- period start -> {ps, pe, ss, es, key, expire_at, fields, seen, vals, dirty}
-local function period_record(ps, pe)
+local function period_record(ps, pe, ss, es) -- (ss, es: ps and pe as strings, when known)
   local c = periods[ps]
   if not c then
-    local ss = fmt(ps)
-    c = {ps = ps, pe = pe, ss = ss, es = fmt(pe), key = P .. 'c:' .. ss,
+    ss = ss or fmt(ps)
+    c = {ps = ps, pe = pe, ss = ss, es = es or fmt(pe), key = P .. 'c:' .. ss,
          expire_at = pe + org.grace + COUNTER_KEEP_MS, fields = {'d', 'u', '_'}, nf = 3, seen = {},
          vals = {}, dirty = {}}
     periods[ps] = c
