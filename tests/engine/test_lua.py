@@ -111,6 +111,23 @@ async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
     assert await redis.exists(P + "r") == 0
 
 
+async def test_counters_get_their_expiry_from_whoever_pads_them(redis: aioredis.Redis) -> None:
+    await setup(redis)
+    counters = P + f"c:{ANCHOR}"
+    keep = MARCH_END + 7 * 86_400_000
+    # A void's HINCRBY on a counters hash that is gone leaves one without pad or expiry.
+    await redis.hset(counters, "aann", "0")
+    assert await redis.pttl(counters) == -1
+    assert (await run(redis, "settle_batch", NOW, packed(("e1", "ann", 10, NOW, ""))))[0] == b"n"
+    assert (await hash_of(redis, counters))["_"] == "_" * 72
+    assert keep - NOW - 5000 < await redis.pttl(counters) <= keep - NOW
+    # Padded, the hash keeps that expiry: the instant is the period's, whatever the call's now.
+    later = NOW + 86_400_000
+    assert (await run(redis, "settle_batch", later, packed(("e2", "ann", 10, later, ""))))[0] == b"n"
+    assert (await hash_of(redis, counters))["aann"] == "20"
+    assert keep - NOW - 5000 < await redis.pttl(counters) <= keep - NOW
+
+
 async def test_holds_reserve_release_expire(redis: aioredis.Redis) -> None:
     await setup(redis)
     reply = await run(redis, "reserve", NOW, "ann", 120, "r1", 1000)

@@ -17,7 +17,8 @@
 --                      grants but never put has no config part (the value starts with \30)
 --   sh          string the shared pool's buckets, same encoding without the config part
 --   c:<start>   hash   counters of the period starting at <start>: a<m> s<m> g<group> d u, and
---                      the field _ (COUNTER_PAD), which keeps the hash in hashtable encoding
+--                      the field _ (COUNTER_PAD), which keeps the hash in hashtable encoding;
+--                      whoever writes the pad sets the hash's expiry
 --   r           hash   settlement key -> stored result, until confirmed
 --   v           hash   settlement key -> void result
 --   h / hx / ha hash / zset / hash: live holds by id, their expiry, and the sums they hold

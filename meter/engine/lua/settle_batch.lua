@@ -318,13 +318,18 @@ for _, c in pairs(periods) do
     na = na + 2
   end
   if na > 0 then
-    if not c.padded then
+    if c.padded then
+      redis.call('HSET', c.key, unpack(args))
+    else
+      -- Whoever pads a counters hash gives it its expiry (restore does too), so a hash with the
+      -- pad has it already: the instant is fixed by the period, set relative to the caller's
+      -- clock, which is the engine's time. A hash without it (made by a void's HINCRBY) gets
+      -- both here.
       args[na + 1] = '_'
       args[na + 2] = COUNTER_PAD
+      redis.call('HSET', c.key, unpack(args))
+      redis.call('PEXPIRE', c.key, fmt(c.expire_at - now))
     end
-    redis.call('HSET', c.key, unpack(args))
-    -- relative to the caller's clock, which is the engine's time
-    redis.call('PEXPIRE', c.key, fmt(c.expire_at - now))
   end
 end
 for first = 1, nr, 1000 do
