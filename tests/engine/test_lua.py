@@ -123,7 +123,8 @@ async def test_counters_get_their_expiry_from_whoever_pads_them(redis: aioredis.
     assert keep - NOW - 5000 < await redis.pttl(counters) <= keep - NOW
     # Padded, the hash keeps that expiry: the instant is the period's, whatever the call's now.
     later = NOW + 86_400_000
-    assert (await run(redis, "settle_batch", later, packed(("e2", "ann", 10, later, ""))))[0] == b"n"
+    reply = await run(redis, "settle_batch", later, packed(("e2", "ann", 10, later, "")))
+    assert reply[0] == b"n"
     assert (await hash_of(redis, counters))["aann"] == "20"
     assert keep - NOW - 5000 < await redis.pttl(counters) <= keep - NOW
 
