@@ -376,13 +376,6 @@ local function clean_holds(P, org, now)
   end
 end
 
-local function load_groups(P)
-  local flat = redis.call('HGETALL', P .. 'g')
-  local groups = {}
-  for i = 1, #flat, 2 do groups[flat[i]] = flat[i + 1] end
-  return groups
-end
-
 local function num(v)
   if v then return v + 0 end
   return 0

@@ -56,7 +56,6 @@ if not org then
   return out
 end
 
-local groups = load_groups(P)
 local shared = nil
 
 -- The members of the events not settled yet: one HMGET (and the shared pool when the org is
@@ -80,6 +79,25 @@ do
     end
   end
   if org.active then shared = shared_pool(P) end
+end
+
+-- The billing groups the members name, with their limits (false: no such group): one HMGET of
+-- those, not of the organization's every group.
+local groups = {}
+do
+  local gids, ng = {}, 0
+  for _, mem in pairs(members) do
+    local gid = mem[M_GROUP]
+    if gid ~= '' and groups[gid] == nil then
+      groups[gid] = false
+      ng = ng + 1
+      gids[ng] = gid
+    end
+  end
+  for first = 1, ng, 500 do
+    local got = redis.call('HMGET', P .. 'g', unpack(gids, first, math.min(first + 499, ng)))
+    for j = 1, #got do groups[gids[first + j - 1]] = got[j] end
+  end
 end
 
 -- Pass 1: period (a record shared by its events) and whether it is late, for each event not
