@@ -58,8 +58,8 @@ end
 
 local shared = nil
 
--- The members of the events not settled yet: one HMGET (and the shared pool when the org is
--- active, else nothing is drawn).
+-- The members of the events not settled yet: one HMGET (and, when the org is active, the shared
+-- pool's lazy owner, read when a draw first walks to it; else nothing is drawn).
 local members = {}
 do
   local ids, nid = {}, 0
