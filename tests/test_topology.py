@@ -37,6 +37,7 @@ from topology_support import (
     PARTITIONS,
     CheckLog,
     OrgUnderTest,
+    Role,
     Sent,
     assigned,
     drive_checks,
@@ -229,16 +230,20 @@ async def test_production_topology(
         seats_issued = asyncio.Event()
         seats = asyncio.create_task(watch_seats(engine, boundary, boundary_ms, seats_issued))
         drivers.append(seats)
-        victim, consumer_killed = consumers[0], asyncio.Event()
+        victims: list[Role] = []
+        consumer_killed = asyncio.Event()
 
         def kill_consumer_mid_batch(org: OrgUnderTest) -> None:
             """After `KILL_CONSUMER_AT_S`, kill the consumer owning the partition of a batch
-            just acknowledged, while it settles it."""
+            just acknowledged, while it settles it. Which consumer that is depends on how the
+            group dealt the partitions and on which partitions the organizations hash to."""
             if consumer_killed.is_set() or time.monotonic() < started + KILL_CONSUMER_AT_S:
                 return
-            if partition_of(org.org_id) in assigned(victim):
+            owner = next((c for c in consumers if partition_of(org.org_id) in assigned(c)), None)
+            if owner is not None:
+                victims.append(owner)
                 consumer_killed.set()
-                asyncio.get_running_loop().call_later(0.02, victim.kill)
+                asyncio.get_running_loop().call_later(0.02, owner.kill)
 
         sending = asyncio.create_task(
             send_events(
@@ -269,8 +274,16 @@ async def test_production_topology(
         failover_s = await wait_for(standby_holds, 15, "the standby scheduler holds the lease")
 
         # One consumer dies mid-batch; the other takes its partitions after the rebalance.
-        await asyncio.wait_for(consumer_killed.wait(), DRIVE_S)
+        try:
+            await asyncio.wait_for(consumer_killed.wait(), DRIVE_S)
+        except TimeoutError:
+            raise AssertionError(
+                "no consumer owned a partition of a batch sent after"
+                f" {KILL_CONSUMER_AT_S} s: assigned {[assigned(c) for c in consumers]},"
+                f" organizations' partitions {[partition_of(o.org_id) for o in orgs]}"
+            ) from None
         consumer_killed_at = time.monotonic()
+        survivor = next(c for c in consumers if c is not victims[0])
 
         sent = await sending
         drive_s = time.monotonic() - started
@@ -287,7 +300,7 @@ async def test_production_topology(
         settled_s = time.monotonic() - started
         stop_checks.set()
         await asyncio.gather(*tasks)
-        assert consumers[1].proc is not None and consumers[1].proc.poll() is None
+        assert survivor.proc is not None and survivor.proc.poll() is None
         assert standby.proc is not None and standby.proc.poll() is None
 
         # Exactly once: the settlements are the accepted events of known members, one each.
@@ -363,7 +376,7 @@ async def test_production_topology(
 
         # Checks kept answering on both APIs: no 5xx, no connection error, never silent long.
         everything = list(range(len(checks.at)))
-        again = resumed(consumers[1])
+        again = resumed(survivor)
         statuses = Counter(checks.status)
         assert set(statuses) == {200}, statuses
         end = checks.at[-1]
