@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+import msgspec
+
 MICRO = 1_000_000
 UNASSIGNED = ""
 
@@ -123,9 +125,13 @@ class Period:
     end_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
-    """One usage event as the engine sees it (already validated)."""
+class UsageEvent(msgspec.Struct, frozen=True, gc=False):
+    """One usage event as the engine sees it (already validated).
+
+    A `msgspec.Struct`, not a frozen dataclass: the consumer builds one per event it reads, and
+    a Struct is built in a tenth of the time (a frozen dataclass's `__init__` sets each field
+    through `object.__setattr__`). Its fields are strings, integers and None, so it can hold no
+    reference cycle and the garbage collector need not track it (`gc=False`)."""
 
     key: str
     """Idempotency key, built by the caller from the CloudEvents `source` and `id`."""
