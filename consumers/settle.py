@@ -61,7 +61,13 @@ from meter import alerts, kafka, metrics
 from meter.admin.issuance import SeatPeriods
 from meter.admin.service import AdminService
 from meter.engine.model import validate_events
-from meter.engine.redis import EncodedResults, RedisEngine, settle_encoded, settle_pipelined
+from meter.engine.redis import (
+    EncodedResults,
+    RedisEngine,
+    confirm_pipelined,
+    settle_encoded,
+    settle_pipelined,
+)
 from meter.engine.types import MAX_AMOUNT, Engine, EngineInputError, Reason, UsageEvent
 from meter.health import HEALTH
 from meter.quarantine import ORG_QUARANTINED
@@ -866,7 +872,7 @@ class SettleConsumer:
     def _start_confirm(self) -> None:
         """Confirm the results written since the last confirm, in a task of its own (one at a
         time): confirming only frees Redis memory, so it runs beside the next batches, and many
-        batches' keys go in one call per organization."""
+        batches' keys go in one call per organization, all the calls in one pipeline."""
         if not self._unconfirmed:
             return
         keys_by_org, self._unconfirmed = self._unconfirmed, {}
@@ -881,14 +887,12 @@ class SettleConsumer:
         if previous is not None:
             await asyncio.wait({previous})
         t0 = time.perf_counter()
-        limit = asyncio.Semaphore(self.options.org_concurrency)
-
-        async def one(org_id: str, keys: list[str]) -> None:
-            async with limit:
-                await self.engine.confirm(org_id, keys)
-
         try:
-            await asyncio.gather(*(one(org, keys) for org, keys in keys_by_org.items()))
+            if self._redis_engine is not None:  # one round trip on one Redis
+                await confirm_pipelined(self._redis_engine, keys_by_org)
+            else:
+                for org_id, keys in keys_by_org.items():
+                    await self.engine.confirm(org_id, keys)
         except Exception as exc:
             # Unconfirmed results only cost Redis memory: PostgreSQL catches the duplicates.
             log.warning("confirm_failed", error=repr(exc))

@@ -352,10 +352,7 @@ class RedisEngine:
     async def confirm(self, org_id: str, keys: Sequence[str]) -> None:
         check_org_id(org_id)
         if keys:
-            packed = "".join([f"{key}\x1e" for key in keys])
-            if packed.count("\x1e") != len(keys):
-                raise EngineInputError("keys must not contain control characters")
-            await self._call("confirm", org_id, packed)
+            await self._call("confirm", org_id, _packed_keys(keys))
 
     # -- checks and reservations ---------------------------------------------------------------
 
@@ -501,6 +498,14 @@ def _packed_parts(events: Sequence[UsageEvent]) -> list[str]:
     ]
 
 
+def _packed_keys(keys: Sequence[str]) -> str:
+    """Settlement keys in confirm's argument encoding."""
+    packed = "".join([f"{key}\x1e" for key in keys])
+    if packed.count("\x1e") != len(keys):
+        raise EngineInputError("keys must not contain control characters")
+    return packed
+
+
 def _joined(n_events: int, replies: Sequence[Any]) -> EncodedResults:
     """The replies of one organization's settle_batch calls, as one status and body list."""
     statuses: list[str] = []
@@ -597,10 +602,44 @@ async def settle_pipelined(
     return answers
 
 
+async def confirm_pipelined(engine: RedisEngine, keys_by_org: Mapping[str, Sequence[str]]) -> None:
+    """`engine.confirm` for several organizations in one round trip, as `settle_pipelined`
+    settles them (on a Redis Cluster, one call per organization). Raises the first error an
+    organization's call met (the others are still applied): an input error before anything is
+    sent, or the server's error (a function the server has forgotten reloads the library
+    first, and the call is then made again)."""
+    calls = []
+    for org_id, keys in keys_by_org.items():
+        check_org_id(org_id)
+        if keys:
+            calls.append((org_id, _packed_keys(keys)))
+    if not calls:
+        return
+    if engine.is_cluster:
+        for org_id, packed in calls:
+            await engine._call("confirm", org_id, packed)
+        return
+    if not engine._loaded:
+        await engine.load_scripts()
+    function = library().functions["confirm"]
+    for attempt in range(2):
+        pipe = engine.client.pipeline(transaction=False)
+        for org_id, packed in calls:
+            pipe.fcall(function, 1, org_key(org_id), packed)
+        replies = await pipe.execute(raise_on_error=False)
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is None:
+            return
+        if attempt or not (isinstance(failed, ResponseError) and function_missing(failed)):
+            raise failed
+        await engine.load_scripts()
+
+
 __all__ = [
     "UNASSIGNED",
     "RedisEngine",
     "begin_rebuild",
+    "confirm_pipelined",
     "decode_settlement",
     "encode_settlement",
     "end_rebuild",

@@ -1,5 +1,6 @@
 """Several organizations settled in one pipeline answer what each settled alone answers, and an
-organization the pipeline could not settle says why without holding back the others."""
+organization the pipeline could not settle says why without holding back the others. Confirming
+several organizations in one pipeline drops the stored results named, and only those."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from meter.engine.redis import (
     MAX_BATCH,
     EncodedResults,
     RedisEngine,
+    confirm_pipelined,
+    org_key,
     settle_encoded,
     settle_pipelined,
 )
@@ -173,5 +176,76 @@ async def test_on_a_cluster_each_organization_goes_to_its_primary(
         for i, answer in enumerate(answers):
             assert not isinstance(answer, Exception)
             assert _same_org(answer, piped[i], alone[i]) == expected[i]
+    finally:
+        await client.aclose()
+
+
+async def _stored(engine: RedisEngine, org_id: str) -> set[str]:
+    """The settlement keys whose results the organization's engine keeps (until confirmed)."""
+    return {k.decode() for k in await engine.client.hkeys(org_key(org_id)[:-1] + "r")}
+
+
+async def _settled(engine: RedisEngine, n_orgs: int) -> dict[str, list[str]]:
+    """`n_orgs` organizations with three results stored each: their keys by organization."""
+    _, orgs = await _twins(engine, [3] * n_orgs)
+    keys = {org_id: [f"src k{i}" for i in range(3)] for org_id in orgs}
+    calls = [
+        (org_id, [UsageEvent(k, org_id, "m0", MICRO, NOW) for k in ks])
+        for org_id, ks in keys.items()
+    ]
+    await settle_pipelined(engine, calls, NOW + 1000, trusted=True)
+    for org_id, ks in keys.items():
+        assert await _stored(engine, org_id) == set(ks)
+    return keys
+
+
+async def test_a_pipeline_confirms_the_keys_named_of_each_organization(
+    engine: RedisEngine,
+) -> None:
+    a, b, c = await _settled(engine, 3)
+    keys = {a: ["src k0", "src k2"], b: ["src k1"], c: []}
+    await confirm_pipelined(engine, keys)
+    assert await _stored(engine, a) == {"src k1"}
+    assert await _stored(engine, b) == {"src k0", "src k2"}
+    assert await _stored(engine, c) == {"src k0", "src k1", "src k2"}
+    await confirm_pipelined(engine, keys)  # again: nothing more goes
+    assert await _stored(engine, b) == {"src k0", "src k2"}
+
+
+async def test_a_key_that_cannot_be_sent_confirms_nothing(engine: RedisEngine) -> None:
+    a, b = await _settled(engine, 2)
+    try:
+        await confirm_pipelined(engine, {a: ["src k0"], b: ["src \x1ek1"]})
+    except EngineInputError:
+        pass
+    else:
+        raise AssertionError("a key with a control character was sent")
+    assert await _stored(engine, a) == {"src k0", "src k1", "src k2"}
+
+
+async def test_confirming_reloads_functions_the_server_forgot(
+    engine: RedisEngine, redis_url: str
+) -> None:
+    a, b = await _settled(engine, 2)
+    direct = aioredis.Redis.from_url(redis_url)
+    try:
+        await direct.function_flush()
+    finally:
+        await direct.aclose()
+    await confirm_pipelined(engine, {a: ["src k0"], b: ["src k0", "src k1"]})
+    assert await _stored(engine, a) == {"src k1", "src k2"}
+    assert await _stored(engine, b) == {"src k2"}
+
+
+async def test_on_a_cluster_each_organization_is_confirmed_on_its_primary(
+    redis_cluster: LocalRedisCluster,
+) -> None:
+    client = connect(redis_cluster.url)
+    try:
+        engine = RedisEngine(client)
+        orgs = await _settled(engine, 3)
+        await confirm_pipelined(engine, {org_id: ["src k1"] for org_id in orgs})
+        for org_id in orgs:
+            assert await _stored(engine, org_id) == {"src k0", "src k2"}
     finally:
         await client.aclose()
