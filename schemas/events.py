@@ -442,11 +442,11 @@ def _decode_structured(raw: bytes, now_ms: int, limits: EventLimits) -> DecodedE
     data = doc.data
     source, subject, credits, usage_doc = doc.source, doc.subject, data.credits, data.usage
     if (
-        not _known_id(doc.id)
+        _ID(doc.id) is None  # (each event's own: checked, not remembered)
         or not _known_id(subject)
         or not _known_id(data.org_id)
         or data.member_id != subject
-        or (data.reservation_id is not None and not _known_id(data.reservation_id))
+        or (data.reservation_id is not None and _ID(data.reservation_id) is None)
         or (credits is None) == (usage_doc is None)
         or not _known_source(source)
     ):
