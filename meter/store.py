@@ -457,44 +457,56 @@ class RowsBuilder:
         self._sums: dict[tuple[str, str, str, str, int], list[int]] = {}
         self._ends: dict[tuple[str, str], tuple[int, str]] = {}
         self._instants: dict[str, int] = {}
+        self._periods: dict[tuple[str, str, str], tuple[int, int]] = {}
 
     def add(self, items: Iterable[Encoded]) -> None:
-        rows, sums, ends, instants = self._rows, self._sums, self._ends, self._instants
+        rows, sums, periods = self._rows, self._sums, self._periods
         code_slot, flag_bits, sep = _CODE_SLOT, _FLAGS, SEP
-
-        def instant(ms: str) -> int:
-            value = instants.get(ms)
-            if value is None:
-                value = instants[ms] = (int(ms) - PG_EPOCH_MS) * 1000
-            return value
 
         for key, org_id, enc, attributes, rating in items:
             f = enc.split(SEP)
             member_id, start, end_text, group = f[0], f[3], f[4], f[5]
             credits, unfunded = int(f[1]), int(f[6])
-            time_text = f[2]
-            group_key = (org_id, member_id, group, start, int(time_text) // DAY_MS)
+            time_ms = int(f[2])
+            # The period's instants, once per organization and period (most events of a batch
+            # share a few), with the latest end seen for its start.
+            period = periods.get((org_id, start, end_text))
+            if period is None:
+                period = periods[org_id, start, end_text] = self._period(org_id, start, end_text)
+            group_key = (org_id, member_id, group, start, time_ms // DAY_MS)
             total = sums.get(group_key)
             if total is None:
                 total = sums[group_key] = [0, 0, 0, 0, 0, 0, 0]
-            end = int(end_text)
-            known = ends.get((org_id, start))
-            if known is None or known[0] < end:
-                ends[org_id, start] = (end, end_text)
             total[0] += 1
             total[1] += credits
             total[6] += unfunded
-            period_start = instant(start)
-            event_time = (int(time_text) - PG_EPOCH_MS) * 1000
-            for i in range(10, len(f) - 1, 3):
-                total[code_slot[f[i]]] += int(f[i + 1])
+            if len(f) == 12:  # one line, as most settlements have
+                total[code_slot[f[10]]] += int(f[11])
+            else:
+                for i in range(10, len(f) - 1, 3):
+                    total[code_slot[f[i]]] += int(f[i + 1])
             rows.append(
                 (
-                    key, org_id, member_id, group, period_start, instant(end_text),
-                    event_time, credits, unfunded, *flag_bits[f[7]], f[8] or None,
-                    attributes, rating, sep.join(f[9:]),
+                    key, org_id, member_id, group, period[0], period[1],
+                    (time_ms - PG_EPOCH_MS) * 1000, credits, unfunded, *flag_bits[f[7]],
+                    f[8] or None, attributes, rating, sep.join(f[9:]),
                 )
             )  # fmt: skip
+
+    def _period(self, org_id: str, start: str, end_text: str) -> tuple[int, int]:
+        """A period's start and end as `pg_instant` integers; remembers the latest end seen for
+        the organization's period start."""
+        end = int(end_text)
+        known = self._ends.get((org_id, start))
+        if known is None or known[0] < end:
+            self._ends[org_id, start] = (end, end_text)
+        return self._instant(start), self._instant(end_text)
+
+    def _instant(self, ms: str) -> int:
+        value = self._instants.get(ms)
+        if value is None:
+            value = self._instants[ms] = (int(ms) - PG_EPOCH_MS) * 1000
+        return value
 
     def rows(self) -> BatchRows:
         """The batch's records: settlements in `by_identity` order, totals per (org, member,
