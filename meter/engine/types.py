@@ -11,6 +11,7 @@ Conventions:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -221,12 +222,16 @@ def check_instant(name: str, value: int) -> int:
     return value
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]").search
+"""The first control character of a string (C0 or DEL), if any."""
+
+
 def check_id(name: str, value: str, *, empty: bool = False) -> str:
     """`value` if it is a string of printable characters (no control characters, which the Redis
     encoding uses as separators), non-empty unless `empty`; else `EngineInputError`."""
     if not isinstance(value, str) or (not value and not empty):
         raise EngineInputError(f"{name} must be a non-empty string, got {value!r}")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if _CONTROL(value) is not None:
         raise EngineInputError(f"{name} must not contain control characters: {value!r}")
     return value
 
