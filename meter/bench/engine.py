@@ -11,7 +11,7 @@ Then `--calls` checks and as many reservations (one credit each, distinct ids) o
 organization, random members: Redis CPU microseconds per call of each. Also the Redis memory per
 member (every key of the organizations except the pending results, which `confirm` removes).
 
-Target (DESIGN 5, engine issue): <= 10 us of Redis time per event at batches >= 100.
+Target (DESIGN 5): <= 6 us of Redis time per event at batch 100.
 With `--json` the last line is one JSON object with `events_per_s` and `redis_us_per_event` (of
 the smallest batch size), `by_batch`, and `check_us` / `reserve_us` per call.
 """
