@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # standard error there.
     stream = sys.stderr if args.command == "bench" else None
     configure_logging(
-        settings.log_level, settings.log_format, secrets=_secrets_of(settings), stream=stream
+        settings.log_level, settings.log_format, secrets=secrets_of(settings), stream=stream
     )
     kafka.configure(settings)
     handler = handlers[args.command]
@@ -177,7 +177,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def _secrets_of(settings: Settings) -> list[str | None]:
+def secrets_of(settings: Settings) -> list[str | None]:
     """What the logs must never show: the admin token and the servers' passwords."""
     from urllib.parse import urlsplit
 

@@ -361,10 +361,17 @@ async def run(seconds: float, connections: int, settings: Any) -> dict[str, floa
                 "METER_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
                 "METER_ADMIN_TOKEN": ADMIN_TOKEN,
                 "METER_API_PORT": str(port),
-                "METER_LOG_LEVEL": "warning",
+                # As deployed: a JSON line per request, here thrown away.
+                "METER_LOG_LEVEL": "info",
+                "METER_LOG_FORMAT": "json",
             }
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "meter.bench.quota", "--serve", env=env
+                sys.executable,
+                "-m",
+                "meter.bench.quota",
+                "--serve",
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
             )
             await _wait_ready(port, proc)
             org, token = await _setup(port)
@@ -402,14 +409,19 @@ async def run(seconds: float, connections: int, settings: Any) -> dict[str, floa
 
 
 def _serve() -> None:
-    """The API process: one uvicorn worker, uvloop and httptools."""
+    """The API process: one uvicorn worker, uvloop and httptools, its logging and garbage
+    collector set up as `meter api` sets them."""
     import uvicorn
 
     from meter.api import build_app
     from meter.api.server import uvicorn_config
+    from meter.cli import secrets_of, tune_gc
+    from meter.logging import configure_logging
     from meter.settings import load_settings
 
     settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format, secrets=secrets_of(settings))
+    tune_gc()
     assert settings.redis_url and settings.postgres_dsn and settings.kafka_bootstrap
 
     @dataclass(frozen=True)
