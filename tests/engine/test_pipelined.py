@@ -48,6 +48,15 @@ async def engine(redis_url: str) -> AsyncIterator[RedisEngine]:
         await client.aclose()
 
 
+@pytest_asyncio.fixture(loop_scope="session")
+async def cluster_engine(redis_cluster: LocalRedisCluster) -> AsyncIterator[RedisEngine]:
+    client = connect(redis_cluster.url)
+    try:
+        yield RedisEngine(client)
+    finally:
+        await client.aclose()
+
+
 async def _org(engine: RedisEngine, org_id: str) -> None:
     """An organization whose members run out: seats, a personal add-on, a small shared pool,
     one billing group with a limit."""
@@ -160,24 +169,20 @@ async def test_a_server_that_forgot_the_functions_is_given_them_again(
 
 
 async def test_on_a_cluster_each_organization_goes_to_its_primary(
-    redis_cluster: LocalRedisCluster,
+    cluster_engine: RedisEngine,
 ) -> None:
-    client = connect(redis_cluster.url)
-    try:
-        engine = RedisEngine(client)
-        assert engine.is_cluster
-        alone, piped = await _twins(engine, [30, 30, 30])
-        expected = [
-            await settle_encoded(engine, org_id, _events(org_id, 30, seed=i), NOW + 10**6)
-            for i, org_id in enumerate(alone)
-        ]
-        calls = [(org_id, _events(org_id, 30, seed=i)) for i, org_id in enumerate(piped)]
-        answers = await settle_pipelined(engine, calls, NOW + 10**6)
-        for i, answer in enumerate(answers):
-            assert not isinstance(answer, Exception)
-            assert _same_org(answer, piped[i], alone[i]) == expected[i]
-    finally:
-        await client.aclose()
+    engine = cluster_engine
+    assert engine.is_cluster
+    alone, piped = await _twins(engine, [30, 30, 30])
+    expected = [
+        await settle_encoded(engine, org_id, _events(org_id, 30, seed=i), NOW + 10**6)
+        for i, org_id in enumerate(alone)
+    ]
+    calls = [(org_id, _events(org_id, 30, seed=i)) for i, org_id in enumerate(piped)]
+    answers = await settle_pipelined(engine, calls, NOW + 10**6)
+    for i, answer in enumerate(answers):
+        assert not isinstance(answer, Exception)
+        assert _same_org(answer, piped[i], alone[i]) == expected[i]
 
 
 async def _stored(engine: RedisEngine, org_id: str) -> set[str]:
@@ -238,14 +243,10 @@ async def test_confirming_reloads_functions_the_server_forgot(
 
 
 async def test_on_a_cluster_each_organization_is_confirmed_on_its_primary(
-    redis_cluster: LocalRedisCluster,
+    cluster_engine: RedisEngine,
 ) -> None:
-    client = connect(redis_cluster.url)
-    try:
-        engine = RedisEngine(client)
-        orgs = await _settled(engine, 3)
-        await confirm_pipelined(engine, {org_id: ["src k1"] for org_id in orgs})
-        for org_id in orgs:
-            assert await _stored(engine, org_id) == {"src k0", "src k2"}
-    finally:
-        await client.aclose()
+    assert cluster_engine.is_cluster
+    orgs = await _settled(cluster_engine, 3)
+    await confirm_pipelined(cluster_engine, {org_id: ["src k1"] for org_id in orgs})
+    for org_id in orgs:
+        assert await _stored(cluster_engine, org_id) == {"src k0", "src k2"}
