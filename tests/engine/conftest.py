@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from meter.engine.model import Ledger
 from meter.engine.redis import RedisEngine
@@ -50,6 +51,16 @@ async def engine(engine_url: str | None) -> AsyncIterator[Any]:
         yield AsyncLedger()
         return
     client = connect(engine_url)  # organizations are unique per test: no key is shared
+    try:
+        yield RedisEngine(client)
+    finally:
+        await client.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def cluster_engine(redis_cluster: LocalRedisCluster) -> AsyncIterator[RedisEngine]:
+    """`RedisEngine` on the local Redis Cluster, for the tests of the cluster alone."""
+    client = connect(redis_cluster.url)
     try:
         yield RedisEngine(client)
     finally:

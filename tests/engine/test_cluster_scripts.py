@@ -3,25 +3,11 @@ primary forgot it, and each organization's keys on the primary owning its hash t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest_asyncio
-
 from meter.engine.redis import RedisEngine, library, org_key
 from meter.engine.types import LimitPolicy, OrgConfig, OrgStatus, PeriodKind, Reason
 from meter.local_cluster import ClusterNode, LocalRedisCluster
-from meter.redis_client import connect
 
 NOW = 1_710_000_000_000
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def cluster_engine(redis_cluster: LocalRedisCluster) -> AsyncIterator[RedisEngine]:
-    client = connect(redis_cluster.url)
-    try:
-        yield RedisEngine(client)
-    finally:
-        await client.aclose()
 
 
 async def _library_on(node: ClusterNode) -> bool:

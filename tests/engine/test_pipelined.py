@@ -33,8 +33,6 @@ from meter.engine.types import (
     PeriodKind,
     UsageEvent,
 )
-from meter.local_cluster import LocalRedisCluster
-from meter.redis_client import connect
 
 NOW = 1_710_000_000_000
 
@@ -42,15 +40,6 @@ NOW = 1_710_000_000_000
 @pytest_asyncio.fixture(loop_scope="session")
 async def engine(redis_url: str) -> AsyncIterator[RedisEngine]:
     client = aioredis.Redis.from_url(redis_url)
-    try:
-        yield RedisEngine(client)
-    finally:
-        await client.aclose()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def cluster_engine(redis_cluster: LocalRedisCluster) -> AsyncIterator[RedisEngine]:
-    client = connect(redis_cluster.url)
     try:
         yield RedisEngine(client)
     finally:
