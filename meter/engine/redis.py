@@ -23,7 +23,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from meter.engine.model import (
     hold_ttl,
@@ -616,8 +616,14 @@ async def confirm_pipelined(engine: RedisEngine, keys_by_org: Mapping[str, Seque
     if not calls:
         return
     if engine.is_cluster:
+        first: Exception | None = None
         for org_id, packed in calls:
-            await engine._call("confirm", org_id, packed)
+            try:
+                await engine._call("confirm", org_id, packed)
+            except RedisError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
         return
     if not engine._loaded:
         await engine.load_scripts()

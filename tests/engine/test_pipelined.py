@@ -239,3 +239,30 @@ async def test_on_a_cluster_each_organization_is_confirmed_on_its_primary(
     await confirm_pipelined(cluster_engine, {org_id: ["src k1"] for org_id in orgs})
     for org_id in orgs:
         assert await _stored(cluster_engine, org_id) == {"src k0", "src k2"}
+
+
+async def _one_fails_the_others_are_confirmed(engine: RedisEngine) -> None:
+    """An organization whose results hash is no hash fails its confirm; the others still go."""
+    a, b, c = await _settled(engine, 3)
+    await engine.client.delete(org_key(b)[:-1] + "r")
+    await engine.client.set(org_key(b)[:-1] + "r", "not a hash")
+    try:
+        await confirm_pipelined(engine, {a: ["src k0"], b: ["src k0"], c: ["src k1"]})
+    except ResponseError as exc:
+        assert "WRONGTYPE" in str(exc)
+    else:
+        raise AssertionError("the failed confirm was not reported")
+    assert await _stored(engine, a) == {"src k1", "src k2"}
+    assert await _stored(engine, c) == {"src k0", "src k2"}
+
+
+async def test_an_organization_that_fails_to_confirm_does_not_hold_back_the_others(
+    engine: RedisEngine,
+) -> None:
+    await _one_fails_the_others_are_confirmed(engine)
+
+
+async def test_on_a_cluster_a_failed_confirm_does_not_hold_back_the_others(
+    cluster_engine: RedisEngine,
+) -> None:
+    await _one_fails_the_others_are_confirmed(cluster_engine)
