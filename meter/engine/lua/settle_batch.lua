@@ -59,8 +59,10 @@ end
 local shared = nil
 
 -- The members of the events not settled yet: one HMGET (and, when the org is active, the shared
--- pool's lazy owner, read when a draw first walks to it; else nothing is drawn).
-local members = {}
+-- pool's lazy owner, read when a draw first walks to it; else nothing is drawn). Then the billing
+-- groups those members name, with their limits (false: no such group): one HMGET of those, not
+-- of the organization's every group.
+local members, groups = {}, {}
 do
   local ids, nid = {}, 0
   for i = 1, n do
@@ -70,30 +72,22 @@ do
       ids[nid] = mids[i]
     end
   end
+  local gids, ng = {}, 0
   for first = 1, nid, 500 do
     local last = math.min(first + 499, nid)
     local got = redis.call('HMGET', P .. 'm', unpack(ids, first, last))
     for j = 1, #got do
       local mem = lazy_member(ids[first + j - 1], got[j] or nil)
       members[mem[M_ID]] = mem
+      local gid = mem[M_GROUP]
+      if gid ~= '' and groups[gid] == nil then
+        groups[gid] = false
+        ng = ng + 1
+        gids[ng] = gid
+      end
     end
   end
   if org.active then shared = shared_pool(P) end
-end
-
--- The billing groups the members name, with their limits (false: no such group): one HMGET of
--- those, not of the organization's every group.
-local groups = {}
-do
-  local gids, ng = {}, 0
-  for _, mem in pairs(members) do
-    local gid = mem[M_GROUP]
-    if gid ~= '' and groups[gid] == nil then
-      groups[gid] = false
-      ng = ng + 1
-      gids[ng] = gid
-    end
-  end
   for first = 1, ng, 500 do
     local got = redis.call('HMGET', P .. 'g', unpack(gids, first, math.min(first + 499, ng)))
     for j = 1, #got do groups[gids[first + j - 1]] = got[j] end
@@ -336,18 +330,15 @@ for _, c in pairs(periods) do
     na = na + 2
   end
   if na > 0 then
-    if c.padded then
-      redis.call('HSET', c.key, unpack(args))
-    else
-      -- Whoever pads a counters hash gives it its expiry (restore does too), so a hash with the
-      -- pad has it already: the instant is fixed by the period, set relative to the caller's
-      -- clock, which is the engine's time. A hash without it (made by a void's HINCRBY) gets
-      -- both here.
+    -- Whoever pads a counters hash gives it its expiry (restore does too), so a hash with the pad
+    -- has it already: the instant is fixed by the period, set relative to the caller's clock,
+    -- which is the engine's time. A hash without it (made by a void's HINCRBY) gets both here.
+    if not c.padded then
       args[na + 1] = '_'
       args[na + 2] = COUNTER_PAD
-      redis.call('HSET', c.key, unpack(args))
-      redis.call('PEXPIRE', c.key, fmt(c.expire_at - now))
     end
+    redis.call('HSET', c.key, unpack(args))
+    if not c.padded then redis.call('PEXPIRE', c.key, fmt(c.expire_at - now)) end
   end
 end
 for first = 1, nr, 1000 do
