@@ -767,7 +767,8 @@ _X = "events, credits, seat, personal, shared, on_demand, unfunded"
 
 _SUBTRACT = f"""
 v AS (
-    SELECT s.key, s.org_id, s.member_id, s.billing_group, s.period_start,
+    SELECT s.key COLLATE "default" AS key, s.org_id COLLATE "default" AS org_id,
+           s.member_id COLLATE "default" AS member_id, s.billing_group, s.period_start,
            (s.event_time AT TIME ZONE 'UTC')::date AS day, s.credits, s.unfunded,
            coalesce(sum(l.amount) FILTER (WHERE l.kind = 'seat'), 0) AS seat,
            coalesce(sum(l.amount) FILTER (WHERE l.kind = 'personal'), 0) AS personal,
@@ -830,7 +831,8 @@ SELECT key, org_id FROM v"""
 SUBTRACT_MODEL_TOTALS = """
 WITH due AS (SELECT * FROM unnest($1::text[], $2::text[]) AS d (key, org_id)),
 rated AS (
-    SELECT s.org_id, s.period_start, s.member_id, s.credits, s.rating
+    SELECT s.org_id COLLATE "default" AS org_id, s.period_start,
+           s.member_id COLLATE "default" AS member_id, s.credits, s.rating
     FROM due JOIN settlements s ON s.key = due.key AND s.org_id = due.org_id
     WHERE s.rating IS NOT NULL
 ), model_totals AS (

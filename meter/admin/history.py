@@ -31,7 +31,7 @@ SELECT_MEMBER_EXISTS = "SELECT 1 FROM members WHERE org_id = $1 AND member_id = 
 SELECT_MEMBER_SETTLEMENTS = """
 SELECT s.*, b.name AS billing_group_name
 FROM settlements s
-LEFT JOIN billing_groups b ON b.org_id = s.org_id AND b.billing_group_id = s.billing_group
+LEFT JOIN billing_groups b ON b.org_id = $1 AND b.billing_group_id = s.billing_group
 WHERE s.org_id = $1 AND s.member_id = $2 AND (s.settled_at, s.key) < ($3, $4)
 ORDER BY s.settled_at DESC, s.key DESC LIMIT $5
 """

@@ -41,7 +41,7 @@ SELECT bucket_id, amount FROM credit_grants WHERE org_id = $1 AND bucket_id = an
 SELECT_SETTLEMENT = """
 SELECT s.*, b.name AS billing_group_name
 FROM settlements s
-LEFT JOIN billing_groups b ON b.org_id = s.org_id AND b.billing_group_id = s.billing_group
+LEFT JOIN billing_groups b ON b.org_id = $1 AND b.billing_group_id = s.billing_group
 WHERE s.org_id = $1 AND s.key = $2
 """
 SELECT_SETTLEMENT_LINES = """

@@ -46,7 +46,8 @@ SELECT s.key, s.member_id, (extract(epoch FROM s.event_time) * 1000)::bigint AS 
 FROM settlements s
 WHERE s.org_id = $1 AND s.event_time >= $2 AND s.event_time < $3 AND s.rating IS NOT NULL
   AND NOT EXISTS (
-      SELECT 1 FROM voids v WHERE v.org_id = s.org_id AND v.event_key = s.key AND v.voided
+      SELECT 1 FROM voids v
+      WHERE v.org_id = $1 AND v.event_key = s.key COLLATE "default" AND v.voided
   )
 ORDER BY s.event_time, s.key
 """
