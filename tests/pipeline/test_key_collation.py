@@ -9,6 +9,11 @@ import re
 
 import asyncpg  # type: ignore[import-untyped]
 
+from meter.admin.history import SELECT_MEMBER_SETTLEMENTS
+from meter.admin.reads import SELECT_SETTLEMENT
+from meter.rating.rerate import RATED_IN_WINDOW
+from meter.store import APPLY_PENDING_VOIDS, SUBTRACT_MODEL_TOTALS, VOID_TOTALS
+
 IDENTITY = {
     "settlement_keys": ("org_id", "key"),
     "settlements": ("org_id", "key", "member_id"),
@@ -86,11 +91,6 @@ async def test_identity_columns_and_their_indexes_compare_bytes(migrated_dsn: st
 # Statements that read the identity columns of `settlements` and look the values up in other
 # tables (totals, model totals, voids, billing groups), with arguments.
 def _lookups() -> dict[str, tuple[str, tuple[object, ...]]]:
-    from meter.admin.history import SELECT_MEMBER_SETTLEMENTS
-    from meter.admin.reads import SELECT_SETTLEMENT
-    from meter.rating.rerate import RATED_IN_WINDOW
-    from meter.store import APPLY_PENDING_VOIDS, SUBTRACT_MODEL_TOTALS, VOID_TOTALS
-
     now = dt.datetime(2031, 5, 10, tzinfo=dt.UTC)
     return {
         "void_totals": (VOID_TOTALS, ("k", "o")),
