@@ -1029,7 +1029,7 @@ async def settling(
         raise ValueError("settings need postgres_dsn")
     client = redis_connect(settings.redis_url)
     try:
-        engine = RedisEngine(client)
+        engine = RedisEngine(client, encoding=settings.member_encoding)
         recovery = Recovery(settings.postgres_dsn, client, engine)
         yield build_consumer(settings, engine, options=options, recovery=recovery)
     finally:

@@ -39,6 +39,7 @@ from meter.redis_client import connect as redis_connect
 
 if TYPE_CHECKING:
     from meter.cli import Handler
+    from meter.engine.redis import MemberEncoding
     from meter.settings import Settings
 
 ORG_QUARANTINED = "org_quarantined"
@@ -197,7 +198,9 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
         async with provision(settings, only=only) as services:
             await migrate(services.postgres_dsn)
             if args.action == "release":
-                return await _release(services.postgres_dsn, services.redis_url, args.org)
+                return await _release(
+                    services.postgres_dsn, services.redis_url, args.org, settings.member_encoding
+                )
             pool = await asyncpg.create_pool(services.postgres_dsn, min_size=1, max_size=1)
             try:
                 if args.action == "list":
@@ -216,13 +219,13 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
     return handle
 
 
-async def _release(dsn: str, redis_url: str, org_id: str) -> int:
+async def _release(dsn: str, redis_url: str, org_id: str, encoding: MemberEncoding) -> int:
     from meter.engine.redis import RedisEngine
     from meter.rebuild import release
 
     client = redis_connect(redis_url)
     try:
-        outcome = await release(dsn, client, RedisEngine(client), org_id)
+        outcome = await release(dsn, client, RedisEngine(client, encoding=encoding), org_id)
     finally:
         await client.aclose()
     if outcome is None:

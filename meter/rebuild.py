@@ -560,7 +560,7 @@ def configure(parser: argparse.ArgumentParser) -> Handler:
             await migrate(services.postgres_dsn)
             client = redis_connect(services.redis_url)
             try:
-                engine = RedisEngine(client)
+                engine = RedisEngine(client, encoding=settings.member_encoding)
                 # Settling consumers see the "rebuild wanted" lock, drain and let go of theirs.
                 report = await exclusive_rebuild(
                     services.postgres_dsn, client, engine, org_ids=args.orgs

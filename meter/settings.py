@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     consumer_stall_s: float = Field(default=60.0, gt=0)
     """How long `meter consume` may write no batch while records wait before its readiness
     (`/readyz`) fails with `no_progress`."""
+    member_encoding: Literal["binary", "text"] = "binary"
+    """How the engine writes members in Redis (it reads both): `text` while processes of a release
+    that reads only text may still run (meter/engine/README.md, "Member encodings")."""
     offset_reset: Literal["earliest", "latest", "fail"] = "earliest"
     """What `meter consume` does with a stored offset outside its partition's log (a recreated
     topic, retention): start from the earliest offset, the latest, or stop (`consumers.offsets`)."""

@@ -110,6 +110,8 @@ def state_engine(admin: AdminService) -> RedisEngine | None:
     """The engine on a full Redis client (`AdminService.redis`, else the engine's own); None
     for an engine that is not on Redis."""
     if admin.redis is not None:
+        if isinstance(admin.engine, RedisEngine):
+            return RedisEngine(admin.redis, encoding=admin.engine.encoding)
         return RedisEngine(admin.redis)
     return admin.engine if isinstance(admin.engine, RedisEngine) else None
 

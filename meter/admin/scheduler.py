@@ -327,7 +327,7 @@ async def run_component(settings: Settings, services: Services) -> None:
     redis = redis_connect(services.redis_url)
     producer = LazyProducer(services.kafka_bootstrap)
     try:
-        engine = RedisEngine(redis)
+        engine = RedisEngine(redis, encoding=settings.member_encoding)
         await engine.load_scripts()
         admin = AdminService(pool, engine)
         await admin.install_presets()

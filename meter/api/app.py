@@ -275,9 +275,11 @@ class App:
         if supports(url):
             # The engine only sends FCALL / FCALL_RO / FUNCTION LOAD: pipelined on one connection.
             self._fast_redis = PipelinedRedis(url, timeout_s=timeout, connect_timeout_s=timeout)
-            self._engine = RedisEngine(cast(aioredis.Redis, self._fast_redis))
+            self._engine = RedisEngine(
+                cast(aioredis.Redis, self._fast_redis), encoding=self.settings.member_encoding
+            )
         else:
-            self._engine = RedisEngine(self._redis)
+            self._engine = RedisEngine(self._redis, encoding=self.settings.member_encoding)
         await self._engine.load_scripts()
         self._admin = AdminService(
             self._pool, self._engine, clock=lambda: self.clock(), redis=self._redis

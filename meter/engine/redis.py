@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -123,7 +123,7 @@ current period), as it did as a script that wrote nothing."""
 READ_ONLY = frozenset(name for name, flag in FLAGS.items() if flag == "no-writes")
 """Functions that write nothing, called with FCALL_RO."""
 _VERSION = "@version@"
-_GLOBALS = "string, table, math, tonumber, unpack, redis, pairs, ipairs"
+_GLOBALS = "string, table, math, tonumber, unpack, redis, pairs, ipairs, struct"
 _PRELUDE = f"""#!lua name=meter_{_VERSION}
 -- The globals the engine uses, bound as upvalues by each function's first call: a library's
 -- global lookups go through a metatable (a third slower), and its top level sees only the
@@ -132,6 +132,8 @@ local register_function = redis.register_function
 local function runtime_globals() return {_GLOBALS} end
 local {_GLOBALS}
 local function bind_globals() {_GLOBALS} = runtime_globals() end
+-- The encoding of the values this library writes (lib.lua, "owner values"): it reads both.
+local WRITE_BINARY = @binary@
 """
 
 
@@ -145,11 +147,21 @@ class Library:
     """Script name -> the name it is registered under."""
 
 
+MemberEncoding = Literal["binary", "text"]
+"""How the engine writes a member's value (and the shared pool's): it reads both. `text` is the
+only one that earlier releases read: a rolling upgrade from one of them writes `text` until no
+process of it is left (meter/engine/README.md, "Member encodings")."""
+
+
 @cache
-def library() -> Library:
-    """The library: `lua/lib.lua` once, then each script of `SCRIPTS` as a function. Its name,
-    and each function's, carry the first 12 hex digits of the SHA-1 of its source."""
-    parts = [_PRELUDE, lua_file("lib")]
+def library(encoding: MemberEncoding = "binary") -> Library:
+    """The library: `lua/lib.lua` once, then each script of `SCRIPTS` as a function, writing
+    members in `encoding`. Its name, and each function's, carry the first 12 hex digits of the
+    SHA-1 of its source, so the two encodings are two libraries."""
+    if encoding not in ("binary", "text"):
+        raise ValueError(f"unknown member encoding {encoding!r}")
+    prelude = _PRELUDE.replace("@binary@", "true" if encoding == "binary" else "false")
+    parts = [prelude, lua_file("lib")]
     for name in SCRIPTS:
         flags = f"'{FLAGS[name]}'" if name in FLAGS else ""
         parts.append(
@@ -255,21 +267,24 @@ def _check_result(reply: Sequence[Any]) -> CheckResult:
 class RedisEngine:
     """`meter.engine.types.Engine` on one Redis (or a Redis Cluster with one slot per org)."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, *, encoding: MemberEncoding = "binary") -> None:
         self._redis = redis
         self._loaded = False
+        self.encoding: MemberEncoding = encoding
+        self.library = library(encoding)
+        """The functions it calls: those of its member encoding."""
 
     async def load_scripts(self) -> None:
         """FUNCTION LOAD REPLACE the library (every primary of a cluster); done lazily on first
         use, and again when the server answers that a function does not exist."""
-        await self._redis.function_load(library().source, replace=True)
+        await self._redis.function_load(self.library.source, replace=True)
         self._loaded = True
 
     async def _call(self, name: str, org_id: str, *args: str | int) -> Any:
         if not self._loaded:
             await self.load_scripts()
         call = self._redis.fcall_ro if name in READ_ONLY else self._redis.fcall
-        function = library().functions[name]
+        function = self.library.functions[name]
         key = org_key(org_id)
         try:
             return await call(function, 1, key, *args)
@@ -564,7 +579,7 @@ async def settle_pipelined(
         return out
     if not engine._loaded:
         await engine.load_scripts()
-    function = library().functions["settle_batch"]
+    function = engine.library.functions["settle_batch"]
     answers: list[EncodedResults | Exception] = []
     sent: list[tuple[int, int]] = []  # per call: its index in answers, its number of commands
     pipe = engine.client.pipeline(transaction=False)
@@ -627,7 +642,7 @@ async def confirm_pipelined(engine: RedisEngine, keys_by_org: Mapping[str, Seque
         return
     if not engine._loaded:
         await engine.load_scripts()
-    function = library().functions["confirm"]
+    function = engine.library.functions["confirm"]
     for attempt in range(2):
         pipe = engine.client.pipeline(transaction=False)
         for org_id, packed in calls:

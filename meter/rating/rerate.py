@@ -210,7 +210,7 @@ async def _apply(
     )
     await producer.start()
     try:
-        admin = AdminService(pool, RedisEngine(client))
+        admin = AdminService(pool, RedisEngine(client, encoding=settings.member_encoding))
 
         async def produce(key: bytes, value: bytes) -> None:
             await producer.send_and_wait(settings.usage_topic, value=value, key=key)

@@ -3,11 +3,13 @@ behind."""
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
-from meter.engine.redis import SEP, library, org_key
+from meter.engine.redis import SEP, MemberEncoding, library, org_key
 
 ORG = "acme"
 P = "meter:{acme}:"
@@ -16,9 +18,75 @@ ANCHOR = 1_709_251_200_000  # 2024-03-01
 MARCH_END = 1_711_929_600_000  # 2024-04-01
 
 
-async def run(redis: aioredis.Redis, name: str, *args: Any) -> Any:
-    await redis.function_load(library().source, replace=True)
-    return await redis.fcall(library().functions[name], 1, org_key(ORG), *args)
+async def run(
+    redis: aioredis.Redis, name: str, *args: Any, encoding: MemberEncoding = "binary"
+) -> Any:
+    lib = library(encoding)
+    await redis.function_load(lib.source, replace=True)
+    return await redis.fcall(lib.functions[name], 1, org_key(ORG), *args)
+
+
+Config = tuple[bool, int | None, str, bool]
+"""A member's config as stored: seated, limit (None: the org's default), group, removed."""
+Bucket = tuple[str, int, int, int, str, int]
+"""A bucket as stored: kind letter, valid from, expires at, granted at, id, credits left."""
+
+
+def decode_owner(value: bytes) -> tuple[Config | None, list[Bucket]]:
+    """A member's (or the shared pool's) value, in either encoding of lib.lua, read here
+    independently of the Lua that writes it."""
+    if value[:1] == b"\x02":
+        flags, limit, group_len = struct.unpack_from("<BdI", value, 1)
+        at = 14
+        group = value[at : at + group_len].decode()
+        (n,) = struct.unpack_from("<I", value, at + group_len)
+        at += group_len + 4
+        lefts = struct.unpack_from(f"<{n}d", value, at)
+        at += 8 * n
+        buckets = []
+        for left in lefts:
+            kind = value[at : at + 1].decode()
+            start, end, granted, id_len = struct.unpack_from("<dddI", value, at + 1)
+            at += 29
+            buckets.append(
+                (
+                    kind,
+                    int(start),
+                    int(end),
+                    int(granted),
+                    value[at : at + id_len].decode(),
+                    int(left),
+                )
+            )
+            at += id_len
+        assert at == len(value)
+        config = (bool(flags & 2), int(limit) if flags & 8 else None, group, bool(flags & 4))
+        return (config if flags & 1 else None), buckets
+    text = value.decode()
+    static, lefts_text = text.split("\x1d")
+    config_text, *heads = static.split("\x1e")
+    text_config = None
+    if config_text:
+        seated, limit_text, group, removed = config_text.split(SEP)
+        text_config = (
+            seated == "1",
+            int(limit_text) if limit_text else None,
+            group,
+            removed == "1",
+        )
+    lefts_list = lefts_text.split(SEP) if heads else []
+    out = []
+    for head, left_text in zip(heads, lefts_list, strict=True):
+        start_text, end_text, granted_text, bucket_id = head[1:].split(SEP)
+        out.append((head[0], int(start_text), int(end_text), int(granted_text), bucket_id,
+                    int(left_text)))  # fmt: skip
+    return text_config, out
+
+
+async def member_value(redis: aioredis.Redis, member_id: str) -> bytes:
+    value = await redis.hget(P + "m", member_id)
+    assert value is not None
+    return bytes(value)
 
 
 def packed(*events: tuple[Any, ...]) -> str:
@@ -30,16 +98,19 @@ async def hash_of(redis: aioredis.Redis, key: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in (await redis.hgetall(key)).items()}
 
 
-async def setup(redis: aioredis.Redis) -> None:
-    await run(redis, "put_org", "active", "monthly", ANCHOR, 30, "all", "", 0)
-    await run(redis, "put_billing_group", "team", 500)
-    await run(redis, "put_member", "ann", "1", "", "team")
-    await run(redis, "apply_grant", "ann", "seat", "s", ANCHOR, MARCH_END, ANCHOR, 100)
-    await run(redis, "apply_grant", "", "pool", "h", ANCHOR, MARCH_END + 1, ANCHOR, 1000)
+async def setup(redis: aioredis.Redis, encoding: MemberEncoding = "binary") -> None:
+    await run(redis, "put_org", "active", "monthly", ANCHOR, 30, "all", "", 0, encoding=encoding)
+    await run(redis, "put_billing_group", "team", 500, encoding=encoding)
+    await run(redis, "put_member", "ann", "1", "", "team", encoding=encoding)
+    await run(redis, "apply_grant", "ann", "seat", "s", ANCHOR, MARCH_END, ANCHOR, 100,
+              encoding=encoding)  # fmt: skip
+    await run(redis, "apply_grant", "", "pool", "h", ANCHOR, MARCH_END + 1, ANCHOR, 1000,
+              encoding=encoding)  # fmt: skip
 
 
-async def test_config_scripts(redis: aioredis.Redis) -> None:
-    await setup(redis)
+async def test_config_scripts_text(redis: aioredis.Redis) -> None:
+    """The text library writes exactly what earlier releases wrote and read."""
+    await setup(redis, "text")
     assert await hash_of(redis, P + "o") == {
         "c": SEP.join(["active", "monthly", str(ANCHOR), "30", "all", "", "0"]),
     }
@@ -50,28 +121,102 @@ async def test_config_scripts(redis: aioredis.Redis) -> None:
     }  # fmt: skip
     pool = "\x1eh" + SEP.join([str(ANCHOR), str(MARCH_END + 1), str(ANCHOR), "pool"])
     assert await redis.get(P + "sh") == (pool + "\x1d1000").encode()
-    assert await run(redis, "apply_grant", "ann", "seat", "s", 0, 1, 0, 5) == 0  # idempotent
-    # Buckets are kept in burn-down order (kind, expiry, grant, id), credits left in that order.
-    await run(redis, "apply_grant", "ann", "early", "s", ANCHOR, MARCH_END - 1, ANCHOR, 1)
-    await run(redis, "apply_grant", "ann", "addon", "p", ANCHOR, MARCH_END - 2, ANCHOR, 2)
-    await run(redis, "apply_grant", "ann", "older", "s", ANCHOR, MARCH_END, ANCHOR - 1, 3)
-    await run(redis, "apply_grant", "ann", "seas", "s", ANCHOR, MARCH_END, ANCHOR, 4)
+    await grant_more(redis, "text")
     value = (await hash_of(redis, P + "m"))["ann"]
     static, lefts = value.split("\x1d")
     assert [b.rsplit(SEP, 1)[1] for b in static.split("\x1e")[1:]] == [
         "early", "older", "seas", "seat", "addon",
     ]  # fmt: skip
     assert lefts == SEP.join(["1", "3", "4", "100", "2"])
-    assert await run(redis, "remove_member", "ann") == 1
+    assert await run(redis, "remove_member", "ann", encoding="text") == 1
     assert (await hash_of(redis, P + "m"))["ann"].startswith(SEP.join(["1", "", "team", "1"]))
-    await run(redis, "put_member", "ann", "0", "7", "")
+    await run(redis, "put_member", "ann", "0", "7", "", encoding="text")
     assert (await hash_of(redis, P + "m"))["ann"] == SEP.join(["0", "7", "", ""]) + value[
         value.index("\x1e") :
     ]
+
+
+async def grant_more(redis: aioredis.Redis, encoding: MemberEncoding) -> None:
+    assert await run(redis, "apply_grant", "ann", "seat", "s", 0, 1, 0, 5, encoding=encoding) == 0
+    # Buckets are kept in burn-down order (kind, expiry, grant, id), credits left in that order.
+    for grant in [
+        ("early", "s", ANCHOR, MARCH_END - 1, ANCHOR, 1),
+        ("addon", "p", ANCHOR, MARCH_END - 2, ANCHOR, 2),
+        ("older", "s", ANCHOR, MARCH_END, ANCHOR - 1, 3),
+        ("seas", "s", ANCHOR, MARCH_END, ANCHOR, 4),
+    ]:
+        assert await run(redis, "apply_grant", "ann", *grant, encoding=encoding) == 1
+
+
+async def test_config_scripts_binary(redis: aioredis.Redis) -> None:
+    await setup(redis)
+    assert await hash_of(redis, P + "o") == {
+        "c": SEP.join(["active", "monthly", str(ANCHOR), "30", "all", "", "0"]),
+    }
+    assert await hash_of(redis, P + "g") == {"team": "500"}
+    ann = await member_value(redis, "ann")
+    assert ann[:1] == b"\x02"
+    assert decode_owner(ann) == (
+        (True, None, "team", False), [("s", ANCHOR, MARCH_END, ANCHOR, "seat", 100)]
+    )  # fmt: skip
+    pool = await redis.get(P + "sh")
+    assert pool[:1] == b"\x02"
+    assert decode_owner(pool) == (None, [("h", ANCHOR, MARCH_END + 1, ANCHOR, "pool", 1000)])
+    await grant_more(redis, "binary")
+    config, buckets = decode_owner(await member_value(redis, "ann"))
+    assert config == (True, None, "team", False)
+    assert [(b[4], b[5]) for b in buckets] == [
+        ("early", 1), ("older", 3), ("seas", 4), ("seat", 100), ("addon", 2),
+    ]  # fmt: skip
+    assert await run(redis, "remove_member", "ann") == 1
+    assert decode_owner(await member_value(redis, "ann")) == ((True, None, "team", True), buckets)
+    await run(redis, "put_member", "ann", "0", "7", "")
+    assert decode_owner(await member_value(redis, "ann")) == ((False, 7, "", False), buckets)
     assert await run(redis, "remove_member", "bob") == 0
     assert await run(redis, "delete_billing_group", "team") == 1
     assert await redis.exists(P + "g") == 0
     assert sorted(await redis.keys("*")) == sorted(k.encode() for k in [P + "o", P + "m", P + "sh"])
+
+
+@pytest.mark.parametrize("written", ["text", "binary"])
+async def test_each_library_reads_both_encodings_and_writes_its_own(
+    redis: aioredis.Redis, written: MemberEncoding
+) -> None:
+    """Values written by one library are read by the other, which writes them again in its own
+    encoding when it changes them, and leaves the others as they are."""
+    other: MemberEncoding = "binary" if written == "text" else "text"
+    await setup(redis, written)
+    await grant_more(redis, written)
+    await run(redis, "put_member", "bob", "1", "", "", encoding=written)
+    await run(redis, "apply_grant", "bob", "b-seat", "s", ANCHOR, MARCH_END, ANCHOR, 10,
+              encoding=written)  # fmt: skip
+    before = decode_owner(await member_value(redis, "ann"))
+    bob = await member_value(redis, "bob")
+    balances = await run(redis, "balances", encoding=other)
+    assert dict(zip(balances[::2], balances[1::2], strict=True)) == {
+        b"early": b"1", b"older": b"3", b"seas": b"4", b"seat": b"100", b"addon": b"2",
+        b"pool": b"1000", b"b-seat": b"10",
+    }  # fmt: skip
+    # 8 credits: the 1 of "early", 3 of "older", 4 of "seas"; then 200: the seat's 100, the
+    # add-on's 2 and 98 of the pool.
+    reply = await run(redis, "settle_batch", NOW, packed(("e1", "ann", 8, NOW, ""),
+                      ("e2", "ann", 200, NOW, "")), encoding=other)  # fmt: skip
+    assert reply[0] == b"nn"
+    ann = await member_value(redis, "ann")
+    assert (ann[:1] == b"\x02") == (other == "binary")
+    config, buckets = decode_owner(ann)
+    assert config == before[0]
+    assert [(b[4], b[5]) for b in buckets] == [
+        ("early", 0), ("older", 0), ("seas", 0), ("seat", 0), ("addon", 0),
+    ]  # fmt: skip
+    assert [b[:5] for b in buckets] == [b[:5] for b in before[1]]
+    pool = await redis.get(P + "sh")
+    assert (pool[:1] == b"\x02") == (other == "binary")
+    assert decode_owner(pool)[1][0][5] == 902
+    assert await member_value(redis, "bob") == bob  # not drawn from: not written
+    assert (await run(redis, "void", NOW, "e2", "", encoding=written))[0] == b"new"
+    assert decode_owner(await member_value(redis, "ann"))[1][3][5] == 100
+    assert decode_owner(await redis.get(P + "sh"))[1][0][5] == 1000
 
 
 async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
@@ -91,8 +236,8 @@ async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
     assert await redis.object("encoding", counters) == b"hashtable"
     ttl = await redis.pttl(counters)
     assert MARCH_END + 7 * 86_400_000 - NOW - 5000 < ttl <= MARCH_END + 7 * 86_400_000 - NOW
-    assert (await hash_of(redis, P + "m"))["ann"].endswith("\x1d0")
-    assert (await redis.get(P + "sh")).endswith(b"\x1d950")
+    assert decode_owner(await member_value(redis, "ann"))[1][0][5] == 0
+    assert decode_owner(await redis.get(P + "sh"))[1][0][5] == 950
 
     assert await run(redis, "void", MARCH_END, "e1", "") == [
         b"new",
@@ -104,7 +249,7 @@ async def test_settle_confirm_void(redis: aioredis.Redis) -> None:
     assert await hash_of(redis, counters) == {
         "aann": "0", "sann": "0", "gteam": "0", "d": "0", "_": "_" * 72,
     }  # fmt: skip
-    assert (await redis.get(P + "sh")).endswith(b"\x1d1000")
+    assert decode_owner(await redis.get(P + "sh"))[1][0][5] == 1000
     assert (await run(redis, "void", MARCH_END, "e1", ""))[0] == b"dup"
 
     assert await run(redis, "confirm", "e1\x1enope\x1e") == 1

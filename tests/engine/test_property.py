@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
@@ -156,6 +156,32 @@ async def redis_engine(redis_url: str) -> AsyncIterator[RedisEngine]:
     await engine.load_scripts()
     try:
         yield engine
+    finally:
+        await client.aclose()
+
+
+class RollingUpgrade:
+    """Two engines on one Redis taking calls in turn, as processes of two releases do while one
+    replaces the other: one writes members as text (what earlier releases read), one binary."""
+
+    def __init__(self, *engines: RedisEngine) -> None:
+        self._engines = engines
+        self._calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        engine = self._engines[self._calls % len(self._engines)]
+        self._calls += 1
+        return getattr(engine, name)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def upgrading_engine(redis_url: str) -> AsyncIterator[RollingUpgrade]:
+    client = aioredis.Redis.from_url(redis_url)
+    engines = [RedisEngine(client, encoding="text"), RedisEngine(client, encoding="binary")]
+    for engine in engines:
+        await engine.load_scripts()
+    try:
+        yield RollingUpgrade(*engines)
     finally:
         await client.aclose()
 
@@ -348,6 +374,24 @@ async def test_model_and_redis_cluster_agree(
     """A subset of the examples on the local Redis Cluster: each organization's scripts run on
     the primary owning its hash tag's slot (the ids spread them over every primary)."""
     await agree(cluster_engine, f"c{next(ORG_IDS)}", org, setup, steps)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(org=orgs, setup=setups, steps=st.lists(ops, min_size=8, max_size=30))
+async def test_model_and_a_rolling_upgrade_agree(
+    upgrading_engine: RollingUpgrade,
+    org: tuple[Any, ...],
+    setup: tuple[list[tuple[Any, ...]], ...],
+    steps: list[tuple[Any, ...]],
+) -> None:
+    """Members written as text and binary by turns, each read by the other's next call: every
+    call answers as the model does, whichever encoding the values it reads are in."""
+    await agree(cast(RedisEngine, upgrading_engine), f"u{next(ORG_IDS)}", org, setup, steps)
 
 
 async def agree(

@@ -4,7 +4,7 @@ local org_key = KEYS[1]
 local P = string.sub(org_key, 1, -2)
 local out, n = {}, 0
 local function collect(v)
-  local buckets = decode_buckets(v, {})
+  local _, buckets = decode_owner(v)
   for i = 1, #buckets do
     out[n + 1] = buckets[i].id
     out[n + 2] = fmt(buckets[i].left)

@@ -165,33 +165,106 @@ local function id_less(a, b)
   return la < lb
 end
 
--- The buckets of an owner's value (see the layout above), in stored order, which is burn-down
--- order: {id, kind, rank, from, exp, left, owner}. owner is the table of the owner (a member, or
--- {id = ''} for the shared pool); it gets v, the value, p, the offset of its \29, and buckets.
-local function decode_buckets(v, owner)
-  local out, n = {}, 0
-  for kind, from, exp, id in string.gmatch(v, '\30(%a)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)') do
-    n = n + 1
-    out[n] = {id = id, kind = kind, rank = RANK_OF[kind], from = from + 0,
-              exp = exp + 0, owner = owner}
+-- An owner's value (a member's, or the shared pool's; see the layout above) in either encoding,
+-- whole: its config (nil for the pool, or a member with grants but never put: {seated, limit
+-- (nil: the org's default), group, removed}) and its buckets in stored order, which is burn-down
+-- order: {kind, from, exp, granted, id, left}, numbers as numbers. For the scripts that change
+-- an owner's buckets or config; settling and checking read a member lazily (lazy_member).
+local function decode_owner(v)
+  local cfg, out, n = nil, {}, 0
+  if string.byte(v, 1) == 2 then
+    local unpack_at = struct.unpack
+    local flags, limit, group, nb, pos = unpack_at('<BdI4c0I4', v, 2)
+    if flags % 2 == 1 then
+      cfg = {seated = flags % 4 >= 2, limit = flags >= 8 and limit or nil, group = group,
+             removed = flags % 8 >= 4}
+    end
+    local lpos = pos
+    pos = pos + 8 * nb
+    for i = 1, nb do
+      local kind, from, exp, granted, id, nxt = unpack_at('<c1dddI4c0', v, pos)
+      out[i] = {kind = kind, from = from, exp = exp, granted = granted, id = id,
+                left = (unpack_at('<d', v, lpos))}
+      pos, lpos = nxt, lpos + 8
+    end
+    return cfg, out
   end
-  local p = string.find(v, '\29', 1, true)
+  local seated, limit, group, removed = string.match(v, '^([01])\31([^\31]*)\31([^\31]*)\31([^\30\29]*)')
+  if seated then
+    cfg = {seated = seated == '1', limit = limit ~= '' and limit + 0 or nil, group = group,
+           removed = removed ~= ''}
+  end
+  for kind, from, exp, granted, id in string.gmatch(v, '\30(%a)([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\30\29]*)') do
+    n = n + 1
+    out[n] = {kind = kind, from = from + 0, exp = exp + 0, granted = granted + 0, id = id}
+  end
   if n > 0 then
     local i = 0
-    for left in string.gmatch(string.sub(v, p + 1), '[^\31]+') do
+    for left in string.gmatch(string.sub(v, string.find(v, '\29', 1, true) + 1), '[^\31]+') do
       i = i + 1
       out[i].left = left + 0
     end
   end
-  owner.v, owner.p, owner.buckets = v, p, out
-  return out
+  return cfg, out
 end
 
--- An owner's value with the credits left of its buckets as they are now.
-local function encode_owner(o)
-  local lefts, b = {}, o.buckets
-  for i = 1, #b do lefts[i] = fmt(b[i].left) end
-  return string.sub(o.v, 1, o.p) .. table.concat(lefts, SEP)
+-- An owner's value from its config and buckets (decode_owner's), in the library's encoding:
+-- binary, or text while older processes that read only text may still run (README "Redis
+-- layout").
+local function encode_owner(cfg, buckets)
+  local n = #buckets
+  if WRITE_BINARY then
+    local pack = struct.pack
+    local flags, limit, group = 0, 0, ''
+    if cfg then
+      flags = 1 + (cfg.seated and 2 or 0) + (cfg.removed and 4 or 0)
+      if cfg.limit then flags, limit = flags + 8, cfg.limit end
+      group = cfg.group
+    end
+    local lefts, heads = {}, {}
+    for i = 1, n do
+      local b = buckets[i]
+      lefts[i] = pack('<d', b.left)
+      heads[i] = pack('<c1dddI4c0', b.kind, b.from, b.exp, b.granted, #b.id, b.id)
+    end
+    return '\2' .. pack('<BdI4c0I4', flags, limit, #group, group, n) .. table.concat(lefts)
+      .. table.concat(heads)
+  end
+  local config = ''
+  if cfg then
+    config = (cfg.seated and '1' or '0') .. SEP .. (cfg.limit and fmt(cfg.limit) or '') .. SEP
+      .. cfg.group .. SEP .. (cfg.removed and '1' or '')
+  end
+  local heads, lefts = {}, {}
+  for i = 1, n do
+    local b = buckets[i]
+    heads[i] = '\30' .. b.kind .. fmt(b.from) .. SEP .. fmt(b.exp) .. SEP .. fmt(b.granted) .. SEP
+      .. b.id
+    lefts[i] = fmt(b.left)
+  end
+  return config .. table.concat(heads) .. '\29' .. table.concat(lefts, SEP)
+end
+
+-- The owner's value at key (the pool's string, or a member's field of the hash m), decoded whole;
+-- an owner not stored has no config and no buckets.
+local function load_owner(P, member_id)
+  local v
+  if member_id == '' then
+    v = redis.call('GET', P .. 'sh')
+  else
+    v = redis.call('HGET', P .. 'm', member_id)
+  end
+  if not v then return nil, {}, false end
+  local cfg, buckets = decode_owner(v)
+  return cfg, buckets, true
+end
+
+local function store_owner(P, member_id, cfg, buckets)
+  if member_id == '' then
+    redis.call('SET', P .. 'sh', encode_owner(nil, buckets))
+  else
+    redis.call('HSET', P .. 'm', member_id, encode_owner(cfg, buckets))
+  end
 end
 
 -- A member for settling or checking (member_id, its value in m or nil): its config decoded now,
@@ -201,25 +274,39 @@ end
 -- and a batch makes one of these for each member it settles.
 --   M_ID, M_SEATED (nil: a member never put, unknown), M_LIMIT (nil: the org's default),
 --   M_GROUP, M_REMOVED; M_BUCKETS: the buckets decoded so far, in order; M_V: the value, M_P:
---   the offset of its \29, M_POS: where the next bucket head starts, M_LPOS: its credits left;
---   M_DIRTY: a bucket's credits left changed; and for settle_batch, M_GRP (the member's group
---   record), M_FA and M_FS (its counter fields) and M_PERIOD (the period record it was last
---   seen in), created here so the array is allocated once.
+--   where its credits left start (text: the offset of its \29), M_POS: where the next bucket
+--   head starts, M_LPOS: its credits left; M_DIRTY: a bucket's credits left changed; and for
+--   settle_batch, M_GRP (the member's group record), M_FA and M_FS (its counter fields) and
+--   M_PERIOD (the period record it was last seen in), created here so the array is allocated
+--   once; M_BIN: the value is binary.
 -- The shared pool is such an array too (shared_pool), whose value is read at M_KEY when a draw
 -- first walks to it. The owner of a bucket (bucket.owner) is a member or the pool.
+-- A bucket read this way: {id, kind, rank, from, exp, left, owner}.
 local M_ID, M_SEATED, M_LIMIT, M_GROUP, M_REMOVED, M_BUCKETS, M_V, M_P = 1, 2, 3, 4, 5, 6, 7, 8
 local M_POS, M_LPOS, M_DIRTY, M_GRP, M_FA, M_FS, M_PERIOD, M_KEY = 9, 10, 11, 12, 13, 14, 15, 16
+local M_BIN = 17
 local function lazy_member(member_id, v)
   if not v then
-    return {member_id, nil, nil, '', nil, {}, '\29', 1, 1, 2, false, false, false, false, false}
+    return {member_id, nil, nil, '', nil, {}, '\29', 1, 1, 2, false, false, false, false, false,
+            false, false}
+  end
+  if string.byte(v, 1) == 2 then
+    local flags, limit, group, nb, pos = struct.unpack('<BdI4c0I4', v, 2)
+    if flags % 2 == 0 then
+      return {member_id, nil, nil, '', nil, {}, v, pos, pos + 8 * nb, pos, false, false, false,
+              false, false, false, true}
+    end
+    return {member_id, flags % 4 >= 2, flags >= 8 and limit or nil, group, flags % 8 >= 4, {}, v,
+            pos, pos + 8 * nb, pos, false, false, false, false, false, false, true}
   end
   local seated, limit, group, removed, pos = string.match(v, '^([01])\31([^\31]*)\31([^\31]*)\31([^\30\29]*)()')
   local p = string.find(v, '\29', pos or 1, true)
   if not seated then
-    return {member_id, nil, nil, '', nil, {}, v, p, 1, p + 1, false, false, false, false, false}
+    return {member_id, nil, nil, '', nil, {}, v, p, 1, p + 1, false, false, false, false, false,
+            false, false}
   end
   return {member_id, seated == '1', limit ~= '' and limit + 0 or nil, group, removed ~= '', {}, v,
-          p, pos, p + 1, false, false, false, false, false}
+          p, pos, p + 1, false, false, false, false, false, false, false}
 end
 
 -- The k-th bucket of a lazy_member (nil past the last), decoding the buckets up to it.
@@ -230,8 +317,30 @@ local function member_bucket(m, k)
   local v = m[M_V]
   if not v then -- the shared pool, first reached
     v = redis.call('GET', m[M_KEY]) or '\29'
-    local p = string.find(v, '\29', 1, true)
-    m[M_V], m[M_P], m[M_LPOS] = v, p, p + 1
+    if string.byte(v, 1) == 2 then
+      local _, _, _, nb, pos = struct.unpack('<BdI4c0I4', v, 2)
+      m[M_V], m[M_P], m[M_POS], m[M_LPOS], m[M_BIN] = v, pos, pos + 8 * nb, pos, true
+    else
+      local p = string.find(v, '\29', 1, true)
+      m[M_V], m[M_P], m[M_LPOS] = v, p, p + 1
+    end
+  end
+  if m[M_BIN] then
+    local unpack_at = struct.unpack
+    local pos, lpos = m[M_POS], m[M_LPOS]
+    for i = #bs + 1, k do
+      if pos > #v then
+        m[M_POS], m[M_LPOS] = pos, lpos
+        return nil
+      end
+      local kind, from, exp, _, id, nxt = unpack_at('<c1dddI4c0', v, pos)
+      b = {id = id, kind = kind, rank = RANK_OF[kind], from = from, exp = exp,
+           left = (unpack_at('<d', v, lpos)), owner = m}
+      bs[i] = b
+      pos, lpos = nxt, lpos + 8
+    end
+    m[M_POS], m[M_LPOS] = pos, lpos
+    return b
   end
   for i = #bs + 1, k do
     local kind, from, exp, id, nxt = string.match(v, '^\30(.)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)()', m[M_POS])
@@ -245,15 +354,35 @@ local function member_bucket(m, k)
   return b
 end
 
--- A lazy_member's value with the credits left of its decoded buckets as they are now.
+-- A lazy_member's value with the credits left of its decoded buckets as they are now, in the
+-- library's encoding. The decoded buckets come first in the value: in the encoding written, their
+-- credits left are replaced in place; a value of the other encoding is decoded whole and written
+-- again.
 local function encode_member(m)
-  local bs, v, lpos = m[M_BUCKETS], m[M_V], m[M_LPOS]
-  if #bs == 1 and lpos <= #v then -- one bucket drawn of several: one string, no list
-    return string.sub(v, 1, m[M_P]) .. fmt(bs[1].left) .. SEP .. string.sub(v, lpos)
+  local bs, v = m[M_BUCKETS], m[M_V]
+  local k = #bs
+  if m[M_BIN] ~= WRITE_BINARY then
+    local cfg, all = decode_owner(v)
+    for i = 1, k do all[i].left = bs[i].left end
+    return encode_owner(cfg, all)
+  end
+  local p = m[M_P]
+  if WRITE_BINARY then
+    if k == 1 then
+      return string.sub(v, 1, p - 1) .. struct.pack('<d', bs[1].left) .. string.sub(v, p + 8)
+    end
+    local lefts = {}
+    for i = 1, k do lefts[i] = bs[i].left end
+    return string.sub(v, 1, p - 1) .. struct.pack('<' .. string.rep('d', k), unpack(lefts))
+      .. string.sub(v, p + 8 * k)
+  end
+  local lpos = m[M_LPOS]
+  if k == 1 and lpos <= #v then -- one bucket drawn of several: one string, no list
+    return string.sub(v, 1, p) .. fmt(bs[1].left) .. SEP .. string.sub(v, lpos)
   end
   local lefts = {}
-  for i = 1, #bs do lefts[i] = fmt(bs[i].left) end
-  local out = string.sub(v, 1, m[M_P]) .. table.concat(lefts, SEP)
+  for i = 1, k do lefts[i] = fmt(bs[i].left) end
+  local out = string.sub(v, 1, p) .. table.concat(lefts, SEP)
   if lpos <= #v then out = out .. SEP .. string.sub(v, lpos) end
   return out
 end
@@ -307,7 +436,8 @@ end
 -- The shared pool as a lazy_member without config, read when a draw first walks to its
 -- buckets: most events are covered by their member's seat.
 local function shared_pool(P)
-  return {'', nil, nil, '', nil, {}, nil, nil, 1, nil, false, false, false, false, false, P .. 'sh'}
+  return {'', nil, nil, '', nil, {}, nil, nil, 1, nil, false, false, false, false, false, P .. 'sh',
+          false}
 end
 
 -- The buckets of a lazy_member and the shared pool usable at t, in burn-down order.

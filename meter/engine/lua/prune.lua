@@ -9,46 +9,35 @@ local org = load_org(P)
 if not org then return 0 end
 
 local dropped = 0
--- The owner's value without its prunable buckets (nil when nothing goes).
+-- The owner's config and buckets without its prunable buckets (nil when nothing goes).
 local function prune(v)
-  local p = string.find(v, '\29', 1, true)
-  local head = string.sub(v, 1, p - 1)
-  local first = string.find(head, '\30', 1, true)
-  if not first then return nil end
-  local lefts, i = {}, 0
-  for left in string.gmatch(string.sub(v, p + 1), '[^\31]+') do
-    i = i + 1
-    lefts[i] = left
-  end
-  local kept, kept_lefts, nk = {}, {}, 0
-  i = 0
-  for enc, exp in string.gmatch(head, '(\30%a[^\31]*\31([^\31]*)\31[^\30]*)') do
-    i = i + 1
-    exp = tonumber(exp)
+  local cfg, buckets = decode_owner(v)
+  local kept, nk = {}, 0
+  for i = 1, #buckets do
+    local b = buckets[i]
     local drop = false
-    if exp <= now then
-      local _, pe = period_at(org, exp - 1)
+    if b.exp <= now then
+      local _, pe = period_at(org, b.exp - 1)
       drop = now > pe + org.grace + PRUNE_AFTER_MS
     end
     if not drop then
       nk = nk + 1
-      kept[nk], kept_lefts[nk] = enc, lefts[i]
+      kept[nk] = b
     end
   end
-  if nk == i then return nil end
-  dropped = dropped + i - nk
-  return string.sub(head, 1, first - 1) .. table.concat(kept) .. '\29'
-    .. table.concat(kept_lefts, SEP)
+  if nk == #buckets then return nil end
+  dropped = dropped + #buckets - nk
+  return cfg, kept
 end
 
 local flat = redis.call('HGETALL', P .. 'm')
 for i = 1, #flat, 2 do
-  local v = prune(flat[i + 1])
-  if v then redis.call('HSET', P .. 'm', flat[i], v) end
+  local cfg, kept = prune(flat[i + 1])
+  if kept then store_owner(P, flat[i], cfg, kept) end
 end
 local sh = redis.call('GET', P .. 'sh')
 if sh then
-  local v = prune(sh)
-  if v then redis.call('SET', P .. 'sh', v) end
+  local _, kept = prune(sh)
+  if kept then store_owner(P, '', nil, kept) end
 end
 return dropped

@@ -6,8 +6,7 @@ local member_limit = ARGV[3] -- "" = the org's default
 local billing_group = ARGV[4] -- "" = Unassigned
 
 local P = string.sub(org_key, 1, -2)
-local v = redis.call('HGET', P .. 'm', member_id) or '\29'
-local buckets = string.sub(v, (string.find(v, '[\30\29]')))
-redis.call('HSET', P .. 'm', member_id,
-  seated .. SEP .. member_limit .. SEP .. billing_group .. SEP .. buckets)
+local _, buckets = load_owner(P, member_id)
+store_owner(P, member_id, {seated = seated == '1', limit = tonumber(member_limit),
+                           group = billing_group, removed = false}, buckets)
 return 1

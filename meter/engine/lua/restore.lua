@@ -14,18 +14,20 @@ if not org then return {'unknown_org', ''} end
 -- Each bucket id's bucket; false when more than one owner has it.
 local where = {}
 local owners = {}
-local function index(owner, v)
-  local buckets = decode_buckets(v, owner)
+local function index(owner_id, v)
+  local cfg, buckets = decode_owner(v)
+  local owner = {id = owner_id, cfg = cfg, buckets = buckets}
   owners[#owners + 1] = owner
   for i = 1, #buckets do
-    local id = buckets[i].id
-    if where[id] == nil then where[id] = buckets[i] else where[id] = false end
+    local b = buckets[i]
+    b.owner = owner
+    if where[b.id] == nil then where[b.id] = b else where[b.id] = false end
   end
 end
 local flat = redis.call('HGETALL', P .. 'm')
-for i = 1, #flat, 2 do index({id = flat[i]}, flat[i + 1]) end
+for i = 1, #flat, 2 do index(flat[i], flat[i + 1]) end
 local sh = redis.call('GET', P .. 'sh')
-if sh then index({id = ''}, sh) end
+if sh then index('', sh) end
 
 for i = 3, 2 + 2 * n, 2 do
   local b = where[ARGV[i]]
@@ -38,13 +40,7 @@ for i = 3, 2 + 2 * n, 2 do
   b.owner.dirty = true
 end
 for _, o in ipairs(owners) do
-  if o.dirty then
-    if o.id == '' then
-      redis.call('SET', P .. 'sh', encode_owner(o))
-    else
-      redis.call('HSET', P .. 'm', o.id, encode_owner(o))
-    end
-  end
+  if o.dirty then store_owner(P, o.id, o.cfg, o.buckets) end
 end
 
 local ps, pe = period_at(org, now)

@@ -326,7 +326,7 @@ for _, c in pairs(periods) do
   local args, na = {}, 0
   for field in pairs(c.dirty) do
     args[na + 1] = field
-    args[na + 2] = fmt(c.vals[field])
+    args[na + 2] = c.vals[field] -- (a number: the server writes it with %.17g, exact below 2^53)
     na = na + 2
   end
   if na > 0 then

@@ -24,19 +24,15 @@ local s = split(enc)
 local mid, ps, pe, group, unfunded = s[1], s[4], tonumber(s[5]), s[6], tonumber(s[7])
 local returned = {'new'}
 local drawn, drawn_shared = 0, 0
-local owners = {} -- owner id ("" = shared pool) -> owner, with a bucket index by id
+local owners = {} -- owner id ("" = shared pool) -> its config, buckets, and an index by id
 local function bucket(owner_id, id)
   local o = owners[owner_id]
   if not o then
-    local v
-    if owner_id == '' then
-      v = redis.call('GET', P .. 'sh')
-    else
-      v = redis.call('HGET', P .. 'm', owner_id)
-    end
-    o = {id = owner_id, by_id = {}}
-    if v then
-      for _, b in ipairs(decode_buckets(v, o)) do o.by_id[b.id] = b end
+    local cfg, buckets, stored = load_owner(P, owner_id)
+    o = {cfg = cfg, buckets = buckets, stored = stored, by_id = {}}
+    for _, b in ipairs(buckets) do
+      o.by_id[b.id] = b
+      b.owner = o
     end
     owners[owner_id] = o
   end
@@ -59,13 +55,7 @@ for j = 10, #s - 2, 3 do
   end
 end
 for owner_id, o in pairs(owners) do
-  if o.dirty then
-    if owner_id == '' then
-      redis.call('SET', P .. 'sh', encode_owner(o))
-    else
-      redis.call('HSET', P .. 'm', owner_id, encode_owner(o))
-    end
-  end
+  if o.dirty then store_owner(P, owner_id, o.cfg, o.buckets) end
 end
 if now <= pe + org.grace then
   local ckey = P .. 'c:' .. ps
