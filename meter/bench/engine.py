@@ -30,7 +30,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from meter.engine.periods import DAY_MS, period_at
-from meter.engine.redis import RedisEngine, org_key
+from meter.engine.redis import MemberEncoding, RedisEngine, org_key
 from meter.engine.types import (
     MICRO,
     BillingGroupConfig,
@@ -95,12 +95,13 @@ async def bench_engine(
     batch_sizes: Sequence[int] = (100, 1000),
     calls: int = 2000,
     seed: int = 1,
+    encoding: MemberEncoding = "binary",
 ) -> dict[str, Any]:
     """Run the benchmark against `redis_url`, print the report (and a JSON line when
     `json_out`), return the numbers. Creates its own organizations and deletes them after."""
     rng = random.Random(seed)
     client = redis_connect(redis_url, max_connections=orgs + 2)
-    engine = RedisEngine(client)
+    engine = RedisEngine(client, encoding=encoding)
     run_id = uuid.uuid4().hex[:8]
     anchor = int(time.time() * 1000) - 10 * DAY_MS
     configs = [
@@ -171,6 +172,7 @@ async def bench_engine(
             "redis_bytes_per_member": round(used / members),
             "orgs": orgs,
             "members": members,
+            "encoding": encoding,
             "by_batch": by_batch,
             "check_us": round(check_us, 2),
             "reserve_us": round(reserve_us, 2),
@@ -202,6 +204,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch", type=int, action="append", help="batch size (repeatable; default 100 and 1000)"
     )
+    parser.add_argument(
+        "--encoding", choices=["binary", "text"], default="binary", help="of the members written"
+    )
 
 
 async def run(args: argparse.Namespace, settings: Any) -> int:
@@ -217,6 +222,7 @@ async def run(args: argparse.Namespace, settings: Any) -> int:
             events=args.events,
             batch_sizes=args.batch or (100, 1000),
             calls=args.calls,
+            encoding=args.encoding,
         )
     return 0
 

@@ -9,13 +9,23 @@
 --                      org is being rebuilt. The org's state is all there (its loss marker) iff
 --                      c is set and b is not: a shard that restarts empty loses it with the data
 --   g           hash   billing group id -> period limit ("" = unlimited)
---   m           hash   member id -> its config and buckets, one string:
---                      seated|limit|group|removed, then per bucket in burn-down order
---                      \30 kind valid_from|expires_at|granted_at|bucket_id, then \29 and the
---                      buckets' credits left in the same order, |-separated (kind: one letter;
---                      seated "1"/"0", limit "" = org default, removed "1"/""); a member with
---                      grants but never put has no config part (the value starts with \30)
---   sh          string the shared pool's buckets, same encoding without the config part
+--   m           hash   member id -> its config and buckets, one string in either of two
+--                      encodings (every function reads both; the library writes the one the
+--                      Python side chose, WRITE_BINARY):
+--                      binary: the byte \2, then struct '<BdI4c0I4': flags (1 config
+--                      present, 2 seated, 4 removed, 8 limit set), limit, group, the number of
+--                      buckets n; then the n buckets' credits left ('<d' each) in burn-down
+--                      order; then each bucket's head in that order, '<c1dddI4c0': kind,
+--                      valid_from, expires_at, granted_at, bucket id. Numbers are doubles
+--                      (exact below 2^53), read without a pattern or a decimal conversion,
+--                      and a bucket's credits left is rewritten in place;
+--                      text (what earlier releases wrote): seated|limit|group|removed, then per
+--                      bucket in burn-down order \30 kind valid_from|expires_at|granted_at|
+--                      bucket_id, then \29 and the buckets' credits left in the same order,
+--                      |-separated (kind: one letter; seated "1"/"0", limit "" = org default,
+--                      removed "1"/""); a member with grants but never put has no config part
+--                      (the value starts with \30)
+--   sh          string the shared pool's buckets, same encodings without a config (flags 0)
 --   c:<start>   hash   counters of the period starting at <start>: a<m> s<m> g<group> d u, and
 --                      the field _ (COUNTER_PAD), which keeps the hash in hashtable encoding;
 --                      whoever writes the pad sets the hash's expiry
