@@ -10,25 +10,11 @@ local P = string.sub(org_key, 1, -2)
 local cfg, buckets = load_owner(P, member_id)
 local new = {kind = kind, from = tonumber(ARGV[4]), exp = tonumber(ARGV[5]),
              granted = tonumber(ARGV[6]), id = bucket_id, left = tonumber(ARGV[7])}
-local rank = RANK_OF[kind]
 local at = nil
 for i = 1, #buckets do
   local b = buckets[i]
   if b.id == bucket_id then return 0 end
-  if not at then
-    local r = RANK_OF[b.kind]
-    local before
-    if rank ~= r then
-      before = rank < r
-    elseif new.exp ~= b.exp then
-      before = new.exp < b.exp
-    elseif new.granted ~= b.granted then
-      before = new.granted < b.granted
-    else
-      before = id_less(bucket_id, b.id)
-    end
-    if before then at = i end
-  end
+  if not at and burns_before(new, b) then at = i end
 end
 table.insert(buckets, at or #buckets + 1, new)
 store_owner(P, member_id, cfg, buckets)

@@ -175,6 +175,16 @@ local function id_less(a, b)
   return la < lb
 end
 
+-- Whether bucket a comes before bucket b in burn-down order (buckets of decode_owner): kind,
+-- sooner expiry, older grant, then bucket id (bytewise).
+local function burns_before(a, b)
+  local ra, rb = RANK_OF[a.kind], RANK_OF[b.kind]
+  if ra ~= rb then return ra < rb end
+  if a.exp ~= b.exp then return a.exp < b.exp end
+  if a.granted ~= b.granted then return a.granted < b.granted end
+  return id_less(a.id, b.id)
+end
+
 -- An owner's value (a member's, or the shared pool's; see the layout above) in either encoding,
 -- whole: its config (nil for the pool, or a member with grants but never put: {seated, limit
 -- (nil: the org's default), group, removed}) and its buckets in stored order, which is burn-down
@@ -255,8 +265,8 @@ local function encode_owner(cfg, buckets)
   return config .. table.concat(heads) .. '\29' .. table.concat(lefts, SEP)
 end
 
--- The owner's value at key (the pool's string, or a member's field of the hash m), decoded whole;
--- an owner not stored has no config and no buckets.
+-- An owner's value (member_id "": the shared pool's string; else the member's field of the hash
+-- m), decoded whole; an owner not stored has no config and no buckets.
 local function load_owner(P, member_id)
   local v
   if member_id == '' then
@@ -264,9 +274,8 @@ local function load_owner(P, member_id)
   else
     v = redis.call('HGET', P .. 'm', member_id)
   end
-  if not v then return nil, {}, false end
-  local cfg, buckets = decode_owner(v)
-  return cfg, buckets, true
+  if not v then return nil, {} end
+  return decode_owner(v)
 end
 
 local function store_owner(P, member_id, cfg, buckets)
@@ -382,9 +391,8 @@ local function encode_member(m)
       return string.sub(v, 1, p - 1) .. struct.pack('<d', bs[1].left) .. string.sub(v, p + 8)
     end
     local lefts = {}
-    for i = 1, k do lefts[i] = bs[i].left end
-    return string.sub(v, 1, p - 1) .. struct.pack('<' .. string.rep('d', k), unpack(lefts))
-      .. string.sub(v, p + 8 * k)
+    for i = 1, k do lefts[i] = struct.pack('<d', bs[i].left) end
+    return string.sub(v, 1, p - 1) .. table.concat(lefts) .. string.sub(v, p + 8 * k)
   end
   local lpos = m[M_LPOS]
   if k == 1 and lpos <= #v then -- one bucket drawn of several: one string, no list

@@ -20,22 +20,9 @@ local was = b.left
 b.left = 0
 if b.exp > now then b.exp = now end
 -- its new place: before the first bucket it precedes in burn-down order
-local rank = RANK_OF[b.kind]
 local at = #buckets + 1
 for i = 1, #buckets do
-  local o = buckets[i]
-  local r = RANK_OF[o.kind]
-  local before
-  if rank ~= r then
-    before = rank < r
-  elseif b.exp ~= o.exp then
-    before = b.exp < o.exp
-  elseif b.granted ~= o.granted then
-    before = b.granted < o.granted
-  else
-    before = id_less(b.id, o.id)
-  end
-  if before then
+  if burns_before(b, buckets[i]) then
     at = i
     break
   end

@@ -28,8 +28,8 @@ local owners = {} -- owner id ("" = shared pool) -> its config, buckets, and an 
 local function bucket(owner_id, id)
   local o = owners[owner_id]
   if not o then
-    local cfg, buckets, stored = load_owner(P, owner_id)
-    o = {cfg = cfg, buckets = buckets, stored = stored, by_id = {}}
+    local cfg, buckets = load_owner(P, owner_id)
+    o = {cfg = cfg, buckets = buckets, by_id = {}}
     for _, b in ipairs(buckets) do
       o.by_id[b.id] = b
       b.owner = o
