@@ -36,17 +36,17 @@ def decode_owner(value: bytes) -> tuple[Config | None, list[Bucket]]:
     """A member's (or the shared pool's) value, in either encoding of lib.lua, read here
     independently of the Lua that writes it."""
     if value[:1] == b"\x02":
-        flags, limit, group_len = struct.unpack_from("<BdI", value, 1)
+        flags, limit, group_len = struct.unpack_from("<BqI", value, 1)
         at = 14
         group = value[at : at + group_len].decode()
         (n,) = struct.unpack_from("<I", value, at + group_len)
         at += group_len + 4
-        lefts = struct.unpack_from(f"<{n}d", value, at)
+        lefts = struct.unpack_from(f"<{n}q", value, at)
         at += 8 * n
         buckets = []
         for left in lefts:
             kind = value[at : at + 1].decode()
-            start, end, granted, id_len = struct.unpack_from("<dddI", value, at + 1)
+            start, end, granted, id_len = struct.unpack_from("<qqqI", value, at + 1)
             at += 29
             buckets.append(
                 (

@@ -12,13 +12,13 @@
 --   m           hash   member id -> its config and buckets, one string in either of two
 --                      encodings (every function reads both; the library writes the one the
 --                      Python side chose, WRITE_BINARY):
---                      binary: the byte \2, then struct '<BdI4c0I4': flags (1 config
+--                      binary: the byte \2, then struct '<Bi8I4c0I4': flags (1 config
 --                      present, 2 seated, 4 removed, 8 limit set), limit, group, the number of
---                      buckets n; then the n buckets' credits left ('<d' each) in burn-down
---                      order; then each bucket's head in that order, '<c1dddI4c0': kind,
---                      valid_from, expires_at, granted_at, bucket id. Numbers are doubles
---                      (exact below 2^53), read without a pattern or a decimal conversion,
---                      and a bucket's credits left is rewritten in place;
+--                      buckets n; then the n buckets' credits left ('<i8' each) in burn-down
+--                      order; then each bucket's head in that order, '<c1i8i8i8I4c0': kind,
+--                      valid_from, expires_at, granted_at, bucket id. Numbers are 64-bit
+--                      integers, read without a pattern or a decimal conversion, and a
+--                      bucket's credits left is rewritten in place;
 --                      text (what earlier releases wrote): seated|limit|group|removed, then per
 --                      bucket in burn-down order \30 kind valid_from|expires_at|granted_at|
 --                      bucket_id, then \29 and the buckets' credits left in the same order,
@@ -194,7 +194,7 @@ local function decode_owner(v)
   local cfg, out, n = nil, {}, 0
   if string.byte(v, 1) == 2 then
     local unpack_at = struct.unpack
-    local flags, limit, group, nb, pos = unpack_at('<BdI4c0I4', v, 2)
+    local flags, limit, group, nb, pos = unpack_at('<Bi8I4c0I4', v, 2)
     if flags % 2 == 1 then
       cfg = {seated = flags % 4 >= 2, limit = flags >= 8 and limit or nil, group = group,
              removed = flags % 8 >= 4}
@@ -202,9 +202,9 @@ local function decode_owner(v)
     local lpos = pos
     pos = pos + 8 * nb
     for i = 1, nb do
-      local kind, from, exp, granted, id, nxt = unpack_at('<c1dddI4c0', v, pos)
+      local kind, from, exp, granted, id, nxt = unpack_at('<c1i8i8i8I4c0', v, pos)
       out[i] = {kind = kind, from = from, exp = exp, granted = granted, id = id,
-                left = (unpack_at('<d', v, lpos))}
+                left = (unpack_at('<i8', v, lpos))}
       pos, lpos = nxt, lpos + 8
     end
     return cfg, out
@@ -244,10 +244,10 @@ local function encode_owner(cfg, buckets)
     local lefts, heads = {}, {}
     for i = 1, n do
       local b = buckets[i]
-      lefts[i] = pack('<d', b.left)
-      heads[i] = pack('<c1dddI4c0', b.kind, b.from, b.exp, b.granted, #b.id, b.id)
+      lefts[i] = pack('<i8', b.left)
+      heads[i] = pack('<c1i8i8i8I4c0', b.kind, b.from, b.exp, b.granted, #b.id, b.id)
     end
-    return '\2' .. pack('<BdI4c0I4', flags, limit, #group, group, n) .. table.concat(lefts)
+    return '\2' .. pack('<Bi8I4c0I4', flags, limit, #group, group, n) .. table.concat(lefts)
       .. table.concat(heads)
   end
   local config = ''
@@ -310,7 +310,7 @@ local function lazy_member(member_id, v)
             false, false}
   end
   if string.byte(v, 1) == 2 then
-    local flags, limit, group, nb, pos = struct.unpack('<BdI4c0I4', v, 2)
+    local flags, limit, group, nb, pos = struct.unpack('<Bi8I4c0I4', v, 2)
     if flags % 2 == 0 then
       return {member_id, nil, nil, '', nil, {}, v, pos, pos + 8 * nb, pos, false, false, false,
               false, false, false, true}
@@ -337,7 +337,7 @@ local function member_bucket(m, k)
   if not v then -- the shared pool, first reached
     v = redis.call('GET', m[M_KEY]) or '\29'
     if string.byte(v, 1) == 2 then
-      local _, _, _, nb, pos = struct.unpack('<BdI4c0I4', v, 2)
+      local _, _, _, nb, pos = struct.unpack('<Bi8I4c0I4', v, 2)
       m[M_V], m[M_P], m[M_POS], m[M_LPOS], m[M_BIN] = v, pos, pos + 8 * nb, pos, true
     else
       local p = string.find(v, '\29', 1, true)
@@ -352,9 +352,9 @@ local function member_bucket(m, k)
         m[M_POS], m[M_LPOS] = pos, lpos
         return nil
       end
-      local kind, from, exp, _, id, nxt = unpack_at('<c1dddI4c0', v, pos)
+      local kind, from, exp, _, id, nxt = unpack_at('<c1i8i8i8I4c0', v, pos)
       b = {id = id, kind = kind, rank = RANK_OF[kind], from = from, exp = exp,
-           left = (unpack_at('<d', v, lpos)), owner = m}
+           left = (unpack_at('<i8', v, lpos)), owner = m}
       bs[i] = b
       pos, lpos = nxt, lpos + 8
     end
@@ -388,10 +388,10 @@ local function encode_member(m)
   local p = m[M_P]
   if WRITE_BINARY then
     if k == 1 then
-      return string.sub(v, 1, p - 1) .. struct.pack('<d', bs[1].left) .. string.sub(v, p + 8)
+      return string.sub(v, 1, p - 1) .. struct.pack('<i8', bs[1].left) .. string.sub(v, p + 8)
     end
     local lefts = {}
-    for i = 1, k do lefts[i] = struct.pack('<d', bs[i].left) end
+    for i = 1, k do lefts[i] = struct.pack('<i8', bs[i].left) end
     return string.sub(v, 1, p - 1) .. table.concat(lefts) .. string.sub(v, p + 8 * k)
   end
   local lpos = m[M_LPOS]
