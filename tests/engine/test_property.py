@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 import itertools
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -342,13 +342,18 @@ def expected_usage(w: World) -> dict[str, int]:
     return {k: v for k, v in out.items() if v}
 
 
-@settings(
-    max_examples=2000,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(org=orgs, setup=setups, steps=st.lists(ops, min_size=8, max_size=30))
+def call_sequences(examples: int) -> Callable[[Callable[..., Any]], Any]:
+    """A test of `examples` random call sequences: an org, its setup, then 8 to 30 steps
+    (derandomized, so every run draws the same)."""
+    return lambda test: settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )(given(org=orgs, setup=setups, steps=st.lists(ops, min_size=8, max_size=30))(test))
+
+
+@call_sequences(2000)
 async def test_model_and_redis_agree(
     redis_engine: RedisEngine,
     org: tuple[Any, ...],
@@ -358,13 +363,7 @@ async def test_model_and_redis_agree(
     await agree(redis_engine, f"p{next(ORG_IDS)}", org, setup, steps)
 
 
-@settings(
-    max_examples=100,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(org=orgs, setup=setups, steps=st.lists(ops, min_size=8, max_size=30))
+@call_sequences(100)
 async def test_model_and_redis_cluster_agree(
     cluster_engine: RedisEngine,
     org: tuple[Any, ...],
@@ -376,13 +375,7 @@ async def test_model_and_redis_cluster_agree(
     await agree(cluster_engine, f"c{next(ORG_IDS)}", org, setup, steps)
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(org=orgs, setup=setups, steps=st.lists(ops, min_size=8, max_size=30))
+@call_sequences(300)
 async def test_model_and_a_rolling_upgrade_agree(
     upgrading_engine: RollingUpgrade,
     org: tuple[Any, ...],
@@ -431,13 +424,7 @@ async def compare_state(w: World, model: Ledger, redis_engine: RedisEngine) -> N
     assert all(value <= MAX_AMOUNT for value in usage.values())
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(org=orgs, setup=setups, steps=st.lists(ops, min_size=8, max_size=30))
+@call_sequences(150)
 async def test_restore_after_redis_lost_everything(
     redis: aioredis.Redis,
     redis_engine: RedisEngine,
