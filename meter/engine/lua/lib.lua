@@ -305,27 +305,26 @@ local M_ID, M_SEATED, M_LIMIT, M_GROUP, M_REMOVED, M_BUCKETS, M_V, M_P = 1, 2, 3
 local M_POS, M_LPOS, M_DIRTY, M_GRP, M_FA, M_FS, M_PERIOD, M_KEY = 9, 10, 11, 12, 13, 14, 15, 16
 local M_BIN = 17
 local function lazy_member(member_id, v)
+  local seated, limit, group, removed = nil, nil, '', nil -- a member never put: no config
+  local p, pos, lpos, bin
   if not v then
-    return {member_id, nil, nil, '', nil, {}, '\29', 1, 1, 2, false, false, false, false, false,
-            false, false}
-  end
-  if string.byte(v, 1) == 2 then
-    local flags, limit, group, nb, pos = struct.unpack('<Bi8I4c0I4', v, 2)
-    if flags % 2 == 0 then
-      return {member_id, nil, nil, '', nil, {}, v, pos, pos + 8 * nb, pos, false, false, false,
-              false, false, false, true}
+    v, p, pos, lpos, bin = '\29', 1, 1, 2, false
+  elseif string.byte(v, 1) == 2 then
+    local flags, lim, grp, nb, at = struct.unpack('<Bi8I4c0I4', v, 2)
+    if flags % 2 == 1 then
+      seated, limit, group, removed = flags % 4 >= 2, flags >= 8 and lim or nil, grp, flags % 8 >= 4
     end
-    return {member_id, flags % 4 >= 2, flags >= 8 and limit or nil, group, flags % 8 >= 4, {}, v,
-            pos, pos + 8 * nb, pos, false, false, false, false, false, false, true}
+    p, pos, lpos, bin = at, at + 8 * nb, at, true
+  else
+    local s, lim, grp, rem, at = string.match(v, '^([01])\31([^\31]*)\31([^\31]*)\31([^\30\29]*)()')
+    if s then
+      seated, limit, group, removed = s == '1', lim ~= '' and lim + 0 or nil, grp, rem ~= ''
+    end
+    p = string.find(v, '\29', at or 1, true)
+    pos, lpos, bin = at or 1, p + 1, false
   end
-  local seated, limit, group, removed, pos = string.match(v, '^([01])\31([^\31]*)\31([^\31]*)\31([^\30\29]*)()')
-  local p = string.find(v, '\29', pos or 1, true)
-  if not seated then
-    return {member_id, nil, nil, '', nil, {}, v, p, 1, p + 1, false, false, false, false, false,
-            false, false}
-  end
-  return {member_id, seated == '1', limit ~= '' and limit + 0 or nil, group, removed ~= '', {}, v,
-          p, pos, p + 1, false, false, false, false, false, false, false}
+  return {member_id, seated, limit, group, removed, {}, v, p, pos, lpos, false, false, false, false,
+          false, false, bin}
 end
 
 -- The k-th bucket of a lazy_member (nil past the last), decoding the buckets up to it.
