@@ -39,7 +39,7 @@ from meter.redis_client import connect as redis_connect
 
 if TYPE_CHECKING:
     from meter.cli import Handler
-    from meter.engine.redis import MemberEncoding
+    from meter.engine.types import MemberEncoding
     from meter.settings import Settings
 
 ORG_QUARANTINED = "org_quarantined"

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from meter.engine.types import MAX_AMOUNT
+from meter.engine.types import MAX_AMOUNT, MemberEncoding
 from meter.redis_client import SINGLE_SCHEMES, cluster_seeds, is_cluster
 
 
@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     consumer_stall_s: float = Field(default=60.0, gt=0)
     """How long `meter consume` may write no batch while records wait before its readiness
     (`/readyz`) fails with `no_progress`."""
-    member_encoding: Literal["binary", "text"] = "binary"
+    member_encoding: MemberEncoding = "binary"
     """How the engine writes members in Redis (it reads both): `text` while processes of a release
     that reads only text may still run (meter/engine/README.md, "Member encodings")."""
     offset_reset: Literal["earliest", "latest", "fail"] = "earliest"

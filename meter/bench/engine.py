@@ -30,13 +30,14 @@ import orjson
 import redis.asyncio as aioredis
 
 from meter.engine.periods import DAY_MS, period_at
-from meter.engine.redis import MemberEncoding, RedisEngine, org_key
+from meter.engine.redis import RedisEngine, org_key
 from meter.engine.types import (
     MICRO,
     BillingGroupConfig,
     Grant,
     Kind,
     MemberConfig,
+    MemberEncoding,
     OrgConfig,
     OrgStatus,
     PeriodKind,

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -45,6 +45,7 @@ from meter.engine.types import (
     Kind,
     Line,
     MemberConfig,
+    MemberEncoding,
     OrgConfig,
     Period,
     Reason,
@@ -132,7 +133,7 @@ local register_function = redis.register_function
 local function runtime_globals() return {_GLOBALS} end
 local {_GLOBALS}
 local function bind_globals() {_GLOBALS} = runtime_globals() end
--- The encoding of the values this library writes (lib.lua, "owner values"): it reads both.
+-- The encoding of the members this library writes (lib.lua's layout of m): it reads both.
 local WRITE_BINARY = @binary@
 """
 
@@ -145,12 +146,6 @@ class Library:
     source: str
     functions: Mapping[str, str]
     """Script name -> the name it is registered under."""
-
-
-MemberEncoding = Literal["binary", "text"]
-"""How the engine writes a member's value (and the shared pool's): it reads both. `text` is the
-only one that earlier releases read: a rolling upgrade from one of them writes `text` until no
-process of it is left (meter/engine/README.md, "Member encodings")."""
 
 
 @cache

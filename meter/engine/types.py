@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -196,6 +196,11 @@ class VoidResult:
 
 MAX_HOLD_MS = 15 * 60 * 1000
 DEFAULT_HOLD_MS = 60 * 1000
+
+MemberEncoding = Literal["binary", "text"]
+"""How the Redis engine writes a member's value (and the shared pool's): it reads both. `text` is
+the only one that earlier releases read: a rolling upgrade from one of them writes `text` until
+no process of it is left (meter/engine/README.md, "Member encodings")."""
 
 MAX_AMOUNT = 2**53 - 1
 """Largest amount (and largest sum kept in one counter) the engine accepts, in micro-credits.

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from meter.engine.redis import SEP, MemberEncoding, library, org_key
+from meter.engine.redis import SEP, library, org_key
+from meter.engine.types import MemberEncoding
 
 ORG = "acme"
 P = "meter:{acme}:"
