@@ -97,12 +97,12 @@ end
 -- Pass 1: period (a record shared by its events) and whether it is late, for each event not
 -- already settled; group of each member; which counters the batch reads.
 local ev_c, ev_at, ev_late = {}, {}, {}
-local periods = {} -- period start -> {ps, pe, ss, es, key, expire_at, fields, seen, vals, dirty}
+local periods = {} -- period start -> {ps, pe, ss, es, span, key, expire_at, fields, seen, vals, dirty}
 local function period_record(ps, pe, ss, es) -- (ss, es: ps and pe as strings, when known)
   local c = periods[ps]
   if not c then
-    ss = ss or fmt(ps)
-    c = {ps = ps, pe = pe, ss = ss, es = es or fmt(pe), key = P .. 'c:' .. ss,
+    ss, es = ss or fmt(ps), es or fmt(pe)
+    c = {ps = ps, pe = pe, ss = ss, es = es, span = SEP .. ss .. SEP .. es .. SEP, key = P .. 'c:' .. ss,
          expire_at = pe + org.grace + COUNTER_KEEP_MS, fields = {'d', 'u', '_'}, nf = 3, seen = {},
          vals = {}, dirty = {}}
     periods[ps] = c
@@ -179,6 +179,7 @@ end
 local fresh = {}
 local new_results, nr = {}, 0
 local scratch = {false, false, false, false}
+local SEP_0_SEP = SEP .. '0' .. SEP
 local active, default_limit = org.active, org.default_limit
 for i = 1, n do
   local key = keys[i]
@@ -193,13 +194,14 @@ for i = 1, n do
   else
     local mid = mids[i]
     local mem = members[mid]
-    local credits = amounts[i] + 0
+    local amount_s = amounts[i]
+    local credits = amount_s + 0
     local rid = rids[i]
     local vals, dirty = c.vals, c.dirty
     local g, fa, fs = mem[M_GRP], mem[M_FA], mem[M_FS]
     local group, gf = g.id, g.field
     local lines, nl, unfunded, mflag, gflag = nil, 0, credits, false, false
-    local whole = false -- the draw is one line of a member's bucket, of all the credits
+    local whole = nil -- the member's bucket, when the draw is one line of it of all the credits
     if active then
       local limit = mem[M_LIMIT]
       if limit == nil then limit = default_limit end
@@ -219,8 +221,7 @@ for i = 1, n do
       if credits > 0 and b and b.rank < 2 and b.from <= t and t < b.exp and b.left >= credits
           and (shared_policy or not mroom or mroom >= credits)
           and (not groom or groom >= credits) then
-        lines, nl, unfunded, whole = scratch, 2, 0, true
-        scratch[1], scratch[2] = b, credits
+        whole, unfunded = b, 0
       else
         lines, nl, unfunded, mflag, gflag = draw_at(mem, shared, t, credits, shared_policy, mroom,
           groom, 'left', scratch)
@@ -246,8 +247,11 @@ for i = 1, n do
     end
     -- Counters stay exact (below 2^53): an event that would push one past is refused whole.
     -- A sum of two values below 2^53 rounds, if at all, to a double above MAX_AMOUNT.
-    if vals.u + unfunded > MAX_AMOUNT or (drawn ~= 0 and (vals.d + drawn > MAX_AMOUNT
-        or vals[fa] + drawn > MAX_AMOUNT or vals[gf] + drawn > MAX_AMOUNT
+    -- (The sums are the counters' values once the event is settled.)
+    local d, a, gsum
+    if drawn ~= 0 then d, a, gsum = vals.d + drawn, vals[fa] + drawn, vals[gf] + drawn end
+    if (unfunded ~= 0 and vals.u + unfunded > MAX_AMOUNT) or (drawn ~= 0 and (d > MAX_AMOUNT
+        or a > MAX_AMOUNT or gsum > MAX_AMOUNT
         or (drawn_shared ~= 0 and vals[fs] + drawn_shared > MAX_AMOUNT))) then
       status[i] = 'x'
       out[i + 1] = 'counter_overflow'
@@ -256,25 +260,30 @@ for i = 1, n do
         local hold = redis.call('HGET', P .. 'h', rid)
         if hold and string.sub(hold, 1, #mid + 1) == mid .. SEP then drop_hold(P, rid, hold) end
       end
-      local flags = FLAG_CODE[(mflag and 1 or 0) + (gflag and 2 or 0) + (ev_late[i] and 4 or 0)]
+      local flags = '0'
+      if mflag or gflag or ev_late[i] then
+        flags = FLAG_CODE[(mflag and 1 or 0) + (gflag and 2 or 0) + (ev_late[i] and 4 or 0)]
+      end
       local result
-      if nl == 2 then -- most events draw from one bucket: the result is built in one piece
+      if whole then -- most events: the result is built in one piece
+        result = mid .. SEP .. amount_s .. SEP .. times[i] .. c.span .. group .. SEP_0_SEP .. flags
+          .. SEP .. rid .. SEP .. whole.id .. SEP .. whole.kind .. SEP .. amount_s
+      elseif nl == 2 then -- a draw from one bucket, of part of the credits
         local b, amount = lines[1], lines[2]
-        result = mid .. SEP .. amounts[i] .. SEP .. times[i] .. SEP .. c.ss .. SEP .. c.es
-          .. SEP .. group .. SEP .. (unfunded == 0 and '0' or fmt(unfunded)) .. SEP .. flags
+        result = mid .. SEP .. amount_s .. SEP .. times[i] .. c.span .. group
+          .. SEP .. (unfunded == 0 and '0' or fmt(unfunded)) .. SEP .. flags
           .. SEP .. rid .. SEP .. b.id .. SEP .. b.kind
-          .. SEP .. (amount == credits and amounts[i] or fmt(amount))
+          .. SEP .. (amount == credits and amount_s or fmt(amount))
       else
-        result = mid .. SEP .. amounts[i] .. SEP .. times[i] .. SEP .. c.ss .. SEP .. c.es
-          .. SEP .. group .. SEP .. (unfunded == 0 and '0' or fmt(unfunded)) .. SEP .. flags
+        result = mid .. SEP .. amount_s .. SEP .. times[i] .. c.span .. group
+          .. SEP .. (unfunded == 0 and '0' or fmt(unfunded)) .. SEP .. flags
           .. SEP .. rid
         for j = 1, nl - 1, 2 do
           result = result .. SEP .. lines[j].id .. SEP .. lines[j].kind .. SEP .. fmt(lines[j + 1])
         end
       end
       if whole then
-        local b = lines[1]
-        b.left = b.left - credits
+        whole.left = whole.left - credits
         mem[M_DIRTY] = true
       else
         for j = 1, nl - 1, 2 do
@@ -284,9 +293,7 @@ for i = 1, n do
         end
       end
       if drawn ~= 0 then
-        vals[fa] = vals[fa] + drawn
-        vals[gf] = vals[gf] + drawn
-        vals.d = vals.d + drawn
+        vals[fa], vals[gf], vals.d = a, gsum, d
         dirty[fa], dirty[gf], dirty.d = true, true, true
         if drawn_shared ~= 0 then
           vals[fs] = vals[fs] + drawn_shared
