@@ -171,7 +171,10 @@ for _, c in pairs(periods) do
       c.padded = got[3]
       got[3] = false
     end
-    for j = 1, #got do vals[fields[first + j - 1]] = num(got[j]) end
+    for j = 1, #got do
+      local v = got[j]
+      vals[fields[first + j - 1]] = v and v + 0 or 0 -- (num, inline: a batch reads hundreds)
+    end
   end
 end
 
