@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
 
+from meter.bench.cpu import process_cpu_s
 from meter.settings import Settings
 
 METER = str(Path(sys.executable).parent / "meter")
@@ -67,3 +69,26 @@ def test_bench_scale_reports_every_case(settings: Settings, tmp_path: Path) -> N
         assert case["lag_p99_ms"] >= case["lag_p50_ms"] >= 0
         if case["processes"] == 1:
             assert case["ratio_to_one"] == 1.0
+
+
+def test_process_cpu_time_is_finer_than_clock_ticks() -> None:
+    """`meter bench scale` and `quota` divide another process's CPU time by what it did. Clock
+    ticks (10 ms) read 0 for a short window of a quick consumer, and any reading is a multiple
+    of 10 ms; the process's CPU clock is not."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        steps = []
+        last = process_cpu_s(busy.pid)
+        for _ in range(40):
+            time.sleep(0.002)
+            now = process_cpu_s(busy.pid)
+            steps.append(now - last)
+            last = now
+    finally:
+        busy.kill()
+        busy.wait()
+    assert sum(steps) > 0
+    assert all(step >= 0 for step in steps)
+    if sys.platform == "linux":
+        off_tick = [s for s in steps if s > 0 and abs(s * 100 - round(s * 100)) > 1e-3]
+        assert off_tick, steps

@@ -34,6 +34,8 @@ from typing import Any, cast
 
 import orjson
 
+from meter.bench.cpu import process_cpu_s
+
 ADMIN_TOKEN = "bench-admin-" + "0" * 16
 MEMBERS = 200
 FIXED_RATE = 1000
@@ -240,15 +242,9 @@ class Load:
 
 
 def _cpu_s(pid: int) -> tuple[float, float]:
-    """CPU seconds used so far by process `pid` (Linux: from /proc; 0 elsewhere) and by this one."""
+    """CPU seconds used so far by process `pid` and by this one."""
     own = os.times()
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        server = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        server = 0.0
-    return server, own.user + own.system
+    return process_cpu_s(pid), own.user + own.system
 
 
 def _ms(seconds: float) -> float:

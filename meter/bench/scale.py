@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
-import psutil  # type: ignore[import-untyped]
 
+from meter.bench.cpu import process_cpu_s
 from meter.bench.pipeline import (
     _now_ms,
     _Offer,
@@ -89,11 +89,6 @@ def _stable(logs: list[Path], partitions: int) -> bool:
             return False
         seen.extend(parts)
     return sorted(seen) == list(range(partitions))
-
-
-def _cpu_s(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return float(times.user + times.system)
 
 
 async def run_case(
@@ -153,7 +148,7 @@ async def run_case(
                         METER, "consume", env=env, stdout=sink, stderr=subprocess.STDOUT
                     )
                 )
-        watched = [psutil.Process(p.pid) for p in procs]
+        pids = [p.pid for p in procs]
         conn = await asyncpg.connect(dsn)
         try:
             deadline = time.monotonic() + 120
@@ -165,13 +160,13 @@ async def run_case(
                 await asyncio.sleep(0.02)
             started = time.perf_counter()
             first = await _settled_count(conn, group, topic)
-            cpu0 = [_cpu_s(p) for p in watched]
+            cpu0 = [process_cpu_s(pid) for pid in pids]
             while (done := await _settled_count(conn, group, topic)) < events:
                 if any(p.returncode is not None for p in procs):
                     raise RuntimeError(f"a consumer exited: see {logs}")
                 await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - started
-            cpu = [_cpu_s(p) - c for p, c in zip(watched, cpu0, strict=True)]
+            cpu = [process_cpu_s(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
             measured = done - first
             n_lag = int(rate * lag_seconds)
             offer = _Offer(bootstrap, topic, dsn, group, world, rate, n_lag)
