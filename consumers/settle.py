@@ -234,6 +234,7 @@ class SettleConsumer:
         offset_reset: offsets.Policy = "earliest",
         stall_after_s: float = 60.0,
         issue_seats: bool = True,
+        session_timeout_ms: int = 10_000,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -277,6 +278,8 @@ class SettleConsumer:
             max_partition_fetch_bytes=1 << 20,
             fetch_max_bytes=16 << 20,
             fetch_max_wait_ms=self.options.batch_max_wait_ms,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=min(3_000, session_timeout_ms // 3),
         )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
@@ -1012,6 +1015,7 @@ def build_consumer(
         trusted=settings.max_event_credits <= MAX_AMOUNT,
         offset_reset=settings.offset_reset,
         stall_after_s=settings.consumer_stall_s,
+        session_timeout_ms=settings.consumer_session_timeout_ms,
     )
     consumer.max_event_credits = min(settings.max_event_credits, MAX_AMOUNT)
     return consumer

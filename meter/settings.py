@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     """Of the topics meter creates; unset: 3 in production, 1 locally."""
     kafka_min_insync_replicas: int | None = Field(default=None, ge=1, le=32)
     """Of the topics meter creates; unset: 2 in production (at most the factor), 1 locally."""
+    consumer_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+    """How long the consumer group waits for a silent `meter consume` before handing its partitions
+    to the others (Kafka's `session.timeout.ms`; heartbeats every third of it, at most 3 s)."""
     consumer_stall_s: float = Field(default=60.0, gt=0)
     """How long `meter consume` may write no batch while records wait before its readiness
     (`/readyz`) fails with `no_progress`."""

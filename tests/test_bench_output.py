@@ -44,6 +44,7 @@ def test_bench_scale_reports_every_case(settings: Settings, tmp_path: Path) -> N
             "METER_POSTGRES_DSN": settings.postgres_dsn or "",
             "METER_DATA_DIR": str(tmp_path),
             "METER_LOG_FORMAT": "json",
+            "METER_CONSUMER_SESSION_TIMEOUT_MS": str(settings.consumer_session_timeout_ms),
         }
     )
     args = ["--events", "3000", "--processes", "1,2", "--no-cluster", "--lag-seconds", "0.5"]

@@ -136,6 +136,7 @@ async def run_case(
                 "METER_USAGE_TOPIC": topic,
                 "METER_DLQ_TOPIC": f"{topic}.dlq",
                 "METER_CONSUMER_GROUP": group,
+                "METER_CONSUMER_SESSION_TIMEOUT_MS": str(settings.consumer_session_timeout_ms),
                 "METER_LOG_FORMAT": "json",
                 "METER_DATA_DIR": str(work_dir),
             }

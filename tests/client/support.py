@@ -35,6 +35,7 @@ class MeterRun:
             "METER_USAGE_TOPIC": f"client.usage.{suffix}",
             "METER_DLQ_TOPIC": f"client.dlq.{suffix}",
             "METER_CONSUMER_GROUP": f"client-{suffix}",
+            "METER_CONSUMER_SESSION_TIMEOUT_MS": str(settings.consumer_session_timeout_ms),
             "METER_API_PORT": str(self.port),
             "METER_ADMIN_TOKEN": ADMIN_KEY,
             "METER_DATA_DIR": str(data_dir),

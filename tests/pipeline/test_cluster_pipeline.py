@@ -71,6 +71,7 @@ def _env(settings: Settings) -> dict[str, str]:
         METER_USAGE_TOPIC=settings.usage_topic,
         METER_DLQ_TOPIC=settings.dlq_topic,
         METER_CONSUMER_GROUP=settings.consumer_group,
+        METER_CONSUMER_SESSION_TIMEOUT_MS=str(settings.consumer_session_timeout_ms),
         METER_LOG_FORMAT="json",
     )
     return env
