@@ -219,3 +219,28 @@ def test_max_event_credits_stays_within_the_engine_range(monkeypatch: pytest.Mon
     monkeypatch.setenv("METER_MAX_EVENT_CREDITS", str(2**53))
     with pytest.raises(SettingsError, match="METER_MAX_EVENT_CREDITS"):
         load_settings()
+
+
+async def test_the_consumer_session_timeout_reaches_the_group_member(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`METER_CONSUMER_SESSION_TIMEOUT_MS` is the settlement consumer's `session.timeout.ms`,
+    with heartbeats every third of it (at most 3 s); below 1 s it is refused."""
+    from consumers.settle import build_consumer
+    from meter.engine.model import Ledger
+
+    base = {"METER_KAFKA_BOOTSTRAP": "127.0.0.1:9", "METER_POSTGRES_DSN": "postgresql://u@db/m"}
+    for name, value in base.items():
+        monkeypatch.setenv(name, value)
+    for session_ms, heartbeat_ms in ((None, 3_000), ("4500", 1_500), ("60000", 3_000)):
+        if session_ms is not None:
+            monkeypatch.setenv("METER_CONSUMER_SESSION_TIMEOUT_MS", session_ms)
+        built = build_consumer(load_settings(), Ledger())
+        member = built.consumer
+        assert member._session_timeout_ms == int(session_ms or 10_000)
+        assert member._heartbeat_interval_ms == heartbeat_ms
+        await member.stop()
+        await built.producer.stop()
+    monkeypatch.setenv("METER_CONSUMER_SESSION_TIMEOUT_MS", "500")
+    with pytest.raises(SettingsError, match="METER_CONSUMER_SESSION_TIMEOUT_MS"):
+        load_settings()
