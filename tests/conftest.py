@@ -56,7 +56,7 @@ def data_dir() -> Iterator[Path]:
 def env_settings(data_dir: Path) -> Settings:
     """Settings from the environment, with the data directory moved to a temporary one, and a
     consumer session timeout of 3 s: the local broker holds a new group's first join for half of
-    it (5 s with the default of 10 s), and the tests start hundreds of consumers."""
+    it (5 s with the default of 10 s), and most pipeline tests start a consumer or several."""
     return load_settings().model_copy(
         update={"data_dir": data_dir, "consumer_session_timeout_ms": 3_000}
     )
