@@ -97,14 +97,16 @@ end
 -- Pass 1: period (a record shared by its events) and whether it is late, for each event not
 -- already settled; group of each member; which counters the batch reads.
 local ev_c, ev_at, ev_late = {}, {}, {}
-local periods = {} -- period start -> {ps, pe, ss, es, span, key, expire_at, fields, seen, vals, dirty}
+-- period start -> {ps, pe, ss, es, span, key, expire_at, fields, seen, vals, dirty}; span is the
+-- part of a result between its time and its group
+local periods = {}
 local function period_record(ps, pe, ss, es) -- (ss, es: ps and pe as strings, when known)
   local c = periods[ps]
   if not c then
     ss, es = ss or fmt(ps), es or fmt(pe)
-    c = {ps = ps, pe = pe, ss = ss, es = es, span = SEP .. ss .. SEP .. es .. SEP, key = P .. 'c:' .. ss,
-         expire_at = pe + org.grace + COUNTER_KEEP_MS, fields = {'d', 'u', '_'}, nf = 3, seen = {},
-         vals = {}, dirty = {}}
+    c = {ps = ps, pe = pe, ss = ss, es = es, span = SEP .. ss .. SEP .. es .. SEP,
+         key = P .. 'c:' .. ss, expire_at = pe + org.grace + COUNTER_KEEP_MS,
+         fields = {'d', 'u', '_'}, nf = 3, seen = {}, vals = {}, dirty = {}}
     periods[ps] = c
   end
   return c
