@@ -4,6 +4,7 @@ engines, event production, reading topics, and the end-of-test consistency check
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections import Counter, defaultdict
@@ -27,6 +28,7 @@ from meter.engine.types import (
     PeriodKind,
     UsageEvent,
 )
+from meter.settings import Settings
 from meter.store import ms_to_datetime
 from schemas.events import encode_event
 
@@ -184,6 +186,23 @@ async def produce(
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+def consume_env(settings: Settings) -> dict[str, str]:
+    """The environment of a `meter consume` process on the servers, topics and group of
+    `settings` (JSON logs)."""
+    env = dict(os.environ)
+    env.update(
+        METER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap or "",
+        METER_REDIS_URL=settings.redis_url or "",
+        METER_POSTGRES_DSN=settings.postgres_dsn or "",
+        METER_USAGE_TOPIC=settings.usage_topic,
+        METER_DLQ_TOPIC=settings.dlq_topic,
+        METER_CONSUMER_GROUP=settings.consumer_group,
+        METER_CONSUMER_SESSION_TIMEOUT_MS=str(settings.consumer_session_timeout_ms),
+        METER_LOG_FORMAT="json",
+    )
+    return env
 
 
 async def produce_events(bootstrap: str, topic: str, events: Sequence[Produced]) -> None:

@@ -5,7 +5,6 @@ is promoted), ending with Redis = PostgreSQL = a replay."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -19,6 +18,7 @@ from pipeline_support import (
     World,
     assert_consistent,
     caught_up,
+    consume_env,
     make_events,
     produce_events,
     read_topic,
@@ -62,21 +62,6 @@ async def owners(cluster: LocalRedisCluster, world: World) -> dict[str, ClusterN
         await client.aclose()
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        METER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap or "",
-        METER_REDIS_URL=settings.redis_url or "",
-        METER_POSTGRES_DSN=settings.postgres_dsn or "",
-        METER_USAGE_TOPIC=settings.usage_topic,
-        METER_DLQ_TOPIC=settings.dlq_topic,
-        METER_CONSUMER_GROUP=settings.consumer_group,
-        METER_CONSUMER_SESSION_TIMEOUT_MS=str(settings.consumer_session_timeout_ms),
-        METER_LOG_FORMAT="json",
-    )
-    return env
-
-
 async def test_meter_consume_settles_organizations_spread_over_every_primary(
     pipe_settings: Settings,
     redis_cluster: LocalRedisCluster,
@@ -100,7 +85,7 @@ async def test_meter_consume_settles_organizations_spread_over_every_primary(
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "meter.cli", "consume", "--batch", "200",
-            env=_env(settings), stdout=out, stderr=out,
+            env=consume_env(settings), stdout=out, stderr=out,
         )  # fmt: skip
 
     async def done() -> bool:

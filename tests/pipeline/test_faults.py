@@ -4,7 +4,6 @@ mid-stream, Redis restarted empty mid-stream, and two consumers sharing a group.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import sys
@@ -16,6 +15,7 @@ from pipeline_support import (
     World,
     assert_consistent,
     caught_up,
+    consume_env,
     make_events,
     produce,
     produce_events,
@@ -31,26 +31,11 @@ from meter.services import PostgresServer, RedisServer, create_database, with_da
 from meter.settings import Settings
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        METER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap or "",
-        METER_REDIS_URL=settings.redis_url or "",
-        METER_POSTGRES_DSN=settings.postgres_dsn or "",
-        METER_USAGE_TOPIC=settings.usage_topic,
-        METER_DLQ_TOPIC=settings.dlq_topic,
-        METER_CONSUMER_GROUP=settings.consumer_group,
-        METER_CONSUMER_SESSION_TIMEOUT_MS=str(settings.consumer_session_timeout_ms),
-        METER_LOG_FORMAT="json",
-    )
-    return env
-
-
 async def _spawn(settings: Settings, log: Path) -> asyncio.subprocess.Process:
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "meter.cli", "consume", "--batch", "150",
-            env=_env(settings), stdout=out, stderr=out,
+            env=consume_env(settings), stdout=out, stderr=out,
         )  # fmt: skip
 
 
