@@ -292,18 +292,20 @@ end
 -- constructor fills an array in one step, where each named field is a hash insert of its own,
 -- and a batch makes one of these for each member it settles.
 --   M_ID, M_SEATED (nil: a member never put, unknown), M_LIMIT (nil: the org's default),
---   M_GROUP, M_REMOVED; M_BUCKETS: the buckets decoded so far, in order; M_V: the value, M_P:
+--   M_GROUP, M_REMOVED; M_NB: how many buckets are decoded so far; M_V: the value, M_P:
 --   where its credits left start (text: the offset of its \29), M_POS: where the next bucket
 --   head starts, M_LPOS: its credits left; M_DIRTY: a bucket's credits left changed; and for
 --   settle_batch, M_GRP (the member's group record), M_FA and M_FS (its counter fields) and
 --   M_PERIOD (the period record it was last seen in), created here so the array is allocated
---   once; M_BIN: the value is binary.
+--   once; M_BIN: the value is binary; then the buckets decoded so far, in order, the k-th at
+--   M_B + k (in the same array, with room for two: most draws read one or two buckets, and a
+--   table of their own cost a table and its growth for each member).
 -- The shared pool is such an array too (shared_pool), whose value is read at M_KEY when a draw
 -- first walks to it. The owner of a bucket (bucket.owner) is a member or the pool.
 -- A bucket read this way: {id, kind, rank, from, exp, left, owner}.
-local M_ID, M_SEATED, M_LIMIT, M_GROUP, M_REMOVED, M_BUCKETS, M_V, M_P = 1, 2, 3, 4, 5, 6, 7, 8
+local M_ID, M_SEATED, M_LIMIT, M_GROUP, M_REMOVED, M_NB, M_V, M_P = 1, 2, 3, 4, 5, 6, 7, 8
 local M_POS, M_LPOS, M_DIRTY, M_GRP, M_FA, M_FS, M_PERIOD, M_KEY = 9, 10, 11, 12, 13, 14, 15, 16
-local M_BIN = 17
+local M_BIN, M_B = 17, 17
 local function lazy_member(member_id, v)
   local seated, limit, group, removed = nil, nil, '', nil -- a member never put: no config
   local p, pos, lpos, bin
@@ -323,14 +325,13 @@ local function lazy_member(member_id, v)
     p = string.find(v, '\29', at or 1, true)
     pos, lpos, bin = at or 1, p + 1, false
   end
-  return {member_id, seated, limit, group, removed, {}, v, p, pos, lpos, false, false, false, false,
-          false, false, bin}
+  return {member_id, seated, limit, group, removed, 0, v, p, pos, lpos, false, false, false, false,
+          false, false, bin, false, false}
 end
 
 -- The k-th bucket of a lazy_member (nil past the last), decoding the buckets up to it.
 local function member_bucket(m, k)
-  local bs = m[M_BUCKETS]
-  local b = bs[k]
+  local b = m[M_B + k]
   if b then return b end
   local v = m[M_V]
   if not v then -- the shared pool, first reached
@@ -346,27 +347,27 @@ local function member_bucket(m, k)
   if m[M_BIN] then
     local unpack_at = struct.unpack
     local pos, lpos = m[M_POS], m[M_LPOS]
-    for i = #bs + 1, k do
+    for i = m[M_NB] + 1, k do
       if pos > #v then
-        m[M_POS], m[M_LPOS] = pos, lpos
+        m[M_POS], m[M_LPOS], m[M_NB] = pos, lpos, i - 1
         return nil
       end
       local kind, from, exp, _, id, nxt = unpack_at('<c1i8i8i8I4c0', v, pos)
       b = {id = id, kind = kind, rank = RANK_OF[kind], from = from, exp = exp,
            left = (unpack_at('<i8', v, lpos)), owner = m}
-      bs[i] = b
+      m[M_B + i] = b
       pos, lpos = nxt, lpos + 8
     end
-    m[M_POS], m[M_LPOS] = pos, lpos
+    m[M_POS], m[M_LPOS], m[M_NB] = pos, lpos, k
     return b
   end
-  for i = #bs + 1, k do
+  for i = m[M_NB] + 1, k do
     local kind, from, exp, id, nxt = string.match(v, '^\30(.)([^\31]*)\31([^\31]*)\31[^\31]*\31([^\30\29]*)()', m[M_POS])
     if not kind then return nil end
     local left, lnxt = string.match(v, '^([^\31]*)()', m[M_LPOS])
     b = {id = id, kind = kind, rank = RANK_OF[kind], from = from + 0, exp = exp + 0,
          left = left + 0, owner = m}
-    bs[i] = b
+    m[M_B + i], m[M_NB] = b, i
     m[M_POS], m[M_LPOS] = nxt, lnxt + 1
   end
   return b
@@ -377,28 +378,27 @@ end
 -- credits left are replaced in place; a value of the other encoding is decoded whole and written
 -- again.
 local function encode_member(m)
-  local bs, v = m[M_BUCKETS], m[M_V]
-  local k = #bs
+  local k, v = m[M_NB], m[M_V]
   if m[M_BIN] ~= WRITE_BINARY then
     local cfg, all = decode_owner(v)
-    for i = 1, k do all[i].left = bs[i].left end
+    for i = 1, k do all[i].left = m[M_B + i].left end
     return encode_owner(cfg, all)
   end
   local p = m[M_P]
   if WRITE_BINARY then
     if k == 1 then
-      return string.sub(v, 1, p - 1) .. struct.pack('<i8', bs[1].left) .. string.sub(v, p + 8)
+      return string.sub(v, 1, p - 1) .. struct.pack('<i8', m[M_B + 1].left) .. string.sub(v, p + 8)
     end
     local lefts = {}
-    for i = 1, k do lefts[i] = struct.pack('<i8', bs[i].left) end
+    for i = 1, k do lefts[i] = struct.pack('<i8', m[M_B + i].left) end
     return string.sub(v, 1, p - 1) .. table.concat(lefts) .. string.sub(v, p + 8 * k)
   end
   local lpos = m[M_LPOS]
   if k == 1 and lpos <= #v then -- one bucket drawn of several: one string, no list
-    return string.sub(v, 1, p) .. fmt(bs[1].left) .. SEP .. string.sub(v, lpos)
+    return string.sub(v, 1, p) .. fmt(m[M_B + 1].left) .. SEP .. string.sub(v, lpos)
   end
   local lefts = {}
-  for i = 1, k do lefts[i] = fmt(bs[i].left) end
+  for i = 1, k do lefts[i] = fmt(m[M_B + i].left) end
   local out = string.sub(v, 1, p) .. table.concat(lefts, SEP)
   if lpos <= #v then out = out .. SEP .. string.sub(v, lpos) end
   return out
@@ -408,9 +408,9 @@ end
 -- lazy_member and the shared_pool: the member's seat and personal buckets, the pool, then the
 -- member's on_demand buckets. Returns it (nil past the end) and the positions after it.
 local function next_bucket(m, shared, i, j)
-  local b = m[M_BUCKETS][i] or member_bucket(m, i)
+  local b = m[M_B + i] or member_bucket(m, i)
   if b and b.rank < 2 then return b, i + 1, j end
-  local s = shared[M_BUCKETS][j] or member_bucket(shared, j)
+  local s = shared[M_B + j] or member_bucket(shared, j)
   if s then return s, i, j + 1 end
   if b then return b, i + 1, j end
   return nil, i, j
@@ -453,8 +453,8 @@ end
 -- The shared pool as a lazy_member without config, read when a draw first walks to its
 -- buckets: most events are covered by their member's seat.
 local function shared_pool(P)
-  return {'', nil, nil, '', nil, {}, nil, nil, 1, nil, false, false, false, false, false, P .. 'sh',
-          false}
+  return {'', nil, nil, '', nil, 0, nil, nil, 1, nil, false, false, false, false, false, P .. 'sh',
+          false, false, false}
 end
 
 -- The buckets of a lazy_member and the shared pool usable at t, in burn-down order.

@@ -222,7 +222,7 @@ for i = 1, n do
       end
       -- Most events are covered whole by the member's first bucket: then the draw is that one
       -- line, taken here without draw_at's walk (which would find the same).
-      local t, b = ev_at[i], mem[M_BUCKETS][1] or member_bucket(mem, 1)
+      local t, b = ev_at[i], mem[M_B + 1] or member_bucket(mem, 1)
       if credits > 0 and b and b.rank < 2 and b.from <= t and t < b.exp and b.left >= credits
           and (shared_policy or not mroom or mroom >= credits)
           and (not groom or groom >= credits) then
