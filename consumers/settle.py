@@ -698,13 +698,17 @@ class SettleConsumer:
         ready = await self._settle_at_once(by_org, at_ms)
 
         async def one(org_id: str) -> Settled:
-            done = ready.pop(org_id, None)
-            if done is not None:
-                return by_org[org_id], done
             async with limit:
                 return await self._settle_org(org_id, by_org[org_id], at_ms, refused)
 
-        settled = dict(zip(orgs, await asyncio.gather(*(one(org) for org in orgs)), strict=True))
+        # What the pipeline settled is taken as it is; only the rest go out one by one, each in
+        # a task of its own (a hundred tasks cost about 0.4 ms, for nothing when all are ready).
+        alone = [org_id for org_id in orgs if org_id not in ready]
+        by_itself = dict(zip(alone, await asyncio.gather(*(one(o) for o in alone)), strict=True))
+        settled = {
+            org_id: (by_org[org_id], ready[org_id]) if org_id in ready else by_itself[org_id]
+            for org_id in orgs
+        }
         lost = [o for o, (_, (_, bodies)) in settled.items() if Reason.UNKNOWN_ORG.value in bodies]
         if lost and self.recovery is not None:
             # Organizations PostgreSQL knows answered unknown_org: their shard lost them.
