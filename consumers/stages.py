@@ -75,8 +75,8 @@ class Decoded:
     by_org: dict[str, list[UsageEvent]] = field(default_factory=dict)
     records: dict[Identity, Record] = field(default_factory=dict)
     """Record of each event (organization, key): the first occurrence in the batch."""
-    attributes: dict[Identity, str | None] = field(default_factory=dict)
-    """Free attributes of each event (organization, key), as JSON text."""
+    attributes: dict[Identity, str] = field(default_factory=dict)
+    """Free attributes of each event (organization, key) that has any, as JSON text."""
     usages: dict[Identity, Usage] = field(default_factory=dict)
     """Usage of each event that carries it (first occurrence), until `rate_batch`."""
     ratings: dict[Identity, str] = field(default_factory=dict)
@@ -91,29 +91,29 @@ def decode_batch(
     """Decode `records` into a new `Decoded`, or added to `into` (a batch decoded a slice at a
     time, in order, is the batch decoded at once)."""
     out = Decoded() if into is None else into
-    by_org = out.by_org
-    keyed = out.records
-    attributes = out.attributes
+    by_org, keyed, attributes, dead = out.by_org, out.records, out.attributes, out.dead
+    valid = 0
     for record in records:
         raw = record.value
         result = decoder(raw, now_ms) if raw is not None else EMPTY_VALUE
         if isinstance(result, DecodedEvent):
             event = result.event
-            out.events += 1
-            events = by_org.get(event.org_id)
+            valid += 1
+            org_id = event.org_id
+            events = by_org.get(org_id)
             if events is None:
-                events = by_org[event.org_id] = []
+                events = by_org[org_id] = []
             events.append(event)
-            identity = (event.org_id, event.key)
+            identity = (org_id, event.key)
             if identity not in keyed:
                 keyed[identity] = record
-                attributes[identity] = (
-                    orjson.dumps(result.attributes).decode() if result.attributes else None
-                )
+                if result.attributes:
+                    attributes[identity] = orjson.dumps(result.attributes).decode()
                 if result.usage is not None:
                     out.usages[identity] = result.usage
         else:
-            out.dead.append(dead_letter(record, result.code, result.message))
+            dead.append(dead_letter(record, result.code, result.message))
+    out.events += valid
     return out
 
 
