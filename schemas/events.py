@@ -446,8 +446,8 @@ def _decode_structured(raw: bytes, now_ms: int, limits: EventLimits) -> DecodedE
     data = doc.data
     source, subject, org_id = doc.source, doc.subject, data.org_id
     credits, usage_doc = data.credits, data.usage
-    # (The sets are looked up here before the calls that would check and remember a value:
-    # nearly every value is known, and a call costs more than the lookup.)
+    # (The caches are looked up here before the calls that would check and remember a value,
+    # the credits' below too: nearly every value is known, and a call costs more than the lookup.)
     if (
         _ID(doc.id) is None  # (each event's own: checked, not remembered)
         or (subject not in _known_ids and not _known_id(subject))
