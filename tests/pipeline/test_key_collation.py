@@ -9,10 +9,12 @@ import re
 
 import asyncpg  # type: ignore[import-untyped]
 
-from meter.admin.history import SELECT_MEMBER_SETTLEMENTS
-from meter.admin.reads import SELECT_SETTLEMENT
+from meter.admin import queries
+from meter.admin.history import SELECT_LINES_OF, SELECT_MEMBER_SETTLEMENTS
+from meter.admin.reads import SELECT_SETTLEMENT, SELECT_SETTLEMENT_LINES
 from meter.rating.rerate import RATED_IN_WINDOW
-from meter.store import APPLY_PENDING_VOIDS, SUBTRACT_MODEL_TOTALS, VOID_TOTALS
+from meter.rebuild import SELECT_LEFT
+from meter.store import APPLY_PENDING_VOIDS, SETTLEMENT_EXISTS, SUBTRACT_MODEL_TOTALS, VOID_TOTALS
 
 IDENTITY = {
     "settlement_keys": ("org_id", "key"),
@@ -89,7 +91,8 @@ async def test_identity_columns_and_their_indexes_compare_bytes(migrated_dsn: st
 
 
 # Statements that read the identity columns of `settlements` and look the values up in other
-# tables (totals, model totals, voids, billing groups), with arguments.
+# tables (totals, model totals, voids, billing groups), or find settlements and their lines by
+# organization and key (or organization alone), with arguments.
 def _lookups() -> dict[str, tuple[str, tuple[object, ...]]]:
     now = dt.datetime(2031, 5, 10, tzinfo=dt.UTC)
     return {
@@ -99,6 +102,12 @@ def _lookups() -> dict[str, tuple[str, tuple[object, ...]]]:
         "member_settlements": (SELECT_MEMBER_SETTLEMENTS, ("o", "m", now, "k", 50)),
         "settlement": (SELECT_SETTLEMENT, ("o", "k")),
         "rated_in_window": (RATED_IN_WINDOW, ("o", now - dt.timedelta(days=30), now)),
+        "settlement_lines": (SELECT_SETTLEMENT_LINES, ("o", "k")),
+        "lines_of": (SELECT_LINES_OF, ("o", ["k", "l"])),
+        "admin_settlement": (queries.SELECT_SETTLEMENT, ("k", "o")),
+        "admin_settlement_lines": (queries.SELECT_SETTLEMENT_LINES, ("k", "o")),
+        "settlement_exists": (SETTLEMENT_EXISTS, ("k", "o")),
+        "rebuild_left": (SELECT_LEFT, ("o", now)),
     }
 
 
