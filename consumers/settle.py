@@ -131,7 +131,7 @@ class Stopping(Exception):
 
 @dataclass(frozen=True)
 class ConsumerOptions:
-    batch_max_records: int = 10_000
+    batch_max_records: int = 20_000
     batch_max_wait_ms: int = 50
     org_concurrency: int = 16
     """Engine calls in flight at once within a batch."""
