@@ -111,9 +111,15 @@ async def test_direct_and_careful_writes_keep_totals(migrated_dsn: str) -> None:
             attributes = await pool.fetchval(
                 "SELECT count(*) FROM settlements WHERE attributes ->> 'model' = 'm'"
             )
+            # Each settlement's identity, with its own period start.
+            keys = await pool.fetchval("SELECT count(*) FROM settlement_keys")
+            matched = await pool.fetchval(
+                "SELECT count(*) FROM settlement_keys JOIN settlements"
+                " USING (org_id, key, period_start)"
+            )
         finally:
             await pool.close()
-        assert count == 400
+        assert count == keys == matched == 400
         assert attributes == sum(1 for s, a in first if a is not None) > 0
         await assert_totals_recomputed(migrated_dsn)
     finally:
