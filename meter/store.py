@@ -183,13 +183,19 @@ CREATE TEMP TABLE IF NOT EXISTS stage_totals (
 # Settlements are identified by (org_id, key): the primary key of `settlement_keys` (0017),
 # which outlives the archived months of the partitioned `settlements`.
 EXISTING_KEYS = """
-SELECT s.org_id, s.key FROM unnest($1::text[], $2::text[]) AS w(org_id, keys)
-CROSS JOIN LATERAL unnest(string_to_array(w.keys, E'\\x1e')) AS k(key)
-JOIN settlement_keys s ON s.org_id = w.org_id AND s.key = k.key
+SELECT w.org_id, s.key FROM unnest($1::text[], $2::text[]) AS w(org_id, keys)
+CROSS JOIN LATERAL (
+    SELECT k.key FROM settlement_keys k
+    WHERE k.org_id = w.org_id AND k.key = ANY (string_to_array(w.keys, E'\\x1e'))
+) AS s
 """
 """The settled keys among some: an array of organizations, and for each its keys joined by the
 record separator (a key holds no control character). One string per organization costs asyncpg
-a tenth of what an array of every key did."""
+a tenth of what an array of every key did. Each organization's keys are one index scan with an
+array condition (`key = ANY`), not a join of one probe per key: PostgreSQL sorts the array and
+walks the index once. For 20,000 keys of 100 organizations, none of them settled, among a million
+settled ones, that took PostgreSQL 0.15-0.2 us a key against 1.55-1.65 for the join on
+PostgreSQL 18, and 1.45 against 2.1 on PostgreSQL 15 (consumers/README.md, "Looking keys up")."""
 KEY_SEP = "\x1e"
 
 # The monthly partitions of a month and the two after it (0017_settlement_partitions.sql).

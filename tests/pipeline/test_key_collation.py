@@ -14,7 +14,13 @@ from meter.admin.history import SELECT_LINES_OF, SELECT_MEMBER_SETTLEMENTS
 from meter.admin.reads import SELECT_SETTLEMENT, SELECT_SETTLEMENT_LINES
 from meter.rating.rerate import RATED_IN_WINDOW
 from meter.rebuild import SELECT_LEFT
-from meter.store import APPLY_PENDING_VOIDS, SETTLEMENT_EXISTS, SUBTRACT_MODEL_TOTALS, VOID_TOTALS
+from meter.store import (
+    APPLY_PENDING_VOIDS,
+    EXISTING_KEYS,
+    SETTLEMENT_EXISTS,
+    SUBTRACT_MODEL_TOTALS,
+    VOID_TOTALS,
+)
 
 IDENTITY = {
     "settlement_keys": ("org_id", "key"),
@@ -108,6 +114,7 @@ def _lookups() -> dict[str, tuple[str, tuple[object, ...]]]:
         "admin_settlement_lines": (queries.SELECT_SETTLEMENT_LINES, ("k", "o")),
         "settlement_exists": (SETTLEMENT_EXISTS, ("k", "o")),
         "rebuild_left": (SELECT_LEFT, ("o", now)),
+        "existing_keys": (EXISTING_KEYS, (["o", "p"], ["k\x1el", "k"])),
     }
 
 
@@ -173,3 +180,19 @@ async def test_shared_pool_alerts_read_the_grants_by_index(migrated_dsn: str) ->
         await tx.rollback()
         await conn.close()
     assert after - before == 1  # o1's one grant, not o2's fifty
+
+
+async def test_keys_are_looked_up_as_one_array_condition_per_organization(
+    migrated_dsn: str,
+) -> None:
+    """The consumer's key lookup (`EXISTING_KEYS`) scans `settlement_keys` once per organization
+    with all its keys as one index condition (`key = ANY`), not one probe per key joined."""
+    conn = await asyncpg.connect(migrated_dsn)
+    try:
+        plan = [r[0] for r in await conn.fetch("EXPLAIN " + EXISTING_KEYS, ["o"], ["a\x1eb"])]
+    finally:
+        await conn.close()
+    conditions = [line for line in plan if "Index Cond" in line]
+    assert len(conditions) == 1, plan
+    assert "org_id = " in conditions[0] and "key = ANY" in conditions[0], plan
+    assert not any("Filter" in line or "Seq Scan" in line for line in plan), plan
