@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -25,3 +26,17 @@ def process_cpu_s(pid: int) -> float:
             pass  # (a kernel without per-process clocks: the ticks below)
     times = psutil.Process(pid).cpu_times()
     return float(times.user + times.system)
+
+
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by server process `pid`, its live children and the children it
+    has waited for. A server that forks a process per connection (PostgreSQL's postmaster) reaps
+    its backends as they exit, and their time then counts in its children's, so a window
+    between two readings holds the work of backends that came and went within it."""
+    server = psutil.Process(pid)
+    times = server.cpu_times()
+    total: float = process_cpu_s(pid) + times.children_user + times.children_system
+    for child in server.children():
+        with contextlib.suppress(psutil.Error, OSError):
+            total += process_cpu_s(child.pid)
+    return total

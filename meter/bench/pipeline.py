@@ -34,10 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
+import psutil  # type: ignore[import-untyped]
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from redis.asyncio import Redis, RedisCluster
 
 from consumers.settle import ConsumerOptions, settling
 from meter import alerts, metrics
+from meter.bench.cpu import server_cpu_s
 from meter.engine.periods import period_at
 from meter.engine.redis import RedisEngine
 from meter.engine.types import MICRO, Grant, Kind, MemberConfig, OrgConfig, OrgStatus, PeriodKind
@@ -66,6 +69,54 @@ def _rss_mb() -> float:
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+class _ServerClocks:
+    """CPU seconds used so far by the consumer (this process), PostgreSQL and Redis. Redis
+    reports its own (`INFO cpu`, wherever it runs). PostgreSQL's is read from the processes of
+    its server when the bench reaches it on this machine (a loopback address or a socket),
+    else it is None. Either server's figure is the whole server's: another database or client
+    using it meanwhile counts too."""
+
+    def __init__(self, conn: asyncpg.Connection, client: Redis | RedisCluster) -> None:
+        self._conn, self._client = conn, client
+        self._postmaster: int | None = None
+
+    async def find_postgres(self) -> None:
+        row = await self._conn.fetchrow("SELECT pg_backend_pid(), inet_server_addr()")
+        address = row[1]
+        if address is not None and not address.is_loopback:
+            return
+        try:
+            backend = psutil.Process(row[0])
+            postmaster = psutil.Process(backend.ppid())
+            if "postgres" in backend.name() and "postgres" in postmaster.name():
+                self._postmaster = postmaster.pid
+        except psutil.Error:
+            pass
+
+    async def read(self) -> tuple[float, float | None, float]:
+        if isinstance(self._client, RedisCluster):
+            answers = await self._client.info("cpu", target_nodes=RedisCluster.PRIMARIES)
+            nodes = list(answers.values())
+        else:
+            nodes = [await self._client.info("cpu")]
+        redis_s = sum(float(n["used_cpu_user"]) + float(n["used_cpu_sys"]) for n in nodes)
+        postgres_s = server_cpu_s(self._postmaster) if self._postmaster is not None else None
+        return _cpu_s(), postgres_s, redis_s
+
+    @staticmethod
+    def us_per_event(
+        start: tuple[float, float | None, float], end: tuple[float, float | None, float], n: int
+    ) -> dict[str, float | None]:
+        """The CPU each used between two readings, in microseconds an event."""
+        names = ("consumer", "postgres", "redis")
+        out: dict[str, float | None] = {}
+        for name, a, b in zip(names, start, end, strict=True):
+            out[f"{name}_cpu_us_per_event"] = (
+                None if a is None or b is None else round((b - a) / max(1, n) * 1e6, 1)
+            )
+        return out
 
 
 class _World:
@@ -414,15 +465,19 @@ async def _bench(
     task = asyncio.create_task(consumer.run())
     conn = await asyncpg.connect(dsn)
     try:
+        clocks = _ServerClocks(conn, client)
+        await clocks.find_postgres()
         started: float | None = None
         while (done := await _settled_count(conn, run.consumer_group, topic)) < events:
             if started is None and done > 0:
                 started, first, cpu = time.perf_counter(), done, _cpu_s()
+                servers = await clocks.read()
             await asyncio.sleep(0.05)
         assert started is not None
         elapsed = time.perf_counter() - started
         rate_full = (done - first) / elapsed
         cpu_share = (_cpu_s() - cpu) / elapsed
+        cpu_by_server = clocks.us_per_event(servers, await clocks.read(), done - first)
         print(f"pipeline: {rate_full:,.0f} events/s", file=sys.stderr, flush=True)
         cpu_per_event = (_cpu_s() - cpu) / max(1, done - first)
         rate_usage: float | None = None
@@ -472,6 +527,7 @@ async def _bench(
         "lag_p99_ms": round(p99, 1),
         "peak_rss_mb": round(_rss_mb(), 1),
         "consumer_cpu_share": round(cpu_share, 2),
+        **cpu_by_server,
     }
 
 
