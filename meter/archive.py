@@ -13,8 +13,9 @@ one transaction per month:
 3. write the rows to `settlements-YYYY-MM.jsonl.gz` in the archive directory (gzip'd JSON lines,
    settlements then lines, each with a `"table"` field), and `<file>.sha256` beside it;
 4. add the lines' credits per bucket to `archived_bucket_drawn` (so the rebuild still knows what
-   a bucket gave), record the month in `settlement_archives`, detach the partition and drop it
-   (or keep it detached, `--keep`).
+   a bucket gave), delete the month's member runs (`settlement_runs`, what the member history
+   reads), record the month in `settlement_archives`, detach the partition and drop it (or keep
+   it detached, `--keep`).
 
 A month already in `settlement_archives` is skipped, so running it again is safe; a run that
 stopped half-way left its month attached and redoes it. `settlement_keys` keeps the identity of
@@ -63,6 +64,10 @@ WHERE i.inhparent = 'settlements'::regclass
 """
 
 ARCHIVED = "SELECT month FROM settlement_archives WHERE month < $1 ORDER BY month"
+DELETE_RUNS = "DELETE FROM settlement_runs WHERE period_start >= $1 AND period_start < $2"
+"""The month's member runs (0025_member_runs.sql): the member history reads its settlements
+through them. A scan of the runs, once a month archived; the runs have no index by month, which
+would cost every write."""
 
 DEFAULT_ROWS = "SELECT count(*) FROM settlements_default WHERE period_start < $1"
 
@@ -354,6 +359,7 @@ async def _archive_month(
         path = directory / file_name(month)
         digest = await _write(conn, tables, path, shown)
         await conn.execute(ADD_BUCKET_DRAWN.format(**tables))
+        await conn.execute(DELETE_RUNS, lo, hi)
         credits = await conn.fetchval(
             RECORD.format(**tables), month, str(path), digest, settlements, lines, keep
         )

@@ -171,6 +171,16 @@ async def test_migration_moves_an_existing_install(pg_dsn_clean: str, tmp_path: 
             "SELECT sum(amount) FROM settlement_lines WHERE kind = 'shared'"
         )
         assert shared == lines  # the shared-pool trigger runs on the partitioned table
+        # Every settlement is in exactly one member run (0025 made them for the rows it found,
+        # the trigger for those written since), with its member, settled_at and period start.
+        runs = await conn.fetch(
+            "SELECT r.org_id, r.member_id, r.settled_at, r.period_start, k.key"
+            " FROM settlement_runs r CROSS JOIN LATERAL unnest(r.keys) AS k(key)"
+        )
+        settled = await conn.fetch(
+            "SELECT org_id, member_id, settled_at, period_start, key FROM settlements"
+        )
+        assert sorted(tuple(r) for r in runs) == sorted(tuple(r) for r in settled)
     finally:
         await conn.close()
 
@@ -256,6 +266,9 @@ async def test_archive_writes_the_rows_and_reports_still_answer(
         # What stays is the later months; the totals and the keys stay whole.
         assert await rows(conn, SETTLEMENTS_JSON) == in_months(all_s, {"2026-03", "2026-04"})
         assert await conn.fetchval("SELECT count(*) FROM settlement_keys") == 400
+        # The member history's runs of the archived months went with them.
+        runs = await conn.fetch("SELECT DISTINCT period_start FROM settlement_runs ORDER BY 1")
+        assert [r[0] for r in runs] == [MONTHS[2], MONTHS[3]]
         kept = await conn.fetch("SELECT * FROM archived_bucket_drawn ORDER BY 1, 2")
         assert [tuple(r) for r in kept] == [tuple(r) for r in drawn]
         for org, was in left.items():

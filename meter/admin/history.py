@@ -1,5 +1,6 @@
 """Reads of what happened, page by page, newest first: an organization's alerts, a member's
-settlements. PostgreSQL only (indexes of `0021_history_reads.sql`).
+settlements. PostgreSQL only (indexes of `0021_history_reads.sql`, and the runs of
+`0025_member_runs.sql`).
 
 A member's settlements page by `(settled_at, key)`; the cursor `next_before` is that pair of the
 page's last item, opaque to the client (base64url of a JSON pair).
@@ -30,11 +31,25 @@ ORDER BY alert_id DESC LIMIT $3
 SELECT_MEMBER_EXISTS = "SELECT 1 FROM members WHERE org_id = $1 AND member_id = $2"
 SELECT_MEMBER_SETTLEMENTS = """
 SELECT s.*, b.name AS billing_group_name
-FROM settlements s
+FROM (
+    SELECT r.settled_at, r.period_start, k.key
+    FROM settlement_runs r CROSS JOIN LATERAL unnest(r.keys) AS k(key)
+    WHERE r.org_id = $1 AND r.member_id = $2 AND r.settled_at <= $3
+      AND (r.settled_at, k.key) < ($3, $4)
+    ORDER BY r.settled_at DESC, k.key DESC LIMIT $5
+) AS p
+CROSS JOIN LATERAL (
+    SELECT * FROM settlements
+    WHERE org_id = $1 AND key = p.key AND period_start = p.period_start
+    OFFSET 0
+) AS s
 LEFT JOIN billing_groups b ON b.org_id = $1 AND b.billing_group_id = s.billing_group
-WHERE s.org_id = $1 AND s.member_id = $2 AND (s.settled_at, s.key) < ($3, $4)
-ORDER BY s.settled_at DESC, s.key DESC LIMIT $5
+ORDER BY p.settled_at DESC, p.key DESC
 """
+"""A page of a member's settlements: the member's runs (`settlement_runs`, one per write)
+newest first, each run's keys in reverse byte order, then each settlement by its primary key
+(`OFFSET 0` keeps that a lookup per key: joined, a table without statistics could be planned as
+a scan of the organization's settlements)."""
 SELECT_LINES_OF = """
 SELECT key, bucket_id, kind, amount FROM settlement_lines
 WHERE org_id = $1 AND key = any($2::text[])

@@ -7,11 +7,14 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 
 from api.plans_support import settling
 from api.support import FAR, client_for, make_billing_key, make_key, make_org
+from meter.admin.history import member_settlements
 from meter.api import App
+from meter.store import OffsetAdvance, SettlementStore
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 END = datetime(2026, 12, 1, tzinfo=UTC)
@@ -141,3 +144,70 @@ async def test_alerts_of_every_kind_paged_and_scoped(app: App, admin: httpx.Asyn
     for token in (own, billing):
         async with client_for(app, token) as client:
             assert (await client.get(path)).json()["alerts"] == listed
+
+
+async def test_member_settlements_page_through_runs_of_many_keys(migrated_dsn: str) -> None:
+    """Writes of several settlements per member (one run each, `settlement_runs`): pages of any
+    size list them in (settled_at, key) order, newest first, each once, the cursor falling
+    inside a run as well as between runs; another member's and another organization's stay
+    out."""
+    setup = [
+        "INSERT INTO plans (plan_id, name, period_kind) VALUES ('p', 'p', 'monthly')",
+        "INSERT INTO organizations (org_id, name, plan_id, billing_anchor)"
+        " VALUES ('o', 'o', 'p', now()), ('o2', 'o2', 'p', now())",
+        "INSERT INTO members (org_id, member_id) VALUES ('o', 'ann'), ('o', 'bob'), ('o2', 'ann')",
+    ]
+    store = SettlementStore(migrated_dsn)
+    pool = await asyncpg.create_pool(migrated_dsn, min_size=1, max_size=2)
+    try:
+        for statement in setup:
+            await pool.execute(statement)
+        await store.load_offsets("g", "t", {0: 0})
+        start, end = 1_793_491_200_000, 1_796_083_200_000  # 2026-11-01, 2026-12-01
+        written = 0
+        # Keys out of byte order within a write, three writes; bob's and the other
+        # organization's settlements are written beside ann's.
+        for keys in (["k5", "K1", "k3", "_2"], ["k9", "k10", "a"], ["z"]):
+            items = [
+                (
+                    f"{key}-{member}",
+                    org,
+                    f"{member}\x1f1000000\x1f{start + 1}\x1f{start}\x1f{end}\x1f\x1f0\x1f0\x1f"
+                    f"\x1fseat:{member}\x1fs\x1f1000000",
+                    None,
+                    None,
+                )
+                for org, member in (("o", "ann"), ("o", "bob"), ("o2", "ann"))
+                for key in keys
+            ]
+            advance = OffsetAdvance(0, written, written + len(items))
+            assert await store.write_encoded("g", "t", items, [advance]) == len(items)
+            written += len(items)
+        # A write is one run per member: its settlements share the write's settled_at.
+        runs = await pool.fetch(
+            "SELECT cardinality(keys) FROM settlement_runs"
+            " WHERE org_id = 'o' AND member_id = 'ann' ORDER BY settled_at"
+        )
+        assert [r[0] for r in runs] == [4, 3, 1]
+        expected = [
+            r["key"]
+            for r in await pool.fetch(
+                "SELECT key FROM settlements WHERE org_id = 'o' AND member_id = 'ann'"
+                ' ORDER BY settled_at DESC, key COLLATE "C" DESC'
+            )
+        ]
+        assert len(expected) == 8
+        for limit in (1, 2, 3, 8, 50):
+            seen: list[str] = []
+            before: str | None = None
+            while True:
+                page = await member_settlements(pool, "o", "ann", before=before, limit=limit)
+                seen += [s.key for s in page.settlements]
+                assert len(page.settlements) <= limit
+                if page.next_before is None:
+                    break
+                before = page.next_before
+            assert seen == expected, limit
+    finally:
+        await store.close()
+        await pool.close()

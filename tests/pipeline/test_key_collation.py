@@ -25,6 +25,7 @@ from meter.store import (
 IDENTITY = {
     "settlement_keys": ("org_id", "key"),
     "settlements": ("org_id", "key", "member_id"),
+    "settlement_runs": ("org_id", "member_id", "keys"),
 }
 
 COLUMN_COLLATIONS = """
@@ -50,7 +51,7 @@ async def _tables(conn: asyncpg.Connection) -> list[str]:
     partitions = await conn.fetch(
         "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'settlements'::regclass"
     )
-    return ["settlement_keys", "settlements", *(r[0] for r in partitions)]
+    return ["settlement_keys", "settlement_runs", "settlements", *(r[0] for r in partitions)]
 
 
 async def test_identity_columns_and_their_indexes_compare_bytes(migrated_dsn: str) -> None:
@@ -62,11 +63,11 @@ async def test_identity_columns_and_their_indexes_compare_bytes(migrated_dsn: st
         assert "settlements_2031_05" in tables and "settlements_default" in tables
 
         columns = await conn.fetch(
-            COLUMN_COLLATIONS, tables, ["org_id", "key", "member_id", "billing_group"]
+            COLUMN_COLLATIONS, tables, ["org_id", "key", "member_id", "billing_group", "keys"]
         )
         seen = {(r["relname"], r["attname"]): r["collname"] for r in columns}
         for table in tables:
-            named = IDENTITY["settlement_keys" if table == "settlement_keys" else "settlements"]
+            named = IDENTITY.get(table, IDENTITY["settlements"])
             for column in named:
                 assert seen[table, column] == "C", (table, column)
         # The other text columns keep the database's default (reports order by them).
@@ -74,7 +75,7 @@ async def test_identity_columns_and_their_indexes_compare_bytes(migrated_dsn: st
 
         indexes = await conn.fetch(INDEX_COLLATIONS, tables)
         names = {r["index"] for r in indexes}
-        assert {"settlement_keys_pkey", "settlements_pkey", "settlements_member"} <= names
+        assert {"settlement_keys_pkey", "settlements_pkey", "settlement_runs_member"} <= names
         assert "settlements_2031_05_pkey" in names
         for r in indexes:
             assert r["collname"] == "C", (r["index"], r["attname"])
