@@ -420,6 +420,18 @@ the same keys never wait on each other in a cycle; and each organization's rows 
 indexes together, which costs PostgreSQL about a third less than an order by key alone, where
 consecutive rows land in different organizations' parts of every index."""
 
+_BY_KEY = operator.itemgetter(0)
+_BY_ORG = operator.itemgetter(1)
+
+
+def sort_by_identity(rows: list[tuple[Any, ...]]) -> None:
+    """Sort settlement records in `by_identity` order, in place: by key, then (stably) by
+    organization. Two sorts on strings cost about a quarter of one sort on (organization, key)
+    pairs (20,000 records: 0.15 against 0.6 us a record), since a list sort compares keys that
+    are all strings without the generic comparison a tuple's items need."""
+    rows.sort(key=_BY_KEY)
+    rows.sort(key=_BY_ORG)
+
 
 def merge_rows(parts: Sequence[BatchRows]) -> BatchRows:
     """Several batches' rows as one write's: settlements in `by_identity` order again, totals of the
@@ -445,7 +457,7 @@ def merge_rows(parts: Sequence[BatchRows]) -> BatchRows:
                 total[i] += row[i]
     for total in sums.values():
         total[4] = ends[total[0], total[3]]
-    settlements.sort(key=by_identity)
+    sort_by_identity(settlements)
     return BatchRows(settlements, [tuple(t) for t in sums.values()])
 
 
@@ -495,11 +507,12 @@ class RowsBuilder:
             else:
                 for i in range(10, len(f) - 1, 3):
                     total[code_slot[f[i]]] += int(f[i + 1])
+            member_limited, group_limited, late = flag_bits[f[7]]
             rows.append(
                 (
                     key, org_id, member_id, group, period[0], period[1],
-                    (time_ms - PG_EPOCH_MS) * 1000, credits, unfunded, *flag_bits[f[7]],
-                    f[8] or None, attributes, rating, sep.join(f[9:]),
+                    (time_ms - PG_EPOCH_MS) * 1000, credits, unfunded, member_limited,
+                    group_limited, late, f[8] or None, attributes, rating, sep.join(f[9:]),
                 )
             )  # fmt: skip
 
@@ -522,7 +535,7 @@ class RowsBuilder:
         """The batch's records: settlements in `by_identity` order, totals per (org, member,
         billing group, period start, day) with the latest end seen for the period."""
         rows, ends, instants = self._rows, self._ends, self._instants
-        rows.sort(key=by_identity)
+        sort_by_identity(rows)
         totals: list[tuple[Any, ...]] = []
         days: dict[int, dt.date] = {}
         for (org_id, member_id, group, start, day), t in self._sums.items():
