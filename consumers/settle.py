@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -49,12 +49,14 @@ from consumers.stages import (
     Identity,
     Record,
     Settled,
+    Sorted,
     chunks,
     decode_batch,
     drop_keys,
     encode_results,
     rate_batch,
     refused_letters,
+    settle_waves,
     sort_results,
 )
 from meter import alerts, kafka, metrics
@@ -135,6 +137,11 @@ class ConsumerOptions:
     batch_max_wait_ms: int = 50
     org_concurrency: int = 16
     """Engine calls in flight at once within a batch."""
+    wave_events: int = 5_000
+    """Events of a batch's engine pipeline sent together (`_settle_at_once`): a batch of 20,000
+    goes in four waves, and the consumer builds each wave's rows while Redis settles the next
+    (1,000,000 events of 100 organizations: 80,900-84,300 events/s against 76,300-78,500 in one
+    wave, three alternated pairs)."""
     confirm_max_keys: int = 20_000
     confirm_interval_s: float = 0.5
     """Written results are confirmed to the engine (freeing them in Redis) in one call per
@@ -604,10 +611,24 @@ class SettleConsumer:
         t_lookup = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        results, refused = await self._settle(decoded.by_org, now_ms())
-        t_engine = time.perf_counter() - t0
+        sorted_, builder = Sorted(), RowsBuilder()
+        t_rows = 0.0
 
-        sorted_ = sort_results(results, decoded.records, decoded.attributes, decoded.ratings)
+        async def take(results: Mapping[str, Settled]) -> None:
+            """What some organizations settled: sorted, and their COPY records built (while
+            Redis settles the next wave, `_settle_at_once`)."""
+            nonlocal t_rows
+            started = time.perf_counter()
+            first = len(sorted_.store)
+            sort_results(results, decoded.records, decoded.attributes, decoded.ratings, sorted_)
+            for items in chunks(sorted_.store[first:], YIELD_EVERY):
+                builder.add(items)
+                await asyncio.sleep(0)
+            t_rows += time.perf_counter() - started
+
+        refused = await self._settle(decoded.by_org, now_ms(), take)
+        t_engine = time.perf_counter() - t0 - t_rows
+
         if (
             sorted_.dead
             and self.recovery is not None
@@ -632,12 +653,8 @@ class SettleConsumer:
         t_dlq = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        builder = RowsBuilder()
-        for items in chunks(sorted_.store, YIELD_EVERY):
-            builder.add(items)
-            await asyncio.sleep(0)
         rows = builder.rows()
-        t_rows = time.perf_counter() - t0
+        t_rows += time.perf_counter() - t0
 
         self._seq += 1
         return Batch(
@@ -685,17 +702,21 @@ class SettleConsumer:
         rate_batch(decoded, book, plans, self.max_event_credits)
 
     async def _settle(
-        self, by_org: dict[str, list[UsageEvent]], at_ms: int
-    ) -> tuple[dict[str, Settled], dict[Identity, str]]:
+        self,
+        by_org: dict[str, list[UsageEvent]],
+        at_ms: int,
+        take: Callable[[Mapping[str, Settled]], Awaitable[None]],
+    ) -> dict[Identity, str]:
         """One engine call per organization, all in one round trip where the engine allows
-        (`_settle_at_once`). Returns what settled per org, and the events the engine refused as
-        input (`EngineInputError`), (organization, key) -> why."""
+        (`_settle_at_once`), each organization's results handed to `take` once (in waves, as
+        they come in). Returns the events the engine refused as input (`EngineInputError`),
+        (organization, key) -> why."""
         refused: dict[Identity, str] = {}
         limit = asyncio.Semaphore(self.options.org_concurrency)
         orgs = list(by_org)
         if self.recovery is not None:
             self.recovery.settling(orgs)
-        ready = await self._settle_at_once(by_org, at_ms)
+        taken, held = await self._settle_at_once(by_org, at_ms, take)
 
         async def one(org_id: str) -> Settled:
             async with limit:
@@ -703,11 +724,12 @@ class SettleConsumer:
 
         # What the pipeline settled is taken as it is; only the rest go out one by one, each in
         # a task of its own (a hundred tasks cost about 0.4 ms, for nothing when all are ready).
-        alone = [org_id for org_id in orgs if org_id not in ready]
+        alone = [org_id for org_id in orgs if org_id not in taken and org_id not in held]
         by_itself = dict(zip(alone, await asyncio.gather(*(one(o) for o in alone)), strict=True))
         settled = {
-            org_id: (by_org[org_id], ready[org_id]) if org_id in ready else by_itself[org_id]
+            org_id: (by_org[org_id], held[org_id]) if org_id in held else by_itself[org_id]
             for org_id in orgs
+            if org_id not in taken
         }
         lost = [o for o, (_, (_, bodies)) in settled.items() if Reason.UNKNOWN_ORG.value in bodies]
         if lost and self.recovery is not None:
@@ -716,38 +738,72 @@ class SettleConsumer:
             again = await self._retry("recovery", self.recovery.recover, lost, self._drain)
             redone = await asyncio.gather(*(one(org) for org in again))
             settled.update(zip(again, redone, strict=True))
-        return settled, refused
+        if settled:
+            await take(settled)
+        return refused
 
     async def _settle_at_once(
-        self, by_org: dict[str, list[UsageEvent]], at_ms: int
-    ) -> dict[str, EncodedResults]:
+        self,
+        by_org: dict[str, list[UsageEvent]],
+        at_ms: int,
+        take: Callable[[Mapping[str, Settled]], Awaitable[None]],
+    ) -> tuple[set[str], dict[str, EncodedResults]]:
         """On one Redis, the settle calls of the organizations whose seats are issued go out as
-        one pipeline (`settle_pipelined`): a batch's hundred calls cost one round trip instead
-        of a hundred. What it did not settle (seats to issue first, an input error, a server
-        error, Redis unavailable) goes one organization at a time, as before, with its retries,
-        its input checks and its quarantine; settling again what the pipeline applied answers
-        the stored results."""
+        pipelines (`settle_pipelined`): a batch's hundred calls cost a few round trips instead
+        of a hundred. The calls go in waves of about `wave_events` events (`ConsumerOptions`),
+        the next wave sent before `take` handles the one answered, so the consumer sorts a
+        wave's results and builds its rows while Redis settles the next.
+
+        Returns the organizations taken, and those held back: answered unknown_org (their
+        shard may have lost them: `_settle` decides). What was not settled (seats to issue
+        first, an input error, a server error, Redis unavailable) goes one organization at a
+        time, as before, with its retries, its input checks and its quarantine; settling again
+        what a pipeline applied answers the stored results."""
+        taken: set[str] = set()
+        held: dict[str, EncodedResults] = {}
         engine = self._redis_engine
         if engine is None or engine.is_cluster or len(by_org) < 2:
-            return {}
+            return taken, held
         seats = self.seats
         calls = [
             (org_id, events)
             for org_id, events in by_org.items()
             if events and (seats is None or seats.covers(org_id, max(e.time_ms for e in events)))
         ]
-        if not calls:
-            return {}
+        waves = settle_waves(calls, self.options.wave_events)
+
+        def send(
+            wave: list[tuple[str, list[UsageEvent]]],
+        ) -> asyncio.Task[list[EncodedResults | Exception]]:
+            return asyncio.create_task(settle_pipelined(engine, wave, at_ms, trusted=self.trusted))
+
+        pending = send(waves[0]) if waves else None
         try:
-            answers = await settle_pipelined(engine, calls, at_ms, trusted=self.trusted)
-        except Exception as exc:  # each organization alone says what it is, and retries
-            log.warning("pipeline_failed", orgs=len(calls), error=repr(exc))
-            return {}
-        return {
-            org_id: answer
-            for (org_id, _), answer in zip(calls, answers, strict=True)
-            if not isinstance(answer, Exception)
-        }
+            for i, wave in enumerate(waves):
+                assert pending is not None
+                try:
+                    answers = await pending
+                except Exception as exc:  # each organization alone says what it is, and retries
+                    log.warning("pipeline_failed", orgs=len(wave), error=repr(exc))
+                    answers = None
+                pending = send(waves[i + 1]) if i + 1 < len(waves) else None
+                if answers is None:
+                    continue
+                ready: dict[str, Settled] = {}
+                for (org_id, events), answer in zip(wave, answers, strict=True):
+                    if isinstance(answer, Exception):
+                        continue
+                    if Reason.UNKNOWN_ORG.value in answer[1]:
+                        held[org_id] = answer
+                    else:
+                        ready[org_id] = (events, answer)
+                taken.update(ready)
+                await take(ready)
+        finally:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.wait({pending})
+        return taken, held
 
     async def _settle_org(
         self, org_id: str, events: list[UsageEvent], at_ms: int, refused: dict[Identity, str]

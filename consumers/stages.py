@@ -222,10 +222,12 @@ def sort_results(
     records: Mapping[Identity, Record],
     attributes: Mapping[Identity, str | None],
     ratings: Mapping[Identity, str] | None = None,
+    into: Sorted | None = None,
 ) -> Sorted:
     """Settlements to store (one per organization and key) and dead letters for those that did
-    not settle."""
-    out = Sorted()
+    not settle; in a new `Sorted`, or added to `into` (a batch's organizations sorted a few at
+    a time, each once, are the batch sorted at once)."""
+    out = Sorted() if into is None else into
     store = out.store
     for org_id, (events, (status, bodies)) in results.items():
         keys: list[str] = []
@@ -278,6 +280,25 @@ def _reason_message(reason: str, org_id: str, member_id: str) -> str:
     if reason == "counter_overflow":
         return f"settling it would take a counter of organization {org_id!r} past 2**53 - 1"
     return f"cannot settle: {reason}"
+
+
+def settle_waves(
+    calls: Sequence[tuple[str, list[UsageEvent]]], size: int
+) -> list[list[tuple[str, list[UsageEvent]]]]:
+    """Consecutive organizations' engine calls in waves of about `size` events: a wave ends once
+    it holds `size` events or more (an organization is never split)."""
+    waves: list[list[tuple[str, list[UsageEvent]]]] = []
+    wave: list[tuple[str, list[UsageEvent]]] = []
+    events = 0
+    for call in calls:
+        wave.append(call)
+        events += len(call[1])
+        if events >= size:
+            waves.append(wave)
+            wave, events = [], 0
+    if wave:
+        waves.append(wave)
+    return waves
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

@@ -18,7 +18,9 @@ from pipeline_support import (
 
 from consumers import settle as settle_module
 from consumers.settle import ConsumerOptions
-from meter.engine.redis import RedisEngine
+from consumers.stages import settle_waves
+from meter.engine.redis import RedisEngine, settle_pipelined
+from meter.engine.types import UsageEvent
 from meter.settings import Settings
 
 
@@ -143,18 +145,71 @@ async def test_a_pipeline_that_fails_leaves_each_organization_to_settle_alone(
 
     monkeypatch.setattr(settle_module, "settle_pipelined", broken)
     world = World.build(n_orgs=4, members_per_org=3, seed=31)
-    await world.apply(engine)
     events = make_events(world, 300, seed=32)
+    options = ConsumerOptions(batch_max_records=40)
+    await _settle_after_seats(pipe_settings, engine, running, world, events, options)
+    assert tried and max(tried) > 1
+
+
+async def _settle_after_seats(
+    pipe_settings: Settings,
+    engine: RedisEngine,
+    running: Running,
+    world: World,
+    events: list[Produced],
+    options: ConsumerOptions,
+) -> None:
+    """Settle `events` in two goes: the first 50, whose first batch issues the period's seats
+    (alone, organization by organization), then the rest, where the pipelines are tried. Every
+    event must settle once, with the totals it should."""
+    await world.apply(engine)
     assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
     bootstrap, topic = pipe_settings.kafka_bootstrap, pipe_settings.usage_topic
-    # The first batch issues the period's seats (alone, organization by organization); the
-    # pipeline is tried from the next ones.
     await produce_events(bootstrap, topic, events[:50])
-    consumer = running.start(pipe_settings, engine, ConsumerOptions(batch_max_records=40))
+    consumer = running.start(pipe_settings, engine, options)
     await _drained(pipe_settings)
     await produce_events(bootstrap, topic, events[50:])
     await _drained(pipe_settings)
     await running.stop(consumer)
-    assert tried and max(tried) > 1
     assert consumer.settled == len(events)
     await assert_consistent(world, engine, pipe_settings.postgres_dsn, events)
+
+
+def test_waves_keep_organizations_whole_and_in_order() -> None:
+    def call(org_id: str, n: int) -> tuple[str, list[UsageEvent]]:
+        return org_id, [UsageEvent(f"k{i}", org_id, "m", 1, 0) for i in range(n)]
+
+    calls = [call("a", 3), call("b", 1), call("c", 6), call("d", 2), call("e", 1)]
+    waves = settle_waves(calls, 4)
+    assert [[org for org, _ in wave] for wave in waves] == [["a", "b"], ["c"], ["d", "e"]]
+    assert [c for wave in waves for c in wave] == calls
+    assert settle_waves([], 4) == []
+    assert [len(w) for w in settle_waves(calls, 1)] == [1, 1, 1, 1, 1]
+
+
+async def test_a_batch_settles_in_waves_and_a_failed_wave_goes_alone(
+    pipe_settings: Settings,
+    engine: RedisEngine,
+    running: Running,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch's organizations go to Redis in waves, the next sent while the consumer sorts the
+    last one's results; one organization a wave here, and every third wave fails whole (its
+    organization then settles alone). Every event settles once, with the totals it should."""
+    waves: list[list[str]] = []
+
+    async def every_third_fails(
+        engine: RedisEngine, calls: list[tuple[str, list[UsageEvent]]], *args: object, **kw: bool
+    ) -> object:
+        waves.append([org_id for org_id, _ in calls])
+        if len(waves) % 3 == 0:
+            raise RuntimeError("the pipeline broke")
+        return await settle_pipelined(engine, calls, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(settle_module, "settle_pipelined", every_third_fails)
+    world = World.build(n_orgs=5, members_per_org=3, seed=41)
+    events = make_events(world, 600, seed=42)
+    options = ConsumerOptions(batch_max_records=200, wave_events=1)
+    await _settle_after_seats(pipe_settings, engine, running, world, events, options)
+    assert waves and all(len(wave) == 1 for wave in waves)
+    assert len(waves) >= 6  # several batches of several waves, two of them failed
