@@ -42,7 +42,7 @@ from prometheus_client import Counter
 from meter import kafka
 from meter.metrics import REGISTRY
 from meter.money import format_credits
-from meter.supervise import Backoff, supervise, wait_event
+from meter.supervise import Backoff, close_quietly, supervise, wait_event
 from schemas.events import format_time
 
 if TYPE_CHECKING:
@@ -282,15 +282,7 @@ class AlertPublisher:
         listener, self._listener = self._listener, None
         producer, self._producer = self._producer, None
         pool, self._pool = self._pool, None
-        if listener is not None:
-            with contextlib.suppress(Exception):
-                await listener.close(timeout=2)
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-        if pool is not None:
-            with contextlib.suppress(Exception):
-                await pool.close()
+        await close_quietly(listener, pool, *([producer.stop] if producer is not None else []))
 
 
 def publisher_for(settings: Settings) -> AlertPublisher:

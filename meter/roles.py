@@ -23,7 +23,7 @@ import structlog
 
 from meter import __version__, metrics
 from meter.lease import TTL_S, Lease
-from meter.supervise import cancel_and_wait
+from meter.supervise import cancel_and_wait, terminate_open
 
 if TYPE_CHECKING:
     from meter.cli import Handler
@@ -110,7 +110,10 @@ async def run_scheduler(
         log.info("scheduler standing by for the lease", holder=lease.holder, ttl_s=lease_ttl_s)
         await lease.run(lambda: scheduler_work(settings, services))
     finally:
-        await pool.close()
+        try:
+            await pool.close()
+        finally:
+            terminate_open(pool)
 
 
 async def scheduler_component(settings: Settings, services: Services) -> None:

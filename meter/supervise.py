@@ -178,6 +178,40 @@ async def cancel_and_wait(tasks: Collection[asyncio.Future[Any]], *, again_s: fl
         raise asyncio.CancelledError
 
 
+def terminate_open(*targets: asyncpg.Connection | asyncpg.Pool | None) -> None:
+    """Terminate (close the sockets of, at once) the asyncpg connections and pools among
+    `targets` still open. For the `finally` of a component's clean-up, whose closes a second
+    cancellation can cut short (`cancel_and_wait` cancels again after a second): a connection
+    left open is only found by the garbage collector, which warns of it."""
+    for target in targets:
+        if target is None:
+            continue
+        if isinstance(target, asyncpg.Pool) or not target.is_closed():
+            target.terminate()  # (a closed pool's terminate does nothing)
+
+
+async def close_quietly(
+    listener: asyncpg.Connection | None,
+    pool: asyncpg.Pool | None,
+    *others: Callable[[], Awaitable[object]],
+) -> None:
+    """A component's clean-up: close its listening connection, then `others` (a producer's
+    stop, a client's close), then its pool, each one's errors swallowed. What a cancellation
+    cuts short is terminated (`terminate_open`) and the cancellation raised."""
+    try:
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=2)
+        for close in others:
+            with contextlib.suppress(Exception):
+                await close()
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.close()
+    finally:
+        terminate_open(listener, pool)
+
+
 async def supervise(
     component: str,
     step: Step,

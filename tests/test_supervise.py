@@ -19,6 +19,7 @@ from api.support import Addresses
 from meter import cli
 from meter.admin import AdminService
 from meter.admin.scheduler import PeriodScheduler
+from meter.alerts import AlertPublisher
 from meter.api import App, build_app
 from meter.engine.redis import RedisEngine
 from meter.health import HEALTH
@@ -26,6 +27,7 @@ from meter.migrate import migrate
 from meter.services import PostgresServer
 from meter.settings import Settings
 from meter.supervise import Backoff, cancel_and_wait, supervise, wait_event
+from meter.webhooks.worker import WebhookWorker
 
 ADMIN_TOKEN = "supervise-admin-token-0123456789"
 FAST = Backoff(initial_s=0.05, max_s=0.5)
@@ -321,3 +323,28 @@ async def test_cancel_and_wait_nested_under_repeated_cancellations() -> None:
     await asyncio.sleep(0.01)
     await asyncio.wait_for(cancel_and_wait([task], again_s=0.05), 10)
     assert task.done() and len(swallowed) == 3
+
+
+@pytest.mark.parametrize("component", ["alerts", "webhooks"])
+async def test_clean_up_cut_short_by_a_cancellation_leaves_no_connection_open(
+    component: str, postgres_dsn: str, kafka_bootstrap: str
+) -> None:
+    """A component's clean-up closes its listening connection, then its pool. A cancellation
+    during the first close (a second one, as `cancel_and_wait` sends after a second) still
+    leaves neither open for the garbage collector to find."""
+    worker: AlertPublisher | WebhookWorker = (
+        AlertPublisher(postgres_dsn, kafka_bootstrap, "unused")
+        if component == "alerts"
+        else WebhookWorker(postgres_dsn, production=False)
+    )
+    listener = await asyncpg.connect(postgres_dsn)
+    pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=1)
+    worker._listener, worker._pool = listener, pool
+    task = asyncio.create_task(worker._reset())
+    await asyncio.sleep(0)  # the task runs up to its first wait: the listener's close
+    assert not task.done()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert listener.is_closed()
+    assert pool._closed, "the pool was left open"
+    assert worker._listener is None and worker._pool is None

@@ -44,7 +44,6 @@ the API processes, which scale out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -67,7 +66,7 @@ from meter.plans.expiry import ExpiryEntry
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.store import ENSURE_PARTITIONS, ms_to_datetime
-from meter.supervise import TRANSIENT, supervise, wait_event
+from meter.supervise import TRANSIENT, close_quietly, supervise, terminate_open, wait_event
 from schemas.events import format_time
 
 if TYPE_CHECKING:
@@ -253,9 +252,9 @@ class PeriodScheduler:
 
     async def _charges_step(self, dsn: str) -> None:
         if self._listener is None or self._listener.is_closed():
-            listener = await asyncpg.connect(dsn, timeout=10)
-            await listener.add_listener(CHARGES_CHANNEL, self._charge_notified)
-            self._listener = listener
+            # Held before it listens: a cancellation while it does leaves it to `_unlisten`.
+            self._listener = await asyncpg.connect(dsn, timeout=10)
+            await self._listener.add_listener(CHARGES_CHANNEL, self._charge_notified)
         await wait_event(self._charge_wake, self.charges_poll_s)
         self._charge_wake.clear()
         orgs, self._charge_orgs = self._charge_orgs, set()
@@ -273,9 +272,7 @@ class PeriodScheduler:
 
     async def _unlisten(self) -> None:
         listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(Exception):
-                await listener.close(timeout=2)
+        await close_quietly(listener, None)
 
     async def run(self) -> None:
         """Tick at each next period start and at least every `poll_s` seconds, until cancelled.
@@ -335,6 +332,9 @@ async def run_component(settings: Settings, services: Services) -> None:
         log.info("period scheduler started", topic=settings.billing_topic)
         await asyncio.gather(scheduler.run(), scheduler.watch_charges(services.postgres_dsn))
     finally:
-        await producer.stop()
-        await redis.aclose()
-        await pool.close()
+        try:
+            await producer.stop()
+            await redis.aclose()
+            await pool.close()
+        finally:
+            terminate_open(pool)

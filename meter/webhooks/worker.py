@@ -22,7 +22,6 @@ at the next due retry, or every `poll_s` at the latest. Delivery is at least onc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from prometheus_client import Counter
 
 from meter import alerts
 from meter.metrics import REGISTRY
-from meter.supervise import Backoff, cancel_and_wait, supervise, wait_event
+from meter.supervise import Backoff, cancel_and_wait, close_quietly, supervise, wait_event
 from meter.webhooks import rules
 from meter.webhooks.dead_letters import SOURCE_PREFIX as DEAD_LETTER_SOURCE
 from meter.webhooks.dead_letters import dead_letter_events
@@ -440,22 +439,19 @@ class WebhookWorker:
         self._wake.set()
 
     async def _reset(self) -> None:
-        await cancel_and_wait(list(self._inflight))
-        self._inflight.clear()
-        # Attempts that ended stay in `_done` for the next pass to record; those cancelled now
-        # stay claimed and are sent again once their claim runs out (at least once).
+        try:
+            await cancel_and_wait(list(self._inflight))
+            self._inflight.clear()
+            # Attempts that ended stay in `_done` for the next pass to record; those cancelled
+            # now stay claimed and are sent again once their claim runs out (at least once).
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
         listener, self._listener = self._listener, None
         client, self._client = self._client, None
         pool, self._pool = self._pool, None
-        if listener is not None:
-            with contextlib.suppress(Exception):
-                await listener.close(timeout=2)
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.aclose()
-        if pool is not None:
-            with contextlib.suppress(Exception):
-                await pool.close()
+        await close_quietly(listener, pool, *([client.aclose] if client is not None else []))
 
 
 def worker_for(settings: Settings, dsn: str) -> WebhookWorker:
