@@ -23,7 +23,7 @@ import structlog
 
 from meter import __version__, metrics
 from meter.lease import TTL_S, Lease
-from meter.supervise import cancel_and_wait, terminate_open
+from meter.supervise import cancel_and_wait, close_quietly
 
 if TYPE_CHECKING:
     from meter.cli import Handler
@@ -110,10 +110,7 @@ async def run_scheduler(
         log.info("scheduler standing by for the lease", holder=lease.holder, ttl_s=lease_ttl_s)
         await lease.run(lambda: scheduler_work(settings, services))
     finally:
-        try:
-            await pool.close()
-        finally:
-            terminate_open(pool)
+        await close_quietly(None, pool)
 
 
 async def scheduler_component(settings: Settings, services: Services) -> None:

@@ -178,7 +178,7 @@ async def cancel_and_wait(tasks: Collection[asyncio.Future[Any]], *, again_s: fl
         raise asyncio.CancelledError
 
 
-def terminate_open(*targets: asyncpg.Connection | asyncpg.Pool | None) -> None:
+def _terminate_open(*targets: asyncpg.Connection | asyncpg.Pool | None) -> None:
     """Terminate (close the sockets of, at once) the asyncpg connections and pools among
     `targets` still open. For the `finally` of a component's clean-up, whose closes a second
     cancellation can cut short (`cancel_and_wait` cancels again after a second): a connection
@@ -197,7 +197,7 @@ async def close_quietly(
 ) -> None:
     """A component's clean-up: close its listening connection, then `others` (a producer's
     stop, a client's close), then its pool, each one's errors swallowed. What a cancellation
-    cuts short is terminated (`terminate_open`) and the cancellation raised."""
+    cuts short is terminated (`_terminate_open`) and the cancellation raised."""
     try:
         if listener is not None:
             with contextlib.suppress(Exception):
@@ -209,7 +209,7 @@ async def close_quietly(
             with contextlib.suppress(Exception):
                 await pool.close()
     finally:
-        terminate_open(listener, pool)
+        _terminate_open(listener, pool)
 
 
 async def supervise(

@@ -66,7 +66,7 @@ from meter.plans.expiry import ExpiryEntry
 from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.store import ENSURE_PARTITIONS, ms_to_datetime
-from meter.supervise import TRANSIENT, close_quietly, supervise, terminate_open, wait_event
+from meter.supervise import TRANSIENT, close_quietly, supervise, wait_event
 from schemas.events import format_time
 
 if TYPE_CHECKING:
@@ -332,9 +332,4 @@ async def run_component(settings: Settings, services: Services) -> None:
         log.info("period scheduler started", topic=settings.billing_topic)
         await asyncio.gather(scheduler.run(), scheduler.watch_charges(services.postgres_dsn))
     finally:
-        try:
-            await producer.stop()
-            await redis.aclose()
-            await pool.close()
-        finally:
-            terminate_open(pool)
+        await close_quietly(None, pool, producer.stop, redis.aclose)
