@@ -687,10 +687,11 @@ class SettleConsumer:
         existing = await self._retry("existing_keys", self.store.existing_keys, keys)
         for seq in [s for s in self._inflight_keys if s <= committed]:
             del self._inflight_keys[seq]
-        if self._inflight_keys:
-            batch = set(keys)  # each key hashed once, not once per batch in flight
-            for pending in self._inflight_keys.values():
-                existing |= pending & batch
+        # A set meets the dict's keys without a set of them built first: the smaller side is
+        # walked and looked up in the other.
+        batch = decoded.records.keys()
+        for pending in self._inflight_keys.values():
+            existing |= pending & batch
         return drop_keys(decoded, existing)
 
     async def _rate(self, decoded: Decoded) -> None:

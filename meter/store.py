@@ -482,13 +482,21 @@ class RowsBuilder:
         self._periods: dict[tuple[str, str, str], tuple[int, int]] = {}
 
     def add(self, items: Iterable[Encoded]) -> None:
-        rows, sums, periods = self._rows, self._sums, self._periods
+        sums, periods, append = self._sums, self._periods, self._rows.append
         code_slot, flag_bits, sep = _CODE_SLOT, _FLAGS, SEP
 
         for key, org_id, enc, attributes, rating in items:
-            f = enc.split(SEP)
-            member_id, start, end_text, group = f[0], f[3], f[4], f[5]
-            credits, unfunded = int(f[1]), int(f[6])
+            f = enc.split(sep)
+            member_id, amount, start, end_text, group, unfunded_text = (
+                f[0],
+                f[1],
+                f[3],
+                f[4],
+                f[5],
+                f[6],
+            )
+            credits = int(amount)
+            unfunded = 0 if unfunded_text == "0" else int(unfunded_text)
             time_ms = int(f[2])
             # The period's instants, once per organization and period (most events of a batch
             # share a few), with the latest end seen for its start.
@@ -502,17 +510,22 @@ class RowsBuilder:
             total[0] += 1
             total[1] += credits
             total[6] += unfunded
-            if len(f) == 12:  # one line, as most settlements have
-                total[code_slot[f[10]]] += int(f[11])
+            if len(f) == 12:
+                # One line, as most settlements have, most often of all the credits: its amount
+                # is then the same text, converted once.
+                line = f[11]
+                total[code_slot[f[10]]] += credits if line == amount else int(line)
+                lines = f"{f[9]}{sep}{f[10]}{sep}{line}"
             else:
                 for i in range(10, len(f) - 1, 3):
                     total[code_slot[f[i]]] += int(f[i + 1])
+                lines = sep.join(f[9:])
             member_limited, group_limited, late = flag_bits[f[7]]
-            rows.append(
+            append(
                 (
                     key, org_id, member_id, group, period[0], period[1],
                     (time_ms - PG_EPOCH_MS) * 1000, credits, unfunded, member_limited,
-                    group_limited, late, f[8] or None, attributes, rating, sep.join(f[9:]),
+                    group_limited, late, f[8] or None, attributes, rating, lines,
                 )
             )  # fmt: skip
 

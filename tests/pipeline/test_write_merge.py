@@ -14,9 +14,19 @@ from pipeline_support import (
 )
 
 from consumers.settle import Batch, ConsumerOptions, merge_batches
-from meter.engine.redis import RedisEngine
+from meter.engine.redis import KIND_CODE, RedisEngine
+from meter.engine.types import Kind, Line, Period, Settlement
 from meter.settings import Settings
-from meter.store import BatchRows, Encoded, OffsetAdvance, batch_rows, by_identity, merge_rows
+from meter.store import (
+    BatchRows,
+    Encoded,
+    OffsetAdvance,
+    batch_rows,
+    by_identity,
+    encoded,
+    merge_rows,
+    ms_to_datetime,
+)
 
 DAY_MS = 86_400_000
 START = 1_796_083_200_000  # a period start, midnight UTC
@@ -95,6 +105,63 @@ def test_merged_rows_are_the_rows_of_the_merged_batches() -> None:
     assert identities == sorted(identities) and identities != sorted(identities, key=lambda i: i[1])
     assert whole.settlements == sorted(whole.settlements, key=by_identity)
     assert len(merged.totals) < sum(len(batch_rows(p).totals) for p in parts)
+
+
+def test_batch_rows_hold_each_settlement_and_its_totals() -> None:
+    """Each settlement's record and its totals per kind, from the engine's encoding: a seat line
+    of all the credits, one of part of them beside unfunded credits, a line of another kind whose
+    amount is written differently from the credits, two lines, none, and flags."""
+    period = Period(START, START + 30 * DAY_MS)
+    seat, pool = Kind.SEAT, Kind.SHARED
+    settlements = [
+        Settlement("a", "o", "m1", 5, START + 1, period, "g1", (Line("s1", seat, 5),)),
+        Settlement("b", "o", "m1", 5, START + 2, period, "g1", (Line("s1", seat, 3),), 2,
+                   member_limited=True),
+        Settlement("c", "o", "m2", 7, START + 3, period, "g2", (Line("p", pool, 7),),
+                   reservation_id="r1"),
+        Settlement("d", "o", "m2", 9, START + DAY_MS, period, "g2",
+                   (Line("s2", seat, 4), Line("p", pool, 5)), late=True),
+        Settlement("e", "o", "m1", 6, START + 4, period, "g1", (), 6, group_limited=True),
+    ]  # fmt: skip
+    # A line amount written with a leading zero is the same amount: taken as written.
+    items = [
+        (k, o, enc.replace("\x1fh\x1f7", "\x1fh\x1f07") if k == "c" else enc, a, r)
+        for k, o, enc, a, r in encoded((s, None) for s in settlements)
+    ]
+    rows = batch_rows(items)
+
+    def instant(ms: int) -> int:
+        return (ms - 946_684_800_000) * 1000
+
+    lines = {"c": "p\x1fh\x1f07"}
+
+    def written(s: Settlement) -> str:
+        return "\x1f".join(
+            f"{ln.bucket_id}\x1f{KIND_CODE[ln.kind]}\x1f{ln.amount}" for ln in s.lines
+        )
+
+    assert rows.settlements == [
+        (
+            s.key, s.org_id, s.member_id, s.billing_group, instant(START),
+            instant(START + 30 * DAY_MS), instant(s.time_ms), s.credits, s.unfunded,
+            s.member_limited, s.group_limited, s.late, s.reservation_id, None, None,
+            lines.get(s.key) or written(s),
+        )
+        for s in settlements
+    ]  # fmt: skip
+    day0, day1 = (ms_to_datetime(START + d * DAY_MS).date() for d in (0, 1))
+    # (org, member, group, start, end, day, events, credits, seat, personal, shared, on_demand,
+    # unfunded)
+    assert sorted(rows.totals) == sorted(
+        [
+            ("o", "m1", "g1", instant(START), instant(START + 30 * DAY_MS), day0,
+             3, 16, 8, 0, 0, 0, 8),
+            ("o", "m2", "g2", instant(START), instant(START + 30 * DAY_MS), day0,
+             1, 7, 0, 0, 7, 0, 0),
+            ("o", "m2", "g2", instant(START), instant(START + 30 * DAY_MS), day1,
+             1, 9, 4, 0, 5, 0, 0),
+        ]
+    )  # fmt: skip
 
 
 async def test_batches_held_up_by_a_locked_total_are_written_together_once(
