@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -608,23 +608,21 @@ class SettlementStore:
 
     async def open(self) -> None:
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(
-                self._dsn,
-                min_size=0,
-                max_size=2,
-                init=_init_connection,
-                reset=_keep_session,
-                command_timeout=self._command_timeout_s,
-            )
+            self._pool = await self._create_pool(2, _init_connection)
         if self._writer is None:
-            self._writer = await asyncpg.create_pool(
-                self._dsn,
-                min_size=0,
-                max_size=1,
-                init=_init_writer,
-                reset=_keep_session,
-                command_timeout=self._command_timeout_s,
-            )
+            self._writer = await self._create_pool(1, _init_writer)
+
+    async def _create_pool(
+        self, size: int, init: Callable[[asyncpg.Connection], Awaitable[None]]
+    ) -> asyncpg.Pool:
+        return await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=size,
+            init=init,
+            reset=_keep_session,
+            command_timeout=self._command_timeout_s,
+        )
 
     async def close(self) -> None:
         pools = [p for p in (self._writer, self._pool) if p is not None]

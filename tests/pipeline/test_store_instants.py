@@ -3,7 +3,9 @@ datetimes exactly as asyncpg's own codec does."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -27,54 +29,57 @@ DATETIMES = (
 )
 
 
-async def test_integer_instants_and_datetimes_round_trip(migrated_dsn: str) -> None:
-    store = SettlementStore(migrated_dsn)
+@contextlib.asynccontextmanager
+async def _opened(dsn: str) -> AsyncIterator[tuple[SettlementStore, asyncpg.Connection]]:
+    """A store, and a connection with asyncpg's own codecs."""
+    store = SettlementStore(dsn)
     await store.open()
-    plain = await asyncpg.connect(migrated_dsn)
+    plain = await asyncpg.connect(dsn)
     try:
-        async with store.pool.acquire() as conn:
-            for ms in INSTANTS_MS:
-                got = await conn.fetchval("SELECT $1::timestamptz", pg_instant(ms))
-                assert got == ms_to_datetime(ms) == pg_instant_datetime(pg_instant(ms))
-                assert (
-                    await conn.fetchval(
-                        "SELECT (extract(epoch FROM $1::timestamptz) * 1000)::bigint",
-                        pg_instant(ms),
-                    )
-                    == ms
-                )
-            for value in DATETIMES:
-                ours = await conn.fetchval("SELECT $1::timestamptz", value)
-                theirs = await plain.fetchval("SELECT $1::timestamptz", value)
-                assert ours == theirs and type(ours) is type(theirs)
-                assert ours.tzinfo == theirs.tzinfo
-                text = "SELECT $1::timestamptz::text"
-                assert await conn.fetchval(text, value) == await plain.fetchval(text, value)
-            day = dt.date(2026, 3, 1)
-            assert await conn.fetchval("SELECT $1::timestamptz", day) == await plain.fetchval(
-                "SELECT $1::timestamptz", day
-            )
-            assert await conn.fetchval("SELECT 'infinity'::timestamptz") == dt.datetime.max
-            assert await conn.fetchval("SELECT '-infinity'::timestamptz") == dt.datetime.min
-            arrays = "SELECT $1::timestamptz[]"
-            values = [pg_instant(INSTANTS_MS[2]), DATETIMES[0]]
-            assert await conn.fetchval(arrays, values) == [
-                ms_to_datetime(INSTANTS_MS[2]),
-                DATETIMES[0],
-            ]
+        yield store, plain
     finally:
         await plain.close()
         await store.close()
+
+
+async def test_integer_instants_and_datetimes_round_trip(migrated_dsn: str) -> None:
+    async with _opened(migrated_dsn) as (store, plain), store.pool.acquire() as conn:
+        for ms in INSTANTS_MS:
+            got = await conn.fetchval("SELECT $1::timestamptz", pg_instant(ms))
+            assert got == ms_to_datetime(ms) == pg_instant_datetime(pg_instant(ms))
+            assert (
+                await conn.fetchval(
+                    "SELECT (extract(epoch FROM $1::timestamptz) * 1000)::bigint",
+                    pg_instant(ms),
+                )
+                == ms
+            )
+        for value in DATETIMES:
+            ours = await conn.fetchval("SELECT $1::timestamptz", value)
+            theirs = await plain.fetchval("SELECT $1::timestamptz", value)
+            assert ours == theirs and type(ours) is type(theirs)
+            assert ours.tzinfo == theirs.tzinfo
+            text = "SELECT $1::timestamptz::text"
+            assert await conn.fetchval(text, value) == await plain.fetchval(text, value)
+        day = dt.date(2026, 3, 1)
+        assert await conn.fetchval("SELECT $1::timestamptz", day) == await plain.fetchval(
+            "SELECT $1::timestamptz", day
+        )
+        assert await conn.fetchval("SELECT 'infinity'::timestamptz") == dt.datetime.max
+        assert await conn.fetchval("SELECT '-infinity'::timestamptz") == dt.datetime.min
+        arrays = "SELECT $1::timestamptz[]"
+        values = [pg_instant(INSTANTS_MS[2]), DATETIMES[0]]
+        assert await conn.fetchval(arrays, values) == [
+            ms_to_datetime(INSTANTS_MS[2]),
+            DATETIMES[0],
+        ]
 
 
 async def test_the_writer_exchanges_instants_as_integers(migrated_dsn: str) -> None:
     """The writer's connection sends and reads `timestamptz` as `pg_instant` integers, arrays
     too, and what it writes in a batch (direct and careful paths) reads back elsewhere as the
     instants the engine gave."""
-    store = SettlementStore(migrated_dsn)
-    await store.open()
-    plain = await asyncpg.connect(migrated_dsn)
-    try:
+    async with _opened(migrated_dsn) as (store, plain):
         async with store.writer.acquire() as conn:
             for ms in INSTANTS_MS:
                 got = await conn.fetchval("SELECT $1::timestamptz", pg_instant(ms))
@@ -110,6 +115,3 @@ async def test_the_writer_exchanges_instants_as_integers(migrated_dsn: str) -> N
         ]  # fmt: skip
         day = await plain.fetchval("SELECT min(day) FROM member_daily_totals")
         assert day == ms_to_datetime(start - 7).date()
-    finally:
-        await plain.close()
-        await store.close()
