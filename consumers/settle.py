@@ -176,6 +176,9 @@ class Batch:
     replayed: int
     polled_at: float
     timings: dict[str, float] = field(default_factory=dict)
+    settled: set[Identity] = field(default_factory=set)
+    """(organization, key) of each settlement in `store`: what a later batch's lookup counts
+    as settled while this one is in flight."""
 
 
 def merge_batches(batches: list[Batch]) -> Batch:
@@ -397,7 +400,7 @@ class SettleConsumer:
                 continue
             if batch.generation != self._generation or self._resync:
                 continue  # a rebalance happened meanwhile; resync re-reads from PostgreSQL
-            self._inflight_keys[batch.seq] = {(item[1], item[0]) for item in batch.store}
+            self._inflight_keys[batch.seq] = batch.settled
             self._queued.append(batch)
             self._queued_records += batch.records
             if self._queued_records + opts.batch_max_records > opts.write_max_records:
@@ -664,6 +667,7 @@ class SettleConsumer:
             store=sorted_.store,
             rows=rows,
             keys_by_org=sorted_.keys_by_org,
+            settled=sorted_.settled,
             records=len(records),
             duplicates=duplicates,
             dead=len(dead),

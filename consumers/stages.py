@@ -212,6 +212,8 @@ def encode_results(settlements: Sequence[Settlement]) -> EncodedResults:
 class Sorted:
     store: list[Encoded] = field(default_factory=list)
     keys_by_org: dict[str, list[str]] = field(default_factory=dict)
+    settled: set[Identity] = field(default_factory=set)
+    """(organization, key) of each settlement in `store`."""
     dead: list[DeadLetter] = field(default_factory=list)
     replayed: int = 0
     """Results the engine had stored before (`duplicate=True`) that are stored now."""
@@ -228,7 +230,7 @@ def sort_results(
     not settle; in a new `Sorted`, or added to `into` (a batch's organizations sorted a few at
     a time, each once, are the batch sorted at once)."""
     out = Sorted() if into is None else into
-    store = out.store
+    store, settled = out.store, out.settled
     for org_id, (events, (status, bodies)) in results.items():
         keys: list[str] = []
         seen: set[str] = set()
@@ -249,10 +251,11 @@ def sort_results(
                     key,
                     org_id,
                     body,
-                    attributes.get(identity),
+                    attributes.get(identity) if attributes else None,
                     ratings.get(identity) if ratings else None,
                 )
             )
+            settled.add(identity)
             keys.append(key)
         if keys:
             out.keys_by_org[org_id] = keys
