@@ -75,6 +75,31 @@ async def assert_totals_recomputed(dsn: str) -> None:
             )
             assert [tuple(r) for r in stored] == [tuple(r) for r in fresh], table
             assert stored, table
+        # The member runs hold each settlement's key once, under its member and period, one
+        # run per write (settled_at); the shared pool's drawn credits are its lines' sums.
+        runs = await conn.fetch(
+            "SELECT org_id, member_id, period_start, settled_at, count(*) AS runs,"
+            " array_agg(k ORDER BY k) AS keys"
+            " FROM settlement_runs, unnest(keys) AS k GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+        )
+        settled = await conn.fetch(
+            "SELECT org_id, member_id, period_start, settled_at, array_agg(key ORDER BY key)"
+            " FROM settlements GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+        )
+        assert [(*r[:4], r["keys"]) for r in runs] == [tuple(r) for r in settled]
+        per_run = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM settlement_runs"
+            " GROUP BY org_id, member_id, period_start, settled_at HAVING count(*) > 1) AS x"
+        )
+        assert per_run == 0
+        drawn = await conn.fetch(
+            "SELECT org_id, bucket_id, drawn FROM shared_bucket_drawn ORDER BY 1, 2"
+        )
+        lines = await conn.fetch(
+            "SELECT org_id, bucket_id, sum(amount) FROM settlement_lines WHERE kind = 'shared'"
+            " GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        assert [tuple(r) for r in drawn] == [tuple(r) for r in lines] and lines
     finally:
         await conn.close()
 
