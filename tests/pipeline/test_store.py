@@ -254,3 +254,41 @@ async def test_store_connections_go_back_to_the_pool_without_a_reset(migrated_ds
             assert await conn.fetchval("SHOW application_name") == "meter-store-test"
     finally:
         await store.close()
+
+
+async def test_a_month_without_its_partition_is_written_through_the_parent(
+    migrated_dsn: str,
+) -> None:
+    """Settlements go into their monthly partition only while it is attached: once a month's
+    partition is detached (as `meter archive` does), a batch of that month is written through
+    `settlements` and its triggers (into the DEFAULT partition here), never into the detached
+    table."""
+    rng = random.Random(17)
+    batch = [settlement(rng, i) for i in range(40)]
+    store = SettlementStore(migrated_dsn)
+    conn = await asyncpg.connect(migrated_dsn)
+    try:
+        await store.load_offsets("g", "t", {0: 0})
+        first = [(s, None) for s in batch[:20]]
+        assert await store.write_batch("g", "t", first, [OffsetAdvance(0, 0, 20)]) == 20
+        months = await conn.fetch(
+            "SELECT DISTINCT to_char(period_start AT TIME ZONE 'UTC', 'YYYY_MM') FROM settlements"
+        )
+        assert len(months) == 2
+        detached = f"settlements_{months[0][0]}"
+        before = await conn.fetchval(f"SELECT count(*) FROM {detached}")
+        await conn.execute(f"ALTER TABLE settlements DETACH PARTITION {detached}")
+        rest = [(s, None) for s in batch[20:]]
+        assert await store.write_batch("g", "t", rest, [OffsetAdvance(0, 20, 40)]) == 20
+        assert await conn.fetchval(f"SELECT count(*) FROM {detached}") == before
+        assert await conn.fetchval("SELECT count(*) FROM settlements_default") > 0
+        assert await conn.fetchval("SELECT count(*) FROM settlement_keys") == 40
+        new_keys = [s.key for s, _ in rest]
+        runs = await conn.fetchval(
+            "SELECT count(DISTINCT k) FROM settlement_runs, unnest(keys) AS k WHERE k = ANY ($1)",
+            new_keys,
+        )
+        assert runs == 20
+    finally:
+        await conn.close()
+        await store.close()
