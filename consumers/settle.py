@@ -656,7 +656,7 @@ class SettleConsumer:
         t_dlq = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        rows = builder.rows()
+        rows = builder.rows(ordered=False)
         t_rows += time.perf_counter() - t0
 
         self._seq += 1

@@ -451,6 +451,19 @@ class BatchRows:
     drawn_periods: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Per organization that drew from its shared pool, the latest period start and end of the
     settlements that drew."""
+    rated: list[tuple[Any, ...]] = field(default_factory=list)
+    """The settlements of usage events (with a rating), for the totals by model."""
+    starts: set[int] = field(default_factory=set)
+    """The period starts of the settlements."""
+    ordered: bool = True
+    """Whether `settlements` are in `by_identity` order yet (`in_order` puts them so)."""
+
+    def in_order(self) -> list[tuple[Any, ...]]:
+        """The settlements in `by_identity` order, sorted now if they were not."""
+        if not self.ordered:
+            sort_by_identity(self.settlements)
+            self.ordered = True
+        return self.settlements
 
 
 by_identity = operator.itemgetter(1, 0)
@@ -478,7 +491,7 @@ def merge_rows(parts: Sequence[BatchRows]) -> BatchRows:
     same (org, member, billing group, period start, day) added up, each with the latest end
     seen for its organization's period start (as `batch_rows` gives them)."""
     if len(parts) == 1:
-        return parts[0]
+        return parts[0]  # (in order or not, as it is)
     settlements: list[tuple[Any, ...]] = []
     sums: dict[tuple[Any, ...], list[Any]] = {}
     ends: dict[tuple[Any, ...], Any] = {}
@@ -500,6 +513,8 @@ def merge_rows(parts: Sequence[BatchRows]) -> BatchRows:
     sort_by_identity(settlements)
     merged = BatchRows(settlements, [tuple(t) for t in sums.values()])
     for part in parts:
+        merged.rated += part.rated
+        merged.starts |= part.starts
         for run, keys in part.runs.items():
             merged.runs.setdefault(run, []).extend(keys)
         for bucket, amount in part.drawn.items():
@@ -538,6 +553,7 @@ class RowsBuilder:
         self._periods: dict[tuple[str, str, str], tuple[int, int]] = {}
         self._drawn: dict[tuple[str, str], int] = {}
         self._drawn_periods: dict[str, tuple[int, int]] = {}
+        self._rated: list[tuple[Any, ...]] = []
 
     def add(self, items: Iterable[Encoded]) -> None:
         sums, periods, append = self._sums, self._periods, self._rows.append
@@ -586,13 +602,14 @@ class RowsBuilder:
                         self._draw(org_id, f[i - 1], drawn, period)
                 lines = sep.join(f[9:])
             member_limited, group_limited, late = flag_bits[f[7]]
-            append(
-                (
-                    key, org_id, member_id, group, period[0], period[1],
-                    (time_ms - PG_EPOCH_MS) * 1000, credits, unfunded, member_limited,
-                    group_limited, late, f[8] or None, attributes, rating, lines,
-                )
+            row = (
+                key, org_id, member_id, group, period[0], period[1],
+                (time_ms - PG_EPOCH_MS) * 1000, credits, unfunded, member_limited,
+                group_limited, late, f[8] or None, attributes, rating, lines,
             )  # fmt: skip
+            append(row)
+            if rating is not None:
+                self._rated.append(row)
 
     def _draw(self, org_id: str, bucket_id: str, amount: int, period: tuple[int, int]) -> None:
         """A line drawn from the organization's shared pool."""
@@ -615,11 +632,14 @@ class RowsBuilder:
             value = self._instants[ms] = (int(ms) - PG_EPOCH_MS) * 1000
         return value
 
-    def rows(self) -> BatchRows:
-        """The batch's records: settlements in `by_identity` order, totals per (org, member,
-        billing group, period start, day) with the latest end seen for the period."""
+    def rows(self, *, ordered: bool = True) -> BatchRows:
+        """The batch's records: settlements in `by_identity` order (or as they came, when not
+        `ordered`: the write puts them in order, once for all the batches it merges), totals per
+        (org, member, billing group, period start, day) with the latest end seen for the
+        period."""
         rows, ends, instants = self._rows, self._ends, self._instants
-        sort_by_identity(rows)
+        if ordered:
+            sort_by_identity(rows)
         totals: list[tuple[Any, ...]] = []
         runs: dict[tuple[str, str, int], list[str]] = {}
         days: dict[int, dt.date] = {}
@@ -638,7 +658,10 @@ class RowsBuilder:
                 runs[run] = list(keys)
             else:
                 known += keys
-        return BatchRows(rows, totals, runs, self._drawn, self._drawn_periods)
+        starts = {period[0] for period in self._periods.values()}
+        return BatchRows(
+            rows, totals, runs, self._drawn, self._drawn_periods, self._rated, starts, ordered
+        )
 
 
 # -- the store ----------------------------------------------------------------------------------
@@ -826,22 +849,22 @@ class SettlementStore:
             return 0
         if rows is None:
             rows = batch_rows(items)
-        starts = {r[4] for r in rows.settlements}
+        settlements = rows.in_order()
+        starts = rows.starts or {r[4] for r in settlements}
         await self._ensure_partitions(pg_instant_datetime(start) for start in starts)
+        keys = [(r[1], r[0], r[4]) for r in settlements]  # (while the sort left them in cache)
         try:
             async with self.writer.acquire() as conn, conn.transaction():
                 await _advance(conn, group_id, topic, offsets)
                 await conn.copy_records_to_table(
-                    "settlement_keys",
-                    records=[(r[1], r[0], r[4]) for r in rows.settlements],
-                    columns=_KEY_COLUMNS,
+                    "settlement_keys", records=keys, columns=_KEY_COLUMNS
                 )
                 await _insert_settlements(conn, rows, starts)
                 await conn.copy_records_to_table(
                     "stage_totals", records=rows.totals, columns=_TOTAL_COLUMNS
                 )
                 voids_pending = await conn.fetchval(ADD_STAGED_TOTALS)
-                rated = [r for r in rows.settlements if r[14] is not None]
+                rated = rows.rated
                 if rated:
                     await conn.execute(
                         ADD_MODEL_TOTALS,

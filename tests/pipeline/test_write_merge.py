@@ -21,6 +21,7 @@ from meter.store import (
     BatchRows,
     Encoded,
     OffsetAdvance,
+    RowsBuilder,
     batch_rows,
     by_identity,
     encoded,
@@ -105,6 +106,33 @@ def test_merged_rows_are_the_rows_of_the_merged_batches() -> None:
     assert identities == sorted(identities) and identities != sorted(identities, key=lambda i: i[1])
     assert whole.settlements == sorted(whole.settlements, key=by_identity)
     assert len(merged.totals) < sum(len(batch_rows(p).totals) for p in parts)
+
+
+def test_rows_left_out_of_order_are_put_in_order_once_written() -> None:
+    """The consumer leaves each batch's rows as they came (`rows(ordered=False)`); merged, or
+    written alone, they are the rows built in order, with the same keys, runs, period starts."""
+    end = START + 30 * DAY_MS
+    parts = [
+        [_encoded(f"k{9 - i}-{b}", f"o{i % 3}", f"m{i % 2}", START + i, end, i) for i in range(9)]
+        for b in range(2)
+    ]
+
+    def unordered(items: list[Encoded]) -> BatchRows:
+        builder = RowsBuilder()
+        builder.add(items)
+        return builder.rows(ordered=False)
+
+    alone = unordered(parts[0])
+    assert not alone.ordered and alone.settlements != batch_rows(parts[0]).settlements
+    assert alone.in_order() == batch_rows(parts[0]).settlements and alone.ordered
+    merged = merge_rows([unordered(p) for p in parts])
+    whole = batch_rows([item for p in parts for item in p])
+    assert merged.ordered and merged.settlements == whole.settlements
+    assert merged.starts == whole.starts == {(START - 946_684_800_000) * 1000}
+    assert {run: sorted(keys) for run, keys in merged.runs.items()} == {
+        run: sorted(keys) for run, keys in whole.runs.items()
+    }
+    assert sorted(merged.drawn.items()) == sorted(whole.drawn.items()) and whole.drawn
 
 
 def test_batch_rows_hold_each_settlement_and_its_totals() -> None:
