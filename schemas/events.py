@@ -395,6 +395,8 @@ class _Structure(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _read_structure = msgspec.json.Decoder(_Structure).decode
+_NO_ATTRIBUTES: dict[str, AttributeValue] = {}
+"""The attributes of every event that has none: one empty dict, read and never changed."""
 
 
 def _known_id(value: str | None) -> bool:
@@ -459,16 +461,24 @@ def _decode_structured(raw: bytes, now_ms: int, limits: EventLimits) -> DecodedE
     ):
         return None
     try:
-        attributes = _check_attributes(data.attributes)
-        if attributes is not data.attributes and data.attributes is not None:
-            return None  # an integer widened to a float: the checked path reads it as orjson does
+        given = data.attributes
+        if given is None:
+            attributes = _NO_ATTRIBUTES
+        else:
+            attributes = _check_attributes(given)
+            if attributes is not given:
+                return (
+                    None  # an integer widened to a float: the checked path reads it as orjson does
+                )
         time_ms = parse_time_ms(doc.time)
         if usage_doc is not None:
             usage: Usage | None = parse_usage(usage_doc)
             micro = 0
         else:
             usage = None
-            maximum = min(limits.max_event_credits, MAX_AMOUNT)
+            maximum = limits.max_event_credits
+            if maximum > MAX_AMOUNT:
+                maximum = MAX_AMOUNT
             known = _known_credits.get(credits) if type(credits) is str else None
             micro = (
                 known
