@@ -561,16 +561,9 @@ class RowsBuilder:
 
         for key, org_id, enc, attributes, rating in items:
             f = enc.split(sep)
-            member_id, amount, start, end_text, group, unfunded_text = (
-                f[0],
-                f[1],
-                f[3],
-                f[4],
-                f[5],
-                f[6],
-            )
+            member_id, amount, start, end_text, group = f[0], f[1], f[3], f[4], f[5]
             credits = int(amount)
-            unfunded = 0 if unfunded_text == "0" else int(unfunded_text)
+            unfunded = 0 if f[6] == "0" else int(f[6])
             time_ms = int(f[2])
             # The period's instants, once per organization and period (most events of a batch
             # share a few), with the latest end seen for its start.
