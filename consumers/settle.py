@@ -691,8 +691,8 @@ class SettleConsumer:
         existing = await self._retry("existing_keys", self.store.existing_keys, keys)
         for seq in [s for s in self._inflight_keys if s <= committed]:
             del self._inflight_keys[seq]
-        # A set meets the dict's keys without a set of them built first: the smaller side is
-        # walked and looked up in the other.
+        # A set meets the dict's keys view directly (one side walked, each looked up in the
+        # other), without a set of the batch's keys built first.
         batch = decoded.records.keys()
         for pending in self._inflight_keys.values():
             existing |= pending & batch
