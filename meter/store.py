@@ -340,17 +340,24 @@ WITH {_add_totals("stage_totals", _STAGED_SUMS, "day")}
 SELECT EXISTS (SELECT 1 FROM voids WHERE totals_pending)
 """
 
-# The rated settlements of a batch written directly added to the totals by model: one string
-# (`packed_rated`), as the runs are (`INSERT_RUNS`), not five arrays whose every element asyncpg
-# checks against abstract base classes (about 1.5 us a rated settlement).
+# Records sent as one string (`packed`): each record's fields `s.f[1]`, `s.f[2]`, ... (text), and
+# a `pg_instant` field as a timestamptz. asyncpg checks every element of an array parameter
+# against three abstract base classes, about 0.4 us a text element; one string costs it nothing.
+_UNPACKED = """unnest(string_to_array($1::text, E'\\x1d')) AS r (record)
+    CROSS JOIN LATERAL string_to_array(r.record, E'\\x1f') AS s (f)"""
+
+
+def _unpacked_instant(field: str) -> str:
+    return f"timestamptz '2000-01-01 00:00:00+00' + {field}::bigint * interval '1 microsecond'"
+
+
+# The rated settlements of a batch written directly (`packed_rated`) added to the totals by
+# model.
 ADD_MODEL_TOTALS = f"""
 WITH rated AS (
-    SELECT s.f[1] AS org_id,
-           timestamptz '2000-01-01 00:00:00+00' + s.f[2]::bigint * interval '1 microsecond'
-               AS period_start,
+    SELECT s.f[1] AS org_id, {_unpacked_instant("s.f[2]")} AS period_start,
            s.f[3] AS member_id, s.f[4]::bigint AS credits, s.f[5]::jsonb AS rating
-    FROM unnest(string_to_array($1::text, E'\\x1d')) AS r (settlement)
-    CROSS JOIN LATERAL string_to_array(r.settlement, E'\\x1f') AS s (f)
+    FROM {_UNPACKED}
 ), {_add_model_totals("rated")}
 SELECT 1
 """
@@ -364,17 +371,12 @@ ATTACHED_PARTITIONS = """
 SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'settlements'::regclass AND c.relname = ANY ($1::text[])
 """
-INSERT_RUNS = """
+INSERT_RUNS = f"""
 INSERT INTO settlement_runs (org_id, member_id, settled_at, period_start, keys)
-SELECT s.f[1], s.f[2], now(),
-       timestamptz '2000-01-01 00:00:00+00' + s.f[3]::bigint * interval '1 microsecond',
-       string_to_array(s.f[4], E'\\x1e')
-FROM unnest(string_to_array($1::text, E'\\x1d')) AS r (run)
-CROSS JOIN LATERAL string_to_array(r.run, E'\\x1f') AS s (f)
+SELECT s.f[1], s.f[2], now(), {_unpacked_instant("s.f[3]")}, string_to_array(s.f[4], E'\\x1e')
+FROM {_UNPACKED}
 """
-"""The runs of a write as one string (`packed_runs`): asyncpg checks every element of an array
-parameter against three abstract base classes, about 0.4 us a text element, where one string
-costs it nothing."""
+"""The runs of a write (`packed_runs`)."""
 ADD_SHARED_DRAWN = """
 INSERT INTO shared_bucket_drawn AS d (org_id, bucket_id, drawn)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ORDER BY 1, 2
@@ -882,33 +884,30 @@ class SettlementStore:
             return inserted
 
 
+def packed(records: Sequence[Sequence[object]]) -> str:
+    """Records of fields as one string for a statement reading `_UNPACKED`: fields joined by the
+    unit separator, records by the group separator. No field may hold either (ids, keys and JSON
+    text hold no control character), which the separators' counts confirm."""
+    text = "\x1d".join(["\x1f".join(map(str, record)) for record in records])
+    fields = sum(len(record) for record in records)
+    if text.count("\x1d") != len(records) - 1 or text.count("\x1f") != fields - len(records):
+        raise ValueError("ids, keys and ratings must not contain control characters")
+    return text
+
+
 def packed_runs(runs: Mapping[tuple[str, str, int], list[str]]) -> str:
-    """Member runs in `INSERT_RUNS`'s encoding: each run's organization, member, period start
-    (`pg_instant`) and keys (joined by the record separator) joined by the unit separator, the
-    runs by the group separator. Ids and keys hold no control character (the events' pattern),
-    which the separators' counts confirm."""
-    packed = "\x1d".join(
-        f"{org_id}\x1f{member_id}\x1f{start}\x1f{KEY_SEP.join(keys)}"
-        for (org_id, member_id, start), keys in runs.items()
-    )
-    n = len(runs)
-    if (
-        packed.count("\x1d") != n - 1
-        or packed.count("\x1f") != 3 * n
-        or packed.count(KEY_SEP) != sum(len(k) for k in runs.values()) - n
-    ):
-        raise ValueError("ids and event keys must not contain control characters")
-    return packed
+    """Member runs for `INSERT_RUNS`: organization, member, period start (`pg_instant`) and the
+    keys joined by the record separator."""
+    keys = [KEY_SEP.join(k) for k in runs.values()]
+    if sum(k.count(KEY_SEP) for k in keys) != sum(len(k) for k in runs.values()) - len(keys):
+        raise ValueError("event keys must not contain control characters")
+    return packed([(*run, k) for run, k in zip(runs, keys, strict=True)])
 
 
 def packed_rated(rated: Sequence[tuple[Any, ...]]) -> str:
-    """Rated settlement records in `ADD_MODEL_TOTALS`'s encoding: organization, period start
-    (`pg_instant`), member, credits and rating (JSON, whose text holds no control character)
-    joined by the unit separator, the settlements by the group separator."""
-    packed = "\x1d".join(f"{r[1]}\x1f{r[4]}\x1f{r[2]}\x1f{r[7]}\x1f{r[14]}" for r in rated)
-    if packed.count("\x1d") != len(rated) - 1 or packed.count("\x1f") != 4 * len(rated):
-        raise ValueError("ids and ratings must not contain control characters")
-    return packed
+    """Rated settlement records for `ADD_MODEL_TOTALS`: organization, period start
+    (`pg_instant`), member, credits and rating (JSON text)."""
+    return packed([(r[1], r[4], r[2], r[7], r[14]) for r in rated])
 
 
 def partition_of(start: int) -> str:
