@@ -181,6 +181,26 @@ class Batch:
     as settled while this one is in flight."""
 
 
+@dataclass
+class Fetched:
+    """Records read past the expected offsets and decoded, not yet settled."""
+
+    generation: int
+    offsets: list[OffsetAdvance]
+    records: list[Record]
+    decoded: Decoded
+    started: float
+    decode_s: float
+
+
+async def _dropped(task: asyncio.Task[Fetched | None] | None) -> None:
+    """Cancel a fetch ahead and wait for it to end: what it read is read again after the resync
+    (or the restart) that follows, from the offsets PostgreSQL holds."""
+    if task is not None:
+        task.cancel()
+        await asyncio.wait({task})
+
+
 def merge_batches(batches: list[Batch]) -> Batch:
     """Consecutive batches of one generation as one write: each partition advances from the
     first batch's expected offset to the last batch's next offset."""
@@ -375,38 +395,48 @@ class SettleConsumer:
 
     async def _loop(self) -> None:
         opts = self.options
-        while not self._stopping.is_set():
-            if self._resync:
-                await self._do_resync()
-                continue
-            generation = self._generation
-            polled = await self.consumer.getmany(
-                timeout_ms=opts.batch_max_wait_ms, max_records=opts.batch_max_records
-            )
-            metrics.consumer_positions(self.consumer, self.topic, self._expected)
-            if self._queued:
+        ahead: asyncio.Task[Fetched | None] | None = None
+        try:
+            while not self._stopping.is_set():
+                if self._resync:
+                    await _dropped(ahead)
+                    ahead = None
+                    await self._do_resync()
+                    continue
+                if ahead is None:
+                    fetched = await self._fetch(self._generation)
+                else:
+                    fetched, ahead = await ahead, None
+                if self._queued:
+                    await self._flush_if_idle()
+                if fetched is None:
+                    if self._unconfirmed and self._writer_idle():
+                        self._start_confirm()
+                    if time.monotonic() - self._guarded_at > opts.idle_guard_s:
+                        await self._guard()
+                    continue
+                if fetched.generation != self._generation or self._resync:
+                    continue
+                await self._guard()
+                if fetched.generation != self._generation or self._resync:
+                    continue
+                # The next batch is fetched and decoded while this one settles, in the time the
+                # consumer would wait for Redis (its statements still go one batch after another).
+                ahead = asyncio.create_task(self._fetch(self._generation))
+                batch = await self._prepare(fetched)
+                if batch is None:
+                    continue
+                if batch.generation != self._generation or self._resync:
+                    continue  # a rebalance happened meanwhile; resync re-reads from PostgreSQL
+                self._inflight_keys[batch.seq] = batch.settled
+                self._queued.append(batch)
+                self._queued_records += batch.records
+                if self._queued_records + opts.batch_max_records > opts.write_max_records:
+                    # Backpressure: the next batch would not fit the next write.
+                    await self._wait_write(None)
                 await self._flush_if_idle()
-            if not polled:
-                if self._unconfirmed and self._writer_idle():
-                    self._start_confirm()
-                if time.monotonic() - self._guarded_at > opts.idle_guard_s:
-                    await self._guard()
-                continue
-            if generation != self._generation or self._resync:
-                continue
-            await self._guard()
-            batch = await self._prepare(polled, generation)
-            if batch is None:
-                continue
-            if batch.generation != self._generation or self._resync:
-                continue  # a rebalance happened meanwhile; resync re-reads from PostgreSQL
-            self._inflight_keys[batch.seq] = batch.settled
-            self._queued.append(batch)
-            self._queued_records += batch.records
-            if self._queued_records + opts.batch_max_records > opts.write_max_records:
-                # Backpressure: the next batch would not fit the next write.
-                await self._wait_write(None)
-            await self._flush_if_idle()
+        finally:
+            await _dropped(ahead)
 
     def _writer_idle(self) -> bool:
         return self._write_task is None or self._write_task.done()
@@ -567,9 +597,16 @@ class SettleConsumer:
 
     # -- stages ---------------------------------------------------------------------------------
 
-    async def _prepare(
-        self, polled: dict[TopicPartition, list[Any]], generation: int
-    ) -> Batch | None:
+    async def _fetch(self, generation: int) -> Fetched | None:
+        """The next records past the expected offsets, decoded; None when none came (or the
+        client moved back, which sends the consumer to resync)."""
+        opts = self.options
+        polled = await self.consumer.getmany(
+            timeout_ms=opts.batch_max_wait_ms, max_records=opts.batch_max_records
+        )
+        metrics.consumer_positions(self.consumer, self.topic, self._expected)
+        if not polled or generation != self._generation or self._resync:
+            return None
         started = time.perf_counter()
         offsets: list[OffsetAdvance] = []
         records: list[Record] = []
@@ -605,7 +642,11 @@ class SettleConsumer:
         for part in chunks(records, YIELD_EVERY):
             decode_batch(part, self.decoder, at, into=decoded)
             await asyncio.sleep(0)
-        t_decode = time.perf_counter() - t0
+        return Fetched(generation, offsets, records, decoded, started, time.perf_counter() - t0)
+
+    async def _prepare(self, fetched: Fetched) -> Batch | None:
+        generation, offsets, records = fetched.generation, fetched.offsets, fetched.records
+        decoded, started, t_decode = fetched.decoded, fetched.started, fetched.decode_s
 
         t0 = time.perf_counter()
         duplicates = await self._drop_settled(decoded)

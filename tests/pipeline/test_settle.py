@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from conftest import Running
@@ -213,3 +216,72 @@ async def test_a_batch_settles_in_waves_and_a_failed_wave_goes_alone(
     await _settle_after_seats(pipe_settings, engine, running, world, events, options)
     assert waves and all(len(wave) == 1 for wave in waves)
     assert len(waves) >= 6  # several batches of several waves, two of them failed
+
+
+async def test_the_next_batch_is_decoded_while_one_settles(
+    pipe_settings: Settings, engine: RedisEngine, running: Running
+) -> None:
+    """The consumer reads and decodes the next batch in the time it waits for PostgreSQL's
+    lookup and for Redis: decoding goes on while a batch is prepared."""
+    world = World.build(n_orgs=3, members_per_org=3, seed=31)
+    await world.apply(engine)
+    events = make_events(world, 200, seed=32)
+    assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
+    await produce_events(pipe_settings.kafka_bootstrap, pipe_settings.usage_topic, events)
+    consumer = running.start(pipe_settings, engine, ConsumerOptions(batch_max_records=50))
+    steps: list[str] = []
+    decode, prepare = consumer.decoder, consumer._prepare
+
+    def logged_decode(raw: bytes, at_ms: int) -> Any:
+        steps.append("decode")
+        return decode(raw, at_ms)
+
+    async def logged_prepare(fetched: Any) -> Any:
+        steps.append("prepare")
+        try:
+            return await prepare(fetched)
+        finally:
+            steps.append("prepared")
+
+    consumer.decoder, consumer._prepare = logged_decode, logged_prepare  # type: ignore[method-assign]
+    await _drained(pipe_settings)
+    await running.stop(consumer)
+    assert consumer.settled == len(events)
+    during = [
+        steps[start + 1 : steps.index("prepared", start)].count("decode")
+        for start, step in enumerate(steps)
+        if step == "prepare"
+    ]
+    assert len(during) >= 4 and sum(during) >= 100, during
+    await assert_consistent(world, engine, pipe_settings.postgres_dsn, events)
+
+
+async def test_records_read_ahead_of_a_dropped_batch_are_read_again(
+    pipe_settings: Settings, engine: RedisEngine, running: Running
+) -> None:
+    """A batch dropped while it settles (a rebalance, a Redis that lost its data) sends the
+    consumer back to the offsets PostgreSQL holds. The batch read ahead meanwhile is dropped
+    too and read again: every event still settles, once."""
+    world = World.build(n_orgs=3, members_per_org=3, seed=33)
+    await world.apply(engine)
+    events = make_events(world, 300, seed=34)
+    assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
+    await produce_events(pipe_settings.kafka_bootstrap, pipe_settings.usage_topic, events)
+    consumer = running.start(pipe_settings, engine, ConsumerOptions(batch_max_records=50))
+    settle, resyncs = consumer._settle, 0
+
+    async def settle_then_resync(*args: Any) -> Any:
+        nonlocal resyncs
+        result = await settle(*args)
+        if resyncs < 3:
+            await asyncio.sleep(0.1)  # the next batch is read ahead meanwhile
+            resyncs += 1
+            consumer._resync = True
+        return result
+
+    consumer._settle = settle_then_resync  # type: ignore[method-assign]
+    await _drained(pipe_settings)
+    await running.stop(consumer)
+    assert resyncs == 3
+    assert consumer.settled == len(events)
+    await assert_consistent(world, engine, pipe_settings.postgres_dsn, events)
