@@ -420,9 +420,12 @@ class SettleConsumer:
                 await self._guard()
                 if fetched.generation != self._generation or self._resync:
                     continue
-                # The next batch is fetched and decoded while this one settles, in the time the
-                # consumer would wait for Redis (its statements still go one batch after another).
-                ahead = asyncio.create_task(self._fetch(self._generation))
+                if self._unread() >= opts.batch_max_records:
+                    # Behind (a batch's worth waits after this one): the next batch is read and
+                    # decoded while this one settles, in the time the consumer waits for the key
+                    # lookup and for Redis. Caught up, the next poll waits for this batch
+                    # instead, and takes everything that came meanwhile in one batch.
+                    ahead = asyncio.create_task(self._fetch(self._generation))
                 batch = await self._prepare(fetched)
                 if batch is None:
                     continue
@@ -454,6 +457,17 @@ class SettleConsumer:
             return
         queued, self._queued, self._queued_records = self._queued, [], 0
         self._write_task = asyncio.create_task(self._write(merge_batches(queued)))
+
+    def _unread(self) -> int:
+        """Records on the assigned partitions after those read (as of the last fetch's high
+        watermarks)."""
+        total = 0
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            expected = self._expected.get(tp.partition)
+            if highwater is not None and expected is not None:
+                total += max(0, highwater - expected)
+        return total
 
     def lag(self) -> int:
         """Records on the assigned partitions after what PostgreSQL holds (as of the last

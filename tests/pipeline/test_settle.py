@@ -227,7 +227,8 @@ async def test_the_next_batch_is_decoded_while_one_settles(
     await world.apply(engine)
     events = make_events(world, 200, seed=32)
     assert pipe_settings.kafka_bootstrap and pipe_settings.postgres_dsn
-    await produce_events(pipe_settings.kafka_bootstrap, pipe_settings.usage_topic, events)
+    bootstrap = pipe_settings.kafka_bootstrap
+    await produce_events(bootstrap, pipe_settings.usage_topic, events)
     consumer = running.start(pipe_settings, engine, ConsumerOptions(batch_max_records=50))
     steps: list[str] = []
     decode, prepare = consumer.decoder, consumer._prepare
@@ -236,24 +237,46 @@ async def test_the_next_batch_is_decoded_while_one_settles(
         steps.append("decode")
         return decode(raw, at_ms)
 
+    later = make_events(world, 5, seed=36, prefix="later")
+    hold = False
+
     async def logged_prepare(fetched: Any) -> Any:
+        nonlocal hold
         steps.append("prepare")
         try:
+            if hold:
+                # More events come while this batch is prepared.
+                hold = False
+                await produce_events(bootstrap, pipe_settings.usage_topic, later)
+                await asyncio.sleep(0.3)
             return await prepare(fetched)
         finally:
             steps.append("prepared")
 
+    def decoded_during_each_prepare() -> list[int]:
+        return [
+            steps[start + 1 : steps.index("prepared", start)].count("decode")
+            for start, step in enumerate(steps)
+            if step == "prepare"
+        ]
+
     consumer.decoder, consumer._prepare = logged_decode, logged_prepare  # type: ignore[method-assign]
     await _drained(pipe_settings)
-    await running.stop(consumer)
-    assert consumer.settled == len(events)
-    during = [
-        steps[start + 1 : steps.index("prepared", start)].count("decode")
-        for start, step in enumerate(steps)
-        if step == "prepare"
-    ]
+    during = decoded_during_each_prepare()
     assert len(during) >= 4 and sum(during) >= 100, during
-    await assert_consistent(world, engine, pipe_settings.postgres_dsn, events)
+
+    # Caught up, the consumer does not read ahead: what comes while a batch is prepared is
+    # polled after it.
+    steps.clear()
+    hold = True
+    more = make_events(world, 5, seed=35, prefix="late")
+    await produce_events(bootstrap, pipe_settings.usage_topic, more)
+    await _drained(pipe_settings)
+    await running.stop(consumer)
+    assert not hold and steps.count("decode") == len(more) + len(later), steps
+    assert not any(decoded_during_each_prepare()), steps
+    assert consumer.settled == len(events) + len(more) + len(later)
+    await assert_consistent(world, engine, pipe_settings.postgres_dsn, [*events, *more, *later])
 
 
 async def test_records_read_ahead_of_a_dropped_batch_are_read_again(
