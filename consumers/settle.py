@@ -459,25 +459,22 @@ class SettleConsumer:
         self._write_task = asyncio.create_task(self._write(merge_batches(queued)))
 
     def _unread(self) -> int:
-        """Records on the assigned partitions after those read (as of the last fetch's high
-        watermarks)."""
-        total = 0
-        for tp in self.consumer.assignment():
-            highwater = self.consumer.highwater(tp)
-            expected = self._expected.get(tp.partition)
-            if highwater is not None and expected is not None:
-                total += max(0, highwater - expected)
-        return total
+        """Records on the assigned partitions after those read."""
+        return self._records_after(self._expected)
 
     def lag(self) -> int:
-        """Records on the assigned partitions after what PostgreSQL holds (as of the last
-        fetch's high watermarks)."""
+        """Records on the assigned partitions after what PostgreSQL holds."""
+        return self._records_after({**self._expected, **self._written})
+
+    def _records_after(self, offsets: Mapping[int, int]) -> int:
+        """Records on the assigned partitions from `offsets` (per partition) on, as of the last
+        fetch's high watermarks."""
         total = 0
         for tp in self.consumer.assignment():
             highwater = self.consumer.highwater(tp)
-            written = self._written.get(tp.partition, self._expected.get(tp.partition))
-            if highwater is not None and written is not None:
-                total += max(0, highwater - written)
+            offset = offsets.get(tp.partition)
+            if highwater is not None and offset is not None:
+                total += max(0, highwater - offset)
         return total
 
     def check_progress(self) -> float:
