@@ -609,8 +609,9 @@ class SettleConsumer:
     # -- stages ---------------------------------------------------------------------------------
 
     async def _fetch(self, generation: int) -> Fetched | None:
-        """The next records past the expected offsets, decoded; None when none came (or the
-        client moved back, which sends the consumer to resync)."""
+        """The next records past the expected offsets, decoded; None when none came, when a
+        rebalance began meanwhile (the resync that follows reads them again) or when the client
+        moved back (which sends the consumer to resync)."""
         opts = self.options
         polled = await self.consumer.getmany(
             timeout_ms=opts.batch_max_wait_ms, max_records=opts.batch_max_records
