@@ -199,6 +199,8 @@ async def _dropped(task: asyncio.Task[Fetched | None] | None) -> None:
     if task is not None:
         task.cancel()
         await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # (a fetch that failed: retrieved, it is read again all the same)
 
 
 def merge_batches(batches: list[Batch]) -> Batch:
@@ -415,11 +417,9 @@ class SettleConsumer:
                     if time.monotonic() - self._guarded_at > opts.idle_guard_s:
                         await self._guard()
                     continue
-                if fetched.generation != self._generation or self._resync:
-                    continue
                 await self._guard()
                 if fetched.generation != self._generation or self._resync:
-                    continue
+                    continue  # read before a rebalance; resync re-reads from PostgreSQL
                 if self._unread() >= opts.batch_max_records:
                     # Behind (a batch's worth waits after this one): the next batch is read and
                     # decoded while this one settles, in the time the consumer waits for the key
