@@ -81,7 +81,6 @@ from meter.redis_client import connect as redis_connect
 from meter.settings import Settings
 from meter.store import (
     BatchRows,
-    Encoded,
     OffsetAdvance,
     OffsetConflict,
     RowsBuilder,
@@ -165,10 +164,10 @@ class Batch:
     seq: int
     generation: int
     offsets: list[OffsetAdvance]
-    store: list[Encoded]
-    """Settlements to write: key, organization, engine encoding, attributes."""
     rows: BatchRows
-    """Their COPY records, built as the batch settles (off the write's critical path)."""
+    """The settlements to write as COPY records, built as the batch settles (off the write's
+    critical path). Only these are kept, not the engine's encoding they were built from: a
+    batch waits in memory until it is written, beside the batches settling after it."""
     keys_by_org: dict[str, list[str]]
     records: int
     duplicates: int
@@ -177,7 +176,7 @@ class Batch:
     polled_at: float
     timings: dict[str, float] = field(default_factory=dict)
     settled: set[Identity] = field(default_factory=set)
-    """(organization, key) of each settlement in `store`: what a later batch's lookup counts
+    """(organization, key) of each settlement in `rows`: what a later batch's lookup counts
     as settled while this one is in flight."""
 
 
@@ -210,7 +209,6 @@ def merge_batches(batches: list[Batch]) -> Batch:
         return batches[0]
     first, last = batches[0], batches[-1]
     advances: dict[int, OffsetAdvance] = {}
-    store: list[Encoded] = []
     keys_by_org: dict[str, list[str]] = {}
     timings: dict[str, float] = {}
     for b in batches:
@@ -218,7 +216,6 @@ def merge_batches(batches: list[Batch]) -> Batch:
             known = advances.get(o.partition)
             expected = o.expected if known is None else known.expected
             advances[o.partition] = OffsetAdvance(o.partition, expected, o.next_offset)
-        store.extend(b.store)
         for org_id, keys in b.keys_by_org.items():
             keys_by_org.setdefault(org_id, []).extend(keys)
         for name, value in b.timings.items():
@@ -227,7 +224,6 @@ def merge_batches(batches: list[Batch]) -> Batch:
         seq=last.seq,
         generation=last.generation,
         offsets=list(advances.values()),
-        store=store,
         rows=merge_rows([b.rows for b in batches]),
         keys_by_org=keys_by_org,
         records=sum(b.records for b in batches),
@@ -717,7 +713,6 @@ class SettleConsumer:
             seq=self._seq,
             generation=generation,
             offsets=offsets,
-            store=sorted_.store,
             rows=rows,
             keys_by_org=sorted_.keys_by_org,
             settled=sorted_.settled,
@@ -944,12 +939,11 @@ class SettleConsumer:
         try:
             inserted = await self._retry(
                 "write_batch",
-                self.store.write_encoded,
+                self.store.write_rows,
                 self.group_id,
                 self.topic,
-                batch.store,
-                batch.offsets,
                 batch.rows,
+                batch.offsets,
             )
         except OffsetConflict as exc:
             log.warning("offsets_fenced", partitions=list(exc.partitions), seq=batch.seq)
@@ -972,7 +966,7 @@ class SettleConsumer:
             seq=batch.seq,
             records=batch.records,
             settled=inserted,
-            duplicates=batch.duplicates + (len(batch.store) - inserted),
+            duplicates=batch.duplicates + (len(batch.rows.settlements) - inserted),
             replayed=batch.replayed,
             dead=batch.dead,
             orgs=len(batch.keys_by_org),
@@ -987,7 +981,7 @@ class SettleConsumer:
                 self._unconfirmed[org_id] = keys
             else:
                 pending.extend(keys)
-        self._unconfirmed_keys += len(batch.store)
+        self._unconfirmed_keys += len(batch.rows.settlements)
         if (
             self._unconfirmed_keys >= self.options.confirm_max_keys
             or time.monotonic() - self._confirmed_at >= self.options.confirm_interval_s

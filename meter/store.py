@@ -412,30 +412,17 @@ def encoded(settlements: Iterable[tuple[Settlement, str | None]]) -> list[Encode
     return out
 
 
-def stage_rows(items: Iterable[Encoded]) -> list[tuple[Any, ...]]:
-    """Settlement records (with their lines) for the staging table, instants as `pg_instant`
-    integers."""
+def stage_rows(settlements: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Settlement records (`BatchRows.settlements`) for the staging table: each with what its
+    lines drew by kind (seat, personal, shared, on demand) before its lines."""
     rows: list[tuple[Any, ...]] = []
-    instants: dict[str, int] = {}
-
-    def instant(ms: str) -> int:
-        value = instants.get(ms)
-        if value is None:
-            value = instants[ms] = pg_instant(int(ms))
-        return value
-
-    for key, org_id, enc, attributes, rating in items:
-        f = enc.split(SEP)
+    for row in settlements:
+        lines = row[-1]
         by_kind = [0, 0, 0, 0, 0, 0]
-        for i in range(9, len(f) - 2, 3):
+        f = lines.split(SEP)
+        for i in range(0, len(f) - 2, 3):
             by_kind[_CODE_SLOT[f[i + 1]]] += int(f[i + 2])
-        rows.append(
-            (
-                key, org_id, f[0], f[5], instant(f[3]), instant(f[4]), instant(f[2]), int(f[1]),
-                int(f[6]), *_FLAGS[f[7]], f[8] or None, attributes, rating, *by_kind[2:],
-                SEP.join(f[9:]),
-            )
-        )  # fmt: skip
+        rows.append((*row[:-1], *by_kind[2:], lines))
     return rows
 
 
@@ -699,7 +686,7 @@ async def _init_writer(conn: asyncpg.Connection) -> None:
 
 class SettlementStore:
     """Settlement writes and the reads the consumer needs. A connection of its own writes the
-    batches (`write_encoded`); the pool's other connections look up the keys of the next batch
+    batches (`write_rows`); the pool's other connections look up the keys of the next batch
     meanwhile, and serve the consumer's other reads and writes."""
 
     def __init__(self, dsn: str, *, command_timeout_s: float = 60.0) -> None:
@@ -838,17 +825,20 @@ class SettlementStore:
         topic: str,
         items: Sequence[Encoded],
         offsets: Sequence[OffsetAdvance],
-        rows: BatchRows | None = None,
     ) -> int:
-        """`write_batch` of settlements in the engine's encoding (what the consumer holds);
-        `rows` are their COPY records when built already (`batch_rows(items)`)."""
+        """`write_batch` of settlements in the engine's encoding."""
+        return await self.write_rows(group_id, topic, batch_rows(items), offsets)
+
+    async def write_rows(
+        self, group_id: str, topic: str, rows: BatchRows, offsets: Sequence[OffsetAdvance]
+    ) -> int:
+        """`write_batch` of settlements as their COPY records (`batch_rows`): what the consumer
+        holds once a batch settled, without the engine's encoding it was built from."""
         await self.open()
-        if not items:
+        if not rows.settlements:
             async with self.writer.acquire() as conn, conn.transaction():
                 await _advance(conn, group_id, topic, offsets)
             return 0
-        if rows is None:
-            rows = batch_rows(items)
         settlements = rows.in_order()
         starts = rows.starts or {r[4] for r in settlements}
         await self._ensure_partitions(pg_instant_datetime(start) for start in starts)
@@ -871,7 +861,7 @@ class SettlementStore:
                 return len(rows.settlements)
         except asyncpg.UniqueViolationError:
             pass  # some keys are settled already: write again, skipping them
-        staged = stage_rows(items)
+        staged = stage_rows(settlements)
         async with self.writer.acquire() as conn, conn.transaction():
             await _advance(conn, group_id, topic, offsets)
             await conn.copy_records_to_table(

@@ -50,7 +50,6 @@ def _batch(seq: int, offsets: list[OffsetAdvance], keys: list[str]) -> Batch:
         seq=seq,
         generation=1,
         offsets=offsets,
-        store=store,
         rows=batch_rows(store),
         keys_by_org={"org": list(keys)},
         records=len(keys),
@@ -72,13 +71,14 @@ def test_merged_batches_advance_each_partition_from_first_to_last() -> None:
         OffsetAdvance(1, 5, 9),
         OffsetAdvance(2, 0, 4),
     ]
-    assert [item[0] for item in merged.store] == ["a", "b", "c", "d"]
+    assert [row[0] for row in merged.rows.in_order()] == ["a", "b", "c", "d"]
     assert merged.keys_by_org == {"org": ["a", "b", "c", "d"]}
     assert (merged.seq, merged.records, merged.duplicates) == (3, 4, 3)
     assert merged.polled_at == 1.0
     assert merged.timings == {"engine_ms": 3.0}
     assert merge_batches([a]) is a
-    assert sorted(merged.rows.settlements) == sorted(batch_rows(merged.store).settlements)
+    everything = a.rows.settlements + b.rows.settlements + c.rows.settlements
+    assert sorted(merged.rows.settlements) == sorted(everything)
 
 
 def _sorted(rows: BatchRows) -> tuple[list[tuple[object, ...]], ...]:
